@@ -1,0 +1,72 @@
+//! The validated configuration model. Every value here has been checked; relative file
+//! paths have been resolved against the config file's folder.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::routing::{BackendUrl, ProxyPath};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub environments: Vec<Environment>,
+    pub proxies: Vec<Proxy>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Environment {
+    pub name: String,
+    /// HTTP and WebSocket share this listener.
+    pub listen: SocketAddr,
+    /// The environment-level WebSocket switch (default false).
+    pub websocket: bool,
+    pub tls: Option<TlsFiles>,
+    pub timeouts: Timeouts,
+    /// How long in-flight HTTP requests may take to finish on shutdown (default 30s).
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect to the backend (default 5s).
+    pub connect: Duration,
+    /// Until the backend's response head arrives (default 60s).
+    pub response: Duration,
+    /// A WebSocket session with no frames either way for this long is closed with 1001 (default 1h).
+    pub websocket_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            response: Duration::from_secs(60),
+            websocket_idle: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proxy {
+    pub name: String,
+    pub path: ProxyPath,
+    pub backend: BackendUrl,
+    /// Names of environments this proxy is deployed to (each one exists).
+    pub deploy: Vec<String>,
+    /// `None`: any method.
+    pub methods: Option<Vec<http::Method>>,
+    pub preserve_host: bool,
+    pub backend_tls: Option<BackendTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendTls {
+    /// Extra trust anchor for https backends, on top of the system roots.
+    pub ca_file: PathBuf,
+}

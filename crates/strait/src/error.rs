@@ -1,0 +1,102 @@
+//! Gateway-made errors: every response the gateway itself produces is JSON
+//! `{"status": 404, "error": "no_route", "message": "..."}`.
+//! Owns only the error shape; it knows nothing of routing or connections.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+/// A machine-readable error kind; the string is part of the public contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No proxy matches this path in this environment.
+    NoRoute,
+    /// The proxy does not allow this method.
+    MethodNotAllowed,
+    /// The request or its path is malformed (bad percent-encoding, climbs above the root...).
+    BadRequest,
+    /// A WebSocket upgrade arrived on an environment with `websocket: false`.
+    WebsocketDisabled,
+    /// The backend refused, reset or failed TLS.
+    BadGateway,
+    /// The backend did not answer within the `response` timeout.
+    GatewayTimeout,
+    /// The gateway is shutting down or over a limit.
+    Unavailable,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::WebsocketDisabled => "websocket_disabled",
+            ErrorKind::BadGateway => "bad_gateway",
+            ErrorKind::GatewayTimeout => "gateway_timeout",
+            ErrorKind::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::BadRequest | ErrorKind::WebsocketDisabled => StatusCode::BAD_REQUEST,
+            ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
+            ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// An error the gateway answers itself, with a sentence for humans.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct GatewayError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl GatewayError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        GatewayError { kind, message: message.into() }
+    }
+
+    /// The JSON body, `{"status":..,"error":..,"message":..}`.
+    pub fn body(&self) -> Bytes {
+        let value = serde_json::json!({
+            "status": self.kind.status().as_u16(),
+            "error": self.kind.as_str(),
+            "message": self.message,
+        });
+        Bytes::from(value.to_string())
+    }
+
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(self.body()));
+        *response.status_mut() = self.kind.status();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_json_with_status_kind_and_message() {
+        let err = GatewayError::new(ErrorKind::NoRoute, "no proxy serves /x in environment \"prod\"");
+        let value: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
+        assert_eq!(value["status"], 404);
+        assert_eq!(value["error"], "no_route");
+        assert_eq!(value["message"], "no proxy serves /x in environment \"prod\"");
+        let response = err.to_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    }
+}

@@ -1,0 +1,18 @@
+//! Strait: an API gateway where one API proxy serves HTTP and WebSocket on the same path.
+//!
+//! Layout (each module's own comment says what it owns and what it may not touch):
+//! - [`config`]: the YAML model, its parsing and validation. Pure; reads files only to load them.
+//! - [`routing`]: path normalisation, the route table and target resolution. Pure, no I/O.
+//! - [`proxy`]: listeners, the request phases, HTTP forwarding and the WebSocket relay.
+//! - [`upstream`]: connections to backends (pooled HTTP clients, TLS, raw connects for upgrades).
+//! - [`echo`]: the built-in echo backend used by the demo, the tests and the benchmarks.
+//! - [`error`]: the JSON error every gateway-made response uses.
+
+pub mod config;
+pub mod echo;
+pub mod error;
+pub mod proxy;
+pub mod routing;
+pub mod upstream;
+
+pub use proxy::{Gateway, GatewayHandle};
