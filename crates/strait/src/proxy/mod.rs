@@ -1,0 +1,2 @@
+//! The data plane (lead is writing this).
+pub mod websocket;
