@@ -3,7 +3,7 @@
 //! Owns only the error shape; it knows nothing of routing or connections.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 /// A machine-readable error kind; the string is part of the public contract.
@@ -56,11 +56,18 @@ impl ErrorKind {
 pub struct GatewayError {
     pub kind: ErrorKind,
     pub message: String,
+    /// Extra response headers (`Allow` on a 405, later `Retry-After`, `WWW-Authenticate`).
+    pub headers: HeaderMap,
 }
 
 impl GatewayError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        GatewayError { kind, message: message.into() }
+        GatewayError { kind, message: message.into(), headers: HeaderMap::new() }
+    }
+
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
     }
 
     /// The JSON body, `{"status":..,"error":..,"message":..}`.
@@ -76,6 +83,7 @@ impl GatewayError {
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(self.body()));
         *response.status_mut() = self.kind.status();
+        response.headers_mut().extend(self.headers.clone());
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

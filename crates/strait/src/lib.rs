@@ -15,4 +15,4 @@ pub mod proxy;
 pub mod routing;
 pub mod upstream;
 
-// pub use proxy::{Gateway, GatewayHandle}; (lead: enabled once proxy lands)
+pub use proxy::{Gateway, GatewayHandle, StartError};

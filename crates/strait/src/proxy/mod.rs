@@ -1,2 +1,18 @@
-//! The data plane (lead is writing this).
+//! The data plane: listeners, the request phases, HTTP forwarding and the WebSocket relay.
+//!
+//! A request goes through visible phases (see [`pipeline`]): accept → match → policies →
+//! connect → relay → log. Routing decisions come from an immutable [`Snapshot`] behind an
+//! atomic swap, so the data plane never locks per request or per frame. This module may use
+//! `routing` and `upstream`; it never parses configuration text.
+
+mod forward;
+mod gateway;
+mod headers;
+mod listener;
+mod pipeline;
+mod snapshot;
+mod tls;
 pub mod websocket;
+
+pub use gateway::{Gateway, GatewayHandle, StartError};
+pub use snapshot::{EnvRoutes, Route, Snapshot};

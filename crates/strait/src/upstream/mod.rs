@@ -1,0 +1,213 @@
+//! Upstream: how the gateway reaches backends.
+//!
+//! Owns the pooled HTTP client for request/response traffic, the TLS trust for https/wss
+//! backends (system roots plus an optional `ca_file`) and dedicated connections for
+//! WebSocket upgrades. Knows nothing of routes or client connections.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::routing::{BackendUrl, Scheme};
+
+/// Why a backend could not be reached or trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot read the CA file {path}: {source}")]
+    CaFile { path: PathBuf, source: io::Error },
+    #[error("the CA file {path} holds no usable certificate")]
+    CaEmpty { path: PathBuf },
+    #[error("connecting to {authority} timed out after {timeout:?}")]
+    ConnectTimeout { authority: String, timeout: Duration },
+    #[error("cannot connect to {authority}: {source}")]
+    Connect { authority: String, source: io::Error },
+    #[error("TLS handshake with {authority} failed: {source}")]
+    Tls { authority: String, source: io::Error },
+    #[error("{0:?} is not a valid TLS server name")]
+    ServerName(String),
+}
+
+/// The pooled HTTP client used for request/response traffic.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+
+/// One way of reaching backends: a trust store, a connect timeout and the HTTP pool built on them.
+#[derive(Clone)]
+pub struct Upstream {
+    http: HttpClient,
+    /// ALPN `http/1.1` only: WebSocket upgrades need HTTP/1.1.
+    ws_tls: TlsConnector,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("connect_timeout", &self.connect_timeout).finish()
+    }
+}
+
+impl Upstream {
+    pub fn new(ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Self, UpstreamError> {
+        let roots = root_store(ca_file)?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamError::Tls { authority: String::new(), source: io::Error::other(e) })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut ws_tls = tls.clone();
+        ws_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        Ok(Upstream { http, ws_tls: TlsConnector::from(Arc::new(ws_tls)), connect_timeout })
+    }
+
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
+    /// A fresh connection for a WebSocket upgrade (TLS for https backends), never pooled.
+    pub async fn connect_ws(&self, backend: &BackendUrl) -> Result<BackendStream, UpstreamError> {
+        let authority = backend.authority().to_owned();
+        let addr = (backend.host(), backend.port());
+        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+            Err(_) => return Err(UpstreamError::ConnectTimeout { authority, timeout: self.connect_timeout }),
+            Ok(Err(source)) => return Err(UpstreamError::Connect { authority, source }),
+            Ok(Ok(tcp)) => tcp,
+        };
+        let _ = tcp.set_nodelay(true);
+        match backend.scheme() {
+            Scheme::Http => Ok(BackendStream::Plain(tcp)),
+            Scheme::Https => {
+                let name = ServerName::try_from(backend.host().to_owned())
+                    .map_err(|_| UpstreamError::ServerName(backend.host().to_owned()))?;
+                let handshake = self.ws_tls.connect(name, tcp);
+                match tokio::time::timeout(self.connect_timeout, handshake).await {
+                    Err(_) => Err(UpstreamError::ConnectTimeout { authority, timeout: self.connect_timeout }),
+                    Ok(Err(source)) => Err(UpstreamError::Tls { authority, source }),
+                    Ok(Ok(tls)) => Ok(BackendStream::Tls(Box::new(tls))),
+                }
+            }
+        }
+    }
+}
+
+/// Builds [`Upstream`]s once per distinct (CA file, connect timeout) and shares them, so
+/// proxies with the same trust share one connection pool.
+#[derive(Default)]
+pub struct UpstreamCache {
+    built: HashMap<(Option<PathBuf>, Duration), Upstream>,
+}
+
+impl UpstreamCache {
+    pub fn get(&mut self, ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Upstream, UpstreamError> {
+        let key = (ca_file.map(Path::to_path_buf), connect_timeout);
+        if let Some(found) = self.built.get(&key) {
+            return Ok(found.clone());
+        }
+        let built = Upstream::new(ca_file, connect_timeout)?;
+        self.built.insert(key, built.clone());
+        Ok(built)
+    }
+}
+
+/// A connection to a backend for a WebSocket session.
+pub enum BackendStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl BackendStream {
+    pub fn into_hyper_io(self) -> TokioIo<Self> {
+        TokioIo::new(self)
+    }
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            BackendStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            BackendStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            BackendStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            BackendStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// System roots (loaded once per process) plus the optional extra CA file.
+fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, UpstreamError> {
+    static SYSTEM: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    let system = SYSTEM.get_or_init(|| {
+        let loaded = rustls_native_certs::load_native_certs();
+        for error in &loaded.errors {
+            tracing::debug!(%error, "skipping a system root certificate");
+        }
+        loaded.certs
+    });
+    let mut roots = RootCertStore::empty();
+    let _ = roots.add_parsable_certificates(system.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| UpstreamError::CaFile { path: path.to_path_buf(), source: io::Error::other(e) })?
+            .filter_map(Result::ok)
+            .collect();
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(UpstreamError::CaEmpty { path: path.to_path_buf() });
+        }
+    }
+    Ok(roots)
+}

@@ -1,0 +1,73 @@
+//! Header rules shared by HTTP forwarding and WebSocket handshakes: hop-by-hop removal
+//! (RFC 9110 §7.6.1) and the `X-Forwarded-*` family.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::pipeline::ConnInfo;
+
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+];
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto` (as the client
+/// connected) and `X-Forwarded-Host` (the host the client asked for).
+pub fn set_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, original_host: Option<&HeaderValue>) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let client_ip = conn.client.ip().to_string();
+    let earlier: Vec<&str> = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()).collect();
+    let joined = if earlier.is_empty() { client_ip } else { format!("{}, {client_ip}", earlier.join(", ")) };
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(XFF, value);
+    }
+    headers.insert(XFP, HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
+    match original_host {
+        Some(host) => {
+            headers.insert(XFH, host.clone());
+        }
+        None => {
+            headers.remove(XFH);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_standard_and_connection_named_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-kept"], "yes");
+    }
+}

@@ -1,0 +1,101 @@
+//! Accept phase: one listener per environment, plain TCP or TLS, serving HTTP/1.1
+//! (with upgrades) and HTTP/2 (ALPN on TLS, prior knowledge on plain TCP).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::pipeline::{ConnInfo, Shared, handle};
+
+/// Largest request head accepted (request line plus headers).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A client that has not sent its request head (or finished TLS) in this time is dropped.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Listener {
+    pub env: Arc<str>,
+    pub tcp: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+    pub shutdown_grace: Duration,
+}
+
+impl Listener {
+    pub async fn run(self, shared: Arc<Shared>) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEAD_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES);
+        builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
+        let graceful = GracefulShutdown::new();
+        loop {
+            let accepted = tokio::select! {
+                _ = shared.shutdown.cancelled() => break,
+                accepted = self.tcp.accept() => accepted,
+            };
+            let (tcp, client) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of descriptors or memory: refuse for a moment rather than spin or crash.
+                    tracing::error!(env = %self.env, %error, "cannot accept a new connection; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let conn = Arc::new(ConnInfo { client, tls: self.tls.is_some(), env: self.env.clone() });
+            let task = serve_connection(builder.clone(), self.tls.clone(), tcp, conn, shared.clone(), graceful.watcher());
+            tokio::spawn(task);
+        }
+        drop(self.tcp);
+        tracing::info!(env = %self.env, "stopped accepting; waiting for in-flight requests");
+        if tokio::time::timeout(self.shutdown_grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!(env = %self.env, grace = ?self.shutdown_grace, "in-flight requests outlived the shutdown grace");
+        }
+    }
+}
+
+async fn serve_connection(
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    tcp: TcpStream,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let service = {
+        let conn = conn.clone();
+        service_fn(move |req| {
+            let shared = shared.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(handle(shared, conn, req).await) }
+        })
+    };
+    let result = match tls {
+        None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned()).await,
+        Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => {
+                watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(client = %conn.client, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %conn.client, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    if let Err(error) = result {
+        tracing::debug!(client = %conn.client, %error, "connection ended with an error");
+    }
+}

@@ -1,0 +1,153 @@
+//! The request phases, in order. Each phase is one function; a later policy or metric
+//! touches one place:
+//!
+//! 1. **accept** — the listener hands over a request with its [`ConnInfo`];
+//! 2. **match** — normalise the path, find the route, check the method ([`match_route`]);
+//! 3. **policies** — (none yet; authentication and limits slot in here);
+//! 4. **connect + relay** — HTTP forwarding ([`super::forward`]) or the WebSocket
+//!    handshake and relay ([`super::websocket::handshake`]);
+//! 5. **log** — one line per request ([`log`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::snapshot::{EnvRoutes, Route, Snapshot};
+use super::{forward, websocket};
+use crate::error::{ErrorKind, GatewayError};
+use crate::routing::{normalize_path, target_uri};
+
+/// Response bodies: streamed from a backend, or made by the gateway.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// State shared by every listener and connection of one gateway.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub shutdown: CancellationToken,
+    /// WebSocket sessions, so shutdown can wait for their close handshakes.
+    pub sessions: TaskTracker,
+    /// How long a WebSocket close handshake may take.
+    pub close_timeout: Duration,
+}
+
+/// What the accept phase knows about the client connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    pub tls: bool,
+    pub env: Arc<str>,
+}
+
+/// The outcome of the match phase.
+pub struct Matched {
+    pub env: Arc<EnvRoutes>,
+    pub route: Arc<Route>,
+    /// The resolved backend target (`ws://`/`wss://` for WebSocket upgrades).
+    pub target: String,
+}
+
+pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let response = match serve(&shared, &conn, req).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(env = %conn.env, %method, %path, kind = error.kind.as_str(), "{error}");
+            error.to_response().map(Either::Right)
+        }
+    };
+    log(&conn, &method, &path, response.status(), started);
+    response
+}
+
+async fn serve(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let websocket = is_websocket_upgrade(&req);
+    let matched = match_route(shared, conn, &req, websocket)?;
+    // Policies phase: nothing yet.
+    if websocket {
+        if !matched.env.websocket {
+            return Err(GatewayError::new(
+                ErrorKind::WebsocketDisabled,
+                format!(
+                    "WebSocket is not enabled in environment \"{}\"; set `websocket: true` on that environment to allow upgrades",
+                    matched.env.name
+                ),
+            ));
+        }
+        websocket::handshake::forward(shared, conn, matched, req).await
+    } else {
+        forward::forward(conn, matched, req).await
+    }
+}
+
+/// Match phase: normalise the path, find the longest matching proxy, check the method.
+pub fn match_route<B>(shared: &Shared, conn: &ConnInfo, req: &Request<B>, websocket: bool) -> Result<Matched, GatewayError> {
+    let snapshot = shared.snapshot.load();
+    let env = snapshot.env(&conn.env).cloned().ok_or_else(|| {
+        GatewayError::new(ErrorKind::NoRoute, format!("environment \"{}\" is not configured", conn.env))
+    })?;
+    let raw_path = req.uri().path();
+    let path = normalize_path(raw_path).map_err(|e| {
+        GatewayError::new(ErrorKind::BadRequest, format!("the request path {raw_path:?} is not acceptable: {e}"))
+    })?;
+    let found = env.routes.lookup(&path).ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::NoRoute,
+            format!("no API proxy serves {path} in environment \"{}\"", env.name),
+        )
+    })?;
+    let route = found.value.clone();
+    if !route.allows(req.method()) {
+        let allowed: Vec<&str> = route.methods.iter().flatten().map(Method::as_str).collect();
+        let error = GatewayError::new(
+            ErrorKind::MethodNotAllowed,
+            format!(
+                "API proxy \"{}\" does not accept {} requests; it accepts {}",
+                route.proxy,
+                req.method(),
+                allowed.join(", ")
+            ),
+        );
+        return Err(match http::HeaderValue::from_str(&allowed.join(", ")) {
+            Ok(value) => error.with_header(header::ALLOW, value),
+            Err(_) => error,
+        });
+    }
+    let target = target_uri(&route.backend, found.remaining, req.uri().query(), websocket);
+    Ok(Matched { env, route, target })
+}
+
+/// An upgrade request in the RFC 6455 sense: GET with `Upgrade: websocket` and `Connection: upgrade`.
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    req.method() == Method::GET && has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
+}
+
+/// Log phase.
+fn log(conn: &ConnInfo, method: &Method, path: &str, status: StatusCode, started: Instant) {
+    tracing::debug!(
+        target: "strait::access",
+        env = %conn.env,
+        client = %conn.client,
+        %method,
+        path,
+        status = status.as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+    );
+}

@@ -1,0 +1,140 @@
+//! Connect phase for WebSocket: forward the client's upgrade to the backend on a fresh
+//! connection and give the client **the backend's own answer** — its 101 with the
+//! subprotocol and extensions it chose, or its refusal as it was. Only after both sides
+//! have upgraded does the relay start, as a tracked task so shutdown can close it.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::relay::{CloseFrame, RelayConfig, relay};
+use crate::error::{ErrorKind, GatewayError};
+use crate::proxy::forward::{backend_host, original_host};
+use crate::proxy::headers::{set_forwarded, strip_hop_by_hop};
+use crate::proxy::pipeline::{Body, ConnInfo, Matched, Shared};
+use crate::upstream::UpstreamError;
+
+pub async fn forward(
+    shared: &Shared,
+    conn: &ConnInfo,
+    matched: Matched,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let Matched { env, route, target } = matched;
+    let target_uri: Uri = target.parse().map_err(|_| {
+        GatewayError::new(ErrorKind::BadRequest, format!("the resolved target {target:?} is not a valid URI"))
+    })?;
+    let path_and_query = target_uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _) = req.into_parts();
+    let original_host = original_host(&parts);
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    set_forwarded(&mut headers, conn, original_host.as_ref());
+    let host = match (&original_host, route.preserve_host) {
+        (Some(host), true) => host.clone(),
+        _ => backend_host(&route.backend)?,
+    };
+    headers.insert(header::HOST, host);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+
+    let mut backend_req = Request::new(Empty::<Bytes>::new());
+    *backend_req.method_mut() = Method::GET;
+    *backend_req.uri_mut() = path_and_query.parse().map_err(|_| {
+        GatewayError::new(ErrorKind::BadRequest, format!("the resolved target {target:?} is not a valid URI"))
+    })?;
+    *backend_req.headers_mut() = headers;
+
+    let stream = route.upstream.connect_ws(&route.backend).await.map_err(|e| connect_error(&route.proxy, &e))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| bad_gateway(&route.proxy, &e))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "backend handshake connection ended");
+        }
+    });
+
+    let sent = sender.send_request(backend_req);
+    let mut response = match tokio::time::timeout(env.timeouts.response, sent).await {
+        Err(_) => {
+            return Err(GatewayError::new(
+                ErrorKind::GatewayTimeout,
+                format!(
+                    "the backend of API proxy \"{}\" did not answer the WebSocket handshake within {:?}",
+                    route.proxy, env.timeouts.response
+                ),
+            ));
+        }
+        Ok(Err(error)) => return Err(bad_gateway(&route.proxy, &error)),
+        Ok(Ok(response)) => response,
+    };
+
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The backend refused: its answer reaches the client as it was.
+        tracing::debug!(proxy = %route.proxy, status = %response.status(), %target, "backend refused the WebSocket upgrade");
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        return Ok(Response::from_parts(parts, Either::Left(body)));
+    }
+
+    let backend_upgrade = hyper::upgrade::on(&mut response);
+    let (parts, _) = response.into_parts();
+    let mut answer = Response::new(Either::Right(Full::new(Bytes::new())));
+    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *answer.headers_mut() = parts.headers;
+
+    let config = RelayConfig { idle_timeout: env.timeouts.websocket_idle, close_timeout: shared.close_timeout };
+    let shutdown = shared.shutdown.clone();
+    let proxy = route.proxy.clone();
+    let client = conn.client;
+    shared.sessions.spawn(async move {
+        let (client_io, backend_io) = match tokio::try_join!(client_upgrade, backend_upgrade) {
+            Ok(both) => both,
+            Err(error) => {
+                tracing::debug!(%proxy, %error, "WebSocket upgrade did not complete");
+                return;
+            }
+        };
+        let stop = async move {
+            shutdown.cancelled().await;
+            CloseFrame { code: 1001, reason: "gateway shutting down".into() }
+        };
+        tracing::debug!(%proxy, %client, %target, "WebSocket session open");
+        let outcome = relay(TokioIo::new(client_io), TokioIo::new(backend_io), &config, stop).await;
+        tracing::debug!(
+            target: "strait::access",
+            %proxy,
+            %client,
+            %target,
+            close_code = outcome.close.as_ref().map(|c| c.code),
+            initiator = ?outcome.initiator,
+            messages_in = outcome.client_to_backend.messages,
+            messages_out = outcome.backend_to_client.messages,
+            "WebSocket session closed"
+        );
+    });
+    Ok(answer)
+}
+
+fn connect_error(proxy: &str, error: &UpstreamError) -> GatewayError {
+    tracing::warn!(proxy, %error, "WebSocket backend could not be reached");
+    let kind = match error {
+        UpstreamError::ConnectTimeout { .. } => ErrorKind::GatewayTimeout,
+        _ => ErrorKind::BadGateway,
+    };
+    GatewayError::new(kind, format!("the backend of API proxy \"{proxy}\" could not be reached: {error}"))
+}
+
+fn bad_gateway(proxy: &str, error: &hyper::Error) -> GatewayError {
+    tracing::warn!(proxy, %error, "WebSocket handshake with the backend failed");
+    GatewayError::new(
+        ErrorKind::BadGateway,
+        format!("the backend of API proxy \"{proxy}\" failed during the WebSocket handshake: {error}"),
+    )
+}
