@@ -1,0 +1,103 @@
+//! Shared helpers for the end-to-end tests: a gateway from YAML on an ephemeral port,
+//! the echo backend, a pooled HTTP client, and small hand-written backends.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use strait::echo::{self, EchoHandle};
+use strait::{Gateway, GatewayHandle};
+
+/// A gateway started from YAML text; `{echo}` in the text is replaced by the echo backend's
+/// address when one is given. Environments should listen on `127.0.0.1:0`.
+pub async fn gateway(yaml: &str) -> GatewayHandle {
+    gateway_in(yaml, Path::new("test.yaml")).await
+}
+
+/// Like [`gateway`], with relative file paths resolved against `origin`'s folder.
+pub async fn gateway_in(yaml: &str, origin: &Path) -> GatewayHandle {
+    let config = match strait::config::parse_str(yaml, origin) {
+        Ok(config) => config,
+        Err(error) => panic!("test configuration is invalid:\n{error}\n---\n{yaml}"),
+    };
+    match Gateway::start(&config).await {
+        Ok(handle) => handle,
+        Err(error) => panic!("gateway did not start: {error}"),
+    }
+}
+
+/// The echo backend on an ephemeral port.
+pub async fn echo() -> EchoHandle {
+    echo::spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("echo backend binds")
+}
+
+/// One environment `test` on an ephemeral port, WebSocket on, with the given proxies
+/// (YAML list items, indented by two spaces, each deployed to `test`).
+pub fn single_env(websocket: bool, proxies: &str) -> String {
+    format!(
+        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    websocket: {websocket}\nproxies:\n{proxies}"
+    )
+}
+
+pub fn addr(gw: &GatewayHandle) -> SocketAddr {
+    gw.local_addr("test")
+        .expect("environment test is listening")
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends a request and collects the whole response body.
+pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> (Response<()>, Bytes) {
+    let response = client.request(req).await.expect("gateway answers");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body arrives").to_bytes();
+    (Response::from_parts(parts, ()), bytes)
+}
+
+pub async fn get(client: &HttpClient, url: &str) -> (Response<()>, Bytes) {
+    let req = Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .expect("valid request");
+    send(client, req).await
+}
+
+pub fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// Asserts a gateway-made JSON error with this status and kind.
+pub fn assert_error(response: &Response<()>, body: &[u8], status: u16, kind: &str) {
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "body: {}",
+        String::from_utf8_lossy(body)
+    );
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let value = json(body);
+    assert_eq!(value["status"], status);
+    assert_eq!(value["error"], kind);
+    assert!(
+        value["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "a human sentence: {value}"
+    );
+}
+
+/// A port on which nothing listens (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}

@@ -1,0 +1,497 @@
+//! End-to-end WebSocket proxying: real tokio-tungstenite clients and backends over loopback.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{addr, assert_error, client, echo, gateway, get, json, single_env};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::{
+    Frame, FrameHeader, coding::Data, coding::OpCode,
+};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async, connect_async_with_config,
+};
+
+type Client = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Connects and returns the client and the 101 response's headers.
+async fn connect(url: &str) -> (Client, http::HeaderMap) {
+    let (ws, response) = within("handshake", connect_async(url))
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    assert_eq!(response.status(), 101);
+    (ws, response.headers().clone())
+}
+
+/// Next data or close message, skipping nothing.
+async fn next(ws: &mut Client) -> Message {
+    within("a message", ws.next())
+        .await
+        .expect("stream open")
+        .expect("valid message")
+}
+
+async fn expect_close(ws: &mut Client) -> CloseFrame {
+    loop {
+        match within("a close frame", ws.next()).await {
+            Some(Ok(Message::Close(Some(frame)))) => return frame,
+            Some(Ok(Message::Close(None))) => panic!("close without a code"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// Events a hand-written backend reports.
+#[derive(Debug)]
+enum Seen {
+    Path(String),
+    Message(Message),
+    Closed(Option<CloseFrame>),
+}
+
+/// A WebSocket backend that reports its request path and every message, and echoes text.
+/// `on_first` decides what happens at the first message: echo, close with a frame, or die.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Echo,
+    CloseWith(u16),
+    DieOnFirstMessage,
+}
+
+async fn ws_backend(behaviour: Behaviour) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let path_tx = tx.clone();
+                let callback =
+                    move |req: &tokio_tungstenite::tungstenite::handshake::server::Request, res| {
+                        let _ = path_tx.send(Seen::Path(req.uri().to_string()));
+                        Ok(res)
+                    };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Close(frame) = &message {
+                        let _ = tx.send(Seen::Closed(frame.clone()));
+                        continue; // the library answers the close
+                    }
+                    let _ = tx.send(Seen::Message(message.clone()));
+                    match behaviour {
+                        Behaviour::Echo => {
+                            if message.is_text() || message.is_binary() {
+                                let _ = ws.send(message).await;
+                            }
+                        }
+                        Behaviour::CloseWith(code) => {
+                            let frame = CloseFrame {
+                                code: CloseCode::from(code),
+                                reason: "server bye".into(),
+                            };
+                            let _ = ws.close(Some(frame)).await;
+                        }
+                        Behaviour::DieOnFirstMessage => return, // drops the TCP connection, no close frame
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+async fn seen(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    within("the backend", rx.recv())
+        .await
+        .expect("backend alive")
+}
+
+fn proxy(name: &str, path: &str, backend: &str) -> String {
+    format!("  - name: {name}\n    path: {path}\n    backend: {backend}\n    deploy: [test]\n")
+}
+
+#[tokio::test]
+async fn the_three_examples_resolve_for_websocket() {
+    let echo = echo().await;
+    let e = echo.local_addr();
+    let proxies = [
+        proxy("users", "/api/v1/*", &format!("http://{e}/service")),
+        proxy("chat", "/chat/*", &format!("http://{e}/websocket")),
+    ]
+    .concat();
+    let gw = gateway(&single_env(true, &proxies)).await;
+    let g = addr(&gw);
+
+    let (mut ws, headers) = connect(&format!("ws://{g}/api/v1/chat")).await;
+    assert_eq!(headers["x-echo-uri"], "/service/chat");
+    ws.send(Message::text("hello")).await.expect("send");
+    assert_eq!(next(&mut ws).await, Message::text("hello"));
+
+    let (_ws, headers) = connect(&format!("ws://{g}/chat/room/123?token=a%20b&x")).await;
+    assert_eq!(headers["x-echo-uri"], "/websocket/room/123?token=a%20b&x");
+
+    // The same proxy still serves plain HTTP on the same path.
+    let (response, body) = get(&client(), &format!("http://{g}/api/v1/chat")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(json(&body)["path"], "/service/chat");
+}
+
+#[tokio::test]
+async fn handshake_headers_reach_the_backend_and_subprotocol_comes_back() {
+    let (backend, mut rx) = ws_backend(Behaviour::Echo).await;
+    let echo = echo().await;
+    let proxies = [
+        proxy("raw", "/raw/*", &format!("http://{backend}/b")),
+        proxy(
+            "echo",
+            "/echo/*",
+            &format!("http://{}/e", echo.local_addr()),
+        ),
+    ]
+    .concat();
+    let gw = gateway(&single_env(true, &proxies)).await;
+    let g = addr(&gw);
+
+    let (_ws, _) = connect(&format!("ws://{g}/raw/x?q=1")).await;
+    match seen(&mut rx).await {
+        Seen::Path(path) => assert_eq!(path, "/b/x?q=1"),
+        other => panic!("expected the path, got {other:?}"),
+    }
+
+    let mut request = format!("ws://{g}/echo/proto")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "v2.chat, v1.chat".parse().expect("header"),
+    );
+    request
+        .headers_mut()
+        .insert("x-custom", "kept".parse().expect("header"));
+    let (_ws, response) = within("handshake", connect_async(request))
+        .await
+        .expect("upgrade");
+    assert_eq!(response.headers()["sec-websocket-protocol"], "v2.chat");
+}
+
+#[tokio::test]
+async fn backend_refusal_reaches_the_client_as_it_was() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let body = "{\"reason\":\"no token\"}";
+            let answer = format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nX-Why: policy\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tcp.write_all(answer.as_bytes()).await;
+        }
+    });
+    let gw = gateway(&single_env(
+        true,
+        &proxy("p", "/p/*", &format!("http://{backend}/")),
+    ))
+    .await;
+    match within(
+        "handshake",
+        connect_async(format!("ws://{}/p/x", addr(&gw))),
+    )
+    .await
+    {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status(), 403);
+            assert_eq!(response.headers()["x-why"], "policy");
+            let body = response.body().as_deref().unwrap_or_default();
+            assert_eq!(json(body)["reason"], "no token");
+        }
+        other => panic!("expected the backend's 403, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unreachable_backend_is_502_and_never_101() {
+    let dead = common::closed_port();
+    let gw = gateway(&single_env(
+        true,
+        &proxy("p", "/p/*", &format!("http://{dead}/")),
+    ))
+    .await;
+    match within(
+        "handshake",
+        connect_async(format!("ws://{}/p/x", addr(&gw))),
+    )
+    .await
+    {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status(), 502);
+            let body = response.body().as_deref().unwrap_or_default();
+            assert_eq!(json(body)["error"], "bad_gateway");
+        }
+        other => panic!("expected 502, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn websocket_disabled_is_400_and_http_still_works() {
+    let echo = echo().await;
+    let gw = gateway(&single_env(
+        false,
+        &proxy("p", "/p/*", &format!("http://{}/", echo.local_addr())),
+    ))
+    .await;
+    let g = addr(&gw);
+    match within("handshake", connect_async(format!("ws://{g}/p/x"))).await {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status(), 400);
+            let body = json(response.body().as_deref().unwrap_or_default());
+            assert_eq!(body["error"], "websocket_disabled");
+            let message = body["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("\"test\"") && message.contains("websocket: true"),
+                "{message}"
+            );
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    let (response, body) = get(&client(), &format!("http://{g}/p/x")).await;
+    assert_eq!(response.status(), 200, "{body:?}");
+}
+
+#[tokio::test]
+async fn fragmented_large_and_control_frames_pass() {
+    let echo = echo().await;
+    let gw = gateway(&single_env(
+        true,
+        &proxy("p", "/p/*", &format!("http://{}/", echo.local_addr())),
+    ))
+    .await;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let (mut ws, _) = within(
+        "handshake",
+        connect_async_with_config(format!("ws://{}/p/x", addr(&gw)), Some(config), false),
+    )
+    .await
+    .expect("upgrade");
+
+    // A text message in three fragments.
+    let fragment = |opcode: OpCode, fin: bool, payload: &'static str| {
+        let header = FrameHeader {
+            is_final: fin,
+            opcode,
+            ..FrameHeader::default()
+        };
+        Message::Frame(Frame::from_payload(
+            header,
+            payload.as_bytes().to_vec().into(),
+        ))
+    };
+    ws.send(fragment(OpCode::Data(Data::Text), false, "Hel"))
+        .await
+        .expect("send");
+    ws.send(fragment(OpCode::Data(Data::Continue), false, "lo, "))
+        .await
+        .expect("send");
+    ws.send(fragment(OpCode::Data(Data::Continue), true, "world"))
+        .await
+        .expect("send");
+    assert_eq!(next(&mut ws).await, Message::text("Hello, world"));
+
+    // 16 MiB binary message.
+    let big: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.expect("send");
+    match next(&mut ws).await {
+        Message::Binary(data) => assert!(data[..] == big[..], "16 MiB message changed in transit"),
+        other => panic!("expected binary, got {other:?}"),
+    }
+
+    // Ping is answered by the backend with a pong carrying the same payload.
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .expect("send");
+    match next(&mut ws).await {
+        Message::Pong(payload) => assert_eq!(&payload[..], b"are you there"),
+        other => panic!("expected pong, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn close_codes_pass_in_both_directions() {
+    // Client closes: the backend sees the client's code and reason.
+    let (backend, mut rx) = ws_backend(Behaviour::Echo).await;
+    let gw = gateway(&single_env(
+        true,
+        &proxy("p", "/p/*", &format!("http://{backend}/")),
+    ))
+    .await;
+    let (mut ws, _) = connect(&format!("ws://{}/p/x", addr(&gw))).await;
+    assert!(matches!(seen(&mut rx).await, Seen::Path(_)));
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(4001),
+        reason: "client bye".into(),
+    }))
+    .await
+    .expect("close");
+    match seen(&mut rx).await {
+        Seen::Closed(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 4001);
+            assert_eq!(frame.reason.as_str(), "client bye");
+        }
+        other => panic!("expected the client's close, got {other:?}"),
+    }
+    let reply = expect_close(&mut ws).await;
+    assert_eq!(
+        u16::from(reply.code),
+        4001,
+        "the backend echoes the close code"
+    );
+
+    // Backend closes: the client sees the backend's code and reason.
+    let (backend, _rx) = ws_backend(Behaviour::CloseWith(4002)).await;
+    let gw = gateway(&single_env(
+        true,
+        &proxy("p", "/p/*", &format!("http://{backend}/")),
+    ))
+    .await;
+    let (mut ws, _) = connect(&format!("ws://{}/p/x", addr(&gw))).await;
+    ws.send(Message::text("please close")).await.expect("send");
+    let frame = expect_close(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 4002);
+    assert_eq!(frame.reason.as_str(), "server bye");
+}
+
+#[tokio::test]
+async fn backend_dying_mid_session_gives_the_client_1014() {
+    let (backend, mut rx) = ws_backend(Behaviour::DieOnFirstMessage).await;
+    let gw = gateway(&single_env(
+        true,
+        &proxy("p", "/p/*", &format!("http://{backend}/")),
+    ))
+    .await;
+    let (mut ws, _) = connect(&format!("ws://{}/p/x", addr(&gw))).await;
+    ws.send(Message::text("last words")).await.expect("send");
+    assert!(matches!(seen(&mut rx).await, Seen::Path(_)));
+    match seen(&mut rx).await {
+        Seen::Message(message) => assert_eq!(message, Message::text("last words")),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    let frame = expect_close(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 1014);
+}
+
+#[tokio::test]
+async fn idle_sessions_are_closed_with_1001_on_both_sides() {
+    let (backend, mut rx) = ws_backend(Behaviour::Echo).await;
+    let yaml = format!(
+        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    websocket: true\n    timeouts: {{ websocket_idle: 300ms }}\nproxies:\n{}",
+        proxy("p", "/p/*", &format!("http://{backend}/"))
+    );
+    let gw = gateway(&yaml).await;
+    let (mut ws, _) = connect(&format!("ws://{}/p/x", addr(&gw))).await;
+    let started = std::time::Instant::now();
+    let frame = expect_close(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 1001);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(seen(&mut rx).await, Seen::Path(_)));
+    match seen(&mut rx).await {
+        Seen::Closed(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected the backend to get 1001, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn shutdown_closes_sessions_with_1001_and_finishes_in_flight_http() {
+    let (backend, mut rx) = ws_backend(Behaviour::Echo).await;
+    // A slow HTTP backend that answers only when told to.
+    let slow = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let slow_addr = slow.local_addr().expect("addr");
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let (arrived_tx, arrived_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok((mut tcp, _)) = slow.accept().await else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let _ = tcp.read(&mut buf).await;
+        let _ = arrived_tx.send(());
+        let _ = release_rx.await;
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+            .await;
+    });
+    let proxies = [
+        proxy("ws", "/ws/*", &format!("http://{backend}/")),
+        proxy("slow", "/slow/*", &format!("http://{slow_addr}/")),
+    ]
+    .concat();
+    let gw = gateway(&single_env(true, &proxies)).await;
+    let g = addr(&gw);
+    let (mut ws, _) = connect(&format!("ws://{g}/ws/x")).await;
+    assert!(matches!(seen(&mut rx).await, Seen::Path(_)));
+    let in_flight =
+        tokio::spawn(async move { get(&client(), &format!("http://{g}/slow/x")).await });
+    within("the slow request to arrive", arrived_rx)
+        .await
+        .expect("arrived");
+
+    let shutdown = tokio::spawn(gw.shutdown());
+    let frame = expect_close(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 1001);
+    match seen(&mut rx).await {
+        Seen::Closed(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected the backend to get 1001, got {other:?}"),
+    }
+    let _ = release_tx.send(());
+    let (response, body) = within("the in-flight request", in_flight)
+        .await
+        .expect("task");
+    assert_eq!(response.status(), 200);
+    assert_eq!(&body[..], b"done");
+    within("shutdown", shutdown).await.expect("shutdown task");
+    assert!(
+        tokio::net::TcpStream::connect(g).await.is_err(),
+        "listener still accepting after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn plain_http_errors_on_a_websocket_path_are_json() {
+    let echo = echo().await;
+    let gw = gateway(&single_env(
+        true,
+        &proxy("p", "/p/*", &format!("http://{}/", echo.local_addr())),
+    ))
+    .await;
+    let (response, body) = get(&client(), &format!("http://{}/nothing-here", addr(&gw))).await;
+    assert_error(&response, &body, 404, "no_route");
+}
