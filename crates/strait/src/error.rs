@@ -3,7 +3,8 @@
 //! Owns only the error shape; it knows nothing of routing or connections.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 
 /// A machine-readable error kind; the string is part of the public contract.
@@ -57,16 +58,20 @@ pub struct GatewayError {
     pub kind: ErrorKind,
     pub message: String,
     /// Extra response headers (`Allow` on a 405, later `Retry-After`, `WWW-Authenticate`).
-    pub headers: HeaderMap,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl GatewayError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        GatewayError { kind, message: message.into(), headers: HeaderMap::new() }
+        GatewayError {
+            kind,
+            message: message.into(),
+            headers: Vec::new(),
+        }
     }
 
-    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
         self
     }
 
@@ -83,7 +88,9 @@ impl GatewayError {
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(self.body()));
         *response.status_mut() = self.kind.status();
-        response.headers_mut().extend(self.headers.clone());
+        for (name, value) in &self.headers {
+            response.headers_mut().append(name, value.clone());
+        }
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -98,11 +105,17 @@ mod tests {
 
     #[test]
     fn body_is_json_with_status_kind_and_message() {
-        let err = GatewayError::new(ErrorKind::NoRoute, "no proxy serves /x in environment \"prod\"");
+        let err = GatewayError::new(
+            ErrorKind::NoRoute,
+            "no proxy serves /x in environment \"prod\"",
+        );
         let value: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
         assert_eq!(value["status"], 404);
         assert_eq!(value["error"], "no_route");
-        assert_eq!(value["message"], "no proxy serves /x in environment \"prod\"");
+        assert_eq!(
+            value["message"],
+            "no proxy serves /x in environment \"prod\""
+        );
         let response = err.to_response();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");

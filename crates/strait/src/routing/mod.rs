@@ -16,3 +16,6 @@ pub use normalize::{PathError, normalize_path};
 pub use pattern::{PatternError, ProxyPath};
 pub use table::{DuplicatePath, RouteMatch, RouteTable};
 pub use target::target_uri;
+
+#[cfg(test)]
+mod proptests;
