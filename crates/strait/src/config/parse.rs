@@ -1,8 +1,11 @@
 //! Parsing and validation with file:line:column for every problem.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::Config;
+use super::tree::parse_yaml;
+use super::validate::validate;
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,27 +17,72 @@ pub struct Problem {
     pub message: String,
 }
 
+/// `file:line:column: message`, leaving out what is unknown.
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
 /// Every problem found, or a file that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}", display_problems(.0))]
     Invalid(Vec<Problem>),
 }
 
-fn display_problems(_problems: &[Problem]) -> String {
-    todo!() // one line per problem: `file:line:column: message`
+fn display_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse_str(&text, path)
 }
 
 /// Validates configuration text; `origin` names the file in problems and its folder anchors
 /// relative paths.
-pub fn parse_str(_text: &str, _origin: &Path) -> Result<Config, ConfigError> {
-    todo!()
+///
+/// Reports every problem at once, in file order. The exception is broken YAML (a syntax
+/// error, a duplicate key, a document over the parser's resource limits): that one problem
+/// is reported alone, since nothing after it can be read reliably.
+pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    let found = match parse_yaml(text) {
+        Ok(root) => match validate(root.as_ref(), origin.parent().unwrap_or(Path::new(""))) {
+            Ok(config) => return Ok(config),
+            Err(found) => found,
+        },
+        Err(problem) => vec![problem],
+    };
+    let mut problems: Vec<Problem> = found
+        .into_iter()
+        .map(|(at, message)| Problem {
+            file: origin.to_path_buf(),
+            line: at.line,
+            column: at.column,
+            message,
+        })
+        .collect();
+    problems.sort_by_key(|p| (p.line.unwrap_or(u64::MAX), p.column.unwrap_or(0)));
+    Err(ConfigError::Invalid(problems))
 }

@@ -1,0 +1,702 @@
+//! Parsing and validation of whole files: the happy path, defaults, and every problem with
+//! its line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+use crate::routing::{BackendUrl, ProxyPath};
+
+const ORIGIN: &str = "/etc/strait/gateway.yaml";
+
+const EXAMPLE: &str = "\
+environments:
+  - name: production
+    listen: 127.0.0.1:8080
+    websocket: true
+    tls: { cert: gw.pem, key: /abs/gw-key.pem }
+    timeouts: { connect: 5s, response: 60s, websocket_idle: 1h }
+    shutdown_grace: 30s
+proxies:
+  - name: users
+    path: /api/v1/*
+    backend: http://localhost:8080/service
+    deploy: [production]
+    methods: [GET, POST]
+    preserve_host: false
+    backend_tls: { ca_file: certs/ca.pem }
+";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    parse_str(text, Path::new(ORIGIN))
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text) {
+        Err(ConfigError::Invalid(problems)) => problems,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+/// Asserts that exactly one problem is reported, on `line`, and that it mentions every needle.
+#[track_caller]
+fn assert_one_problem(text: &str, line: u64, needles: &[&str]) {
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_problem(&found, line, needles);
+}
+
+#[track_caller]
+fn assert_problem(found: &[Problem], line: u64, needles: &[&str]) {
+    let hit = found
+        .iter()
+        .any(|p| p.line == Some(line) && needles.iter().all(|n| p.message.contains(n)));
+    assert!(
+        hit,
+        "no problem on line {line} mentioning {needles:?} in {found:#?}"
+    );
+}
+
+fn env(text: &str) -> String {
+    format!("environments:\n  - name: a\n    listen: 127.0.0.1:9000\n{text}")
+}
+
+#[test]
+fn the_example_round_trips_into_the_model() {
+    let config = parse(EXAMPLE).unwrap();
+    let expected = Config {
+        environments: vec![Environment {
+            name: "production".into(),
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            websocket: true,
+            tls: Some(TlsFiles {
+                cert: "/etc/strait/gw.pem".into(),
+                key: "/abs/gw-key.pem".into(),
+            }),
+            timeouts: Timeouts {
+                connect: Duration::from_secs(5),
+                response: Duration::from_secs(60),
+                websocket_idle: Duration::from_secs(3600),
+            },
+            shutdown_grace: Duration::from_secs(30),
+        }],
+        proxies: vec![Proxy {
+            name: "users".into(),
+            path: ProxyPath::parse("/api/v1/*").unwrap(),
+            backend: BackendUrl::parse("http://localhost:8080/service").unwrap(),
+            deploy: vec!["production".into()],
+            methods: Some(vec![http::Method::GET, http::Method::POST]),
+            preserve_host: false,
+            backend_tls: Some(BackendTls {
+                ca_file: "/etc/strait/certs/ca.pem".into(),
+            }),
+        }],
+    };
+    assert_eq!(config, expected);
+}
+
+#[test]
+fn defaults_apply_when_keys_are_left_out() {
+    let text = "\
+environments:
+  - name: dev
+    listen: localhost:3000
+proxies:
+  - name: echo
+    path: /echo
+    backend: https://example.com
+";
+    let config = parse(text).unwrap();
+    let dev = &config.environments[0];
+    assert_eq!(dev.listen, SocketAddr::from(([127, 0, 0, 1], 3000)));
+    assert!(!dev.websocket);
+    assert_eq!(dev.tls, None);
+    assert_eq!(dev.timeouts, Timeouts::default());
+    assert_eq!(dev.shutdown_grace, Duration::from_secs(30));
+    let echo = &config.proxies[0];
+    assert!(echo.deploy.is_empty());
+    assert_eq!(echo.methods, None);
+    assert!(!echo.preserve_host);
+    assert_eq!(echo.backend_tls, None);
+}
+
+#[test]
+fn environments_alone_are_enough_and_partial_timeouts_keep_other_defaults() {
+    let config = parse(&env(
+        "    timeouts: { connect: 250ms }\n    shutdown_grace: 0s\n",
+    ))
+    .unwrap();
+    let a = &config.environments[0];
+    assert_eq!(a.timeouts.connect, Duration::from_millis(250));
+    assert_eq!(a.timeouts.response, Timeouts::default().response);
+    assert_eq!(a.shutdown_grace, Duration::ZERO);
+    assert!(config.proxies.is_empty());
+}
+
+#[test]
+fn relative_paths_stay_relative_when_the_file_has_no_folder() {
+    let config = parse_str(
+        &env("    tls: { cert: gw.pem, key: k.pem }\n"),
+        Path::new("gateway.yaml"),
+    )
+    .unwrap();
+    let tls = config.environments[0].tls.clone().unwrap();
+    assert_eq!(tls.cert, PathBuf::from("gw.pem"));
+}
+
+#[test]
+fn problems_display_one_line_each_with_file_line_and_column() {
+    let err = parse(&env("    lisen: x\n    websocket: maybe\n")).unwrap_err();
+    let shown = err.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    assert!(
+        lines[0]
+            .starts_with("/etc/strait/gateway.yaml:4:5: environment \"a\": unknown key \"lisen\""),
+        "{shown}"
+    );
+    assert!(
+        lines[1].starts_with("/etc/strait/gateway.yaml:5:16: environment \"a\": websocket"),
+        "{shown}"
+    );
+    let unknown = Problem {
+        file: "f.yaml".into(),
+        line: None,
+        column: None,
+        message: "m".into(),
+    };
+    assert_eq!(unknown.to_string(), "f.yaml: m");
+}
+
+#[test]
+fn an_empty_file_has_no_environments() {
+    for text in [
+        "",
+        "\n# just a comment\n",
+        "proxies: []\n",
+        "environments: []\n",
+        "environments:\n",
+    ] {
+        let found = problems(text);
+        assert_eq!(found.len(), 1, "{text:?}: {found:#?}");
+        assert!(
+            found[0].message.starts_with("no environments: "),
+            "{text:?}: {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_yaml_syntax_error_is_reported_with_its_location() {
+    assert_one_problem(
+        "environments: [\n  a,\nproxies: x\n",
+        1,
+        &["not valid YAML: unclosed bracket"],
+    );
+}
+
+#[test]
+fn a_duplicate_key_is_a_yaml_error() {
+    assert_one_problem(
+        &env("    listen: 127.0.0.1:9001\n"),
+        4,
+        &["duplicate", "listen"],
+    );
+}
+
+#[test]
+fn unknown_keys_are_reported_at_every_level_with_the_allowed_keys() {
+    let text = "\
+environment: []
+environments:
+  - name: a
+    listen: 127.0.0.1:9000
+    tls: { cert: c.pem, key: k.pem, chain: x.pem }
+    timeouts: { idle: 5s }
+    port: 80
+proxies:
+  - name: p
+    path: /p
+    backend: http://b
+    backend_tls: { ca: ca.pem }
+    retries: 3
+";
+    let found = problems(text);
+    assert_eq!(found.len(), 7, "{found:#?}");
+    assert_problem(
+        &found,
+        1,
+        &[
+            "unknown key \"environment\" at the top level",
+            "environments, proxies",
+        ],
+    );
+    assert_problem(
+        &found,
+        5,
+        &[
+            "environment \"a\"",
+            "unknown key \"chain\" in tls",
+            "cert, key",
+        ],
+    );
+    assert_problem(
+        &found,
+        6,
+        &[
+            "unknown key \"idle\" in timeouts",
+            "connect, response, websocket_idle",
+        ],
+    );
+    assert_problem(
+        &found,
+        7,
+        &[
+            "environment \"a\": unknown key \"port\"",
+            "name, listen, websocket",
+        ],
+    );
+    assert_problem(
+        &found,
+        12,
+        &["proxy \"p\": unknown key \"ca\" in backend_tls", "ca_file"],
+    );
+    assert_problem(
+        &found,
+        12,
+        &["proxy \"p\": the required key backend_tls.ca_file is missing"],
+    );
+    assert_problem(
+        &found,
+        13,
+        &["proxy \"p\": unknown key \"retries\"", "preserve_host"],
+    );
+}
+
+#[test]
+fn missing_required_keys_are_each_reported() {
+    let text = "\
+environments:
+  - websocket: true
+  - name: b
+proxies:
+  - deploy: []
+  - name: q
+    path: /q
+";
+    let found = problems(text);
+    assert_eq!(found.len(), 7, "{found:#?}");
+    assert_problem(&found, 2, &["environment #1", "name is missing"]);
+    assert_problem(&found, 2, &["environment #1", "listen is missing"]);
+    assert_problem(&found, 3, &["environment \"b\"", "listen is missing"]);
+    assert_problem(&found, 5, &["proxy #1", "name is missing"]);
+    assert_problem(&found, 5, &["proxy #1", "path is missing"]);
+    assert_problem(&found, 5, &["proxy #1", "backend is missing"]);
+    assert_problem(&found, 6, &["proxy \"q\"", "backend is missing"]);
+}
+
+#[test]
+fn an_empty_required_value_is_reported() {
+    assert_one_problem(
+        "environments:\n  - name:\n    listen: 127.0.0.1:1\n",
+        2,
+        &["environment #1", "name is empty"],
+    );
+}
+
+#[test]
+fn wrong_types_are_each_reported() {
+    let text = "\
+environments:
+  - name: 2024
+    listen: [127.0.0.1:9000]
+    websocket: yes
+    tls: on
+    timeouts: 5s
+proxies: { name: p }
+";
+    let found = problems(text);
+    assert_eq!(found.len(), 6, "{found:#?}");
+    assert_problem(
+        &found,
+        2,
+        &[
+            "environment #1: name must be text, but it is the number 2024",
+            "\"2024\"",
+        ],
+    );
+    assert_problem(
+        &found,
+        3,
+        &["listen must be an address such as 127.0.0.1:8080, but it is a list"],
+    );
+    assert_problem(
+        &found,
+        4,
+        &["websocket must be true or false, but it is the text \"yes\""],
+    );
+    assert_problem(&found, 5, &["tls must be a mapping"]);
+    assert_problem(&found, 6, &["timeouts must be a mapping"]);
+    assert_problem(
+        &found,
+        7,
+        &["proxies must be a list of proxies, but it is a mapping"],
+    );
+}
+
+#[test]
+fn the_whole_file_must_be_a_mapping() {
+    assert_one_problem(
+        "- a\n- b\n",
+        1,
+        &["the file must be a mapping", "but it is a list"],
+    );
+}
+
+#[test]
+fn empty_file_paths_are_reported() {
+    let text = env(
+        "    tls: { cert: '', key: k.pem }\nproxies:\n  - name: p\n    path: /p\n    backend: https://b\n    backend_tls: { ca_file: \"\" }\n",
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_problem(&found, 4, &["environment \"a\": tls.cert is empty"]);
+    assert_problem(&found, 9, &["proxy \"p\": backend_tls.ca_file is empty"]);
+}
+
+#[test]
+fn a_wildcard_that_is_not_the_last_segment_is_reported() {
+    let text = env("proxies:\n  - name: users\n    path: /a/*/b\n    backend: http://b\n");
+    assert_one_problem(
+        &text,
+        6,
+        &["proxy \"users\": ", "\"/a/*/b\"", "last segment"],
+    );
+}
+
+#[test]
+fn a_backend_scheme_other_than_http_or_https_is_reported() {
+    let text =
+        env("proxies:\n  - name: files\n    path: /f\n    backend: ftp://files.example.com\n");
+    assert_one_problem(
+        &text,
+        7,
+        &[
+            "proxy \"files\": ",
+            "\"ftp://files.example.com\"",
+            "\"ftp\"",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_paths_within_an_environment_are_reported() {
+    let text = "\
+environments:
+  - { name: a, listen: 127.0.0.1:9000 }
+  - { name: b, listen: 127.0.0.1:9001 }
+proxies:
+  - { name: one, path: /api/*, backend: http://x, deploy: [a] }
+  - { name: two, path: /api/*, backend: http://y, deploy: [b] }
+  - { name: three, path: /api/*, backend: http://z, deploy: [b, a] }
+  - { name: four, path: /api, backend: http://z, deploy: [a] }
+";
+    let found = problems(text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_problem(
+        &found,
+        7,
+        &["proxy \"three\": path \"/api/*\" is already used by proxy \"two\" in environment \"b\""],
+    );
+    assert_problem(
+        &found,
+        7,
+        &["proxy \"three\": path \"/api/*\" is already used by proxy \"one\" in environment \"a\""],
+    );
+}
+
+#[test]
+fn duplicate_environment_names_are_reported() {
+    let text = "environments:\n  - { name: a, listen: 127.0.0.1:1 }\n  - { name: a, listen: 127.0.0.1:2 }\n";
+    assert_one_problem(
+        text,
+        3,
+        &["environment \"a\" is defined twice (first at line 2)"],
+    );
+}
+
+#[test]
+fn duplicate_proxy_names_are_reported() {
+    let text = env(
+        "proxies:\n  - { name: p, path: /x, backend: http://b }\n  - { name: p, path: /y, backend: http://b }\n",
+    );
+    assert_one_problem(
+        &text,
+        6,
+        &["proxy \"p\" is defined twice (first at line 5)"],
+    );
+}
+
+#[test]
+fn deploying_to_an_unknown_environment_is_reported() {
+    let text =
+        env("proxies:\n  - name: p\n    path: /p\n    backend: http://b\n    deploy: [a, prod]\n");
+    assert_one_problem(
+        &text,
+        8,
+        &[
+            "proxy \"p\": deploy names the environment \"prod\", which does not exist",
+            "are a",
+        ],
+    );
+}
+
+#[test]
+fn every_bad_deploy_entry_is_reported() {
+    let text = env(
+        "proxies:\n  - name: p\n    path: /p\n    backend: http://b\n    deploy: [a, a, 7, b]\n",
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert_problem(
+        &found,
+        8,
+        &["proxy \"p\": deploy lists the environment \"a\" twice"],
+    );
+    assert_problem(
+        &found,
+        8,
+        &["proxy \"p\": each entry of deploy must be text"],
+    );
+    assert_problem(&found, 8, &["environment \"b\", which does not exist"]);
+}
+
+#[test]
+fn bad_durations_are_reported_with_their_field() {
+    let text = "\
+environments:
+  - name: a
+    listen: 127.0.0.1:1
+    timeouts:
+      connect: 5
+      response: 5 s
+      websocket_idle: -1s
+    shutdown_grace: 1.5s
+  - name: b
+    listen: 127.0.0.1:2
+    shutdown_grace: 99999999999999999999d
+";
+    let found = problems(text);
+    assert_eq!(found.len(), 5, "{found:#?}");
+    assert_problem(
+        &found,
+        5,
+        &["environment \"a\": timeouts.connect: \"5\" has no unit"],
+    );
+    assert_problem(
+        &found,
+        6,
+        &["environment \"a\": timeouts.response: \"5 s\" has a space"],
+    );
+    assert_problem(
+        &found,
+        7,
+        &["environment \"a\": timeouts.websocket_idle: \"-1s\" is not a duration"],
+    );
+    assert_problem(
+        &found,
+        8,
+        &["environment \"a\": shutdown_grace: \"1.5s\" has a fraction"],
+    );
+    assert_problem(
+        &found,
+        11,
+        &["environment \"b\": shutdown_grace:", "too large"],
+    );
+}
+
+#[test]
+fn two_environments_on_one_listen_address_are_reported() {
+    let text = "\
+environments:
+  - { name: a, listen: 127.0.0.1:8080 }
+  - { name: b, listen: localhost:8080 }
+  - { name: c, listen: 0.0.0.0:9090 }
+  - { name: d, listen: 10.0.0.1:9090 }
+  - { name: e, listen: 127.0.0.1:0 }
+  - { name: f, listen: 127.0.0.1:0 }
+  - { name: g, listen: '[::1]:8080' }
+";
+    let found = problems(text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_problem(
+        &found,
+        3,
+        &["environment \"b\": listen 127.0.0.1:8080 clashes with environment \"a\""],
+    );
+    assert_problem(
+        &found,
+        5,
+        &[
+            "environment \"d\": listen 10.0.0.1:9090 clashes with environment \"c\" (listen 0.0.0.0:9090)",
+        ],
+    );
+}
+
+#[test]
+fn invalid_listen_addresses_are_reported() {
+    let text = "\
+environments:
+  - { name: a, listen: 8080 }
+  - { name: b, listen: example.com:80 }
+  - { name: c, listen: '127.0.0.1:99999' }
+";
+    let found = problems(text);
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert_problem(
+        &found,
+        2,
+        &[
+            "environment \"a\": listen \"8080\" has no host",
+            "127.0.0.1:8080",
+        ],
+    );
+    assert_problem(
+        &found,
+        3,
+        &["environment \"b\": listen \"example.com:80\" is not an address"],
+    );
+    assert_problem(
+        &found,
+        4,
+        &["environment \"c\": listen \"127.0.0.1:99999\" is not an address"],
+    );
+}
+
+#[test]
+fn invalid_method_names_are_reported() {
+    let text = env(
+        "proxies:\n  - name: p\n    path: /p\n    backend: http://b\n    methods: [GET, get, FETCH]\n",
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_problem(
+        &found,
+        8,
+        &["proxy \"p\": \"get\" is not an HTTP method; methods are written in capitals: GET"],
+    );
+    assert_problem(
+        &found,
+        8,
+        &["proxy \"p\": \"FETCH\" is not an HTTP method; the methods are GET, HEAD, POST"],
+    );
+}
+
+#[test]
+fn an_empty_method_list_is_reported() {
+    let text = env("proxies:\n  - name: p\n    path: /p\n    backend: http://b\n    methods: []\n");
+    assert_one_problem(&text, 8, &["proxy \"p\": methods is an empty list"]);
+}
+
+#[test]
+fn three_different_semantic_problems_are_all_reported() {
+    let text = "\
+environments:
+  - name: a
+    listen: 127.0.0.1:8080
+    timeouts: { connect: 5 }
+  - name: b
+    listen: 127.0.0.1:8080
+proxies:
+  - name: p
+    path: /p
+    backend: http://b
+    deploy: [nowhere]
+";
+    let found = problems(text);
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert_problem(&found, 4, &["timeouts.connect"]);
+    assert_problem(&found, 6, &["clashes"]);
+    assert_problem(&found, 11, &["\"nowhere\""]);
+}
+
+#[test]
+fn environment_problems_do_not_wait_for_proxy_problems() {
+    // Problems are reported in file order whatever check found them.
+    let text = "\
+environments:
+  - { name: a, listen: nowhere }
+proxies:
+  - { name: p, path: /p, backend: http://b, deploy: [x] }
+  - { name: p, path: /q, backend: http://b }
+";
+    let found = problems(text);
+    let lines: Vec<_> = found.iter().map(|p| p.line).collect();
+    assert_eq!(lines, [Some(2), Some(4), Some(5)], "{found:#?}");
+}
+
+#[test]
+fn aliases_and_merges_are_followed() {
+    let text = "\
+defaults: &t { connect: 1s }
+environments:
+  - { name: a, listen: 127.0.0.1:1, timeouts: *t }
+";
+    // `defaults` is not a key of the format, so an anchor must live inside a real value.
+    assert_one_problem(text, 1, &["unknown key \"defaults\""]);
+    let text = "\
+environments:
+  - { name: a, listen: 127.0.0.1:1, timeouts: &t { connect: 1s } }
+  - { name: b, listen: 127.0.0.1:2, timeouts: *t }
+";
+    let config = parse(text).unwrap();
+    assert_eq!(
+        config.environments[1].timeouts.connect,
+        Duration::from_secs(1)
+    );
+}
+
+#[test]
+fn an_alias_bomb_is_refused_by_the_parser_budget() {
+    let mut text =
+        String::from("environments:\n  - name: &a0 x\n    listen: 127.0.0.1:1\nproxies:\n");
+    for i in 1..=9 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        text.push_str(&format!(
+            "  - {{ name: p{i}, path: /p, backend: http://b, deploy: &a{i} [{refs}] }}\n"
+        ));
+    }
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].message.contains("too large or too complex")
+            || found[0].message.contains("budget"),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    let text = format!(
+        "environments: {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    assert_eq!(problems(&text).len(), 1);
+}
+
+#[test]
+fn load_reads_the_file_and_reports_a_missing_one() {
+    let dir = std::env::temp_dir().join(format!("strait-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.yaml");
+    std::fs::write(&path, env("    tls: { cert: gw.pem, key: gw-key.pem }\n")).unwrap();
+    let config = load(&path).unwrap();
+    assert_eq!(
+        config.environments[0].tls.clone().unwrap().cert,
+        dir.join("gw.pem")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(matches!(load(&path), Err(ConfigError::Read { .. })));
+}
