@@ -7,10 +7,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use strait::config::{self, ConfigError};
-use strait::{Gateway, echo};
+use strait::{Gateway, GatewayHandle, echo};
 
 #[derive(Parser)]
-#[command(name = "strait", version, about = "An API gateway for HTTP and WebSocket traffic")]
+#[command(
+    name = "strait",
+    version,
+    about = "An API gateway for HTTP and WebSocket traffic"
+)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace); `RUST_LOG` takes precedence.
     #[arg(long, global = true, default_value = "info")]
@@ -50,7 +54,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { file } => validate(&file),
         command => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     eprintln!("error: cannot start the async runtime: {error}");
@@ -58,10 +65,19 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(async move {
+                // Installed before anything listens, so a SIGTERM right after the
+                // "listening" line still shuts down gracefully.
+                let signals = match Signals::install() {
+                    Ok(signals) => signals,
+                    Err(error) => {
+                        eprintln!("error: cannot install signal handlers: {error}");
+                        return ExitCode::FAILURE;
+                    }
+                };
                 match command {
-                    Command::Run { config } => run(&config).await,
-                    Command::Echo { listen } => run_echo(listen).await,
-                    Command::Demo { listen, backend } => demo(listen, backend).await,
+                    Command::Run { config } => run(&config, signals).await,
+                    Command::Echo { listen } => run_echo(listen, signals).await,
+                    Command::Demo { listen, backend } => demo(listen, backend, signals).await,
                     Command::Validate { .. } => ExitCode::SUCCESS,
                 }
             })
@@ -72,7 +88,10 @@ fn main() -> ExitCode {
 fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn report(error: &ConfigError) {
@@ -103,7 +122,7 @@ fn validate(file: &Path) -> ExitCode {
     }
 }
 
-async fn run(file: &Path) -> ExitCode {
+async fn run(file: &Path, signals: Signals) -> ExitCode {
     let config = match config::load(file) {
         Ok(config) => config,
         Err(error) => {
@@ -111,24 +130,28 @@ async fn run(file: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    serve(&config).await
+    match start(&config).await {
+        Some(gateway) => stop(gateway, signals).await,
+        None => ExitCode::FAILURE,
+    }
 }
 
-async fn serve(config: &config::Config) -> ExitCode {
-    let gateway = match Gateway::start(config).await {
-        Ok(gateway) => gateway,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    shutdown_signal().await;
+async fn start(config: &config::Config) -> Option<GatewayHandle> {
+    Gateway::start(config)
+        .await
+        .map_err(|error| eprintln!("error: {error}"))
+        .ok()
+}
+
+/// Waits for SIGTERM/SIGINT, then shuts the gateway down gracefully.
+async fn stop(gateway: GatewayHandle, mut signals: Signals) -> ExitCode {
+    signals.recv().await;
     tracing::info!("shutting down: no new connections; closing WebSocket sessions with 1001");
     gateway.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn run_echo(listen: SocketAddr) -> ExitCode {
+async fn run_echo(listen: SocketAddr, mut signals: Signals) -> ExitCode {
     let echo = match echo::spawn(listen).await {
         Ok(echo) => echo,
         Err(error) => {
@@ -137,16 +160,18 @@ async fn run_echo(listen: SocketAddr) -> ExitCode {
         }
     };
     tracing::info!("echo backend listening on http://{}", echo.local_addr());
-    shutdown_signal().await;
+    signals.recv().await;
     echo.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn demo(listen: SocketAddr, backend: SocketAddr) -> ExitCode {
+async fn demo(listen: SocketAddr, backend: SocketAddr, signals: Signals) -> ExitCode {
     let echo = match echo::spawn(backend).await {
         Ok(echo) => echo,
         Err(error) => {
-            eprintln!("error: the echo backend cannot listen on {backend}: {error} (try --backend 127.0.0.1:0)");
+            eprintln!(
+                "error: the echo backend cannot listen on {backend}: {error} (try --backend 127.0.0.1:0)"
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -161,36 +186,56 @@ async fn demo(listen: SocketAddr, backend: SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("Strait demo: a gateway in front of the built-in echo backend, with this configuration:\n");
+    let Some(gateway) = start(&config).await else {
+        echo.shutdown().await;
+        return ExitCode::FAILURE;
+    };
+    let bound = gateway.local_addr("demo").unwrap_or(listen);
+    println!(
+        "Strait demo: a gateway in front of the built-in echo backend, with this configuration:\n"
+    );
     println!("{yaml}");
     println!("Try it:");
-    println!("  curl -s 'http://{listen}/api/hello?name=strait'");
-    println!("  WebSocket: ws://{listen}/api/chat   (any client, e.g. `websocat ws://{listen}/api/chat`)");
+    println!("  curl -s 'http://{bound}/api/hello?name=strait'");
+    println!(
+        "  WebSocket: ws://{bound}/api/chat   (any client, e.g. `websocat ws://{bound}/api/chat`)"
+    );
     println!("Press Ctrl-C to stop.\n");
-    let code = serve(&config).await;
+    let code = stop(gateway, signals).await;
     echo.shutdown().await;
     code
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
+/// SIGINT (Ctrl-C) and SIGTERM, registered once at start-up.
+struct Signals {
     #[cfg(unix)]
-    {
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn install() -> std::io::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
+
     #[cfg(not(unix))]
-    {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {})
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -38,12 +38,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ if unit.starts_with('.') || unit.starts_with(',') => Err(format!(
             "{s:?} has a fraction; durations are whole numbers, so use a smaller unit (1500ms rather than 1.5s)"
         )),
-        _ if unit.starts_with(char::is_whitespace) => Err(format!(
-            "{s:?} has a space between the number and the unit; write them together, as in {n}{}",
-            unit.trim()
-        )),
+        _ if unit.starts_with(char::is_whitespace)
+            && ["ms", "s", "m", "h", "d"].contains(&unit.trim()) =>
+        {
+            Err(format!(
+                "{s:?} has a space between the number and the unit; write them together, as in {n}{}",
+                unit.trim()
+            ))
+        }
         _ => Err(format!(
-            "{s:?} has an unknown unit {unit:?}; the units are {UNITS}"
+            "{s:?} has an unknown unit {:?}; the units are {UNITS}",
+            unit.trim()
         )),
     }
 }

@@ -577,7 +577,7 @@ environments:
 #[test]
 fn invalid_method_names_are_reported() {
     let text = env(
-        "proxies:\n  - name: p\n    path: /p\n    backend: http://b\n    methods: [GET, get, FETCH]\n",
+        "proxies:\n  - name: p\n    path: /p\n    backend: http://b\n    methods: [GET, get, \"G ET\", PURGE]\n",
     );
     let found = problems(&text);
     assert_eq!(found.len(), 2, "{found:#?}");
@@ -589,8 +589,23 @@ fn invalid_method_names_are_reported() {
     assert_problem(
         &found,
         8,
-        &["proxy \"p\": \"FETCH\" is not an HTTP method; the methods are GET, HEAD, POST"],
+        &["proxy \"p\": \"G ET\" is not an HTTP method; a method is one word of capital letters"],
     );
+}
+
+#[test]
+fn extension_methods_are_accepted() {
+    let text = env(
+        "proxies:\n  - name: p\n    path: /p\n    backend: http://b\n    deploy: [a]\n    methods: [GET, PURGE, PROPFIND]\n",
+    );
+    let config = parse_str(&text, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let methods: Vec<String> = config.proxies[0]
+        .methods
+        .iter()
+        .flatten()
+        .map(|m| m.to_string())
+        .collect();
+    assert_eq!(methods, ["GET", "PURGE", "PROPFIND"]);
 }
 
 #[test]

@@ -489,12 +489,13 @@ impl Check<'_> {
         if let Some(method) = METHODS.iter().find(|m| m.as_str() == text) {
             return Some(method.clone());
         }
+        // Extension methods (PURGE, PROPFIND...) are allowed: any token, written in capitals.
         let upper = text.to_ascii_uppercase();
-        let hint = if METHODS.iter().any(|m| m.as_str() == upper) {
-            format!("methods are written in capitals: {upper}")
-        } else {
-            let all: Vec<&str> = METHODS.iter().map(Method::as_str).collect();
-            format!("the methods are {}", all.join(", "))
+        let token = Method::from_bytes(text.as_bytes()).ok();
+        let hint = match token {
+            Some(method) if upper == text => return Some(method),
+            Some(_) => format!("methods are written in capitals: {upper}"),
+            None => "a method is one word of capital letters, such as GET or PURGE".to_owned(),
         };
         self.report(
             node.at,
