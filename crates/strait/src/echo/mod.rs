@@ -54,7 +54,11 @@ pub async fn spawn(addr: SocketAddr) -> io::Result<EchoHandle> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(serve(listener, shutdown.clone()));
-    Ok(EchoHandle { addr, shutdown, tasks })
+    Ok(EchoHandle {
+        addr,
+        shutdown,
+        tasks,
+    })
 }
 
 /// Serves on an already-bound listener until `shutdown` is cancelled.
@@ -77,12 +81,17 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| answer(req, shutdown.clone()));
-            let _ = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await;
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .await;
         });
     }
 }
 
-async fn answer(req: Request<Incoming>, shutdown: CancellationToken) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    shutdown: CancellationToken,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.headers().contains_key(header::SEC_WEBSOCKET_KEY) {
         return Ok(upgrade(req, shutdown));
     }
@@ -113,13 +122,20 @@ async fn answer(req: Request<Incoming>, shutdown: CancellationToken) -> Result<R
         "body_length": body_length,
     });
     let mut response = Response::new(Full::new(Bytes::from(echo.to_string())));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(response)
 }
 
 /// Accepts the upgrade (choosing the first offered subprotocol) and echoes every message.
 fn upgrade(mut req: Request<Incoming>, shutdown: CancellationToken) -> Response<Full<Bytes>> {
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec()).unwrap_or_default();
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec())
+        .unwrap_or_default();
     let protocols = req.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -129,7 +145,11 @@ fn upgrade(mut req: Request<Incoming>, shutdown: CancellationToken) -> Response<
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(&key)) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    let chosen = protocols.as_ref().and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()).map(str::trim);
+    let chosen = protocols
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
     if let Some(Ok(chosen)) = chosen.map(HeaderValue::from_str) {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, chosen);
     }
@@ -140,8 +160,12 @@ fn upgrade(mut req: Request<Incoming>, shutdown: CancellationToken) -> Response<
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
-        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE))
+            .max_frame_size(Some(MAX_MESSAGE));
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => {

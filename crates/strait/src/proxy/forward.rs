@@ -10,10 +10,17 @@ use super::headers::{set_forwarded, strip_hop_by_hop};
 use super::pipeline::{Body, ConnInfo, Matched};
 use crate::error::{ErrorKind, GatewayError};
 
-pub async fn forward(conn: &ConnInfo, matched: Matched, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+pub async fn forward(
+    conn: &ConnInfo,
+    matched: Matched,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
     let Matched { env, route, target } = matched;
     let uri: Uri = target.parse().map_err(|_| {
-        GatewayError::new(ErrorKind::BadRequest, format!("the resolved target {target:?} is not a valid URI"))
+        GatewayError::new(
+            ErrorKind::BadRequest,
+            format!("the resolved target {target:?} is not a valid URI"),
+        )
     })?;
     let (mut parts, body) = req.into_parts();
     let original_host = original_host(&parts);
@@ -27,7 +34,10 @@ pub async fn forward(conn: &ConnInfo, matched: Matched, req: Request<Incoming>) 
     parts.uri = uri;
     parts.version = Version::HTTP_11;
 
-    let sent = route.upstream.http().request(Request::from_parts(parts, body));
+    let sent = route
+        .upstream
+        .http()
+        .request(Request::from_parts(parts, body));
     let response = match tokio::time::timeout(env.timeouts.response, sent).await {
         Err(_) => {
             return Err(GatewayError::new(
@@ -48,20 +58,28 @@ pub async fn forward(conn: &ConnInfo, matched: Matched, req: Request<Incoming>) 
 
 /// The host the client asked for: its `Host` header, or the HTTP/2 `:authority`.
 pub fn original_host(parts: &http::request::Parts) -> Option<HeaderValue> {
-    parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()))
+    parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
 }
 
 pub fn backend_host(backend: &crate::routing::BackendUrl) -> Result<HeaderValue, GatewayError> {
     HeaderValue::from_str(backend.authority()).map_err(|_| {
-        GatewayError::new(ErrorKind::BadGateway, format!("backend {} has no usable host", backend.as_str()))
+        GatewayError::new(
+            ErrorKind::BadGateway,
+            format!("backend {} has no usable host", backend.as_str()),
+        )
     })
 }
 
-fn backend_error(proxy: &str, backend: &str, error: &hyper_util::client::legacy::Error) -> GatewayError {
+fn backend_error(
+    proxy: &str,
+    backend: &str,
+    error: &hyper_util::client::legacy::Error,
+) -> GatewayError {
     use std::error::Error as _;
     let mut cause = String::new();
     let mut source = error.source();
@@ -69,7 +87,11 @@ fn backend_error(proxy: &str, backend: &str, error: &hyper_util::client::legacy:
         cause = inner.to_string();
         source = inner.source();
     }
-    let what = if error.is_connect() { "could not be reached" } else { "failed before answering" };
+    let what = if error.is_connect() {
+        "could not be reached"
+    } else {
+        "failed before answering"
+    };
     tracing::warn!(proxy, backend, %cause, "backend {what}");
     GatewayError::new(
         ErrorKind::BadGateway,

@@ -26,7 +26,11 @@ pub enum StartError {
     #[error(transparent)]
     Compile(#[from] CompileError),
     #[error("environment {env:?}: cannot listen on {addr}: {source}")]
-    Bind { env: String, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        env: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("environment {env:?}: {source}")]
     Tls { env: String, source: TlsError },
 }
@@ -49,25 +53,49 @@ impl Gateway {
         let mut addrs = Vec::new();
         for env in &config.environments {
             let tls = match &env.tls {
-                Some(files) => Some(acceptor(files).map_err(|source| StartError::Tls { env: env.name.clone(), source })?),
+                Some(files) => Some(acceptor(files).map_err(|source| StartError::Tls {
+                    env: env.name.clone(),
+                    source,
+                })?),
                 None => None,
             };
             let tcp = TcpListener::bind(env.listen)
                 .await
-                .map_err(|source| StartError::Bind { env: env.name.clone(), addr: env.listen, source })?;
-            let addr = tcp.local_addr().map_err(|source| StartError::Bind { env: env.name.clone(), addr: env.listen, source })?;
+                .map_err(|source| StartError::Bind {
+                    env: env.name.clone(),
+                    addr: env.listen,
+                    source,
+                })?;
+            let addr = tcp.local_addr().map_err(|source| StartError::Bind {
+                env: env.name.clone(),
+                addr: env.listen,
+                source,
+            })?;
             addrs.push((env.name.clone(), addr));
-            listeners.push(Listener { env: Arc::from(env.name.as_str()), tcp, tls, shutdown_grace: env.shutdown_grace });
+            listeners.push(Listener {
+                env: Arc::from(env.name.as_str()),
+                tcp,
+                tls,
+                shutdown_grace: env.shutdown_grace,
+            });
         }
         let tasks = TaskTracker::new();
         for listener in listeners {
-            let scheme = if listener.tls.is_some() { "https" } else { "http" };
+            let scheme = if listener.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let addr = listener.tcp.local_addr().ok();
             tracing::info!(env = %listener.env, "listening on {scheme}://{}", addr.map(|a| a.to_string()).unwrap_or_default());
             tasks.spawn(listener.run(shared.clone()));
         }
         tasks.close();
-        Ok(GatewayHandle { shared, tasks, addrs })
+        Ok(GatewayHandle {
+            shared,
+            tasks,
+            addrs,
+        })
     }
 }
 
@@ -81,7 +109,10 @@ pub struct GatewayHandle {
 impl GatewayHandle {
     /// The address an environment's listener is bound to (useful with port 0).
     pub fn local_addr(&self, env: &str) -> Option<SocketAddr> {
-        self.addrs.iter().find(|(name, _)| name == env).map(|(_, addr)| *addr)
+        self.addrs
+            .iter()
+            .find(|(name, _)| name == env)
+            .map(|(_, addr)| *addr)
     }
 
     /// Every environment's bound address.

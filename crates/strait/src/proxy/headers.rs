@@ -32,17 +32,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto` (as the client
 /// connected) and `X-Forwarded-Host` (the host the client asked for).
-pub fn set_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, original_host: Option<&HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    conn: &ConnInfo,
+    original_host: Option<&HeaderValue>,
+) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
     let client_ip = conn.client.ip().to_string();
-    let earlier: Vec<&str> = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()).collect();
-    let joined = if earlier.is_empty() { client_ip } else { format!("{}, {client_ip}", earlier.join(", ")) };
+    let earlier: Vec<&str> = headers
+        .get_all(&XFF)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let joined = if earlier.is_empty() {
+        client_ip
+    } else {
+        format!("{}, {client_ip}", earlier.join(", "))
+    };
     if let Ok(value) = HeaderValue::from_str(&joined) {
         headers.insert(XFF, value);
     }
-    headers.insert(XFP, HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
+    headers.insert(
+        XFP,
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
     match original_host {
         Some(host) => {
             headers.insert(XFH, host.clone());
@@ -60,7 +75,10 @@ mod tests {
     #[test]
     fn strips_standard_and_connection_named_headers() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("x-secret", HeaderValue::from_static("1"));
         headers.insert(header::TE, HeaderValue::from_static("trailers"));

@@ -34,7 +34,10 @@ impl Listener {
             .timer(TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
             .max_buf_size(MAX_HEAD_BYTES);
-        builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEAD_BYTES as u32);
         let graceful = GracefulShutdown::new();
         loop {
             let accepted = tokio::select! {
@@ -51,13 +54,27 @@ impl Listener {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let conn = Arc::new(ConnInfo { client, tls: self.tls.is_some(), env: self.env.clone() });
-            let task = serve_connection(builder.clone(), self.tls.clone(), tcp, conn, shared.clone(), graceful.watcher());
+            let conn = Arc::new(ConnInfo {
+                client,
+                tls: self.tls.is_some(),
+                env: self.env.clone(),
+            });
+            let task = serve_connection(
+                builder.clone(),
+                self.tls.clone(),
+                tcp,
+                conn,
+                shared.clone(),
+                graceful.watcher(),
+            );
             tokio::spawn(task);
         }
         drop(self.tcp);
         tracing::info!(env = %self.env, "stopped accepting; waiting for in-flight requests");
-        if tokio::time::timeout(self.shutdown_grace, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(self.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!(env = %self.env, grace = ?self.shutdown_grace, "in-flight requests outlived the shutdown grace");
         }
     }
@@ -80,10 +97,24 @@ async fn serve_connection(
         })
     };
     let result = match tls {
-        None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned()).await,
+        None => {
+            watcher
+                .watch(
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                        .into_owned(),
+                )
+                .await
+        }
         Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => {
-                watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await
+                watcher
+                    .watch(
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned(),
+                    )
+                    .await
             }
             Ok(Err(error)) => {
                 tracing::debug!(client = %conn.client, %error, "TLS handshake failed");

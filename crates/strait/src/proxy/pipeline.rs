@@ -54,7 +54,11 @@ pub struct Matched {
     pub target: String,
 }
 
-pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -69,7 +73,11 @@ pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incom
     response
 }
 
-async fn serve(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+async fn serve(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
     let websocket = is_websocket_upgrade(&req);
     let matched = match_route(shared, conn, &req, websocket)?;
     // Policies phase: nothing yet.
@@ -90,14 +98,25 @@ async fn serve(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Resu
 }
 
 /// Match phase: normalise the path, find the longest matching proxy, check the method.
-pub fn match_route<B>(shared: &Shared, conn: &ConnInfo, req: &Request<B>, websocket: bool) -> Result<Matched, GatewayError> {
+pub fn match_route<B>(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: &Request<B>,
+    websocket: bool,
+) -> Result<Matched, GatewayError> {
     let snapshot = shared.snapshot.load();
     let env = snapshot.env(&conn.env).cloned().ok_or_else(|| {
-        GatewayError::new(ErrorKind::NoRoute, format!("environment \"{}\" is not configured", conn.env))
+        GatewayError::new(
+            ErrorKind::NoRoute,
+            format!("environment \"{}\" is not configured", conn.env),
+        )
     })?;
     let raw_path = req.uri().path();
     let path = normalize_path(raw_path).map_err(|e| {
-        GatewayError::new(ErrorKind::BadRequest, format!("the request path {raw_path:?} is not acceptable: {e}"))
+        GatewayError::new(
+            ErrorKind::BadRequest,
+            format!("the request path {raw_path:?} is not acceptable: {e}"),
+        )
     })?;
     let found = env.routes.lookup(&path).ok_or_else(|| {
         GatewayError::new(
@@ -122,7 +141,12 @@ pub fn match_route<B>(shared: &Shared, conn: &ConnInfo, req: &Request<B>, websoc
             Err(_) => error,
         });
     }
-    let target = target_uri(&route.backend, found.remaining, req.uri().query(), websocket);
+    let target = target_uri(
+        &route.backend,
+        found.remaining,
+        req.uri().query(),
+        websocket,
+    );
     Ok(Matched { env, route, target })
 }
 
@@ -136,7 +160,9 @@ fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
-    req.method() == Method::GET && has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
+    req.method() == Method::GET
+        && has_token(header::UPGRADE, "websocket")
+        && has_token(header::CONNECTION, "upgrade")
 }
 
 /// Log phase.

@@ -22,7 +22,9 @@ pub struct Route {
 
 impl Route {
     pub fn allows(&self, method: &Method) -> bool {
-        self.methods.as_ref().is_none_or(|allowed| allowed.contains(method))
+        self.methods
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(method))
     }
 }
 
@@ -44,21 +46,34 @@ pub struct Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
     #[error("proxy {proxy:?}: {source}")]
-    Upstream { proxy: String, source: UpstreamError },
+    Upstream {
+        proxy: String,
+        source: UpstreamError,
+    },
     #[error("environment {env:?}: {message}")]
     Routes { env: String, message: String },
 }
 
 impl Snapshot {
-    pub fn compile(config: &Config, upstreams: &mut UpstreamCache) -> Result<Snapshot, CompileError> {
+    pub fn compile(
+        config: &Config,
+        upstreams: &mut UpstreamCache,
+    ) -> Result<Snapshot, CompileError> {
         let mut envs = HashMap::new();
         for env in &config.environments {
             let mut routes = RouteTable::default();
-            for proxy in config.proxies.iter().filter(|p| p.deploy.contains(&env.name)) {
+            for proxy in config
+                .proxies
+                .iter()
+                .filter(|p| p.deploy.contains(&env.name))
+            {
                 let ca_file = proxy.backend_tls.as_ref().map(|t| t.ca_file.as_path());
                 let upstream = upstreams
                     .get(ca_file, env.timeouts.connect)
-                    .map_err(|source| CompileError::Upstream { proxy: proxy.name.clone(), source })?;
+                    .map_err(|source| CompileError::Upstream {
+                        proxy: proxy.name.clone(),
+                        source,
+                    })?;
                 let route = Route {
                     proxy: Arc::from(proxy.name.as_str()),
                     backend: proxy.backend.clone(),
@@ -68,10 +83,18 @@ impl Snapshot {
                 };
                 routes
                     .insert(&proxy.path, Arc::new(route))
-                    .map_err(|e| CompileError::Routes { env: env.name.clone(), message: e.to_string() })?;
+                    .map_err(|e| CompileError::Routes {
+                        env: env.name.clone(),
+                        message: e.to_string(),
+                    })?;
             }
             let name: Arc<str> = Arc::from(env.name.as_str());
-            let compiled = EnvRoutes { name: name.clone(), websocket: env.websocket, timeouts: env.timeouts, routes };
+            let compiled = EnvRoutes {
+                name: name.clone(),
+                websocket: env.websocket,
+                timeouts: env.timeouts,
+                routes,
+            };
             envs.insert(name, Arc::new(compiled));
         }
         Ok(Snapshot { envs })

@@ -31,11 +31,20 @@ pub enum UpstreamError {
     #[error("the CA file {path} holds no usable certificate")]
     CaEmpty { path: PathBuf },
     #[error("connecting to {authority} timed out after {timeout:?}")]
-    ConnectTimeout { authority: String, timeout: Duration },
+    ConnectTimeout {
+        authority: String,
+        timeout: Duration,
+    },
     #[error("cannot connect to {authority}: {source}")]
-    Connect { authority: String, source: io::Error },
+    Connect {
+        authority: String,
+        source: io::Error,
+    },
     #[error("TLS handshake with {authority} failed: {source}")]
-    Tls { authority: String, source: io::Error },
+    Tls {
+        authority: String,
+        source: io::Error,
+    },
     #[error("{0:?} is not a valid TLS server name")]
     ServerName(String),
 }
@@ -54,18 +63,25 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("connect_timeout", &self.connect_timeout).finish()
+        f.debug_struct("Upstream")
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
     }
 }
 
 impl Upstream {
     pub fn new(ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Self, UpstreamError> {
         let roots = root_store(ca_file)?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| UpstreamError::Tls { authority: String::new(), source: io::Error::other(e) })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamError::Tls {
+            authority: String::new(),
+            source: io::Error::other(e),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let mut ws_tls = tls.clone();
         ws_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
 
@@ -82,7 +98,11 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build(https);
-        Ok(Upstream { http, ws_tls: TlsConnector::from(Arc::new(ws_tls)), connect_timeout })
+        Ok(Upstream {
+            http,
+            ws_tls: TlsConnector::from(Arc::new(ws_tls)),
+            connect_timeout,
+        })
     }
 
     pub fn http(&self) -> &HttpClient {
@@ -94,7 +114,12 @@ impl Upstream {
         let authority = backend.authority().to_owned();
         let addr = (backend.host(), backend.port());
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-            Err(_) => return Err(UpstreamError::ConnectTimeout { authority, timeout: self.connect_timeout }),
+            Err(_) => {
+                return Err(UpstreamError::ConnectTimeout {
+                    authority,
+                    timeout: self.connect_timeout,
+                });
+            }
             Ok(Err(source)) => return Err(UpstreamError::Connect { authority, source }),
             Ok(Ok(tcp)) => tcp,
         };
@@ -106,7 +131,10 @@ impl Upstream {
                     .map_err(|_| UpstreamError::ServerName(backend.host().to_owned()))?;
                 let handshake = self.ws_tls.connect(name, tcp);
                 match tokio::time::timeout(self.connect_timeout, handshake).await {
-                    Err(_) => Err(UpstreamError::ConnectTimeout { authority, timeout: self.connect_timeout }),
+                    Err(_) => Err(UpstreamError::ConnectTimeout {
+                        authority,
+                        timeout: self.connect_timeout,
+                    }),
                     Ok(Err(source)) => Err(UpstreamError::Tls { authority, source }),
                     Ok(Ok(tls)) => Ok(BackendStream::Tls(Box::new(tls))),
                 }
@@ -123,7 +151,11 @@ pub struct UpstreamCache {
 }
 
 impl UpstreamCache {
-    pub fn get(&mut self, ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Upstream, UpstreamError> {
+    pub fn get(
+        &mut self,
+        ca_file: Option<&Path>,
+        connect_timeout: Duration,
+    ) -> Result<Upstream, UpstreamError> {
         let key = (ca_file.map(Path::to_path_buf), connect_timeout);
         if let Some(found) = self.built.get(&key) {
             return Ok(found.clone());
@@ -170,7 +202,10 @@ impl AsyncWrite for BackendStream {
             BackendStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
         match self.get_mut() {
             BackendStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             BackendStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
@@ -201,12 +236,17 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, UpstreamError> {
     let _ = roots.add_parsable_certificates(system.iter().cloned());
     if let Some(path) = ca_file {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| UpstreamError::CaFile { path: path.to_path_buf(), source: io::Error::other(e) })?
+            .map_err(|e| UpstreamError::CaFile {
+                path: path.to_path_buf(),
+                source: io::Error::other(e),
+            })?
             .filter_map(Result::ok)
             .collect();
         let (added, _) = roots.add_parsable_certificates(certs);
         if added == 0 {
-            return Err(UpstreamError::CaEmpty { path: path.to_path_buf() });
+            return Err(UpstreamError::CaEmpty {
+                path: path.to_path_buf(),
+            });
         }
     }
     Ok(roots)

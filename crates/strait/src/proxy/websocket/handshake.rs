@@ -25,9 +25,15 @@ pub async fn forward(
 ) -> Result<Response<Body>, GatewayError> {
     let Matched { env, route, target } = matched;
     let target_uri: Uri = target.parse().map_err(|_| {
-        GatewayError::new(ErrorKind::BadRequest, format!("the resolved target {target:?} is not a valid URI"))
+        GatewayError::new(
+            ErrorKind::BadRequest,
+            format!("the resolved target {target:?} is not a valid URI"),
+        )
     })?;
-    let path_and_query = target_uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let path_and_query = target_uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
 
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (parts, _) = req.into_parts();
@@ -46,11 +52,18 @@ pub async fn forward(
     let mut backend_req = Request::new(Empty::<Bytes>::new());
     *backend_req.method_mut() = Method::GET;
     *backend_req.uri_mut() = path_and_query.parse().map_err(|_| {
-        GatewayError::new(ErrorKind::BadRequest, format!("the resolved target {target:?} is not a valid URI"))
+        GatewayError::new(
+            ErrorKind::BadRequest,
+            format!("the resolved target {target:?} is not a valid URI"),
+        )
     })?;
     *backend_req.headers_mut() = headers;
 
-    let stream = route.upstream.connect_ws(&route.backend).await.map_err(|e| connect_error(&route.proxy, &e))?;
+    let stream = route
+        .upstream
+        .connect_ws(&route.backend)
+        .await
+        .map_err(|e| connect_error(&route.proxy, &e))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| bad_gateway(&route.proxy, &e))?;
@@ -89,7 +102,10 @@ pub async fn forward(
     *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *answer.headers_mut() = parts.headers;
 
-    let config = RelayConfig { idle_timeout: env.timeouts.websocket_idle, close_timeout: shared.close_timeout };
+    let config = RelayConfig {
+        idle_timeout: env.timeouts.websocket_idle,
+        close_timeout: shared.close_timeout,
+    };
     let shutdown = shared.shutdown.clone();
     let proxy = route.proxy.clone();
     let client = conn.client;
@@ -103,10 +119,19 @@ pub async fn forward(
         };
         let stop = async move {
             shutdown.cancelled().await;
-            CloseFrame { code: 1001, reason: "gateway shutting down".into() }
+            CloseFrame {
+                code: 1001,
+                reason: "gateway shutting down".into(),
+            }
         };
         tracing::debug!(%proxy, %client, %target, "WebSocket session open");
-        let outcome = relay(TokioIo::new(client_io), TokioIo::new(backend_io), &config, stop).await;
+        let outcome = relay(
+            TokioIo::new(client_io),
+            TokioIo::new(backend_io),
+            &config,
+            stop,
+        )
+        .await;
         tracing::debug!(
             target: "strait::access",
             %proxy,
@@ -128,13 +153,18 @@ fn connect_error(proxy: &str, error: &UpstreamError) -> GatewayError {
         UpstreamError::ConnectTimeout { .. } => ErrorKind::GatewayTimeout,
         _ => ErrorKind::BadGateway,
     };
-    GatewayError::new(kind, format!("the backend of API proxy \"{proxy}\" could not be reached: {error}"))
+    GatewayError::new(
+        kind,
+        format!("the backend of API proxy \"{proxy}\" could not be reached: {error}"),
+    )
 }
 
 fn bad_gateway(proxy: &str, error: &hyper::Error) -> GatewayError {
     tracing::warn!(proxy, %error, "WebSocket handshake with the backend failed");
     GatewayError::new(
         ErrorKind::BadGateway,
-        format!("the backend of API proxy \"{proxy}\" failed during the WebSocket handshake: {error}"),
+        format!(
+            "the backend of API proxy \"{proxy}\" failed during the WebSocket handshake: {error}"
+        ),
     )
 }
