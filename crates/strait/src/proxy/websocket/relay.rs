@@ -1,16 +1,64 @@
 //! The WebSocket relay: after the handshake, frames flow both ways unaltered.
-// TODO(relay helper): implement per the interface below.
+//!
+//! This module owns the relay loop and the closing rules; frame parsing lives in
+//! [`super::frame`]. Design:
+//! - One future drives both directions by hand-written polling (no `split`, no spawned tasks,
+//!   no locks): each stream is polled for reading by one direction and for writing by the
+//!   other, in turn, from the same `poll`.
+//! - Each direction owns one fixed 16 KiB buffer. Bytes are written out exactly as read;
+//!   only frame headers are parsed, as they pass, so the relay always knows whether the
+//!   stream it writes is at a frame boundary. A direction reads again only once the other
+//!   side took everything approved, so backpressure is natural and nothing grows with message
+//!   size. (Both buffers live as long as the relay; idle connections could drop them.)
+//! - The bytes of a frame header are held back until the header is complete and valid, so a
+//!   refused frame never reaches the other side, and the gateway can write its own close
+//!   frame at any boundary.
+//! - Counters: `frames` counts every relayed frame (control frames included), `messages`
+//!   counts data messages completed (a text/binary frame with FIN, or the final continuation
+//!   frame); control frames are not messages. `bytes` counts payload bytes. Frames read after
+//!   the gateway took over the closing are dropped and not counted.
+//!
+//! Closing (every path is bounded by `close_timeout` once it starts):
+//! - A peer's Close is forwarded, nothing after it is read from that peer, and the other
+//!   side's reply is forwarded too; when both passed, both write halves are shut down.
+//! - Idle timeout or `stop`: the gateway writes its close to both sides (masked toward the
+//!   backend), waits for their replies (not forwarded), then shuts down.
+//! - A peer lost (EOF, read or write error) without a Close: the other side gets 1014
+//!   (backend lost) or 1001 (client lost), and its reply is awaited. If the lost peer stopped
+//!   mid-frame, the other side is just shut down (no clean close is possible).
+//! - A protocol violation (see [`super::frame`]; includes wrongly masked frames and broken
+//!   fragmentation): 1002 to the offender, 1001 to the other side, whose reply is awaited.
+//! - A gateway close waits for the frame under way toward that side to end; if it never
+//!   does, the connection is dropped at the deadline.
+//!
+//! Note: tungstenite (0.28) does not know 1014 and shows it to its users as 1002.
 
-use std::future::Future;
-use std::time::Duration;
+use std::collections::hash_map::RandomState;
+use std::future::{Future, poll_fn};
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::frame::{self, EncodedClose, FrameParser, MaskPolicy, OpCode, ProtocolError};
 
 /// A close frame's code and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseFrame {
     pub code: u16,
     pub reason: String,
+}
+
+impl CloseFrame {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Who started the closing of a session.
@@ -46,14 +94,1485 @@ pub struct RelayOutcome {
     pub backend_to_client: DirectionStats,
 }
 
+/// Close codes the gateway sends (RFC 6455 §7.4.1, IANA registry).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+pub const CLOSE_BAD_GATEWAY: u16 = 1014;
+
+/// Bytes buffered per direction.
+const BUF_SIZE: usize = 16 * 1024;
+/// I/O operations one direction may do per poll before yielding to the scheduler.
+const OPS_PER_POLL: u32 = 64;
+
 /// Relays an upgraded client connection and an upgraded backend connection until both are closed.
 /// `stop` resolving asks the gateway to close both sides with that frame (shutdown, later
 /// forced disconnects).
-pub async fn relay<C, B, S>(_client: C, _backend: B, _config: &RelayConfig, _stop: S) -> RelayOutcome
+pub async fn relay<C, B, S>(client: C, backend: B, config: &RelayConfig, stop: S) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
     S: Future<Output = CloseFrame> + Send,
 {
-    todo!()
+    let mut stop = std::pin::pin!(stop);
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(after(
+        Instant::now(),
+        config.idle_timeout
+    )));
+    let mut session = Session::new(client, backend, config);
+    poll_fn(|cx| session.poll(cx, stop.as_mut(), timer.as_mut())).await
+}
+
+/// `base + d`, saturating far in the future instead of overflowing.
+fn after(base: Instant, d: Duration) -> Instant {
+    base.checked_add(d)
+        .or_else(|| base.checked_add(Duration::from_secs(86_400 * 365)))
+        .unwrap_or(base)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Backend,
+}
+
+impl Side {
+    fn other(self) -> Self {
+        match self {
+            Self::Client => Self::Backend,
+            Self::Backend => Self::Client,
+        }
+    }
+
+    fn initiator(self) -> Initiator {
+        match self {
+            Self::Client => Initiator::Client,
+            Self::Backend => Initiator::Backend,
+        }
+    }
+}
+
+/// What a direction does with the frames it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Relay everything.
+    Forward,
+    /// Relay the frame under way, then write the pending gateway close at its end.
+    Drain,
+    /// The destination got its close: parse and drop, watching for the source's Close.
+    Discard,
+    /// Read nothing more (the source closed, died, or broke the protocol).
+    Stopped,
+}
+
+/// The source side, as this direction sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Src {
+    Open,
+    /// Its Close frame has been read.
+    Closed,
+    /// EOF or a read error.
+    Gone,
+    /// It broke the framing rules.
+    Violation,
+    /// No longer read: its reply is not awaited.
+    Abandoned,
+}
+
+/// The destination side, as this direction sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dst {
+    Open,
+    /// A close frame (the peer's or the gateway's) is written but not yet flushed.
+    CloseQueued,
+    CloseSent,
+    /// Left mid-frame; it will be shut down without a close.
+    Broken,
+    /// A write failed, or the side is gone.
+    Dead,
+}
+
+/// Outcome of one step of a direction.
+enum Step {
+    /// Did I/O; go on.
+    Progress,
+    /// Changed state the session must look at; go on.
+    Changed,
+    /// Waiting for I/O (a waker is registered).
+    Blocked,
+    /// Nothing to do.
+    Idle,
+}
+
+/// One direction: reads frames from `src`, writes them to `dst`.
+struct Direction {
+    /// `[head, fwd_end)`: approved, to be written; `[fwd_end, scan)`: a header not yet
+    /// complete, held back; `[scan, tail)`: read, not yet parsed.
+    buf: Box<[u8]>,
+    head: usize,
+    fwd_end: usize,
+    scan: usize,
+    tail: usize,
+    parser: FrameParser,
+    mode: Mode,
+    src: Src,
+    dst: Dst,
+    /// The gateway's close for `dst`, written at the next boundary; and how much of it is out.
+    inject: Option<EncodedClose>,
+    inject_pos: usize,
+    need_flush: bool,
+    /// Read or wrote something since the session last looked (idle tracking).
+    active: bool,
+    violation: Option<ProtocolError>,
+    stats: DirectionStats,
+}
+
+impl Direction {
+    fn new(policy: MaskPolicy) -> Self {
+        Self {
+            buf: vec![0; BUF_SIZE].into_boxed_slice(),
+            head: 0,
+            fwd_end: 0,
+            scan: 0,
+            tail: 0,
+            parser: FrameParser::new(policy),
+            mode: Mode::Forward,
+            src: Src::Open,
+            dst: Dst::Open,
+            inject: None,
+            inject_pos: 0,
+            need_flush: false,
+            active: false,
+            violation: None,
+            stats: DirectionStats::default(),
+        }
+    }
+
+    /// Moves bytes until blocked, idle, or a state change; true on a state change, which the
+    /// session must look at before pumping again.
+    fn pump<R, W>(&mut self, cx: &mut Context<'_>, src: &mut R, dst: &mut W) -> bool
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        for _ in 0..OPS_PER_POLL {
+            match self.step(cx, src, dst) {
+                Step::Progress => {}
+                // The session reacts first, then pumps again.
+                Step::Changed => return true,
+                Step::Blocked | Step::Idle => return false,
+            }
+        }
+        // Budget used: let other tasks run, come back at once.
+        cx.waker().wake_by_ref();
+        false
+    }
+
+    fn step<R, W>(&mut self, cx: &mut Context<'_>, src: &mut R, dst: &mut W) -> Step
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        // 1. Write approved bytes.
+        if self.head < self.fwd_end {
+            let chunk = self.buf.get(self.head..self.fwd_end).unwrap_or_default();
+            return match Pin::new(&mut *dst).poll_write(cx, chunk) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.dst_failed(),
+                Poll::Ready(Ok(n)) => {
+                    self.head += n;
+                    self.need_flush = true;
+                    self.active = true;
+                    Step::Progress
+                }
+                Poll::Pending => Step::Blocked,
+            };
+        }
+        // 2. At a boundary, write the gateway's close.
+        if let Some(close) = &self.inject
+            && !self.parser.in_payload()
+        {
+            if self.dst != Dst::Open {
+                // The destination already got (or can no longer get) a close.
+                self.inject = None;
+                self.after_close_to_dst();
+                return Step::Changed;
+            }
+            let bytes = close.as_bytes();
+            let rest = bytes.get(self.inject_pos..).unwrap_or_default();
+            return match Pin::new(&mut *dst).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.dst_failed(),
+                Poll::Ready(Ok(n)) => {
+                    self.inject_pos += n;
+                    self.need_flush = true;
+                    if self.inject_pos >= bytes.len() {
+                        self.inject = None;
+                        self.dst = Dst::CloseQueued;
+                        self.after_close_to_dst();
+                        Step::Changed
+                    } else {
+                        Step::Progress
+                    }
+                }
+                Poll::Pending => Step::Blocked,
+            };
+        }
+        // 3. A close frame is fully written: flush it out.
+        if self.dst == Dst::CloseQueued {
+            return match Pin::new(&mut *dst).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.need_flush = false;
+                    self.dst = Dst::CloseSent;
+                    Step::Changed
+                }
+                Poll::Ready(Err(_)) => self.dst_failed(),
+                Poll::Pending => Step::Blocked,
+            };
+        }
+        // 4. Parse what was read.
+        if self.scan < self.tail && self.scanning() {
+            return self.scan_buffered();
+        }
+        // 5. Read more, once everything read has been parsed (and everything approved written).
+        if self.reading() {
+            self.compact();
+        }
+        if self.reading()
+            && let Some(space) = self.buf.get_mut(self.tail..).filter(|s| !s.is_empty())
+        {
+            let mut rb = ReadBuf::new(space);
+            match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        tracing::debug!(mode = ?self.mode, "websocket relay: peer EOF");
+                        self.src = Src::Gone;
+                        return Step::Changed;
+                    }
+                    self.tail += n;
+                    self.active = true;
+                    return Step::Progress;
+                }
+                Poll::Ready(Err(err)) => {
+                    tracing::debug!(%err, "websocket relay: read failed");
+                    self.src = Src::Gone;
+                    return Step::Changed;
+                }
+                Poll::Pending => {}
+            }
+        }
+        // 6. Nothing more to read now: flush what was written.
+        if self.need_flush && self.dst != Dst::Dead {
+            return match Pin::new(&mut *dst).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.need_flush = false;
+                    Step::Idle
+                }
+                Poll::Ready(Err(_)) => self.dst_failed(),
+                Poll::Pending => Step::Blocked,
+            };
+        }
+        Step::Idle
+    }
+
+    /// Whether to read from the source now: it is open, wanted, and all read bytes are parsed.
+    fn reading(&self) -> bool {
+        self.src == Src::Open && self.mode != Mode::Stopped && self.scan == self.tail
+    }
+
+    /// Whether unparsed bytes may be parsed now.
+    fn scanning(&self) -> bool {
+        match self.mode {
+            Mode::Forward | Mode::Discard => true,
+            // At the boundary the gateway's close goes first.
+            Mode::Drain => self.parser.in_payload(),
+            Mode::Stopped => false,
+        }
+    }
+
+    /// Parses `[scan, tail)`, approving (or, in Discard, dropping) whole frames.
+    fn scan_buffered(&mut self) -> Step {
+        while self.scan < self.tail && self.scanning() {
+            let input = self.buf.get(self.scan..self.tail).unwrap_or_default();
+            match self.parser.advance(input) {
+                Err(err) => {
+                    // The offending header was held back: `fwd_end` stops right before it.
+                    tracing::debug!(%err, "websocket relay: protocol violation");
+                    self.violation = Some(err);
+                    self.src = Src::Violation;
+                    self.mode = Mode::Stopped;
+                    self.tail = self.scan;
+                    return Step::Changed;
+                }
+                Ok((n, end)) => {
+                    self.scan += n;
+                    let discard = self.mode == Mode::Discard;
+                    if discard {
+                        self.head = self.scan;
+                        self.fwd_end = self.scan;
+                    } else {
+                        self.fwd_end = self
+                            .scan
+                            .saturating_sub(self.parser.held_header_len())
+                            .max(self.head);
+                    }
+                    let Some(end) = end else { continue };
+                    if !discard {
+                        self.stats.frames += 1;
+                        self.stats.bytes += end.header.payload_len;
+                        self.stats.messages += u64::from(end.ends_message);
+                    }
+                    if end.header.opcode == OpCode::Close {
+                        // Nothing after a Close is relayed (RFC 6455 §5.5.1).
+                        self.src = Src::Closed;
+                        self.mode = Mode::Stopped;
+                        self.tail = self.scan;
+                        if !discard && self.dst == Dst::Open {
+                            self.dst = Dst::CloseQueued;
+                        }
+                        return Step::Changed;
+                    }
+                }
+            }
+        }
+        Step::Progress
+    }
+
+    /// Moves a held partial header to the front so a read has the whole buffer. Only called
+    /// when everything approved is written, so at most 13 bytes move.
+    fn compact(&mut self) {
+        if self.head == 0 {
+            return;
+        }
+        self.buf.copy_within(self.head..self.tail, 0);
+        self.tail -= self.head;
+        self.scan -= self.head;
+        self.fwd_end -= self.head;
+        self.head = 0;
+    }
+
+    /// `dst` received its close: stop relaying to it, keep reading the source for its own
+    /// Close if it may still send one.
+    fn after_close_to_dst(&mut self) {
+        self.mode = if self.src == Src::Open {
+            Mode::Discard
+        } else {
+            Mode::Stopped
+        };
+        // A header held back is dropped with the rest (the parser keeps its own copy).
+        self.head = self.scan;
+        self.fwd_end = self.scan;
+    }
+
+    fn dst_failed(&mut self) -> Step {
+        tracing::debug!("websocket relay: write failed");
+        self.dst = Dst::Dead;
+        self.drop_pending();
+        Step::Changed
+    }
+
+    fn drop_pending(&mut self) {
+        self.head = self.fwd_end;
+        self.inject = None;
+        self.need_flush = false;
+    }
+
+    fn close_to_dst_done(&self) -> bool {
+        matches!(self.dst, Dst::CloseSent | Dst::Broken | Dst::Dead)
+    }
+
+    fn src_done(&self) -> bool {
+        self.src != Src::Open
+    }
+
+    /// The peer's close frame, once read.
+    fn peer_close(&self) -> CloseFrame {
+        match frame::parse_close_payload(self.parser.close_payload()) {
+            Some((code, reason)) => CloseFrame::new(code, reason),
+            None => CloseFrame::new(frame::CLOSE_NO_STATUS, ""),
+        }
+    }
+}
+
+/// A per-relay xorshift64 for mask keys of the gateway's own frames.
+struct MaskRng(u64);
+
+impl MaskRng {
+    fn seeded() -> Self {
+        // RandomState carries per-process random keys (and differs per call); mix in the time.
+        let mut h = RandomState::new().build_hasher();
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        h.write_u128(nanos);
+        Self(h.finish() | 1)
+    }
+
+    fn key(&mut self) -> [u8; 4] {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        ((x >> 32) as u32).to_ne_bytes()
+    }
+}
+
+struct Session<'a, C, B> {
+    client: C,
+    backend: B,
+    config: &'a RelayConfig,
+    c2b: Direction,
+    b2c: Direction,
+    /// Who started closing, and the close frame that did it.
+    first: Option<(Initiator, Option<CloseFrame>)>,
+    client_dead: bool,
+    backend_dead: bool,
+    client_close_noted: bool,
+    backend_close_noted: bool,
+    client_violation_noted: bool,
+    backend_violation_noted: bool,
+    /// Set once closing starts: the session ends by then, whatever happens.
+    deadline: Option<Instant>,
+    last_activity: Instant,
+    stop_done: bool,
+    shutting_down: bool,
+    client_shut: bool,
+    backend_shut: bool,
+    rng: MaskRng,
+}
+
+impl<'a, C, B> Session<'a, C, B>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    fn new(client: C, backend: B, config: &'a RelayConfig) -> Self {
+        Self {
+            client,
+            backend,
+            config,
+            c2b: Direction::new(MaskPolicy::Required),
+            b2c: Direction::new(MaskPolicy::Forbidden),
+            first: None,
+            client_dead: false,
+            backend_dead: false,
+            client_close_noted: false,
+            backend_close_noted: false,
+            client_violation_noted: false,
+            backend_violation_noted: false,
+            deadline: None,
+            last_activity: Instant::now(),
+            stop_done: false,
+            shutting_down: false,
+            client_shut: false,
+            backend_shut: false,
+            rng: MaskRng::seeded(),
+        }
+    }
+
+    fn poll<S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut stop: Pin<&mut S>,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Poll<RelayOutcome>
+    where
+        S: Future<Output = CloseFrame>,
+    {
+        loop {
+            if self.shutting_down {
+                if self.poll_shutdown(cx).is_ready() {
+                    return Poll::Ready(self.outcome());
+                }
+            } else {
+                let mut changed = self.c2b.pump(cx, &mut self.client, &mut self.backend);
+                changed |= self.b2c.pump(cx, &mut self.backend, &mut self.client);
+                if self.c2b.active || self.b2c.active {
+                    self.c2b.active = false;
+                    self.b2c.active = false;
+                    self.last_activity = Instant::now();
+                }
+                changed |= self.react();
+                if self.handshake_done() {
+                    self.shutting_down = true;
+                    continue;
+                }
+                if changed {
+                    continue;
+                }
+                if self.deadline.is_none()
+                    && !self.stop_done
+                    && let Poll::Ready(close) = stop.as_mut().poll(cx)
+                {
+                    self.stop_done = true;
+                    tracing::debug!(code = close.code, "websocket relay: stop requested");
+                    self.gateway_close(close);
+                    continue;
+                }
+            }
+            // Timers: the idle deadline (re-armed lazily) while open, the close deadline after.
+            if let Some(deadline) = self.deadline
+                && timer.deadline() != deadline
+            {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.deadline.is_some() {
+                tracing::debug!("websocket relay: close timeout, dropping the connection");
+                return Poll::Ready(self.outcome());
+            }
+            let idle_at = after(self.last_activity, self.config.idle_timeout);
+            if Instant::now() < idle_at {
+                timer.as_mut().reset(idle_at);
+                continue;
+            }
+            tracing::debug!("websocket relay: idle timeout");
+            self.gateway_close(CloseFrame::new(CLOSE_GOING_AWAY, "idle timeout"));
+        }
+    }
+
+    fn dir_from(&mut self, side: Side) -> &mut Direction {
+        match side {
+            Side::Client => &mut self.c2b,
+            Side::Backend => &mut self.b2c,
+        }
+    }
+
+    fn dir_to(&mut self, side: Side) -> &mut Direction {
+        self.dir_from(side.other())
+    }
+
+    /// Reacts to what the directions reported; true if anything changed.
+    fn react(&mut self) -> bool {
+        let mut changed = false;
+        for side in [Side::Client, Side::Backend] {
+            let (close_noted, violation_noted) = match side {
+                Side::Client => (self.client_close_noted, self.client_violation_noted),
+                Side::Backend => (self.backend_close_noted, self.backend_violation_noted),
+            };
+            let src = self.dir_from(side).src;
+            if src == Src::Closed && !close_noted {
+                match side {
+                    Side::Client => self.client_close_noted = true,
+                    Side::Backend => self.backend_close_noted = true,
+                }
+                let close = self.dir_from(side).peer_close();
+                tracing::debug!(?side, code = close.code, "websocket relay: close received");
+                self.note_first(side.initiator(), Some(close));
+                self.start_deadline();
+                changed = true;
+            }
+            if src == Src::Violation && !violation_noted {
+                match side {
+                    Side::Client => self.client_violation_noted = true,
+                    Side::Backend => self.backend_violation_noted = true,
+                }
+                self.on_violation(side);
+                changed = true;
+            }
+            let dead = match side {
+                Side::Client => self.client_dead,
+                Side::Backend => self.backend_dead,
+            };
+            if !dead && (src == Src::Gone || self.dir_to(side).dst == Dst::Dead) {
+                self.on_dead(side);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn note_first(&mut self, initiator: Initiator, close: Option<CloseFrame>) {
+        if self.first.is_none() {
+            self.first = Some((initiator, close));
+        }
+    }
+
+    fn start_deadline(&mut self) {
+        if self.deadline.is_none() {
+            self.deadline = Some(after(Instant::now(), self.config.close_timeout));
+        }
+    }
+
+    fn encode(&mut self, to: Side, close: &CloseFrame) -> EncodedClose {
+        // The gateway is the client toward the backend: its frames there are masked.
+        let mask = (to == Side::Backend).then(|| self.rng.key());
+        frame::encode_close(close.code, &close.reason, mask)
+    }
+
+    /// Queues the gateway's close for `to`, unless it already has (or is getting) one.
+    fn queue_close(&mut self, to: Side, close: &CloseFrame) {
+        if self.dir_to(to).dst != Dst::Open || self.dir_to(to).inject.is_some() {
+            return;
+        }
+        let encoded = self.encode(to, close);
+        let dir = self.dir_to(to);
+        dir.inject = Some(encoded);
+        dir.inject_pos = 0;
+        if dir.mode == Mode::Forward {
+            dir.mode = Mode::Drain;
+        }
+    }
+
+    /// Idle timeout or `stop`: close both sides with `close`.
+    fn gateway_close(&mut self, close: CloseFrame) {
+        self.queue_close(Side::Client, &close);
+        self.queue_close(Side::Backend, &close);
+        self.note_first(Initiator::Gateway, Some(close));
+        self.start_deadline();
+    }
+
+    /// `side` broke the protocol: 1002 to it, 1001 to the other, at their boundaries.
+    fn on_violation(&mut self, side: Side) {
+        let to_violator = CloseFrame::new(CLOSE_PROTOCOL_ERROR, "protocol error");
+        let to_other = CloseFrame::new(CLOSE_GOING_AWAY, "peer protocol error");
+        tracing::debug!(?side, err = ?self.dir_from(side).violation, "websocket relay: closing");
+        self.queue_close(side, &to_violator);
+        self.queue_close(side.other(), &to_other);
+        self.note_first(Initiator::Gateway, Some(to_violator));
+        self.start_deadline();
+    }
+
+    /// `side` hit EOF, failed, or can no longer be written: close the other side cleanly if
+    /// its stream is at a boundary (1014 for a lost backend, 1001 for a lost client), else
+    /// shut it down.
+    fn on_dead(&mut self, side: Side) {
+        match side {
+            Side::Client => self.client_dead = true,
+            Side::Backend => self.backend_dead = true,
+        }
+        let other = side.other();
+        // Nothing more is written to `side`; the other side is still read for its reply.
+        let toward = self.dir_to(side);
+        if matches!(toward.dst, Dst::Open | Dst::CloseQueued) {
+            toward.dst = Dst::Dead;
+            toward.drop_pending();
+        }
+        if matches!(toward.mode, Mode::Forward | Mode::Drain) {
+            toward.mode = if toward.src == Src::Open {
+                Mode::Discard
+            } else {
+                Mode::Stopped
+            };
+        }
+        // Nothing more is read from `side`.
+        let from = self.dir_from(side);
+        if from.src == Src::Open {
+            from.src = Src::Gone;
+        }
+        from.mode = Mode::Stopped;
+        if from.dst == Dst::Open {
+            if from.parser.in_payload() {
+                // Mid-frame: the other stream cannot be closed cleanly.
+                tracing::debug!(?side, "websocket relay: peer lost mid-frame");
+                from.dst = Dst::Broken;
+                from.drop_pending();
+                let back = self.dir_to(side);
+                if back.src == Src::Open {
+                    back.src = Src::Abandoned;
+                }
+                back.mode = Mode::Stopped;
+                self.note_first(side.initiator(), None);
+            } else if from.inject.is_none() {
+                let close = match side {
+                    Side::Backend => CloseFrame::new(CLOSE_BAD_GATEWAY, "backend connection lost"),
+                    Side::Client => CloseFrame::new(CLOSE_GOING_AWAY, "client connection lost"),
+                };
+                tracing::debug!(?side, code = close.code, "websocket relay: peer lost");
+                self.queue_close(other, &close);
+                self.note_first(side.initiator(), Some(close));
+            }
+        }
+        self.start_deadline();
+    }
+
+    /// Both sides got a close (or are gone) and both sides' replies are in (or not expected).
+    fn handshake_done(&self) -> bool {
+        self.c2b.close_to_dst_done()
+            && self.b2c.close_to_dst_done()
+            && self.c2b.src_done()
+            && self.b2c.src_done()
+    }
+
+    /// Shuts down the write halves still usable. Errors are ignored: the session is over.
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.client_shut {
+            self.client_shut = !matches!(self.b2c.dst, Dst::CloseSent | Dst::Broken)
+                || Pin::new(&mut self.client).poll_shutdown(cx).is_ready();
+        }
+        if !self.backend_shut {
+            self.backend_shut = !matches!(self.c2b.dst, Dst::CloseSent | Dst::Broken)
+                || Pin::new(&mut self.backend).poll_shutdown(cx).is_ready();
+        }
+        if self.client_shut && self.backend_shut {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn outcome(&self) -> RelayOutcome {
+        let (initiator, close) = self.first.clone().unwrap_or((Initiator::Gateway, None));
+        RelayOutcome {
+            close,
+            initiator,
+            client_to_backend: self.c2b.stats,
+            backend_to_client: self.b2c.stats,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Both ends are real WebSocket peers (tokio-tungstenite) or raw byte ends over
+    //! `tokio::io::duplex`; raw bytes the relay emits are decoded with tungstenite's codec.
+    use super::*;
+
+    use std::io::Cursor;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{
+        CloseCode, Control, Data, OpCode as WsOpCode,
+    };
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameSocket};
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame as WsClose, Role, WebSocketConfig};
+
+    type Ws<S = DuplexStream> = WebSocketStream<S>;
+
+    const DUPLEX: usize = 64 * 1024;
+
+    fn config() -> RelayConfig {
+        RelayConfig {
+            idle_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn ws_config() -> WebSocketConfig {
+        WebSocketConfig::default()
+            .max_frame_size(None)
+            .max_message_size(None)
+    }
+
+    struct Running {
+        handle: JoinHandle<RelayOutcome>,
+        stop: Option<oneshot::Sender<CloseFrame>>,
+    }
+
+    impl Running {
+        fn stop(&mut self, close: CloseFrame) {
+            let sent = self.stop.take().map(|tx| tx.send(close).is_ok());
+            assert_eq!(sent, Some(true), "relay already finished");
+        }
+
+        async fn outcome(self) -> RelayOutcome {
+            self.handle.await.expect("relay task panicked")
+        }
+    }
+
+    /// Starts a relay; returns the raw client-peer and backend-peer ends.
+    fn start(config: RelayConfig) -> (DuplexStream, DuplexStream, Running) {
+        let (client_peer, client_gw) = duplex(DUPLEX);
+        let (backend_gw, backend_peer) = duplex(DUPLEX);
+        let (tx, rx) = oneshot::channel::<CloseFrame>();
+        let stop = async move {
+            match rx.await {
+                Ok(close) => close,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let handle = tokio::spawn(async move { relay(client_gw, backend_gw, &config, stop).await });
+        let running = Running {
+            handle,
+            stop: Some(tx),
+        };
+        (client_peer, backend_peer, running)
+    }
+
+    async fn ws<S>(io: S, role: Role) -> Ws<S>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        WebSocketStream::from_raw_socket(io, role, Some(ws_config())).await
+    }
+
+    async fn start_ws(config: RelayConfig) -> (Ws, Ws, Running) {
+        let (c, b, running) = start(config);
+        (
+            ws(c, Role::Client).await,
+            ws(b, Role::Server).await,
+            running,
+        )
+    }
+
+    async fn next<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>) -> Message {
+        match ws.next().await {
+            Some(Ok(msg)) => msg,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Reads until a Close; returns its code and reason after letting the peer finish the
+    /// handshake (its reply flushed, the stream ended).
+    async fn expect_close<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>) -> (u16, String) {
+        let close = match next(ws).await {
+            Message::Close(Some(c)) => (u16::from(c.code), c.reason.as_str().to_owned()),
+            other => panic!("expected a close, got {other:?}"),
+        };
+        while let Some(Ok(_)) = ws.next().await {}
+        close
+    }
+
+    /// Echoes data messages; returns everything received once the stream ends.
+    fn echo(mut ws: Ws) -> JoinHandle<Vec<Message>> {
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_text() || msg.is_binary() {
+                    ws.send(msg.clone()).await.expect("echo send");
+                }
+                seen.push(msg);
+            }
+            seen
+        })
+    }
+
+    fn ws_close(code: u16, reason: &str) -> Option<WsClose> {
+        Some(WsClose {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        })
+    }
+
+    /// A raw frame as a client sends it (masked).
+    fn masked(b0: u8, payload: &[u8], len_override: Option<u64>) -> Vec<u8> {
+        let key = [0x11, 0x22, 0x33, 0x44];
+        let len = len_override.unwrap_or(payload.len() as u64);
+        let mut out = vec![b0];
+        if len <= 125 {
+            out.push(0x80 | len as u8);
+        } else if len <= 0xFFFF {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        out
+    }
+
+    /// Reads one frame from a raw end (its end found by our parser), decoded by tungstenite.
+    async fn read_raw_frame(io: &mut DuplexStream) -> Frame {
+        let mut parser = FrameParser::new(MaskPolicy::Any);
+        let mut bytes = Vec::new();
+        loop {
+            let b = io.read_u8().await.expect("frame byte");
+            bytes.push(b);
+            if parser.advance(&[b]).expect("valid frame").1.is_some() {
+                break;
+            }
+        }
+        decode_frames(&bytes).remove(0)
+    }
+
+    /// Decodes whole frames with tungstenite's codec (no unmasking, no masking rules).
+    fn decode_frames(bytes: &[u8]) -> Vec<Frame> {
+        let mut socket = FrameSocket::new(Cursor::new(bytes.to_vec()));
+        let mut frames = Vec::new();
+        while let Ok(Some(frame)) = socket.read(None) {
+            frames.push(frame);
+        }
+        frames
+    }
+
+    /// A close frame's code and reason, unmasking if needed.
+    fn close_of(frame: &Frame) -> (u16, String) {
+        assert_eq!(frame.header().opcode, WsOpCode::Control(Control::Close));
+        let key = frame.header().mask.unwrap_or_default();
+        let payload: Vec<u8> = (frame.payload().iter().enumerate())
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect();
+        let code = u16::from_be_bytes([payload[0], payload[1]]);
+        (
+            code,
+            String::from_utf8(payload[2..].to_vec()).expect("utf-8"),
+        )
+    }
+
+    /// A stream that records every byte read through it.
+    struct Tap {
+        inner: DuplexStream,
+        seen: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for Tap {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+            let new = buf.filled()[before..].to_vec();
+            self.seen.lock().expect("tap").extend(new);
+            res
+        }
+    }
+
+    impl AsyncWrite for Tap {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    fn tap(inner: DuplexStream) -> (Tap, Arc<Mutex<Vec<u8>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        (
+            Tap {
+                inner,
+                seen: seen.clone(),
+            },
+            seen,
+        )
+    }
+
+    #[tokio::test]
+    async fn text_and_binary_echo_then_client_close() {
+        let (mut client, backend, running) = start_ws(config()).await;
+        let echo = echo(backend);
+
+        client.send(Message::text("hello")).await.unwrap();
+        assert_eq!(next(&mut client).await, Message::text("hello"));
+        client
+            .send(Message::binary(vec![0u8, 1, 2, 255]))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut client).await,
+            Message::binary(vec![0u8, 1, 2, 255])
+        );
+
+        client.close(ws_close(1000, "done")).await.unwrap();
+        assert_eq!(expect_close(&mut client).await, (1000, "done".to_owned()));
+
+        let seen = echo.await.unwrap();
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[2], Message::Close(ws_close(1000, "done")));
+        let out = running.outcome().await;
+        assert_eq!(out.initiator, Initiator::Client);
+        assert_eq!(out.close, Some(CloseFrame::new(1000, "done")));
+        let expected = DirectionStats {
+            frames: 3,
+            messages: 2,
+            bytes: 5 + 4 + 6,
+        };
+        assert_eq!(out.client_to_backend, expected);
+        assert_eq!(out.backend_to_client, expected);
+    }
+
+    #[tokio::test]
+    async fn backend_initiated_close_with_code_and_reason() {
+        let (mut client, mut backend, running) = start_ws(config()).await;
+        backend.send(Message::text("bye soon")).await.unwrap();
+        assert_eq!(next(&mut client).await, Message::text("bye soon"));
+
+        backend.close(ws_close(4000, "done")).await.unwrap();
+        assert_eq!(expect_close(&mut client).await, (4000, "done".to_owned()));
+        // The client's reply reached the backend, and the backend's stream then ended.
+        assert_eq!(
+            next(&mut backend).await,
+            Message::Close(ws_close(4000, "done"))
+        );
+        assert!(backend.next().await.is_none());
+
+        let out = running.outcome().await;
+        assert_eq!(out.initiator, Initiator::Backend);
+        assert_eq!(out.close, Some(CloseFrame::new(4000, "done")));
+        assert_eq!(out.backend_to_client.frames, 2);
+        assert_eq!(out.client_to_backend.frames, 1);
+    }
+
+    #[tokio::test]
+    async fn fragmented_message_passes_with_interleaved_ping() {
+        let (mut client, backend, running) = start_ws(config()).await;
+        let echo = echo(backend);
+        let frames = [
+            Frame::message(
+                Bytes::from_static(b"frag"),
+                WsOpCode::Data(Data::Text),
+                false,
+            ),
+            Frame::ping(Bytes::from_static(b"mid")),
+            Frame::message(
+                Bytes::from_static(b"men"),
+                WsOpCode::Data(Data::Continue),
+                false,
+            ),
+            Frame::message(
+                Bytes::from_static(b"ted"),
+                WsOpCode::Data(Data::Continue),
+                true,
+            ),
+        ];
+        for frame in frames {
+            client.send(Message::Frame(frame)).await.unwrap();
+        }
+        // The backend saw the ping and answered it, then got the whole message and echoed it.
+        assert_eq!(
+            next(&mut client).await,
+            Message::Pong(Bytes::from_static(b"mid"))
+        );
+        assert_eq!(next(&mut client).await, Message::text("fragmented"));
+        client.close(None).await.unwrap();
+        while client.next().await.is_some() {}
+
+        let seen = echo.await.unwrap();
+        assert_eq!(seen[0], Message::Ping(Bytes::from_static(b"mid")));
+        assert_eq!(seen[1], Message::text("fragmented"));
+        let out = running.outcome().await;
+        assert_eq!(
+            out.client_to_backend,
+            DirectionStats {
+                frames: 5,
+                messages: 1,
+                bytes: 4 + 3 + 3 + 3,
+            }
+        );
+        // An empty Close reports 1005 (no status).
+        assert_eq!(out.close, Some(CloseFrame::new(1005, "")));
+        assert_eq!(out.initiator, Initiator::Client);
+    }
+
+    #[tokio::test]
+    async fn sixteen_mib_message_both_ways() {
+        let (mut client, backend, running) = start_ws(config()).await;
+        let echo = echo(backend);
+        let big: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
+        client.send(Message::binary(big.clone())).await.unwrap();
+        match next(&mut client).await {
+            Message::Binary(got) => assert!(got == big, "16 MiB echo differs"),
+            other => panic!("expected binary, got {other:?}"),
+        }
+        client.close(None).await.unwrap();
+        while client.next().await.is_some() {}
+        assert!(matches!(echo.await.unwrap()[0], Message::Binary(_)));
+        let out = running.outcome().await;
+        for stats in [out.client_to_backend, out.backend_to_client] {
+            assert_eq!(stats.frames, 2);
+            assert_eq!(stats.messages, 1);
+            assert_eq!(stats.bytes, 16 << 20);
+        }
+    }
+
+    #[tokio::test]
+    async fn ping_pong_pass_through_both_ways() {
+        let (mut client, mut backend, running) = start_ws(config()).await;
+        backend
+            .send(Message::Ping(Bytes::from_static(b"from-backend")))
+            .await
+            .unwrap();
+        client
+            .send(Message::Ping(Bytes::from_static(b"from-client")))
+            .await
+            .unwrap();
+
+        let backend_task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(Ok(msg)) = backend.next().await {
+                seen.push(msg);
+            }
+            seen
+        });
+        // The client sees the backend's ping, and the backend's pong to its own ping.
+        let mut got = vec![next(&mut client).await, next(&mut client).await];
+        got.sort_by_key(|m| m.is_pong());
+        assert_eq!(
+            got,
+            [
+                Message::Ping(Bytes::from_static(b"from-backend")),
+                Message::Pong(Bytes::from_static(b"from-client")),
+            ]
+        );
+        client.close(None).await.unwrap();
+        while client.next().await.is_some() {}
+
+        let seen = backend_task.await.unwrap();
+        assert!(seen.contains(&Message::Ping(Bytes::from_static(b"from-client"))));
+        assert!(seen.contains(&Message::Pong(Bytes::from_static(b"from-backend"))));
+        let out = running.outcome().await;
+        // Ping, pong, close each way; none of them are messages.
+        assert_eq!(out.client_to_backend.frames, 3);
+        assert_eq!(out.client_to_backend.messages, 0);
+        assert_eq!(out.backend_to_client.frames, 3);
+        assert_eq!(out.backend_to_client.messages, 0);
+    }
+
+    #[tokio::test]
+    async fn counters_after_known_exchange() {
+        let (mut client, mut backend, running) = start_ws(config()).await;
+        client.send(Message::text("abc")).await.unwrap();
+        client.send(Message::binary(vec![7u8; 10])).await.unwrap();
+        client.send(Message::binary(vec![1u8; 300])).await.unwrap();
+        assert_eq!(next(&mut backend).await, Message::text("abc"));
+        assert_eq!(next(&mut backend).await, Message::binary(vec![7u8; 10]));
+        assert_eq!(next(&mut backend).await, Message::binary(vec![1u8; 300]));
+        backend.send(Message::text("xy")).await.unwrap();
+        backend
+            .send(Message::binary(vec![0u8; 70_000]))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut client).await, Message::text("xy"));
+        assert_eq!(next(&mut client).await, Message::binary(vec![0u8; 70_000]));
+
+        client.close(ws_close(1000, "")).await.unwrap();
+        let backend_task = tokio::spawn(async move { expect_close(&mut backend).await });
+        assert_eq!(expect_close(&mut client).await, (1000, String::new()));
+        assert_eq!(backend_task.await.unwrap(), (1000, String::new()));
+
+        let out = running.outcome().await;
+        assert_eq!(
+            out.client_to_backend,
+            DirectionStats {
+                frames: 4,
+                messages: 3,
+                bytes: 3 + 10 + 300 + 2,
+            }
+        );
+        assert_eq!(
+            out.backend_to_client,
+            DirectionStats {
+                frames: 3,
+                messages: 2,
+                bytes: 2 + 70_000 + 2,
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn backend_eof_sends_client_1014() {
+        let (client_io, mut backend, running) = start(config());
+        let (client_io, seen) = tap(client_io);
+        let mut client = ws(client_io, Role::Client).await;
+
+        client.send(Message::text("x")).await.unwrap();
+        // The backend got the (masked) text frame as sent, so the relay is at a boundary.
+        let frame = read_raw_frame(&mut backend).await;
+        assert_eq!(frame.header().opcode, WsOpCode::Data(Data::Text));
+        let key = frame.header().mask.expect("client frames are masked");
+        assert_eq!(frame.payload(), [b'x' ^ key[0]].as_slice());
+        drop(backend);
+
+        // tungstenite reports 1014 (unknown to it) as a protocol error; the wire says 1014.
+        assert!(matches!(next(&mut client).await, Message::Close(Some(_))));
+        while client.next().await.is_some() {}
+        let frames = decode_frames(&seen.lock().unwrap());
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].header().mask, None);
+        assert_eq!(
+            close_of(&frames[0]),
+            (1014, "backend connection lost".to_owned())
+        );
+
+        let out = running.outcome().await;
+        assert_eq!(out.initiator, Initiator::Backend);
+        assert_eq!(
+            out.close,
+            Some(CloseFrame::new(1014, "backend connection lost"))
+        );
+    }
+
+    #[tokio::test]
+    async fn backend_eof_mid_frame_shuts_client_down() {
+        let (client_io, mut backend, running) = start(config());
+        let (client_io, seen) = tap(client_io);
+        let mut client = ws(client_io, Role::Client).await;
+
+        let partial = [&[0x82u8, 126, 0x01, 0x00][..], &[5u8; 10]].concat();
+        backend.write_all(&partial).await.unwrap();
+        drop(backend);
+
+        // No close frame: the client stream just ends.
+        while let Some(msg) = client.next().await {
+            assert!(msg.is_err(), "unexpected message {msg:?}");
+        }
+        assert_eq!(*seen.lock().unwrap(), partial);
+        let out = running.outcome().await;
+        assert_eq!(out.initiator, Initiator::Backend);
+        assert_eq!(out.close, None);
+    }
+
+    #[tokio::test]
+    async fn client_eof_sends_backend_1001() {
+        let (mut client, backend, running) = start(config());
+        let mut backend = ws(backend, Role::Server).await;
+        client.write_all(&masked(0x81, b"hi", None)).await.unwrap();
+        drop(client);
+
+        assert_eq!(next(&mut backend).await, Message::text("hi"));
+        // The server-role peer accepts it, so it was masked.
+        assert_eq!(
+            expect_close(&mut backend).await,
+            (1001, "client connection lost".to_owned())
+        );
+        let out = running.outcome().await;
+        assert_eq!(out.initiator, Initiator::Client);
+        assert_eq!(
+            out.close,
+            Some(CloseFrame::new(1001, "client connection lost"))
+        );
+        assert_eq!(out.client_to_backend.messages, 1);
+    }
+
+    #[tokio::test]
+    async fn client_eof_mid_frame_shuts_backend_down() {
+        let (mut client, backend, running) = start(config());
+        let mut backend = ws(backend, Role::Server).await;
+        let frame = masked(0x82, &[9u8; 100], None);
+        client.write_all(&frame[..50]).await.unwrap();
+        drop(client);
+
+        while let Some(msg) = backend.next().await {
+            assert!(msg.is_err(), "unexpected message {msg:?}");
+        }
+        let out = running.outcome().await;
+        assert_eq!(out.initiator, Initiator::Client);
+        assert_eq!(out.close, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_closes_both_sides() {
+        let cfg = RelayConfig {
+            idle_timeout: Duration::from_secs(30),
+            close_timeout: Duration::from_secs(5),
+        };
+        let (mut client, backend, running) = start_ws(cfg).await;
+        let echo = echo(backend);
+        // Activity a little before the first deadline pushes the timeout back.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        client.send(Message::text("still here")).await.unwrap();
+        assert_eq!(next(&mut client).await, Message::text("still here"));
+        let last = Instant::now();
+
+        assert_eq!(
+            expect_close(&mut client).await,
+            (1001, "idle timeout".to_owned())
+        );
+        assert_eq!(last.elapsed(), Duration::from_secs(30));
+        let seen = echo.await.unwrap();
+        assert_eq!(
+            seen.last(),
+            Some(&Message::Close(ws_close(1001, "idle timeout")))
+        );
+
+        let out = running.outcome().await;
+        assert_eq!(out.initiator, Initiator::Gateway);
+        assert_eq!(out.close, Some(CloseFrame::new(1001, "idle timeout")));
+        // Replies to the gateway's close are not relayed or counted.
+        assert_eq!(out.client_to_backend.frames, 1);
+        assert_eq!(out.backend_to_client.frames, 1);
+        assert!(last.elapsed() < Duration::from_secs(31));
+    }
+
+    #[tokio::test]
+    async fn stop_closes_both_sides_with_its_frame() {
+        let (mut client, backend, mut running) = start_ws(config()).await;
+        let echo = echo(backend);
+        client.send(Message::text("before")).await.unwrap();
+        assert_eq!(next(&mut client).await, Message::text("before"));
+
+        running.stop(CloseFrame::new(1001, "gateway shutting down"));
+        assert_eq!(
+            expect_close(&mut client).await,
+            (1001, "gateway shutting down".to_owned())
+        );
+        let seen = echo.await.unwrap();
+        assert_eq!(
+            seen.last(),
+            Some(&Message::Close(ws_close(1001, "gateway shutting down")))
+        );
+        let out = running.outcome().await;
+        assert_eq!(out.initiator, Initiator::Gateway);
+        assert_eq!(
+            out.close,
+            Some(CloseFrame::new(1001, "gateway shutting down"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_waits_for_frame_in_flight() {
+        let (mut client, mut backend, mut running) = start(config());
+        let frame = masked(0x82, &[3u8; 100], None);
+        client.write_all(&frame[..46]).await.unwrap();
+        let mut got = vec![0u8; 46];
+        backend.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, frame[..46]);
+
+        running.stop(CloseFrame::new(1001, "gateway shutting down"));
+        // The client (at a boundary) gets the close at once...
+        let to_client = read_raw_frame(&mut client).await;
+        assert_eq!(to_client.header().mask, None);
+        assert_eq!(
+            close_of(&to_client),
+            (1001, "gateway shutting down".to_owned())
+        );
+        // ...the backend gets nothing while the frame is unfinished...
+        let mut byte = [0u8; 1];
+        let waited = tokio::time::timeout(Duration::from_secs(1), backend.read(&mut byte)).await;
+        assert!(waited.is_err(), "backend got bytes mid-frame: {waited:?}");
+        // ...then the rest of the frame, then its masked close.
+        client.write_all(&frame[46..]).await.unwrap();
+        let mut rest = vec![0u8; frame.len() - 46];
+        backend.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, frame[46..]);
+        let to_backend = read_raw_frame(&mut backend).await;
+        assert!(to_backend.header().mask.is_some());
+        assert_eq!(
+            close_of(&to_backend),
+            (1001, "gateway shutting down".to_owned())
+        );
+
+        // Both reply; the relay finishes without waiting for the timeout.
+        let start = Instant::now();
+        client
+            .write_all(frame::encode_close(1001, "", Some([1, 2, 3, 4])).as_bytes())
+            .await
+            .unwrap();
+        backend
+            .write_all(frame::encode_close(1001, "", None).as_bytes())
+            .await
+            .unwrap();
+        let out = running.outcome().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(out.initiator, Initiator::Gateway);
+        assert_eq!(
+            out.client_to_backend,
+            DirectionStats {
+                frames: 1,
+                messages: 1,
+                bytes: 100,
+            }
+        );
+        let mut tail = Vec::new();
+        backend.read_to_end(&mut tail).await.unwrap();
+        assert!(tail.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_drops_connection_when_frame_never_ends() {
+        let (mut client, mut backend, mut running) = start(config());
+        let frame = masked(0x82, &[3u8; 100], None);
+        client.write_all(&frame[..46]).await.unwrap();
+        let mut got = vec![0u8; 46];
+        backend.read_exact(&mut got).await.unwrap();
+
+        let start = Instant::now();
+        running.stop(CloseFrame::new(1001, "gateway shutting down"));
+        let out = running.outcome().await;
+        assert_eq!(start.elapsed(), config().close_timeout);
+        assert_eq!(out.initiator, Initiator::Gateway);
+        // The backend never saw a close: just the end of the stream.
+        let mut tail = Vec::new();
+        backend.read_to_end(&mut tail).await.unwrap();
+        assert!(tail.is_empty());
+    }
+
+    #[tokio::test]
+    async fn client_protocol_violation() {
+        let (mut client, mut backend, running) = start_ws(config()).await;
+        client.send(Message::text("before")).await.unwrap();
+        let bad = Frame::message(
+            Bytes::from_static(b"?"),
+            WsOpCode::Data(Data::Reserved(3)),
+            true,
+        );
+        client.send(Message::Frame(bad)).await.unwrap();
+
+        assert_eq!(next(&mut backend).await, Message::text("before"));
+        let backend_task = tokio::spawn(async move { expect_close(&mut backend).await });
+        assert_eq!(
+            expect_close(&mut client).await,
+            (1002, "protocol error".to_owned())
+        );
+        assert_eq!(
+            backend_task.await.unwrap(),
+            (1001, "peer protocol error".to_owned())
+        );
+        let out = running.outcome().await;
+        assert_eq!(out.initiator, Initiator::Gateway);
+        assert_eq!(out.close, Some(CloseFrame::new(1002, "protocol error")));
+        assert_eq!(out.client_to_backend.frames, 1);
+        assert_eq!(out.client_to_backend.messages, 1);
+    }
+
+    #[tokio::test]
+    async fn backend_protocol_violation() {
+        let (client, mut backend, running) = start(config());
+        let mut client = ws(client, Role::Client).await;
+        // A ping longer than 125 bytes: refused before any of it reaches the client.
+        let bad = [&[0x89u8, 126, 0, 200][..], &[0u8; 200]].concat();
+        backend.write_all(&bad).await.unwrap();
+
+        let to_backend = read_raw_frame(&mut backend).await;
+        assert!(to_backend.header().mask.is_some());
+        assert_eq!(close_of(&to_backend), (1002, "protocol error".to_owned()));
+        assert_eq!(
+            expect_close(&mut client).await,
+            (1001, "peer protocol error".to_owned())
+        );
+        let out = running.outcome().await;
+        assert_eq!(out.initiator, Initiator::Gateway);
+        assert_eq!(out.close, Some(CloseFrame::new(1002, "protocol error")));
+        assert_eq!(out.backend_to_client, DirectionStats::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn buffering_is_bounded_when_the_backend_stalls() {
+        let (mut client, _backend, _running) = start(config());
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = written.clone();
+        let writer = tokio::spawn(async move {
+            // A 1 MiB frame's header, then its payload, for as long as the relay takes it.
+            client
+                .write_all(&masked(0x82, &[], Some(1 << 20)))
+                .await
+                .unwrap();
+            let chunk = [0u8; 4096];
+            loop {
+                client.write_all(&chunk).await.unwrap();
+                counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let total = written.load(std::sync::atomic::Ordering::Relaxed);
+        // Two duplex pipes plus the relay's one buffer, whatever the message size.
+        assert!(
+            total <= 2 * DUPLEX + BUF_SIZE,
+            "relay buffered too much: {total}"
+        );
+        assert!(total >= DUPLEX, "relay did not move data: {total}");
+        writer.abort();
+    }
 }
