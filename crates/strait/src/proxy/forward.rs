@@ -51,6 +51,16 @@ pub async fn forward(
         Ok(Err(error)) => return Err(backend_error(&route.proxy, route.backend.as_str(), &error)),
         Ok(Ok(response)) => response,
     };
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        // Only an upgrade request may be answered with 101, and this was not one.
+        return Err(GatewayError::new(
+            ErrorKind::BadGateway,
+            format!(
+                "the backend of API proxy \"{}\" switched protocols on a plain HTTP request",
+                route.proxy
+            ),
+        ));
+    }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, Either::Left(body)))

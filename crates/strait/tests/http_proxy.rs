@@ -1,0 +1,1299 @@
+//! End-to-end tests of HTTP proxying: real gateway, real echo backend (or small hand-written
+//! backends), real clients over loopback on ephemeral ports.
+//!
+//! Requests whose exact bytes matter (dot segments, odd queries, hop-by-hop headers,
+//! malformed request lines) are written by hand over a plain `TcpStream`, because HTTP
+//! client libraries may normalise them first.
+
+mod common;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::StreamExt;
+use http::header::{CONTENT_TYPE, HOST};
+use http::{Method, Request, Response, Version};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+// ---------------------------------------------------------------------------------------
+// Shared helpers
+// ---------------------------------------------------------------------------------------
+
+/// Safety net around awaits that should finish quickly: a hang fails the test instead.
+const SAFETY: Duration = Duration::from_secs(5);
+
+async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(SAFETY, fut).await {
+        Ok(output) => output,
+        Err(_) => panic!("timed out after {SAFETY:?}: {what}"),
+    }
+}
+
+/// One proxy as a YAML list item deployed to `test`; `extra` lines are indented by the caller.
+fn proxy(name: &str, path: &str, backend: &str) -> String {
+    proxy_with(name, path, backend, "")
+}
+
+fn proxy_with(name: &str, path: &str, backend: &str, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    path: {path}\n    backend: {backend}\n    deploy: [test]\n{extra}"
+    )
+}
+
+fn url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
+}
+
+/// GETs `path` through the gateway with the pooled client; expects the echo's 200 JSON.
+async fn echo_get(gw: SocketAddr, path: &str) -> Value {
+    let (response, body) = within(path, get(&client(), &url(gw, path))).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    json(&body)
+}
+
+/// A response read by hand from a raw connection.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    status_line: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        json(&self.body)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The echo's JSON, after checking the status is 200.
+    fn echo(&self) -> Value {
+        assert_eq!(self.status, 200, "{}: {}", self.status_line, self.text());
+        self.json()
+    }
+
+    /// A gateway-made JSON error with this status and kind.
+    fn assert_error(&self, status: u16, kind: &str) {
+        assert_eq!(self.status, status, "{}: {}", self.status_line, self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        let value = self.json();
+        assert_eq!(value["status"], status, "{value}");
+        assert_eq!(value["error"], kind, "{value}");
+        assert!(
+            value["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "a human sentence: {value}"
+        );
+    }
+}
+
+/// Reads one HTTP/1.1 response (Content-Length, chunked, or until the connection closes).
+async fn read_response<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<RawResponse> {
+    let mut status_line = String::new();
+    if reader.read_line(&mut status_line).await? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let status_line = status_line.trim_end().to_owned();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a status line: {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .unwrap_or_else(|| panic!("not a header line: {line:?}"));
+        headers.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if (100..200).contains(&status) || status == 204 || status == 304 {
+        // no body
+    } else if let Some(length) = find("content-length") {
+        let length: usize = length.parse().expect("numeric content-length");
+        body.resize(length, 0);
+        reader.read_exact(&mut body).await?;
+    } else if find("transfer-encoding")
+        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).await?;
+            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .expect("chunk size");
+            if size == 0 {
+                loop {
+                    let mut trailer = String::new();
+                    reader.read_line(&mut trailer).await?;
+                    if trailer.trim_end().is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            reader.read_exact(&mut body[start..]).await?;
+            let mut crlf = [0u8; 2];
+            reader.read_exact(&mut crlf).await?;
+        }
+    } else {
+        reader.read_to_end(&mut body).await?;
+    }
+    Ok(RawResponse {
+        status,
+        status_line,
+        headers,
+        body,
+    })
+}
+
+/// Writes `request` as is on a fresh connection and reads one response.
+async fn raw(addr: SocketAddr, request: &str) -> RawResponse {
+    within(request, async {
+        let mut tcp = TcpStream::connect(addr)
+            .await
+            .expect("connect to the gateway");
+        tcp.write_all(request.as_bytes())
+            .await
+            .expect("write the request");
+        let mut reader = BufReader::new(tcp);
+        read_response(&mut reader)
+            .await
+            .unwrap_or_else(|e| panic!("reading the answer to {request:?}: {e}"))
+    })
+    .await
+}
+
+/// `GET target` written byte for byte.
+async fn raw_get(addr: SocketAddr, target: &str) -> RawResponse {
+    raw(
+        addr,
+        &format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    )
+    .await
+}
+
+/// A hand-written hyper backend; counts the connections it accepted.
+struct Backend {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+async fn backend<F, Fut, B>(handler: F) -> Backend
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a backend");
+    let addr = listener.local_addr().expect("backend address");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let answer = handler(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Backend { addr, connections }
+}
+
+/// A raw backend: reads each request head, writes `answer` byte for byte, then closes.
+async fn raw_backend(answer: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a backend");
+    let addr = listener.local_addr().expect("backend address");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp.write_all(answer).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. The examples
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn example_post_api_v1_users_reaches_service_users() {
+    let echo = echo().await;
+    let proxies = proxy(
+        "users",
+        "/api/v1/*",
+        &format!("http://{}/service", echo.local_addr()),
+    );
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let req = Request::post(url(addr(&gw), "/api/v1/users"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"name":"ada"}"#)))
+        .expect("request");
+    let (response, body) = within("POST", send(&client(), req)).await;
+    assert_eq!(response.status(), 200, "{}", String::from_utf8_lossy(&body));
+    let echoed = json(&body);
+    assert_eq!(echoed["method"], "POST");
+    assert_eq!(echoed["path"], "/service/users");
+    assert_eq!(echoed["query"], Value::Null);
+    assert_eq!(echoed["body_length"], 14);
+    assert_eq!(echoed["headers"]["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn example_chat_query_is_forwarded_byte_for_byte() {
+    let echo = echo().await;
+    let proxies = proxy(
+        "chat",
+        "/chat/*",
+        &format!("http://{}/websocket", echo.local_addr()),
+    );
+    let gw = gateway(&single_env(true, &proxies)).await;
+    let gw = addr(&gw);
+
+    let echoed = raw_get(gw, "/chat/room/123?token=a%20b&x").await.echo();
+    assert_eq!(echoed["path"], "/websocket/room/123");
+    assert_eq!(echoed["query"], "token=a%20b&x");
+
+    // (request target, query the backend must see; None: no `?` at all)
+    let cases: [(&str, Option<&str>); 9] = [
+        ("/chat/room/123?a=%2F&&b=", Some("a=%2F&&b=")),
+        ("/chat/room/123?", Some("")),
+        ("/chat/room/123", None),
+        ("/chat/room/123?a=%2f&A=%2F", Some("a=%2f&A=%2F")),
+        ("/chat/room/123?x=/y?z", Some("x=/y?z")),
+        ("/chat/room/123?q=%zz&r=%", Some("q=%zz&r=%")),
+        ("/chat/room/123?a+b=c+d&&&", Some("a+b=c+d&&&")),
+        ("/chat/room/123?%7E=~&.=..", Some("%7E=~&.=..")),
+        ("/chat/room/123??", Some("?")),
+    ];
+    for (target, query) in cases {
+        let echoed = raw_get(gw, target).await.echo();
+        assert_eq!(echoed["path"], "/websocket/room/123", "{target}");
+        assert_eq!(
+            echoed["query"],
+            query.map_or(Value::Null, Value::from),
+            "{target}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Matching
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn wildcard_matches_its_prefix_and_below_but_not_a_longer_segment() {
+    let echo = echo().await;
+    let proxies = proxy(
+        "chat",
+        "/chat/*",
+        &format!("http://{}/websocket", echo.local_addr()),
+    );
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+    for (request, backend_path) in [
+        ("/chat", "/websocket"),
+        ("/chat/", "/websocket/"),
+        ("/chat/a/b", "/websocket/a/b"),
+        ("/chat/a/b/", "/websocket/a/b/"),
+    ] {
+        assert_eq!(
+            echo_get(gw, request).await["path"],
+            backend_path,
+            "{request}"
+        );
+    }
+    for path in ["/chatroom", "/chatroom/1", "/cha", "/", "/other/chat"] {
+        let (response, body) = within(path, get(&client(), &url(gw, path))).await;
+        assert_error(&response, &body, 404, "no_route");
+    }
+}
+
+#[tokio::test]
+async fn longest_prefix_wins() {
+    let echo = echo().await;
+    let e = echo.local_addr();
+    let proxies = [
+        proxy("api", "/api/*", &format!("http://{e}/one")),
+        proxy("api-v2", "/api/v2/*", &format!("http://{e}/two")),
+        proxy(
+            "api-v2-admin",
+            "/api/v2/admin/*",
+            &format!("http://{e}/three"),
+        ),
+    ]
+    .concat();
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+    for (request, backend_path) in [
+        ("/api/x", "/one/x"),
+        ("/api/v3/x", "/one/v3/x"),
+        ("/api/v2x", "/one/v2x"),
+        ("/api/v2", "/two"),
+        ("/api/v2/x", "/two/x"),
+        ("/api/v2/admins", "/two/admins"),
+        ("/api/v2/admin", "/three"),
+        ("/api/v2/admin/users/7", "/three/users/7"),
+        ("/api", "/one"),
+    ] {
+        assert_eq!(
+            echo_get(gw, request).await["path"],
+            backend_path,
+            "{request}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn exact_path_matches_only_exactly() {
+    let echo = echo().await;
+    let e = echo.local_addr();
+    let proxies = [
+        proxy("health", "/health", &format!("http://{e}/status")),
+        proxy("slash", "/dir/", &format!("http://{e}/listing")),
+    ]
+    .concat();
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+    assert_eq!(echo_get(gw, "/health").await["path"], "/status");
+    let echoed = echo_get(gw, "/health?verbose=1").await;
+    assert_eq!(
+        (&echoed["path"], &echoed["query"]),
+        (&Value::from("/status"), &Value::from("verbose=1"))
+    );
+    assert_eq!(echo_get(gw, "/dir/").await["path"], "/listing");
+    for path in [
+        "/health/",
+        "/health/x",
+        "/healthz",
+        "/HEALTH",
+        "/dir",
+        "/dir/x",
+    ] {
+        let (response, body) = within(path, get(&client(), &url(gw, path))).await;
+        assert_error(&response, &body, 404, "no_route");
+    }
+}
+
+#[tokio::test]
+async fn empty_remaining_goes_to_the_backend_path_as_written() {
+    let echo = echo().await;
+    let e = echo.local_addr();
+    let proxies = [
+        proxy("chat", "/chat/*", &format!("http://{e}/websocket")),
+        proxy("slash", "/slash/*", &format!("http://{e}/ws/")),
+        proxy("bare", "/bare/*", &format!("http://{e}")),
+        proxy("deep", "/deep/*", &format!("http://{e}/a/b/c")),
+    ]
+    .concat();
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+    for (request, backend_path, query) in [
+        ("/chat", "/websocket", Value::Null),
+        ("/chat?x=1", "/websocket", Value::from("x=1")),
+        ("/slash", "/ws/", Value::Null),
+        ("/slash/", "/ws/", Value::Null),
+        ("/slash/x", "/ws/x", Value::Null),
+        ("/bare", "/", Value::Null),
+        ("/bare/x", "/x", Value::Null),
+        ("/deep", "/a/b/c", Value::Null),
+        ("/deep/", "/a/b/c/", Value::Null),
+    ] {
+        let echoed = echo_get(gw, request).await;
+        assert_eq!(
+            (&echoed["path"], &echoed["query"]),
+            (&Value::from(backend_path), &query),
+            "{request}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Normalisation (raw request lines: clients may resolve `..` themselves)
+// ---------------------------------------------------------------------------------------
+
+async fn public_admin_gateway() -> (strait::GatewayHandle, strait::echo::EchoHandle) {
+    let echo = echo().await;
+    let e = echo.local_addr();
+    let proxies = [
+        proxy("public", "/public/*", &format!("http://{e}/pub")),
+        proxy("admin", "/admin/*", &format!("http://{e}/adm")),
+    ]
+    .concat();
+    (gateway(&single_env(false, &proxies)).await, echo)
+}
+
+#[tokio::test]
+async fn dot_segments_are_resolved_before_matching() {
+    let (gw, _echo) = public_admin_gateway().await;
+    let gw = addr(&gw);
+    for (target, backend_path) in [
+        ("/public/../admin/users", "/adm/users"),
+        ("/public/../admin", "/adm"),
+        ("/public/./../admin/x?q=1", "/adm/x"),
+        ("/public/x/../../admin/y", "/adm/y"),
+        ("/admin/../public/z", "/pub/z"),
+        ("/public/./x/./y", "/pub/x/y"),
+        ("/public/x/..", "/pub/"),
+        ("/public/x/.", "/pub/x/"),
+        ("/./public/x", "/pub/x"),
+    ] {
+        let echoed = raw_get(gw, target).await.echo();
+        assert_eq!(
+            echoed["path"], backend_path,
+            "{target} went to the wrong backend path"
+        );
+    }
+    // Leaving both proxies behind is no route, not a backend of either.
+    raw_get(gw, "/public/../secret")
+        .await
+        .assert_error(404, "no_route");
+}
+
+#[tokio::test]
+async fn encoded_dot_segments_are_resolved_too() {
+    let (gw, _echo) = public_admin_gateway().await;
+    let gw = addr(&gw);
+    for (target, backend_path) in [
+        ("/public/%2e%2e/admin/users", "/adm/users"),
+        ("/public/%2E%2E/admin/users", "/adm/users"),
+        ("/public/.%2e/admin/users", "/adm/users"),
+        ("/public/%2e./admin/users", "/adm/users"),
+        ("/public/%2e/x", "/pub/x"),
+        ("/%70ublic/x", "/pub/x"),
+        ("/public/%7Euser", "/pub/~user"),
+        ("/%61dmin/%2e%2e/public/%41", "/pub/A"),
+    ] {
+        let echoed = raw_get(gw, target).await.echo();
+        assert_eq!(
+            echoed["path"], backend_path,
+            "{target} went to the wrong backend path"
+        );
+    }
+}
+
+#[tokio::test]
+async fn climbing_above_the_root_is_a_bad_request() {
+    let (gw, _echo) = public_admin_gateway().await;
+    let gw = addr(&gw);
+    for target in [
+        "/%2e%2e/x",
+        "/%2E%2E/x",
+        "/../x",
+        "/..",
+        "/public/../../admin/x",
+        "/public/%2e%2e/%2e%2e/admin/x",
+        "/.%2e/admin/x",
+    ] {
+        let response = raw_get(gw, target).await;
+        response.assert_error(400, "bad_request");
+    }
+}
+
+#[tokio::test]
+async fn encoded_slash_stays_encoded_and_is_not_a_separator() {
+    let (gw, _echo) = public_admin_gateway().await;
+    let gw = addr(&gw);
+    for (target, backend_path) in [
+        ("/public/a%2Fb", "/pub/a%2Fb"),
+        ("/public/a%2fb", "/pub/a%2Fb"),
+        ("/public/..%2Fadmin/x", "/pub/..%2Fadmin/x"),
+        ("/public/%2e%2e%2Fadmin", "/pub/..%2Fadmin"),
+        ("/public/a%20b", "/pub/a%20b"),
+    ] {
+        let echoed = raw_get(gw, target).await.echo();
+        assert_eq!(echoed["path"], backend_path, "{target}");
+    }
+    // `%2F` does not separate segments, so `/admin%2Fx` is not under `/admin/*`.
+    raw_get(gw, "/admin%2Fx")
+        .await
+        .assert_error(404, "no_route");
+}
+
+#[tokio::test]
+async fn malformed_escapes_are_a_bad_request() {
+    let (gw, _echo) = public_admin_gateway().await;
+    let gw = addr(&gw);
+    for target in ["/public/%zz", "/public/%4", "/public/x%", "/public/%G1/a"] {
+        raw_get(gw, target).await.assert_error(400, "bad_request");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Methods
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_method_outside_the_list_gets_405_with_allow() {
+    let echo = echo().await;
+    let e = echo.local_addr();
+    let proxies = [
+        proxy_with(
+            "read",
+            "/read/*",
+            &format!("http://{e}/r"),
+            "    methods: [GET]\n",
+        ),
+        proxy_with(
+            "rw",
+            "/rw/*",
+            &format!("http://{e}/rw"),
+            "    methods: [GET, POST]\n",
+        ),
+    ]
+    .concat();
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+    let http = client();
+
+    let (response, body) = within("GET", get(&http, &url(gw, "/read/x"))).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(json(&body)["method"], "GET");
+
+    for method in [Method::POST, Method::DELETE, Method::PUT] {
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(url(gw, "/read/x"))
+            .body(Full::default())
+            .expect("request");
+        let (response, body) = within(method.as_str(), send(&http, req)).await;
+        assert_error(&response, &body, 405, "method_not_allowed");
+        assert_eq!(response.headers()["allow"], "GET", "{method}");
+    }
+
+    let req = Request::delete(url(gw, "/rw/x"))
+        .body(Full::default())
+        .expect("request");
+    let (response, body) = within("DELETE", send(&http, req)).await;
+    assert_error(&response, &body, 405, "method_not_allowed");
+    assert_eq!(response.headers()["allow"], "GET, POST");
+
+    let req = Request::post(url(gw, "/rw/x"))
+        .body(Full::new(Bytes::from_static(b"abc")))
+        .expect("request");
+    let (response, body) = within("POST", send(&http, req)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(json(&body)["method"], "POST");
+    assert_eq!(json(&body)["body_length"], 3);
+}
+
+#[tokio::test]
+async fn any_method_passes_when_none_are_configured() {
+    let echo = echo().await;
+    let proxies = proxy(
+        "any",
+        "/any/*",
+        &format!("http://{}/svc", echo.local_addr()),
+    );
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+    let http = client();
+    let purge = Method::from_bytes(b"PURGE").expect("custom method");
+    for method in [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        purge,
+    ] {
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(url(gw, "/any/thing"))
+            .body(Full::default())
+            .expect("request");
+        let (response, body) = within(method.as_str(), send(&http, req)).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "{method}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let echoed = json(&body);
+        assert_eq!(echoed["method"], method.as_str());
+        assert_eq!(echoed["path"], "/svc/thing");
+    }
+    // HEAD is forwarded too: the answer carries the echo's headers and no body.
+    let req = Request::head(url(gw, "/any/thing"))
+        .body(Full::default())
+        .expect("request");
+    let (response, body) = within("HEAD", send(&http, req)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+    assert!(body.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Headers
+// ---------------------------------------------------------------------------------------
+
+async fn headers_gateway() -> (strait::GatewayHandle, strait::echo::EchoHandle) {
+    let echo = echo().await;
+    let e = echo.local_addr();
+    let proxies = [
+        proxy("h", "/h/*", &format!("http://{e}/svc")),
+        proxy_with(
+            "ph",
+            "/ph/*",
+            &format!("http://{e}/svc"),
+            "    preserve_host: true\n",
+        ),
+    ]
+    .concat();
+    (gateway(&single_env(false, &proxies)).await, echo)
+}
+
+#[tokio::test]
+async fn hop_by_hop_request_headers_are_not_forwarded() {
+    let (gw, _echo) = headers_gateway().await;
+    let gw = addr(&gw);
+    let request = format!(
+        "GET /h/x HTTP/1.1\r\n\
+         Host: {gw}\r\n\
+         Connection: keep-alive, X-Secret, x-other-secret\r\n\
+         Keep-Alive: timeout=5\r\n\
+         TE: trailers\r\n\
+         Upgrade: foo/1\r\n\
+         Proxy-Connection: keep-alive\r\n\
+         Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+         Trailer: X-Checksum\r\n\
+         X-Secret: hidden\r\n\
+         X-Other-Secret: hidden too\r\n\
+         X-End-To-End: kept\r\n\
+         Authorization: Bearer abc\r\n\
+         Accept: application/json\r\n\
+         Cookie: a=1; b=2\r\n\
+         \r\n"
+    );
+    let echoed = raw(gw, &request).await.echo();
+    let headers = echoed["headers"].as_object().expect("headers object");
+    for gone in [
+        "connection",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+        "trailer",
+        "x-secret",
+        "x-other-secret",
+    ] {
+        assert!(
+            !headers.contains_key(gone),
+            "{gone} was forwarded: {echoed}"
+        );
+    }
+    assert_eq!(headers["x-end-to-end"], "kept");
+    assert_eq!(headers["authorization"], "Bearer abc");
+    assert_eq!(headers["accept"], "application/json");
+    assert_eq!(headers["cookie"], "a=1; b=2");
+}
+
+#[tokio::test]
+async fn upgrade_on_a_request_that_is_not_a_websocket_upgrade_is_not_forwarded() {
+    let (gw, _echo) = headers_gateway().await;
+    let gw = addr(&gw);
+    // Not GET: forwarded as plain HTTP, without Upgrade and Connection.
+    let request = format!(
+        "POST /h/x HTTP/1.1\r\nHost: {gw}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 3\r\n\r\nabc"
+    );
+    let echoed = raw(gw, &request).await.echo();
+    assert_eq!(echoed["method"], "POST");
+    assert_eq!(echoed["body_length"], 3);
+    assert!(echoed["headers"].get("upgrade").is_none(), "{echoed}");
+    assert!(echoed["headers"].get("connection").is_none(), "{echoed}");
+
+    // `Upgrade` without `Connection: upgrade` is not an upgrade either.
+    let request = format!("GET /h/x HTTP/1.1\r\nHost: {gw}\r\nUpgrade: websocket\r\n\r\n");
+    let echoed = raw(gw, &request).await.echo();
+    assert_eq!(echoed["method"], "GET");
+    assert!(echoed["headers"].get("upgrade").is_none(), "{echoed}");
+}
+
+#[tokio::test]
+async fn a_backend_switching_protocols_on_a_plain_request_is_502() {
+    // The gateway never asked this backend to upgrade, so its 101 cannot be honoured: the
+    // client must get an error, not a 101 on a connection nobody relays.
+    let backend = raw_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    let proxies = proxy("b", "/b/*", &format!("http://{backend}"));
+    let gw = gateway(&single_env(true, &proxies)).await;
+    let gw = addr(&gw);
+    raw_get(gw, "/b/x").await.assert_error(502, "bad_gateway");
+    // The echo (today) answers 101 to any request carrying Sec-WebSocket-Key; on a plain POST
+    // the gateway strips the upgrade, so a 101 must not reach the client: either the gateway
+    // refuses it (502) or the backend answers normally (200).
+    let echo = echo().await;
+    let proxies = proxy("e", "/e/*", &format!("http://{}", echo.local_addr()));
+    let gw2 = gateway(&single_env(true, &proxies)).await;
+    let gw2 = addr(&gw2);
+    let request = format!(
+        "POST /e/x HTTP/1.1\r\nHost: {gw2}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n"
+    );
+    let response = raw(gw2, &request).await;
+    if response.status == 200 {
+        assert_eq!(response.json()["method"], "POST");
+    } else {
+        response.assert_error(502, "bad_gateway");
+    }
+}
+
+#[tokio::test]
+async fn chunked_request_bodies_are_re_framed_not_passed_through() {
+    let (gw, _echo) = headers_gateway().await;
+    let gw = addr(&gw);
+    let request = format!(
+        "POST /h/upload HTTP/1.1\r\nHost: {gw}\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    );
+    let echoed = raw(gw, &request).await.echo();
+    assert_eq!(echoed["body_length"], 11, "{echoed}");
+    let headers = &echoed["headers"];
+    // The gateway frames the body itself: chunked or a length, never both, never doubled.
+    match (
+        headers.get("transfer-encoding"),
+        headers.get("content-length"),
+    ) {
+        (Some(te), None) => assert_eq!(te, "chunked", "{echoed}"),
+        (None, Some(length)) => assert_eq!(length, "11", "{echoed}"),
+        other => panic!("unexpected framing {other:?}: {echoed}"),
+    }
+
+    let request =
+        format!("POST /h/upload HTTP/1.1\r\nHost: {gw}\r\nContent-Length: 5\r\n\r\nhello");
+    let echoed = raw(gw, &request).await.echo();
+    assert_eq!(echoed["body_length"], 5);
+    assert_eq!(echoed["headers"]["content-length"], "5");
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_are_not_returned() {
+    let backend = raw_backend(
+        b"HTTP/1.1 200 OK\r\n\
+          Content-Length: 2\r\n\
+          Connection: X-Backend-Secret\r\n\
+          Keep-Alive: timeout=5, max=100\r\n\
+          Proxy-Connection: keep-alive\r\n\
+          Upgrade: foo/2\r\n\
+          Trailer: X-Checksum\r\n\
+          X-Backend-Secret: s\r\n\
+          X-Backend-Kept: k\r\n\
+          Cache-Control: no-store\r\n\
+          \r\n\
+          ok",
+    )
+    .await;
+    let proxies = proxy("b", "/b/*", &format!("http://{backend}"));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let response = raw_get(addr(&gw), "/b/x").await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body, b"ok");
+    for gone in [
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "trailer",
+        "x-backend-secret",
+    ] {
+        assert!(
+            response.header(gone).is_none(),
+            "{gone} was returned: {response:?}"
+        );
+    }
+    if let Some(connection) = response.header("connection") {
+        assert!(
+            !connection.to_ascii_lowercase().contains("x-backend-secret"),
+            "{response:?}"
+        );
+    }
+    assert_eq!(response.header("x-backend-kept"), Some("k"));
+    assert_eq!(response.header("cache-control"), Some("no-store"));
+}
+
+#[tokio::test]
+async fn x_forwarded_headers_are_set() {
+    let (gw, _echo) = headers_gateway().await;
+    let gw = addr(&gw);
+
+    // No earlier values: the gateway's own.
+    let echoed = raw(gw, "GET /h/x HTTP/1.1\r\nHost: client.example:8080\r\n\r\n")
+        .await
+        .echo();
+    let headers = &echoed["headers"];
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "client.example:8080");
+
+    // Earlier proxies' values are kept, the client is appended; proto and host are not
+    // taken from the client.
+    let request = "GET /h/x HTTP/1.1\r\nHost: client.example:8080\r\n\
+                   X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-For: 198.51.100.1, 198.51.100.2\r\n\
+                   X-Forwarded-Proto: https\r\nX-Forwarded-Host: spoofed.example\r\n\r\n";
+    let echoed = raw(gw, request).await.echo();
+    let headers = &echoed["headers"];
+    assert_eq!(
+        headers["x-forwarded-for"],
+        "203.0.113.7, 198.51.100.1, 198.51.100.2, 127.0.0.1"
+    );
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "client.example:8080");
+}
+
+#[tokio::test]
+async fn host_is_the_backend_authority_unless_preserve_host() {
+    let (gw, echo) = headers_gateway().await;
+    let gw = addr(&gw);
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: client.example:8080\r\n\r\n");
+    let echoed = raw(gw, &request("/h/x")).await.echo();
+    assert_eq!(echoed["headers"]["host"], echo.local_addr().to_string());
+    assert_eq!(echoed["headers"]["x-forwarded-host"], "client.example:8080");
+
+    let echoed = raw(gw, &request("/ph/x")).await.echo();
+    assert_eq!(echoed["path"], "/svc/x");
+    assert_eq!(echoed["headers"]["host"], "client.example:8080");
+    assert_eq!(echoed["headers"]["x-forwarded-host"], "client.example:8080");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Errors
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_backend_that_is_down_is_502() {
+    let proxies = proxy("down", "/down/*", &format!("http://{}/x", closed_port()));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let (response, body) = within("GET", get(&client(), &url(addr(&gw), "/down/y"))).await;
+    assert_error(&response, &body, 502, "bad_gateway");
+}
+
+#[tokio::test]
+async fn a_backend_that_closes_without_answering_is_502() {
+    let backend = raw_backend(b"").await;
+    let proxies = proxy("dying", "/dying/*", &format!("http://{backend}"));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let (response, body) = within("GET", get(&client(), &url(addr(&gw), "/dying/y"))).await;
+    assert_error(&response, &body, 502, "bad_gateway");
+}
+
+#[tokio::test]
+async fn a_backend_dying_mid_body_is_not_hidden_from_the_client() {
+    // Promises 100 bytes, sends 10, closes.
+    let backend = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+    let proxies = proxy("dying", "/dying/*", &format!("http://{backend}"));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+    let (status, declared, received) = within("truncated body", async {
+        let mut tcp = TcpStream::connect(gw).await.expect("connect");
+        tcp.write_all(format!("GET /dying/x HTTP/1.1\r\nHost: {gw}\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut reader = BufReader::new(tcp);
+        let mut status_line = String::new();
+        reader
+            .read_line(&mut status_line)
+            .await
+            .expect("status line");
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let mut declared = None;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).await.expect("header line");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    declared = value.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let mut received = Vec::new();
+        let _ = reader.read_to_end(&mut received).await; // an error (reset) is as good as EOF here
+        (status, declared, received)
+    })
+    .await;
+    // Either the gateway reports the failure, or the client sees the body end early — never a
+    // complete-looking 200.
+    if status == 200 {
+        let complete = match declared {
+            Some(length) => received.len() >= length,
+            None => received.ends_with(b"0\r\n\r\n"),
+        };
+        assert!(
+            !complete,
+            "a truncated backend body looked complete: {declared:?} / {received:?}"
+        );
+    } else {
+        assert_eq!(status, 502);
+    }
+}
+
+#[tokio::test]
+async fn a_slow_backend_is_504_after_the_response_timeout() {
+    let slow = backend(|_req| std::future::pending::<Response<Full<Bytes>>>()).await;
+    let yaml = format!(
+        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    timeouts: {{ response: 300ms }}\nproxies:\n{}",
+        proxy("slow", "/slow/*", &format!("http://{}", slow.addr))
+    );
+    let gw = gateway(&yaml).await;
+    let started = Instant::now();
+    let (response, body) = within("GET", get(&client(), &url(addr(&gw), "/slow/x"))).await;
+    let elapsed = started.elapsed();
+    assert_error(&response, &body, 504, "gateway_timeout");
+    assert!(
+        elapsed >= Duration::from_millis(290),
+        "answered before the timeout: {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_millis(900), "took {elapsed:?}");
+    assert_eq!(
+        slow.connections.load(Ordering::SeqCst),
+        1,
+        "the request did reach the backend"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_request_gets_400_and_the_gateway_keeps_serving() {
+    let echo = echo().await;
+    let proxies = proxy(
+        "api",
+        "/api/*",
+        &format!("http://{}/svc", echo.local_addr()),
+    );
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+    for garbage in [
+        "\x01\x02 nonsense\r\n\r\n",
+        "GET /api/x HTTP/1.1 trailing\r\nHost: x\r\n\r\n",
+        "GET /api/x HTTP/1.1\r\nBad Header Line\r\n\r\n",
+    ] {
+        let response = raw(gw, garbage).await;
+        assert_eq!(response.status, 400, "{garbage:?}: {response:?}");
+        // And the next client is served normally.
+        assert_eq!(raw_get(gw, "/api/ok").await.echo()["path"], "/svc/ok");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Streaming
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_64_mib_request_body_is_streamed_to_the_backend() {
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 1024;
+    let echo = echo().await;
+    let proxies = proxy("up", "/up/*", &format!("http://{}/svc", echo.local_addr()));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    let chunks = futures_util::stream::iter(
+        (0..CHUNKS).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
+    );
+    let body = StreamBody::new(chunks);
+
+    let tcp = TcpStream::connect(gw).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    let req = Request::post("/up/load")
+        .header(HOST, gw.to_string())
+        .body(body)
+        .expect("request");
+    let response =
+        match tokio::time::timeout(Duration::from_secs(30), sender.send_request(req)).await {
+            Ok(response) => response.expect("gateway answers"),
+            Err(_) => panic!("64 MiB upload took over 30s"),
+        };
+    assert_eq!(response.status(), 200);
+    let body = within("echo body", response.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    let echoed = json(&body);
+    assert_eq!(echoed["path"], "/svc/load");
+    assert_eq!(echoed["body_length"], (CHUNK * CHUNKS) as u64);
+    assert_eq!(echoed["body_length"], 67_108_864);
+}
+
+#[tokio::test]
+async fn server_sent_events_are_relayed_without_buffering() {
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let release = Arc::new(Mutex::new(Some(release_rx)));
+    let sse = backend(move |_req| {
+        let release = release.lock().expect("lock").take();
+        async move {
+            let first = futures_util::stream::once(async {
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"data: first\n\n")))
+            });
+            let second = futures_util::stream::once(async move {
+                if let Some(release) = release {
+                    let _ = release.await;
+                }
+                Ok(Frame::data(Bytes::from_static(b"data: second\n\n")))
+            });
+            Response::builder()
+                .header(CONTENT_TYPE, "text/event-stream")
+                .body(StreamBody::new(first.chain(second)).boxed_unsync())
+                .expect("response")
+        }
+    })
+    .await;
+    let proxies = proxy("events", "/events/*", &format!("http://{}", sse.addr));
+    let gw = gateway(&single_env(false, &proxies)).await;
+
+    let req = Request::get(url(addr(&gw), "/events/stream"))
+        .body(Full::default())
+        .expect("request");
+    let response = within("response head", client().request(req))
+        .await
+        .expect("gateway answers");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()[CONTENT_TYPE], "text/event-stream");
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    let first = tokio::time::timeout(Duration::from_secs(2), async {
+        while !received.ends_with(b"data: first\n\n") {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    received.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]))
+                }
+                other => panic!("stream ended before the first event: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        first.is_ok(),
+        "the first event did not arrive before the backend sent the rest: the gateway buffers"
+    );
+    assert_eq!(received, b"data: first\n\n");
+
+    release_tx.send(()).expect("backend still waiting");
+    let rest = within("rest of the stream", body.collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&rest[..], b"data: second\n\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. Keep-alive
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_hundred_requests_on_one_client_connection() {
+    let counting = backend(|req: Request<Incoming>| async move {
+        Response::new(Full::new(Bytes::from(req.uri().path().to_owned())))
+    })
+    .await;
+    let proxies = proxy("ka", "/ka/*", &format!("http://{}/k", counting.addr));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+
+    let tcp = TcpStream::connect(gw).await.expect("connect");
+    let mut conn = BufReader::new(tcp);
+    for i in 0..100 {
+        let request = format!("GET /ka/{i} HTTP/1.1\r\nHost: {gw}\r\n\r\n");
+        let response = within("keep-alive request", async {
+            conn.get_mut()
+                .write_all(request.as_bytes())
+                .await
+                .expect("write on the same connection");
+            read_response(&mut conn).await
+        })
+        .await
+        .unwrap_or_else(|e| panic!("request {i} on the kept-alive connection: {e}"));
+        assert_eq!(response.status, 200, "request {i}: {response:?}");
+        assert_eq!(response.text(), format!("/k/{i}"));
+        assert!(
+            response
+                .header("connection")
+                .is_none_or(|c| !c.eq_ignore_ascii_case("close")),
+            "{response:?}"
+        );
+    }
+    // The gateway pools its backend connections too (a few may be opened when a connection
+    // has not gone back to the pool yet, but not one per request).
+    let backend_connections = counting.connections.load(Ordering::SeqCst);
+    assert!(
+        (1..=10).contains(&backend_connections),
+        "{backend_connections} backend connections for 100 requests"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. h2c prior knowledge
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_on_a_plain_listener() {
+    let echo = echo().await;
+    let proxies = proxy(
+        "api",
+        "/api/*",
+        &format!("http://{}/svc", echo.local_addr()),
+    );
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+
+    let tcp = TcpStream::connect(gw).await.expect("connect");
+    let (mut sender, connection) = within(
+        "h2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(connection);
+    for i in 0..3 {
+        let req = Request::post(format!("http://{gw}/api/h2/{i}?x=1"))
+            .body(Full::new(Bytes::from_static(b"hello")))
+            .expect("request");
+        let response = within("h2 request", sender.send_request(req))
+            .await
+            .expect("gateway answers over h2");
+        assert_eq!(response.version(), Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+        let body = within("h2 body", response.into_body().collect())
+            .await
+            .expect("body")
+            .to_bytes();
+        let echoed = json(&body);
+        assert_eq!(echoed["method"], "POST");
+        assert_eq!(echoed["path"], format!("/svc/h2/{i}"));
+        assert_eq!(echoed["query"], "x=1");
+        assert_eq!(echoed["body_length"], 5);
+        assert_eq!(echoed["headers"]["host"], echo.local_addr().to_string());
+        assert_eq!(echoed["headers"]["x-forwarded-host"], gw.to_string());
+        assert_eq!(echoed["headers"]["x-forwarded-proto"], "http");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. Many proxies
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ten_thousand_proxies_in_one_environment() {
+    const N: usize = 10_000;
+    let echo = echo().await;
+    let e = echo.local_addr();
+    let mut proxies = String::with_capacity(N * 100);
+    for i in 0..N {
+        proxies.push_str(&proxy(
+            &format!("svc{i}"),
+            &format!("/svc{i}/*"),
+            &format!("http://{e}/b{i}"),
+        ));
+    }
+    let started = Instant::now();
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let startup = started.elapsed();
+    let gw = addr(&gw);
+
+    let mut sample: Vec<usize> = (0..N).step_by(997).collect();
+    sample.push(N - 1);
+    for i in sample {
+        let echoed = echo_get(gw, &format!("/svc{i}/item/{i}?n={i}")).await;
+        assert_eq!(echoed["path"], format!("/b{i}/item/{i}"));
+        assert_eq!(echoed["query"], format!("n={i}"));
+        assert_eq!(
+            echo_get(gw, &format!("/svc{i}")).await["path"],
+            format!("/b{i}")
+        );
+    }
+    for missing in [
+        format!("/svc{N}/x"),
+        "/svc/x".to_owned(),
+        "/svc12x/y".to_owned(),
+    ] {
+        let (response, body) = within(&missing, get(&client(), &url(gw, &missing))).await;
+        assert_error(&response, &body, 404, "no_route");
+    }
+    assert!(
+        startup < Duration::from_secs(10),
+        "starting with {N} proxies took {startup:?}"
+    );
+}
