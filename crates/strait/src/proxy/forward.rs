@@ -1,12 +1,11 @@
 //! Connect + relay phases for plain HTTP: stream the request to the backend through the
 //! pooled client and stream its response back. Bodies are never buffered whole.
 
-use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use super::headers::{set_forwarded, strip_hop_by_hop};
+use super::headers::{strip_hop_by_hop, to_backend};
 use super::pipeline::{Body, ConnInfo, Matched};
 use crate::error::{ErrorKind, GatewayError};
 
@@ -16,22 +15,9 @@ pub async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     let Matched { env, route, target } = matched;
-    let uri: Uri = target.parse().map_err(|_| {
-        GatewayError::new(
-            ErrorKind::BadRequest,
-            format!("the resolved target {target:?} is not a valid URI"),
-        )
-    })?;
     let (mut parts, body) = req.into_parts();
-    let original_host = original_host(&parts);
-    strip_hop_by_hop(&mut parts.headers);
-    set_forwarded(&mut parts.headers, conn, original_host.as_ref());
-    let host = match (&original_host, route.preserve_host) {
-        (Some(host), true) => host.clone(),
-        _ => backend_host(&route.backend)?,
-    };
-    parts.headers.insert(header::HOST, host);
-    parts.uri = uri;
+    to_backend(&mut parts.headers, parts.uri.authority(), conn, &route)?;
+    parts.uri = target;
     parts.version = Version::HTTP_11;
 
     let sent = route
@@ -64,25 +50,6 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, Either::Left(body)))
-}
-
-/// The host the client asked for: its `Host` header, or the HTTP/2 `:authority`.
-pub fn original_host(parts: &http::request::Parts) -> Option<HeaderValue> {
-    parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    })
-}
-
-pub fn backend_host(backend: &crate::routing::BackendUrl) -> Result<HeaderValue, GatewayError> {
-    HeaderValue::from_str(backend.authority()).map_err(|_| {
-        GatewayError::new(
-            ErrorKind::BadGateway,
-            format!("backend {} has no usable host", backend.as_str()),
-        )
-    })
 }
 
 fn backend_error(

@@ -4,6 +4,36 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::pipeline::ConnInfo;
+use super::snapshot::Route;
+use crate::error::{ErrorKind, GatewayError};
+
+/// Turns the client's request headers into the backend's: hop-by-hop headers removed,
+/// `X-Forwarded-*` set, and `Host` set to the backend's authority (or kept with
+/// `preserve_host`). `authority` is the HTTP/2 `:authority`, used when there is no `Host`.
+pub fn to_backend(
+    headers: &mut HeaderMap,
+    authority: Option<&http::uri::Authority>,
+    conn: &ConnInfo,
+    route: &Route,
+) -> Result<(), GatewayError> {
+    let original_host = headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    strip_hop_by_hop(headers);
+    set_forwarded(headers, conn, original_host.as_ref());
+    let host = match original_host {
+        Some(host) if route.preserve_host => host,
+        _ => HeaderValue::from_str(route.backend.authority()).map_err(|_| {
+            GatewayError::new(
+                ErrorKind::BadGateway,
+                format!("backend {} has no usable host", route.backend.as_str()),
+            )
+        })?,
+    };
+    headers.insert(header::HOST, host);
+    Ok(())
+}
 
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
@@ -32,11 +62,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto` (as the client
 /// connected) and `X-Forwarded-Host` (the host the client asked for).
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    conn: &ConnInfo,
-    original_host: Option<&HeaderValue>,
-) {
+fn set_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, original_host: Option<&HeaderValue>) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");

@@ -51,7 +51,7 @@ pub struct Matched {
     pub env: Arc<EnvRoutes>,
     pub route: Arc<Route>,
     /// The resolved backend target (`ws://`/`wss://` for WebSocket upgrades).
-    pub target: String,
+    pub target: http::Uri,
 }
 
 pub async fn handle(
@@ -147,6 +147,12 @@ pub fn match_route<B>(
         req.uri().query(),
         websocket,
     );
+    let target = target.parse().map_err(|_| {
+        GatewayError::new(
+            ErrorKind::BadRequest,
+            format!("the resolved target {target:?} is not a valid URI"),
+        )
+    })?;
     Ok(Matched { env, route, target })
 }
 

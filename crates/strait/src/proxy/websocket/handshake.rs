@@ -12,8 +12,7 @@ use hyper_util::rt::TokioIo;
 
 use super::relay::{CloseFrame, RelayConfig, relay};
 use crate::error::{ErrorKind, GatewayError};
-use crate::proxy::forward::{backend_host, original_host};
-use crate::proxy::headers::{set_forwarded, strip_hop_by_hop};
+use crate::proxy::headers::{strip_hop_by_hop, to_backend};
 use crate::proxy::pipeline::{Body, ConnInfo, Matched, Shared};
 use crate::upstream::UpstreamError;
 
@@ -24,39 +23,19 @@ pub async fn forward(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     let Matched { env, route, target } = matched;
-    let target_uri: Uri = target.parse().map_err(|_| {
-        GatewayError::new(
-            ErrorKind::BadRequest,
-            format!("the resolved target {target:?} is not a valid URI"),
-        )
-    })?;
-    let path_and_query = target_uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (parts, _) = req.into_parts();
-    let original_host = original_host(&parts);
     let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
-    set_forwarded(&mut headers, conn, original_host.as_ref());
-    let host = match (&original_host, route.preserve_host) {
-        (Some(host), true) => host.clone(),
-        _ => backend_host(&route.backend)?,
-    };
-    headers.insert(header::HOST, host);
+    to_backend(&mut headers, parts.uri.authority(), conn, &route)?;
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 
     let mut backend_req = Request::new(Empty::<Bytes>::new());
     *backend_req.method_mut() = Method::GET;
-    *backend_req.uri_mut() = path_and_query.parse().map_err(|_| {
-        GatewayError::new(
-            ErrorKind::BadRequest,
-            format!("the resolved target {target:?} is not a valid URI"),
-        )
-    })?;
+    // Origin form (`/path?query`) on the request line; the host travels in `Host`.
+    *backend_req.uri_mut() = target
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     *backend_req.headers_mut() = headers;
 
     let stream = route
