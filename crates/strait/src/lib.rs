@@ -5,14 +5,20 @@
 //! - [`routing`]: path normalisation, the route table and target resolution. Pure, no I/O.
 //! - [`proxy`]: listeners, the request phases, HTTP forwarding and the WebSocket relay.
 //! - [`upstream`]: connections to backends (pooled HTTP clients, TLS, raw connects for upgrades).
+//! - [`control`]: the desired state and applying each change live (declarative file or store).
+//! - [`store`]: SQLite persistence of the desired state and its history.
+//! - [`admin`]: the admin HTTP API over [`control`].
 //! - [`echo`]: the built-in echo backend used by the demo, the tests and the benchmarks.
 //! - [`error`]: the JSON error every gateway-made response uses.
 
+pub mod admin;
 pub mod config;
+pub mod control;
 pub mod echo;
 pub mod error;
 pub mod proxy;
 pub mod routing;
+pub mod store;
 pub mod upstream;
 
 pub use proxy::{Gateway, GatewayHandle, StartError};

@@ -1,0 +1,1 @@
+//! Persistence of the desired state (store helper is writing this).
