@@ -1,2 +1,23 @@
-//! Strait's benchmarks. The criterion micro-benchmarks live in `benches/`; run them with
-//! `cargo bench -p strait-bench`.
+//! Strait's benchmarks. The criterion micro-benchmarks live in `benches/` (`cargo bench -p
+//! strait-bench`); this library is the load harness behind the `strait-bench` binary:
+//! - [`wsclient`]: a lean WebSocket client (handshake, pre-masked frames, reused read buffer);
+//! - [`ws_load`]: the load-generator modes `idle`, `echo`, `connect` and `stream`;
+//! - [`latency`]: HDR-histogram recording shared by many tasks;
+//! - [`wrk`]: parsing wrk's output for the HTTP load;
+//! - [`procs`]: child-process guards, /proc memory, the descriptor limit;
+//! - [`stack`]: the echo backend, nginx and Strait as processes under test;
+//! - [`compare`]: the alternating direct → nginx → Strait rounds;
+//! - [`results`] and [`machine`]: the figures and where they were measured;
+//! - [`report`] and [`plot`]: BENCHMARKS.md and the SVG plot.
+
+pub mod compare;
+pub mod latency;
+pub mod machine;
+pub mod plot;
+pub mod procs;
+pub mod report;
+pub mod results;
+pub mod stack;
+pub mod wrk;
+pub mod ws_load;
+pub mod wsclient;

@@ -981,10 +981,10 @@ async fn a_backend_dying_mid_body_is_not_hidden_from_the_client() {
             if line.is_empty() {
                 break;
             }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    declared = value.trim().parse::<usize>().ok();
-                }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                declared = value.trim().parse::<usize>().ok();
             }
         }
         let mut received = Vec::new();

@@ -515,7 +515,7 @@ async fn shutdown_closes_sessions_with_1001_and_finishes_in_flight_http() {
         .await
         .expect("arrived");
 
-    let shutdown = tokio::spawn(gw.shutdown());
+    let shutdown = tokio::spawn(async move { gw.shutdown().await });
     let frame = expect_close(&mut ws).await;
     assert_eq!(u16::from(frame.code), 1001);
     match seen(&mut rx).await {

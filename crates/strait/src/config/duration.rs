@@ -67,7 +67,7 @@ pub fn format_duration(d: Duration) -> String {
         ("s", 1000),
     ];
     for (unit, size) in units {
-        if ms % size == 0 {
+        if ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }

@@ -3,9 +3,11 @@
 //! Owns turning text into a validated [`Config`]: the YAML is read into a tree of located
 //! nodes (`tree`), then checked object by object (`validate`), so every problem is reported
 //! at once with file:line:column (only broken YAML, such as a syntax error or a duplicate key,
-//! is reported alone). Knows nothing of sockets or running state; the proxy compiles a
-//! `Config` into its own runtime snapshot.
+//! is reported alone). The control plane's JSON documents (`document`) go through the same
+//! checker, so a file and the admin API obey one set of rules. Knows nothing of sockets or
+//! running state; the proxy compiles a `Config` into its own runtime snapshot.
 
+mod document;
 mod duration;
 mod model;
 mod parse;
@@ -13,8 +15,11 @@ mod tree;
 mod validate;
 
 #[cfg(test)]
+mod document_tests;
+#[cfg(test)]
 mod tests;
 
+pub use document::{DOCUMENT_ORIGIN, document_from_yaml, document_to_yaml, validate_document};
 pub use duration::{format_duration, parse_duration};
-pub use model::{BackendTls, Config, Environment, Proxy, Timeouts, TlsFiles};
+pub use model::{AdminConfig, BackendTls, Config, Environment, Proxy, Timeouts, TlsFiles};
 pub use parse::{ConfigError, Problem, load, parse_str};

@@ -7,10 +7,20 @@ use std::time::Duration;
 
 use crate::routing::{BackendUrl, ProxyPath};
 
-#[derive(Debug, Clone, PartialEq)]
+/// An empty `Config` (no environments, no proxies, no admin API) is what a gateway with
+/// nothing configured yet serves; a file or document always has at least one environment.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub environments: Vec<Environment>,
     pub proxies: Vec<Proxy>,
+    /// The admin API's listener; `None` when the file has no `admin` section.
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Never the same socket as an environment's listener.
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +34,10 @@ pub struct Environment {
     pub timeouts: Timeouts,
     /// How long in-flight HTTP requests may take to finish on shutdown (default 30s).
     pub shutdown_grace: Duration,
+    /// When a proxy is undeployed from this environment, its WebSocket sessions here are
+    /// closed with 1001 after this long (default 30s; zero closes them at once). `None`
+    /// (`never` in the file) lets them finish on their own.
+    pub undeploy_grace: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

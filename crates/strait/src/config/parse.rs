@@ -4,16 +4,21 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::Config;
-use super::tree::parse_yaml;
-use super::validate::validate;
+use super::tree::{Loc, parse_yaml};
+use super::validate::{Found, validate};
 
-/// One problem in a configuration file.
+/// One problem in a configuration file or document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The file, or a label such as `admin API` for a document that is not a file.
     pub file: PathBuf,
-    /// 1-based; `None` when the parser gives no location.
+    /// 1-based; `None` when the parser gives no location (and always for JSON documents).
     pub line: Option<u64>,
     pub column: Option<u64>,
+    /// The dotted path of the offending value, as specific as known: `proxies[2].path`,
+    /// `environments[0].timeouts.connect`, `proxies[1]` for a problem with a whole object.
+    /// `None` for a problem with the document as a whole (or broken YAML).
+    pub field: Option<String>,
     pub message: String,
 }
 
@@ -67,22 +72,39 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// error, a duplicate key, a document over the parser's resource limits): that one problem
 /// is reported alone, since nothing after it can be read reliably.
 pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-    let found = match parse_yaml(text) {
-        Ok(root) => match validate(root.as_ref(), origin.parent().unwrap_or(Path::new(""))) {
+    let base = origin.parent().unwrap_or(Path::new(""));
+    let mut problems = match parse_yaml(text) {
+        Ok(root) => match validate(root.as_ref(), base, "the file") {
             Ok(config) => return Ok(config),
-            Err(found) => found,
+            Err(found) => problems(found, origin),
         },
-        Err(problem) => vec![problem],
+        Err(problem) => vec![yaml_problem(problem, origin)],
     };
-    let mut problems: Vec<Problem> = found
-        .into_iter()
-        .map(|(at, message)| Problem {
-            file: origin.to_path_buf(),
-            line: at.line,
-            column: at.column,
-            message,
-        })
-        .collect();
     problems.sort_by_key(|p| (p.line.unwrap_or(u64::MAX), p.column.unwrap_or(0)));
     Err(ConfigError::Invalid(problems))
+}
+
+/// The checker's findings as problems in `file`, in the order found.
+pub(super) fn problems(found: Found, file: &Path) -> Vec<Problem> {
+    found
+        .into_iter()
+        .map(|finding| Problem {
+            file: file.to_path_buf(),
+            line: finding.at.line,
+            column: finding.at.column,
+            field: finding.field,
+            message: finding.message,
+        })
+        .collect()
+}
+
+/// Broken YAML, which stops the reading.
+pub(super) fn yaml_problem((at, message): (Loc, String), file: &Path) -> Problem {
+    Problem {
+        file: file.to_path_buf(),
+        line: at.line,
+        column: at.column,
+        field: None,
+        message,
+    }
 }

@@ -80,6 +80,7 @@ fn the_example_round_trips_into_the_model() {
                 websocket_idle: Duration::from_secs(3600),
             },
             shutdown_grace: Duration::from_secs(30),
+            undeploy_grace: Some(Duration::from_secs(30)),
         }],
         proxies: vec![Proxy {
             name: "users".into(),
@@ -92,6 +93,7 @@ fn the_example_round_trips_into_the_model() {
                 ca_file: "/etc/strait/certs/ca.pem".into(),
             }),
         }],
+        admin: None,
     };
     assert_eq!(config, expected);
 }
@@ -164,6 +166,7 @@ fn problems_display_one_line_each_with_file_line_and_column() {
         file: "f.yaml".into(),
         line: None,
         column: None,
+        field: None,
         message: "m".into(),
     };
     assert_eq!(unknown.to_string(), "f.yaml: m");
@@ -714,4 +717,206 @@ fn load_reads_the_file_and_reports_a_missing_one() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(matches!(load(&path), Err(ConfigError::Read { .. })));
+}
+
+#[test]
+fn undeploy_grace_takes_a_duration_zero_or_never() {
+    let cases = [
+        ("10s", Some(Duration::from_secs(10))),
+        ("250ms", Some(Duration::from_millis(250))),
+        ("0", Some(Duration::ZERO)),
+        ("'0'", Some(Duration::ZERO)),
+        ("0s", Some(Duration::ZERO)),
+        ("never", None),
+        ("", Some(Duration::from_secs(30))),
+    ];
+    for (written, expected) in cases {
+        let config = parse(&env(&format!("    undeploy_grace: {written}\n")))
+            .unwrap_or_else(|e| panic!("{written:?}: {e}"));
+        assert_eq!(
+            config.environments[0].undeploy_grace, expected,
+            "{written:?}"
+        );
+    }
+    let config = parse(&env("")).unwrap();
+    assert_eq!(
+        config.environments[0].undeploy_grace,
+        Some(Duration::from_secs(30))
+    );
+}
+
+#[test]
+fn a_bad_undeploy_grace_is_reported_with_the_choices() {
+    let cases = [
+        ("5", "\"5\" has no unit"),
+        ("Never", "\"Never\" is not a duration"),
+        ("1.5s", "has a fraction"),
+        ("-1s", "is not a duration"),
+    ];
+    for (written, reason) in cases {
+        let text = env(&format!("    undeploy_grace: {written}\n"));
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{written:?}: {found:#?}");
+        assert_problem(
+            &found,
+            4,
+            &[
+                "environment \"a\": undeploy_grace: ",
+                reason,
+                "write 0 to close the sessions at once, or never",
+            ],
+        );
+        assert_eq!(
+            found[0].field.as_deref(),
+            Some("environments[0].undeploy_grace")
+        );
+    }
+    assert_one_problem(
+        &env("    undeploy_grace: true\n"),
+        4,
+        &["undeploy_grace must be a duration such as 30s, 0 or never, but it is the boolean true"],
+    );
+}
+
+#[test]
+fn the_admin_listener_is_read() {
+    let config = parse(&format!("{}admin: {{ listen: 127.0.0.1:8001 }}\n", env(""))).unwrap();
+    assert_eq!(
+        config.admin,
+        Some(AdminConfig {
+            listen: "127.0.0.1:8001".parse().unwrap()
+        })
+    );
+    let config = parse(&format!("{}admin:\n  listen: localhost:8001\n", env(""))).unwrap();
+    assert_eq!(
+        config.admin.map(|a| a.listen),
+        Some(SocketAddr::from(([127, 0, 0, 1], 8001)))
+    );
+    // Port 0 asks the system for a free port, so it never clashes.
+    let text = "\
+environments:
+  - { name: a, listen: 127.0.0.1:0 }
+admin: { listen: 127.0.0.1:0 }
+";
+    assert!(parse(text).unwrap().admin.is_some());
+    assert_eq!(parse(&env("")).unwrap().admin, None);
+}
+
+#[test]
+fn admin_problems_are_reported_with_their_field() {
+    let cases = [
+        (
+            "admin: { listen: nowhere }\n",
+            "admin.listen",
+            "admin: listen \"nowhere\" is not an address",
+        ),
+        (
+            "admin: { listen: 8001 }\n",
+            "admin.listen",
+            "admin: listen \"8001\" has no host",
+        ),
+        (
+            "admin: { listen: 127.0.0.1:9000 }\n",
+            "admin.listen",
+            "admin: listen 127.0.0.1:9000 clashes with environment \"a\" (listen 127.0.0.1:9000); the admin API needs an address of its own",
+        ),
+        (
+            "admin: { listen: '0.0.0.0:9000' }\n",
+            "admin.listen",
+            "clashes with environment \"a\"",
+        ),
+        (
+            "admin: {}\n",
+            "admin.listen",
+            "admin: the required key listen is missing (for example listen: 127.0.0.1:8001)",
+        ),
+        (
+            "admin: { listen: 127.0.0.1:8001, port: 1 }\n",
+            "admin.port",
+            "admin: unknown key \"port\"; the keys allowed there are listen",
+        ),
+        (
+            "admin: 127.0.0.1:8001\n",
+            "admin",
+            "admin must be a mapping such as { listen: 127.0.0.1:8001 }, but it is the text",
+        ),
+    ];
+    for (admin, field, needle) in cases {
+        let found = problems(&format!("{}{admin}", env("")));
+        assert_eq!(found.len(), 1, "{admin:?}: {found:#?}");
+        assert_problem(&found, 4, &[needle]);
+        assert_eq!(found[0].field.as_deref(), Some(field), "{admin:?}");
+    }
+}
+
+#[test]
+fn problems_in_a_file_name_their_field() {
+    let text = "\
+environments:
+  - name: a
+    listen: 127.0.0.1:8080
+    timeouts: { connect: 5 }
+    tls: { cert: c.pem, chain: x.pem }
+  - name: a
+    listen: 127.0.0.1:8080
+    websocket: maybe
+proxies:
+  - name: p
+    path: /p
+    backend: http://b
+    deploy: [nowhere, 7]
+    methods: [GET, get]
+  - name: p
+    path: /q
+    backend: ftp://b
+    color: red
+  - { name: q, path: /p, backend: http://c, deploy: [a] }
+  - { name: r, path: /p, backend: http://c, deploy: [a] }
+  - just text
+admin: { listen: x }
+extra: 1
+";
+    let found = problems(text);
+    let mut fields: Vec<Option<&str>> = found.iter().map(|p| p.field.as_deref()).collect();
+    fields.sort();
+    let mut expected = vec![
+        Some("environments[0].timeouts.connect"),
+        Some("environments[0].tls.chain"),
+        Some("environments[0].tls.key"),
+        Some("environments[1]"),
+        Some("environments[1].listen"),
+        Some("environments[1].websocket"),
+        Some("proxies[0].deploy[0]"),
+        Some("proxies[0].deploy[1]"),
+        Some("proxies[0].methods[1]"),
+        Some("proxies[1]"),
+        Some("proxies[1].backend"),
+        Some("proxies[1].color"),
+        Some("proxies[3].path"),
+        Some("proxies[4]"),
+        Some("admin.listen"),
+        Some("extra"),
+    ];
+    expected.sort();
+    assert_eq!(fields, expected, "{found:#?}");
+    // Display is unchanged: the field is for programs, the message for people.
+    assert!(
+        found
+            .iter()
+            .all(|p| p.to_string().starts_with("/etc/strait/gateway.yaml:")),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn document_level_problems_have_no_field() {
+    for text in ["", "- a\n"] {
+        let found = problems(text);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].field, None, "{found:#?}");
+    }
+    let found = problems("proxies: []\n");
+    assert_eq!(found[0].field.as_deref(), Some("environments"));
+    let found = problems("environments: [\n");
+    assert_eq!(found[0].field, None, "broken YAML: {found:#?}");
 }

@@ -3,6 +3,9 @@
 //! Each object is checked as far as it can be: a bad value is reported and validation goes
 //! on with the next key, so one pass finds every problem. Cross-object checks (duplicate
 //! names, paths and listen addresses, deploy references) run on whatever parsed.
+//!
+//! Every problem carries the dotted path of the value it is about (`environments[0].listen`,
+//! `proxies[2].deploy[1]`), so a JSON document without line numbers still points at it.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -13,21 +16,23 @@ use http::Method;
 
 use super::duration::parse_duration;
 use super::tree::{Loc, Node, Value};
-use super::{BackendTls, Config, Environment, Proxy, Timeouts, TlsFiles};
+use super::{AdminConfig, BackendTls, Config, Environment, Proxy, Timeouts, TlsFiles};
 use crate::routing::{BackendUrl, ProxyPath};
 
-const TOP_KEYS: &[&str] = &["environments", "proxies"];
-const ENVIRONMENT_KEYS: &[&str] = &[
+// The keys of each object, in the order the file format writes them (export keeps it).
+pub(super) const TOP_KEYS: &[&str] = &["environments", "proxies", "admin"];
+pub(super) const ENVIRONMENT_KEYS: &[&str] = &[
     "name",
     "listen",
     "websocket",
     "tls",
     "timeouts",
     "shutdown_grace",
+    "undeploy_grace",
 ];
-const TLS_KEYS: &[&str] = &["cert", "key"];
-const TIMEOUT_KEYS: &[&str] = &["connect", "response", "websocket_idle"];
-const PROXY_KEYS: &[&str] = &[
+pub(super) const TLS_KEYS: &[&str] = &["cert", "key"];
+pub(super) const TIMEOUT_KEYS: &[&str] = &["connect", "response", "websocket_idle"];
+pub(super) const PROXY_KEYS: &[&str] = &[
     "name",
     "path",
     "backend",
@@ -36,7 +41,8 @@ const PROXY_KEYS: &[&str] = &[
     "preserve_host",
     "backend_tls",
 ];
-const BACKEND_TLS_KEYS: &[&str] = &["ca_file"];
+pub(super) const BACKEND_TLS_KEYS: &[&str] = &["ca_file"];
+pub(super) const ADMIN_KEYS: &[&str] = &["listen"];
 const METHODS: [Method; 9] = [
     Method::GET,
     Method::HEAD,
@@ -49,26 +55,47 @@ const METHODS: [Method; 9] = [
     Method::CONNECT,
 ];
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_UNDEPLOY_GRACE: Duration = Duration::from_secs(30);
 const ADD_ENVIRONMENT: &str =
     "add at least one under environments:, with a name and a listen address such as 127.0.0.1:8080";
 
-/// Problems as (where, sentence).
-pub(super) type Found = Vec<(Loc, String)>;
+/// One problem: where it was written, the dotted path of the value, and a sentence.
+#[derive(Debug)]
+pub(super) struct Finding {
+    pub at: Loc,
+    /// `None` for problems with the document as a whole.
+    pub field: Option<String>,
+    pub message: String,
+}
 
-/// Validates the document; `base` anchors relative file paths.
-pub(super) fn validate(root: Option<&Node>, base: &Path) -> Result<Config, Found> {
+pub(super) type Found = Vec<Finding>;
+
+/// Validates the document; `base` anchors relative file paths. `whole` names the document
+/// in messages about it as a whole ("the file").
+pub(super) fn validate(root: Option<&Node>, base: &Path, whole: &str) -> Result<Config, Found> {
     let mut check = Check {
         problems: Vec::new(),
         base,
+        whole,
     };
     let config = check.config(root);
     match config {
         Some(config) if check.problems.is_empty() => Ok(config),
-        _ if check.problems.is_empty() => Err(vec![(
-            Loc::default(),
-            "the configuration could not be validated (a bug in Strait)".to_owned(),
-        )]),
+        _ if check.problems.is_empty() => Err(vec![Finding {
+            at: Loc::default(),
+            field: None,
+            message: "the configuration could not be validated (a bug in Strait)".to_owned(),
+        }]),
         _ => Err(check.problems),
+    }
+}
+
+/// `parent.key`, or `key` at the top level.
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
     }
 }
 
@@ -78,6 +105,8 @@ struct Fields<'n> {
     entries: &'n [(Node, Node)],
     /// `"tls."` inside the tls section, so messages say `tls.cert`.
     prefix: String,
+    /// The mapping's own dotted path (`environments[0].tls`; empty for the document).
+    path: String,
 }
 
 impl<'n> Fields<'n> {
@@ -95,10 +124,16 @@ impl<'n> Fields<'n> {
     fn label(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
+    /// The dotted path of the value under `key`.
+    fn field(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
 }
 
 struct EnvironmentDraft {
     label: String,
+    /// `environments[i]`.
+    field: String,
     name: Option<(String, Loc)>,
     listen: Option<(SocketAddr, Loc)>,
     environment: Option<Environment>,
@@ -106,47 +141,74 @@ struct EnvironmentDraft {
 
 struct ProxyDraft {
     label: String,
+    /// `proxies[i]`.
+    field: String,
     name: Option<(String, Loc)>,
     path: Option<(ProxyPath, Loc)>,
-    deploy: Vec<(String, Loc)>,
+    /// Each usable entry with its position in the list.
+    deploy: Vec<DeployEntry>,
     proxy: Option<Proxy>,
+}
+
+struct DeployEntry {
+    environment: String,
+    at: Loc,
+    index: usize,
 }
 
 struct Check<'b> {
     problems: Found,
     base: &'b Path,
+    whole: &'b str,
 }
 
 impl Check<'_> {
-    fn report(&mut self, at: Loc, message: String) {
-        self.problems.push((at, message));
+    /// Records a problem with the value at `field` (empty: the document as a whole).
+    fn report(&mut self, at: Loc, field: &str, message: String) {
+        self.problems.push(Finding {
+            at,
+            field: (!field.is_empty()).then(|| field.to_owned()),
+            message,
+        });
     }
 
     fn config(&mut self, root: Option<&Node>) -> Option<Config> {
+        let whole = self.whole;
         let Some(root) = root else {
             self.report(
                 Loc::default(),
-                format!("no environments: the file is empty; {ADD_ENVIRONMENT}"),
+                "",
+                format!("no environments: {whole} is empty; {ADD_ENVIRONMENT}"),
             );
             return None;
         };
         let fields = self.mapping(
             root,
-            "the file",
+            whole,
             "a mapping with the keys environments and proxies",
+            "",
         )?;
         self.known_keys(&fields, None, None, TOP_KEYS);
 
         let environment_nodes = match fields.optional("environments") {
             None => {
-                self.report(fields.at, format!("no environments: {ADD_ENVIRONMENT}"));
+                self.report(
+                    fields.at,
+                    "environments",
+                    format!("no environments: {ADD_ENVIRONMENT}"),
+                );
                 &[]
             }
-            Some(node) => match self.list(node, "the file: environments", "a list of environments")
-            {
+            Some(node) => match self.list(
+                node,
+                &format!("{whole}: environments"),
+                "a list of environments",
+                "environments",
+            ) {
                 Some([]) => {
                     self.report(
                         node.at,
+                        "environments",
                         format!("no environments: the list is empty; {ADD_ENVIRONMENT}"),
                     );
                     &[]
@@ -164,7 +226,12 @@ impl Check<'_> {
         let proxy_nodes = match fields.optional("proxies") {
             None => &[],
             Some(node) => self
-                .list(node, "the file: proxies", "a list of proxies")
+                .list(
+                    node,
+                    &format!("{whole}: proxies"),
+                    "a list of proxies",
+                    "proxies",
+                )
                 .unwrap_or_default(),
         };
         let proxies: Vec<_> = proxy_nodes
@@ -173,6 +240,11 @@ impl Check<'_> {
             .map(|(i, node)| self.proxy(i, node))
             .collect();
         self.check_proxies(&proxies, &environments);
+
+        let admin = match fields.optional("admin") {
+            None => Some(None),
+            Some(node) => self.admin(node, &environments).map(Some),
+        };
 
         Some(Config {
             environments: environments
@@ -183,15 +255,18 @@ impl Check<'_> {
                 .into_iter()
                 .map(|p| p.proxy)
                 .collect::<Option<_>>()?,
+            admin: admin?,
         })
     }
 
     fn environment(&mut self, index: usize, node: &Node) -> EnvironmentDraft {
         let numbered = format!("environment #{}", index + 1);
+        let field = format!("environments[{index}]");
         let expected = "a mapping with name, listen and optional settings";
-        let Some(fields) = self.mapping(node, &numbered, expected) else {
+        let Some(fields) = self.mapping(node, &numbered, expected, &field) else {
             return EnvironmentDraft {
                 label: numbered,
+                field,
                 name: None,
                 listen: None,
                 environment: None,
@@ -201,19 +276,31 @@ impl Check<'_> {
         self.known_keys(&fields, Some(&ctx), None, ENVIRONMENT_KEYS);
 
         let listen = self.required(&fields, &ctx, "listen", "127.0.0.1:8080");
-        let listen = listen.and_then(|n| self.listen(n, &ctx).map(|addr| (addr, n.at)));
+        let listen = listen.and_then(|n| {
+            let addr = self.listen(n, &ctx, &fields.field("listen"))?;
+            Some((addr, n.at))
+        });
         let websocket = self.flag(&fields, &ctx, "websocket");
         let tls = match fields.optional("tls") {
             None => Some(None),
-            Some(node) => self.tls(node, &ctx).map(Some),
+            Some(node) => self.tls(node, &ctx, &fields.field("tls")).map(Some),
         };
         let timeouts = match fields.optional("timeouts") {
             None => Some(Timeouts::default()),
-            Some(node) => self.timeouts(node, &ctx),
+            Some(node) => self.timeouts(node, &ctx, &fields.field("timeouts")),
         };
         let shutdown_grace = match fields.optional("shutdown_grace") {
             None => Some(DEFAULT_SHUTDOWN_GRACE),
-            Some(node) => self.duration(node, &ctx, "shutdown_grace"),
+            Some(node) => self.duration(
+                node,
+                &ctx,
+                "shutdown_grace",
+                &fields.field("shutdown_grace"),
+            ),
+        };
+        let undeploy_grace = match fields.optional("undeploy_grace") {
+            None => Some(Some(DEFAULT_UNDEPLOY_GRACE)),
+            Some(node) => self.undeploy_grace(node, &ctx, &fields.field("undeploy_grace")),
         };
 
         let environment = (|| {
@@ -224,18 +311,26 @@ impl Check<'_> {
                 tls: tls?,
                 timeouts: timeouts?,
                 shutdown_grace: shutdown_grace?,
+                undeploy_grace: undeploy_grace?,
             })
         })();
         EnvironmentDraft {
             label: ctx,
+            field,
             name,
             listen,
             environment,
         }
     }
 
-    fn listen(&mut self, node: &Node, ctx: &str) -> Option<SocketAddr> {
-        let text = self.scalar_text(node, ctx, "listen", "an address such as 127.0.0.1:8080")?;
+    fn listen(&mut self, node: &Node, ctx: &str, field: &str) -> Option<SocketAddr> {
+        let text = self.scalar_text(
+            node,
+            ctx,
+            "listen",
+            "an address such as 127.0.0.1:8080",
+            field,
+        )?;
         let parsed = text.parse().ok().or_else(|| {
             let port = text.strip_prefix("localhost:")?.parse::<u16>().ok()?;
             Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
@@ -250,18 +345,43 @@ impl Check<'_> {
                     "{ctx}: listen {text:?} is not an address; write IP:port, such as 127.0.0.1:8080, localhost:8080, 0.0.0.0:8080 or [::1]:8080"
                 )
             };
-            self.report(node.at, message);
+            self.report(node.at, field, message);
         }
         parsed
     }
 
-    fn tls(&mut self, node: &Node, ctx: &str) -> Option<TlsFiles> {
+    /// The optional `admin` section: the admin API's own listener.
+    fn admin(&mut self, node: &Node, environments: &[EnvironmentDraft]) -> Option<AdminConfig> {
+        let ctx = "admin";
+        let expected = "a mapping such as { listen: 127.0.0.1:8001 }";
+        let fields = self.mapping(node, ctx, expected, "admin")?;
+        self.known_keys(&fields, Some(ctx), None, ADMIN_KEYS);
+        let node = self.required(&fields, ctx, "listen", "127.0.0.1:8001")?;
+        let field = fields.field("listen");
+        let listen = self.listen(node, ctx, &field)?;
+        let clash = environments.iter().find_map(|env| {
+            let (env_addr, _) = env.listen?;
+            listeners_clash(listen, env_addr).then_some((env, env_addr))
+        });
+        if let Some((env, env_addr)) = clash {
+            let message = format!(
+                "admin: listen {listen} clashes with {} (listen {env_addr}); the admin API needs an address of its own",
+                env.label
+            );
+            self.report(node.at, &field, message);
+            return None;
+        }
+        Some(AdminConfig { listen })
+    }
+
+    fn tls(&mut self, node: &Node, ctx: &str, field: &str) -> Option<TlsFiles> {
         let fields = self.section(
             node,
             ctx,
             "tls",
             TLS_KEYS,
             "a mapping such as { cert: gw.pem, key: gw-key.pem }",
+            field,
         )?;
         let cert = self.file(&fields, ctx, "cert", "gw.pem");
         let key = self.file(&fields, ctx, "key", "gw-key.pem");
@@ -271,25 +391,26 @@ impl Check<'_> {
         })
     }
 
-    fn backend_tls(&mut self, node: &Node, ctx: &str) -> Option<BackendTls> {
+    fn backend_tls(&mut self, node: &Node, ctx: &str, field: &str) -> Option<BackendTls> {
         let expected = "a mapping such as { ca_file: ca.pem }";
-        let fields = self.section(node, ctx, "backend_tls", BACKEND_TLS_KEYS, expected)?;
+        let fields = self.section(node, ctx, "backend_tls", BACKEND_TLS_KEYS, expected, field)?;
         let ca_file = self.file(&fields, ctx, "ca_file", "ca.pem")?;
         Some(BackendTls { ca_file })
     }
 
-    fn timeouts(&mut self, node: &Node, ctx: &str) -> Option<Timeouts> {
+    fn timeouts(&mut self, node: &Node, ctx: &str, field: &str) -> Option<Timeouts> {
         let fields = self.section(
             node,
             ctx,
             "timeouts",
             TIMEOUT_KEYS,
             "a mapping such as { connect: 5s, response: 60s, websocket_idle: 1h }",
+            field,
         )?;
         let defaults = Timeouts::default();
         let mut timeout = |key: &str, default: Duration| match fields.optional(key) {
             None => Some(default),
-            Some(node) => self.duration(node, ctx, &fields.label(key)),
+            Some(node) => self.duration(node, ctx, &fields.label(key), &fields.field(key)),
         };
         let connect = timeout("connect", defaults.connect);
         let response = timeout("response", defaults.response);
@@ -301,11 +422,33 @@ impl Check<'_> {
         })
     }
 
-    fn duration(&mut self, node: &Node, ctx: &str, label: &str) -> Option<Duration> {
-        let text = self.scalar_text(node, ctx, label, "a duration such as 5s")?;
+    fn duration(&mut self, node: &Node, ctx: &str, label: &str, field: &str) -> Option<Duration> {
+        let text = self.scalar_text(node, ctx, label, "a duration such as 5s", field)?;
         parse_duration(&text)
-            .map_err(|why| self.report(node.at, format!("{ctx}: {label}: {why}")))
+            .map_err(|why| self.report(node.at, field, format!("{ctx}: {label}: {why}")))
             .ok()
+    }
+
+    /// A duration, `0` (close at once) or `never` (`None`: let sessions finish on their own).
+    fn undeploy_grace(&mut self, node: &Node, ctx: &str, field: &str) -> Option<Option<Duration>> {
+        let label = "undeploy_grace";
+        let expected = "a duration such as 30s, 0 or never";
+        let text = self.scalar_text(node, ctx, label, expected, field)?;
+        match text.as_str() {
+            "never" => return Some(None),
+            "0" => return Some(Some(Duration::ZERO)),
+            _ => {}
+        }
+        match parse_duration(&text) {
+            Ok(grace) => Some(Some(grace)),
+            Err(why) => {
+                let message = format!(
+                    "{ctx}: {label}: {why}; or write 0 to close the sessions at once, or never to let them finish on their own"
+                );
+                self.report(node.at, field, message);
+                None
+            }
+        }
     }
 
     fn check_environments(&mut self, environments: &[EnvironmentDraft]) {
@@ -319,7 +462,7 @@ impl Check<'_> {
                     "environment {name:?} is defined twice{}; environment names must be unique",
                     first_at(*first)
                 );
-                self.report(*at, message);
+                self.report(*at, &env.field, message);
             } else {
                 names.insert(name, *at);
             }
@@ -337,17 +480,19 @@ impl Check<'_> {
                     "{}: listen {addr} clashes with {} (listen {other_addr}); HTTP and WebSocket share one listener, so each environment needs its own address",
                     env.label, other.label
                 );
-                self.report(at, message);
+                self.report(at, &join(&env.field, "listen"), message);
             }
         }
     }
 
     fn proxy(&mut self, index: usize, node: &Node) -> ProxyDraft {
         let numbered = format!("proxy #{}", index + 1);
+        let field = format!("proxies[{index}]");
         let expected = "a mapping with name, path, backend and optional settings";
-        let Some(fields) = self.mapping(node, &numbered, expected) else {
+        let Some(fields) = self.mapping(node, &numbered, expected, &field) else {
             return ProxyDraft {
                 label: numbered,
+                field,
                 name: None,
                 path: None,
                 deploy: Vec::new(),
@@ -360,29 +505,33 @@ impl Check<'_> {
         let path = self
             .required(&fields, &ctx, "path", "/api/v1/*")
             .and_then(|node| {
-                let text = self.text(node, &ctx, "path")?;
+                let field = fields.field("path");
+                let text = self.text(node, &ctx, "path", &field)?;
                 ProxyPath::parse(text)
-                    .map_err(|why| self.report(node.at, format!("{ctx}: {why}")))
+                    .map_err(|why| self.report(node.at, &field, format!("{ctx}: {why}")))
                     .ok()
                     .map(|path| (path, node.at))
             });
         let backend = self
             .required(&fields, &ctx, "backend", "http://localhost:8080")
             .and_then(|node| {
-                let text = self.text(node, &ctx, "backend")?;
+                let field = fields.field("backend");
+                let text = self.text(node, &ctx, "backend", &field)?;
                 BackendUrl::parse(text)
-                    .map_err(|why| self.report(node.at, format!("{ctx}: {why}")))
+                    .map_err(|why| self.report(node.at, &field, format!("{ctx}: {why}")))
                     .ok()
             });
         let (deploy, deploy_ok) = self.deploy(&fields, &ctx);
         let methods = match fields.optional("methods") {
             None => Some(None),
-            Some(node) => self.methods(node, &ctx).map(Some),
+            Some(node) => self.methods(node, &ctx, &fields.field("methods")).map(Some),
         };
         let preserve_host = self.flag(&fields, &ctx, "preserve_host");
         let backend_tls = match fields.optional("backend_tls") {
             None => Some(None),
-            Some(node) => self.backend_tls(node, &ctx).map(Some),
+            Some(node) => self
+                .backend_tls(node, &ctx, &fields.field("backend_tls"))
+                .map(Some),
         };
 
         let proxy = (|| {
@@ -390,7 +539,8 @@ impl Check<'_> {
                 name: name.clone()?.0,
                 path: path.clone()?.0,
                 backend: backend?,
-                deploy: deploy_ok.then(|| deploy.iter().map(|(name, _)| name.clone()).collect())?,
+                deploy: deploy_ok
+                    .then(|| deploy.iter().map(|d| d.environment.clone()).collect())?,
                 methods: methods?,
                 preserve_host: preserve_host?,
                 backend_tls: backend_tls?,
@@ -398,6 +548,7 @@ impl Check<'_> {
         })();
         ProxyDraft {
             label: ctx,
+            field,
             name,
             path,
             deploy,
@@ -415,7 +566,11 @@ impl Check<'_> {
         example: &str,
     ) -> (String, Option<(String, Loc)>) {
         let node = self.required(fields, &numbered, "name", example);
-        let name = node.and_then(|n| Some((self.text(n, &numbered, "name")?.to_owned(), n.at)));
+        let field = fields.field("name");
+        let name = node.and_then(|n| {
+            let text = self.text(n, &numbered, "name", &field)?;
+            Some((text.to_owned(), n.at))
+        });
         let label = match &name {
             Some((name, _)) => format!("{kind} {name:?}"),
             None => numbered,
@@ -426,51 +581,59 @@ impl Check<'_> {
     /// The environment names under `deploy` (none when absent), and whether every entry was
     /// usable. The names are returned either way so they can still be checked against the
     /// environments.
-    fn deploy(&mut self, fields: &Fields, ctx: &str) -> (Vec<(String, Loc)>, bool) {
+    fn deploy(&mut self, fields: &Fields, ctx: &str) -> (Vec<DeployEntry>, bool) {
         let Some(node) = fields.optional("deploy") else {
             return (Vec::new(), true);
         };
+        let field = fields.field("deploy");
         let expected = "a list of environment names, such as [production]";
-        let Some(items) = self.list(node, &format!("{ctx}: deploy"), expected) else {
+        let Some(items) = self.list(node, &format!("{ctx}: deploy"), expected, &field) else {
             return (Vec::new(), false);
         };
-        let mut names: Vec<(String, Loc)> = Vec::new();
+        let mut entries: Vec<DeployEntry> = Vec::new();
         let mut complete = true;
-        for item in items {
-            let Some(name) = self.text(item, ctx, "each entry of deploy") else {
+        for (index, item) in items.iter().enumerate() {
+            let item_field = format!("{field}[{index}]");
+            let Some(name) = self.text(item, ctx, "each entry of deploy", &item_field) else {
                 complete = false;
                 continue;
             };
-            if names.iter().any(|(seen, _)| seen == name) {
+            if entries.iter().any(|seen| seen.environment == name) {
                 self.report(
                     item.at,
+                    &item_field,
                     format!("{ctx}: deploy lists the environment {name:?} twice"),
                 );
                 complete = false;
             } else {
-                names.push((name.to_owned(), item.at));
+                entries.push(DeployEntry {
+                    environment: name.to_owned(),
+                    at: item.at,
+                    index,
+                });
             }
         }
-        (names, complete)
+        (entries, complete)
     }
 
-    fn methods(&mut self, node: &Node, ctx: &str) -> Option<Vec<Method>> {
+    fn methods(&mut self, node: &Node, ctx: &str, field: &str) -> Option<Vec<Method>> {
         let items = self.list(
             node,
             &format!("{ctx}: methods"),
             "a list of HTTP methods, such as [GET, POST]",
+            field,
         )?;
         if items.is_empty() {
             let message = format!(
                 "{ctx}: methods is an empty list, so no request could match; list at least one method, or remove the key to allow any method"
             );
-            self.report(node.at, message);
+            self.report(node.at, field, message);
             return None;
         }
         let mut methods = Vec::new();
         let mut complete = true;
-        for item in items {
-            match self.method(item, ctx) {
+        for (index, item) in items.iter().enumerate() {
+            match self.method(item, ctx, &format!("{field}[{index}]")) {
                 Some(method) if !methods.contains(&method) => methods.push(method),
                 Some(_) => {}
                 None => complete = false,
@@ -479,12 +642,13 @@ impl Check<'_> {
         complete.then_some(methods)
     }
 
-    fn method(&mut self, node: &Node, ctx: &str) -> Option<Method> {
+    fn method(&mut self, node: &Node, ctx: &str, field: &str) -> Option<Method> {
         let text = self.scalar_text(
             node,
             ctx,
             "each entry of methods",
             "an HTTP method such as GET",
+            field,
         )?;
         if let Some(method) = METHODS.iter().find(|m| m.as_str() == text) {
             return Some(method.clone());
@@ -499,6 +663,7 @@ impl Check<'_> {
         };
         self.report(
             node.at,
+            field,
             format!("{ctx}: {text:?} is not an HTTP method; {hint}"),
         );
         None
@@ -515,7 +680,7 @@ impl Check<'_> {
                     "proxy {name:?} is defined twice{}; proxy names must be unique",
                     first_at(*first)
                 );
-                self.report(*at, message);
+                self.report(*at, &proxy.field, message);
             } else {
                 names.insert(name, *at);
             }
@@ -530,14 +695,16 @@ impl Check<'_> {
         // (environment, is wildcard, prefix) → the proxy that took it first.
         let mut paths: HashMap<(&str, bool, &str), &ProxyDraft> = HashMap::new();
         for proxy in proxies {
-            for (env, at) in &proxy.deploy {
+            for entry in &proxy.deploy {
+                let env = &entry.environment;
                 if !known.contains(&env.as_str()) {
                     let message = format!(
                         "{}: deploy names the environment {env:?}, which does not exist; the environments are {}",
                         proxy.label,
                         known.join(", ")
                     );
-                    self.report(*at, message);
+                    let field = format!("{}.deploy[{}]", proxy.field, entry.index);
+                    self.report(entry.at, &field, message);
                     continue;
                 }
                 let Some((path, path_at)) = &proxy.path else {
@@ -551,7 +718,7 @@ impl Check<'_> {
                         path.as_str(),
                         first.label
                     );
-                    self.report(*path_at, message);
+                    self.report(*path_at, &join(&proxy.field, "path"), message);
                 } else {
                     paths.insert(key, proxy);
                 }
@@ -561,17 +728,25 @@ impl Check<'_> {
 
     // ---- shapes and scalar types ----
 
-    /// `node` as a mapping, or a problem naming `subject`.
-    fn mapping<'n>(&mut self, node: &'n Node, subject: &str, expected: &str) -> Option<Fields<'n>> {
+    /// `node` (at `field`) as a mapping, or a problem naming `subject`.
+    fn mapping<'n>(
+        &mut self,
+        node: &'n Node,
+        subject: &str,
+        expected: &str,
+        field: &str,
+    ) -> Option<Fields<'n>> {
         match &node.value {
             Value::Map(entries) => Some(Fields {
                 at: node.at,
                 entries,
                 prefix: String::new(),
+                path: field.to_owned(),
             }),
             other => {
                 self.report(
                     node.at,
+                    field,
                     format!(
                         "{subject} must be {expected}, but it is {}",
                         other.describe()
@@ -590,8 +765,9 @@ impl Check<'_> {
         name: &str,
         allowed: &[&str],
         expected: &str,
+        field: &str,
     ) -> Option<Fields<'n>> {
-        let mut fields = self.mapping(node, &format!("{ctx}: {name}"), expected)?;
+        let mut fields = self.mapping(node, &format!("{ctx}: {name}"), expected, field)?;
         self.known_keys(&fields, Some(ctx), Some(name), allowed);
         fields.prefix = format!("{name}.");
         Some(fields)
@@ -622,7 +798,11 @@ impl Check<'_> {
                 "{prefix}unknown key {key_name}{place}; the keys allowed there are {}",
                 allowed.join(", ")
             );
-            self.report(key.at, message);
+            let field = match &key.value {
+                Value::Text(t) => fields.field(t),
+                _ => fields.path.clone(),
+            };
+            self.report(key.at, &field, message);
         }
     }
 
@@ -634,17 +814,19 @@ impl Check<'_> {
         example: &str,
     ) -> Option<&'n Node> {
         let label = fields.label(key);
+        let field = fields.field(key);
         match fields.entry(key) {
             None => {
                 let message = format!(
                     "{ctx}: the required key {label} is missing (for example {key}: {example})"
                 );
-                self.report(fields.at, message);
+                self.report(fields.at, &field, message);
                 None
             }
             Some((key_node, value)) if matches!(value.value, Value::Null) => {
                 self.report(
                     key_node.at,
+                    &field,
                     format!("{ctx}: {label} is empty (for example {key}: {example})"),
                 );
                 None
@@ -656,7 +838,7 @@ impl Check<'_> {
     /// A relative path is resolved against the config file's folder.
     fn file(&mut self, fields: &Fields, ctx: &str, key: &str, example: &str) -> Option<PathBuf> {
         let node = self.required(fields, ctx, key, example)?;
-        let text = self.text(node, ctx, &fields.label(key))?;
+        let text = self.text(node, ctx, &fields.label(key), &fields.field(key))?;
         Some(self.base.join(text))
     }
 
@@ -669,6 +851,7 @@ impl Check<'_> {
             ref other => {
                 self.report(
                     node.at,
+                    &fields.field(key),
                     format!(
                         "{ctx}: {key} must be true or false, but it is {}",
                         other.describe()
@@ -680,20 +863,21 @@ impl Check<'_> {
     }
 
     /// Non-empty text. A number is refused (`name: 2024`): YAML may have changed its spelling.
-    fn text<'n>(&mut self, node: &'n Node, ctx: &str, label: &str) -> Option<&'n str> {
+    fn text<'n>(&mut self, node: &'n Node, ctx: &str, label: &str, field: &str) -> Option<&'n str> {
         match &node.value {
             Value::Text(t) if t.is_empty() => {
-                self.report(node.at, format!("{ctx}: {label} is empty"));
+                self.report(node.at, field, format!("{ctx}: {label} is empty"));
                 None
             }
             Value::Text(t) => Some(t),
             Value::Number(n) => {
-                self.report(node.at, format!("{ctx}: {label} must be text, but it is the number {n}; write it in quotes: \"{n}\""));
+                self.report(node.at, field, format!("{ctx}: {label} must be text, but it is the number {n}; write it in quotes: \"{n}\""));
                 None
             }
             other => {
                 self.report(
                     node.at,
+                    field,
                     format!(
                         "{ctx}: {label} must be text, but it is {}",
                         other.describe()
@@ -712,12 +896,14 @@ impl Check<'_> {
         ctx: &str,
         label: &str,
         expected: &str,
+        field: &str,
     ) -> Option<String> {
         match &node.value {
             Value::Text(t) | Value::Number(t) => Some(t.clone()),
             other => {
                 self.report(
                     node.at,
+                    field,
                     format!(
                         "{ctx}: {label} must be {expected}, but it is {}",
                         other.describe()
@@ -728,12 +914,19 @@ impl Check<'_> {
         }
     }
 
-    fn list<'n>(&mut self, node: &'n Node, subject: &str, expected: &str) -> Option<&'n [Node]> {
+    fn list<'n>(
+        &mut self,
+        node: &'n Node,
+        subject: &str,
+        expected: &str,
+        field: &str,
+    ) -> Option<&'n [Node]> {
         match &node.value {
             Value::List(items) => Some(items),
             other => {
                 self.report(
                     node.at,
+                    field,
                     format!(
                         "{subject} must be {expected}, but it is {}",
                         other.describe()

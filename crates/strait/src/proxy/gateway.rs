@@ -1,20 +1,27 @@
-//! Starting and stopping a gateway: compile the configuration, bind every environment's
-//! listener, and on shutdown stop accepting, let in-flight HTTP finish within the grace
-//! period and close WebSocket sessions with 1001.
+//! Starting, reconfiguring and stopping a gateway.
+//!
+//! [`GatewayHandle::apply`] makes a new configuration live without dropping anything:
+//! new listeners are bound before anything changes (a busy port refuses the whole change),
+//! the snapshot is swapped atomically, listeners whose environment moved or went away stop
+//! accepting while their connections carry on, and WebSocket sessions of undeployed proxies
+//! are closed with 1001 after the environment's `undeploy_grace`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::listener::Listener;
 use super::pipeline::Shared;
+use super::sessions::Session;
 use super::snapshot::{CompileError, Snapshot};
-use super::tls::{TlsError, acceptor};
+use super::websocket::relay::{CLOSE_GOING_AWAY, CloseFrame};
 use crate::config::Config;
 use crate::upstream::UpstreamCache;
 
@@ -31,8 +38,6 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("environment {env:?}: {source}")]
-    Tls { env: String, source: TlsError },
 }
 
 /// Entry point of the data plane.
@@ -41,92 +46,175 @@ pub struct Gateway;
 impl Gateway {
     /// Binds every environment's listener and starts serving. Returns once all listeners are bound.
     pub async fn start(config: &Config) -> Result<GatewayHandle, StartError> {
-        let mut upstreams = UpstreamCache::default();
-        let snapshot = Snapshot::compile(config, &mut upstreams)?;
         let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            registry: Arc::default(),
             close_timeout: CLOSE_TIMEOUT,
         });
-        let mut listeners = Vec::new();
-        let mut addrs = Vec::new();
-        for env in &config.environments {
-            let tls = match &env.tls {
-                Some(files) => Some(acceptor(files).map_err(|source| StartError::Tls {
-                    env: env.name.clone(),
-                    source,
-                })?),
-                None => None,
-            };
-            let tcp = TcpListener::bind(env.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    env: env.name.clone(),
-                    addr: env.listen,
-                    source,
-                })?;
-            let addr = tcp.local_addr().map_err(|source| StartError::Bind {
-                env: env.name.clone(),
-                addr: env.listen,
-                source,
-            })?;
-            addrs.push((env.name.clone(), addr));
-            listeners.push(Listener {
-                env: Arc::from(env.name.as_str()),
-                tcp,
-                tls,
-                shutdown_grace: env.shutdown_grace,
-            });
-        }
-        let tasks = TaskTracker::new();
-        for listener in listeners {
-            let scheme = if listener.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            let addr = listener.tcp.local_addr().ok();
-            tracing::info!(env = %listener.env, "listening on {scheme}://{}", addr.map(|a| a.to_string()).unwrap_or_default());
-            tasks.spawn(listener.run(shared.clone()));
-        }
-        tasks.close();
-        Ok(GatewayHandle {
+        let handle = GatewayHandle {
             shared,
-            tasks,
-            addrs,
-        })
+            tasks: TaskTracker::new(),
+            running: Mutex::new(Running::default()),
+            addrs: std::sync::Mutex::default(),
+        };
+        handle.apply(config).await?;
+        Ok(handle)
     }
+}
+
+/// A listener the gateway is running for one environment.
+struct Bound {
+    /// The address as configured (may have port 0).
+    configured: SocketAddr,
+    /// The address actually bound.
+    local: SocketAddr,
+    retire: CancellationToken,
+}
+
+/// What the control side of the gateway tracks; only `apply` touches it.
+#[derive(Default)]
+struct Running {
+    listeners: HashMap<String, Bound>,
+    upstreams: UpstreamCache,
 }
 
 /// A running gateway.
 pub struct GatewayHandle {
     shared: Arc<Shared>,
     tasks: TaskTracker,
-    addrs: Vec<(String, SocketAddr)>,
+    running: Mutex<Running>,
+    /// Each environment's bound address, readable without waiting for `apply`.
+    addrs: std::sync::Mutex<HashMap<String, SocketAddr>>,
 }
 
 impl GatewayHandle {
     /// The address an environment's listener is bound to (useful with port 0).
     pub fn local_addr(&self, env: &str) -> Option<SocketAddr> {
-        self.addrs
-            .iter()
-            .find(|(name, _)| name == env)
-            .map(|(_, addr)| *addr)
+        match self.addrs.lock() {
+            Ok(addrs) => addrs.get(env).copied(),
+            Err(poisoned) => poisoned.into_inner().get(env).copied(),
+        }
     }
 
-    /// Every environment's bound address.
-    pub fn local_addrs(&self) -> &[(String, SocketAddr)] {
-        &self.addrs
+    /// Makes `config` live. When this returns `Ok`, the next request to any environment is
+    /// routed by the new configuration. On `Err` nothing changed.
+    pub async fn apply(&self, config: &Config) -> Result<(), StartError> {
+        let mut running = self.running.lock().await;
+        let snapshot = Snapshot::compile(config, &mut running.upstreams)?;
+
+        // Bind what is new before changing anything, so a busy port refuses the whole change.
+        let mut fresh = Vec::new();
+        for env in &config.environments {
+            let unchanged = running
+                .listeners
+                .get(&env.name)
+                .is_some_and(|b| b.configured == env.listen);
+            if unchanged {
+                continue;
+            }
+            let bind_error = |source| StartError::Bind {
+                env: env.name.clone(),
+                addr: env.listen,
+                source,
+            };
+            let tcp = TcpListener::bind(env.listen).await.map_err(bind_error)?;
+            let local = tcp.local_addr().map_err(bind_error)?;
+            fresh.push((env, tcp, local));
+        }
+
+        let old = self.shared.snapshot.swap(Arc::new(snapshot));
+
+        // Retire listeners whose environment moved or went away.
+        running.listeners.retain(|name, bound| {
+            let keep = config
+                .environments
+                .iter()
+                .any(|e| &e.name == name && e.listen == bound.configured);
+            if !keep {
+                bound.retire.cancel();
+                tracing::info!(env = %name, addr = %bound.local, "listener retired; its connections carry on");
+            }
+            keep
+        });
+        for (env, tcp, local) in fresh {
+            let retire = CancellationToken::new();
+            let scheme = if env.tls.is_some() { "https" } else { "http" };
+            tracing::info!(env = %env.name, "listening on {scheme}://{local}");
+            let listener = Listener {
+                env: Arc::from(env.name.as_str()),
+                tcp,
+                retire: retire.clone(),
+                grace: env.shutdown_grace,
+            };
+            self.tasks.spawn(listener.run(self.shared.clone()));
+            running.listeners.insert(
+                env.name.clone(),
+                Bound {
+                    configured: env.listen,
+                    local,
+                    retire,
+                },
+            );
+        }
+
+        let addrs: HashMap<String, SocketAddr> = running
+            .listeners
+            .iter()
+            .map(|(name, bound)| (name.clone(), bound.local))
+            .collect();
+        match self.addrs.lock() {
+            Ok(mut slot) => *slot = addrs,
+            Err(poisoned) => *poisoned.into_inner() = addrs,
+        }
+        self.close_undeployed(&old);
+        Ok(())
+    }
+
+    /// Schedules the close of sessions whose proxy is no longer deployed in their environment.
+    fn close_undeployed(&self, old: &Snapshot) {
+        let current = self.shared.snapshot.load();
+        for session in self.shared.registry.list() {
+            if current.serves(&session.env, &session.proxy) {
+                continue;
+            }
+            // The grace of the environment as it is now, or as it was if it was deleted.
+            let env = current.env(&session.env).or_else(|| old.env(&session.env));
+            let Some(grace) = env.map_or(Some(Duration::ZERO), |e| e.undeploy_grace) else {
+                continue; // `never`: let it finish on its own
+            };
+            let shared = self.shared.clone();
+            tokio::spawn(close_after(shared, session, grace));
+        }
+    }
+
+    /// Every live WebSocket session.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.shared.registry.list()
     }
 
     /// Stops accepting, waits for in-flight HTTP requests (up to each environment's
     /// `shutdown_grace`) and closes every WebSocket session with 1001.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.shared.shutdown.cancel();
+        self.tasks.close();
         self.shared.sessions.close();
         self.tasks.wait().await;
         self.shared.sessions.wait().await;
         tracing::info!("gateway stopped");
     }
+}
+
+/// Closes `session` after `grace` unless its proxy was deployed again in the meantime.
+async fn close_after(shared: Arc<Shared>, session: Arc<Session>, grace: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(grace) => {}
+        _ = shared.shutdown.cancelled() => return,
+    }
+    if shared.snapshot.load().serves(&session.env, &session.proxy) {
+        return;
+    }
+    tracing::info!(env = %session.env, proxy = %session.proxy, id = session.id, "closing a session of an undeployed proxy");
+    session.close(CloseFrame::new(CLOSE_GOING_AWAY, "proxy undeployed"));
 }

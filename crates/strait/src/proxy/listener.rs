@@ -1,5 +1,9 @@
-//! Accept phase: one listener per environment, plain TCP or TLS, serving HTTP/1.1
-//! (with upgrades) and HTTP/2 (ALPN on TLS, prior knowledge on plain TCP).
+//! Accept phase: one listener per environment, plain TCP or TLS (as the current snapshot
+//! says for that environment), serving HTTP/1.1 (with upgrades) and HTTP/2 (ALPN on TLS,
+//! prior knowledge on plain TCP).
+//!
+//! A listener can be *retired* (its environment moved to another address or was deleted):
+//! it stops accepting, and the connections it accepted carry on until gateway shutdown.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,9 +12,10 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use super::pipeline::{ConnInfo, Shared, handle};
 
@@ -22,8 +27,10 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Listener {
     pub env: Arc<str>,
     pub tcp: TcpListener,
-    pub tls: Option<TlsAcceptor>,
-    pub shutdown_grace: Duration,
+    /// Cancelled when this listener should stop accepting without stopping the gateway.
+    pub retire: CancellationToken,
+    /// Shutdown grace to use if the environment is gone from the snapshot by then.
+    pub grace: Duration,
 }
 
 impl Listener {
@@ -42,6 +49,7 @@ impl Listener {
         loop {
             let accepted = tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
+                _ = self.retire.cancelled() => break,
                 accepted = self.tcp.accept() => accepted,
             };
             let (tcp, client) = match accepted {
@@ -54,40 +62,48 @@ impl Listener {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let conn = Arc::new(ConnInfo {
-                client,
-                tls: self.tls.is_some(),
-                env: self.env.clone(),
-            });
             let task = serve_connection(
                 builder.clone(),
-                self.tls.clone(),
                 tcp,
-                conn,
+                client,
+                self.env.clone(),
                 shared.clone(),
                 graceful.watcher(),
             );
             tokio::spawn(task);
         }
         drop(self.tcp);
+        // Accepted connections keep serving; they end gracefully when the gateway stops.
+        shared.shutdown.cancelled().await;
+        let grace = shared
+            .snapshot
+            .load()
+            .env(&self.env)
+            .map_or(self.grace, |e| e.shutdown_grace);
         tracing::info!(env = %self.env, "stopped accepting; waiting for in-flight requests");
-        if tokio::time::timeout(self.shutdown_grace, graceful.shutdown())
+        if tokio::time::timeout(grace, graceful.shutdown())
             .await
             .is_err()
         {
-            tracing::warn!(env = %self.env, grace = ?self.shutdown_grace, "in-flight requests outlived the shutdown grace");
+            tracing::warn!(env = %self.env, ?grace, "in-flight requests outlived the shutdown grace");
         }
     }
 }
 
 async fn serve_connection(
     builder: auto::Builder<TokioExecutor>,
-    tls: Option<TlsAcceptor>,
     tcp: TcpStream,
-    conn: Arc<ConnInfo>,
+    client: std::net::SocketAddr,
+    env: Arc<str>,
     shared: Arc<Shared>,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: Watcher,
 ) {
+    let tls: Option<TlsAcceptor> = shared.snapshot.load().env(&env).and_then(|e| e.tls.clone());
+    let conn = Arc::new(ConnInfo {
+        client,
+        tls: tls.is_some(),
+        env,
+    });
     let service = {
         let conn = conn.clone();
         service_fn(move |req| {
@@ -98,35 +114,25 @@ async fn serve_connection(
     };
     let result = match tls {
         None => {
-            watcher
-                .watch(
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                        .into_owned(),
-                )
-                .await
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            watcher.watch(conn.into_owned()).await
         }
         Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => {
-                watcher
-                    .watch(
-                        builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .into_owned(),
-                    )
-                    .await
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                watcher.watch(conn.into_owned()).await
             }
             Ok(Err(error)) => {
-                tracing::debug!(client = %conn.client, %error, "TLS handshake failed");
+                tracing::debug!(%client, %error, "TLS handshake failed");
                 return;
             }
             Err(_) => {
-                tracing::debug!(client = %conn.client, "TLS handshake timed out");
+                tracing::debug!(%client, "TLS handshake timed out");
                 return;
             }
         },
     };
     if let Err(error) = result {
-        tracing::debug!(client = %conn.client, %error, "connection ended with an error");
+        tracing::debug!(%client, %error, "connection ended with an error");
     }
 }

@@ -10,9 +10,11 @@ mod gateway;
 mod headers;
 mod listener;
 mod pipeline;
+mod sessions;
 mod snapshot;
 mod tls;
 pub mod websocket;
 
 pub use gateway::{Gateway, GatewayHandle, StartError};
+pub use sessions::Session;
 pub use snapshot::{EnvRoutes, Route, Snapshot};

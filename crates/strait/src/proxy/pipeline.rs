@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::sessions::Registry;
 use super::snapshot::{EnvRoutes, Route, Snapshot};
 use super::{forward, websocket};
 use crate::error::{ErrorKind, GatewayError};
@@ -32,8 +33,10 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub shutdown: CancellationToken,
-    /// WebSocket sessions, so shutdown can wait for their close handshakes.
+    /// WebSocket session tasks, so shutdown can wait for their close handshakes.
     pub sessions: TaskTracker,
+    /// Who owns each live WebSocket session, and how to close it.
+    pub registry: Arc<Registry>,
     /// How long a WebSocket close handshake may take.
     pub close_timeout: Duration,
 }

@@ -1,10 +1,14 @@
-//! The compiled, immutable routing state the data plane reads: one route table per environment.
+//! The compiled, immutable routing state the data plane reads: one route table per
+//! environment. A new configuration compiles into a new snapshot that is swapped whole.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Method;
+use tokio_rustls::TlsAcceptor;
 
+use super::tls::{TlsError, acceptor};
 use crate::config::{Config, Timeouts};
 use crate::routing::{BackendUrl, RouteTable};
 use crate::upstream::{Upstream, UpstreamCache, UpstreamError};
@@ -29,16 +33,22 @@ impl Route {
 }
 
 /// What one environment serves.
-#[derive(Debug)]
 pub struct EnvRoutes {
     pub name: Arc<str>,
     pub websocket: bool,
     pub timeouts: Timeouts,
     pub routes: RouteTable<Arc<Route>>,
+    /// Names of the proxies deployed here.
+    pub proxies: HashSet<Arc<str>>,
+    /// Clients of this environment's listener speak TLS when set.
+    pub tls: Option<TlsAcceptor>,
+    pub shutdown_grace: Duration,
+    /// `None`: sessions of an undeployed proxy are left to finish on their own.
+    pub undeploy_grace: Option<Duration>,
 }
 
 /// Every environment's routes; swapped whole, never mutated.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Snapshot {
     envs: HashMap<Arc<str>, Arc<EnvRoutes>>,
 }
@@ -52,6 +62,8 @@ pub enum CompileError {
     },
     #[error("environment {env:?}: {message}")]
     Routes { env: String, message: String },
+    #[error("environment {env:?}: {source}")]
+    Tls { env: String, source: TlsError },
 }
 
 impl Snapshot {
@@ -62,6 +74,7 @@ impl Snapshot {
         let mut envs = HashMap::new();
         for env in &config.environments {
             let mut routes = RouteTable::default();
+            let mut proxies = HashSet::new();
             for proxy in config
                 .proxies
                 .iter()
@@ -74,8 +87,9 @@ impl Snapshot {
                         proxy: proxy.name.clone(),
                         source,
                     })?;
+                let name: Arc<str> = Arc::from(proxy.name.as_str());
                 let route = Route {
-                    proxy: Arc::from(proxy.name.as_str()),
+                    proxy: name.clone(),
                     backend: proxy.backend.clone(),
                     methods: proxy.methods.clone(),
                     preserve_host: proxy.preserve_host,
@@ -87,13 +101,25 @@ impl Snapshot {
                         env: env.name.clone(),
                         message: e.to_string(),
                     })?;
+                proxies.insert(name);
             }
+            let tls = match &env.tls {
+                Some(files) => Some(acceptor(files).map_err(|source| CompileError::Tls {
+                    env: env.name.clone(),
+                    source,
+                })?),
+                None => None,
+            };
             let name: Arc<str> = Arc::from(env.name.as_str());
             let compiled = EnvRoutes {
                 name: name.clone(),
                 websocket: env.websocket,
                 timeouts: env.timeouts,
                 routes,
+                proxies,
+                tls,
+                shutdown_grace: env.shutdown_grace,
+                undeploy_grace: env.undeploy_grace,
             };
             envs.insert(name, Arc::new(compiled));
         }
@@ -102,5 +128,10 @@ impl Snapshot {
 
     pub fn env(&self, name: &str) -> Option<&Arc<EnvRoutes>> {
         self.envs.get(name)
+    }
+
+    /// Whether `proxy` is deployed to `env` in this snapshot.
+    pub fn serves(&self, env: &str, proxy: &str) -> bool {
+        self.env(env).is_some_and(|e| e.proxies.contains(proxy))
     }
 }

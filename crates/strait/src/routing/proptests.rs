@@ -66,10 +66,10 @@ fn build(paths: &[String]) -> (Vec<ProxyPath>, RouteTable<usize>) {
     let mut proxies = Vec::new();
     let mut table = RouteTable::default();
     for p in paths {
-        if let Ok(path) = ProxyPath::parse(p) {
-            if table.insert(&path, proxies.len()).is_ok() {
-                proxies.push(path);
-            }
+        if let Ok(path) = ProxyPath::parse(p)
+            && table.insert(&path, proxies.len()).is_ok()
+        {
+            proxies.push(path);
         }
     }
     (proxies, table)

@@ -10,7 +10,7 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::relay::{CloseFrame, RelayConfig, relay};
+use super::relay::{CLOSE_GOING_AWAY, CloseFrame, RelayConfig, relay};
 use crate::error::{ErrorKind, GatewayError};
 use crate::proxy::headers::{strip_hop_by_hop, to_backend};
 use crate::proxy::pipeline::{Body, ConnInfo, Matched, Shared};
@@ -86,6 +86,8 @@ pub async fn forward(
         close_timeout: shared.close_timeout,
     };
     let shutdown = shared.shutdown.clone();
+    let registry = shared.registry.clone();
+    let env_name = env.name.clone();
     let proxy = route.proxy.clone();
     let client = conn.client;
     shared.sessions.spawn(async move {
@@ -96,11 +98,12 @@ pub async fn forward(
                 return;
             }
         };
+        let (registration, close_requested) =
+            registry.register(env_name, proxy.clone(), client, target.to_string());
         let stop = async move {
-            shutdown.cancelled().await;
-            CloseFrame {
-                code: 1001,
-                reason: "gateway shutting down".into(),
+            tokio::select! {
+                _ = shutdown.cancelled() => CloseFrame::new(CLOSE_GOING_AWAY, "gateway shutting down"),
+                Ok(frame) = close_requested => frame,
             }
         };
         tracing::debug!(%proxy, %client, %target, "WebSocket session open");
@@ -122,6 +125,7 @@ pub async fn forward(
             messages_out = outcome.backend_to_client.messages,
             "WebSocket session closed"
         );
+        drop(registration);
     });
     Ok(answer)
 }

@@ -1,0 +1,500 @@
+//! `strait-bench compare`: for each measurement and round, starts a fresh [`Stack`] and measures
+//! direct → nginx → Strait in turn, with wrk for HTTP and this binary's own load-generator
+//! modes (as pinned sub-processes, each with its own descriptor limit) for WebSocket. Collects
+//! every figure into [`Results`] and hands them to the report.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+use crate::machine::Machine;
+use crate::procs::{FdLimits, raise_fd_limit, rss_tree_kib};
+use crate::results::{Better, Results};
+use crate::stack::{Side, Stack, Tools};
+use crate::wrk::{self, WrkReport};
+use crate::ws_load::{ConnectReport, EchoReport, IdleReport, StreamReport};
+
+/// The metric name of the load generator's own CPU use.
+pub const LOAD_CPU: &str = "load generator CPU (% of its one core)";
+/// The metric name of the idle run's memory per connection (the plot and projection use it).
+pub const MEMORY_PER_CONN: &str = "resident memory per connection (KiB)";
+/// Extra time a sub-process may take beyond its planned duration.
+const CHILD_GRACE: Duration = Duration::from_secs(60);
+
+/// What to run; `full` keeps a whole comparison under ten minutes on two cores.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub quick: bool,
+    pub rounds: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub http_conns: usize,
+    pub echo_conns: Vec<usize>,
+    pub echo_size: usize,
+    pub idle_conns: usize,
+    pub idle_rate: f64,
+    pub idle_hold: Duration,
+    /// Most idle connections one load-generator process holds.
+    pub idle_per_proc: usize,
+    pub connect_workers: usize,
+    pub stream_conns: usize,
+    pub stream_size: usize,
+    /// Client sockets spread over 127.0.0.1 ..= 127.0.0.{sources}.
+    pub sources: u8,
+}
+
+impl Plan {
+    pub fn full() -> Plan {
+        Plan {
+            quick: false,
+            rounds: 3,
+            warmup: Duration::from_secs(1),
+            duration: Duration::from_secs(5),
+            http_conns: 64,
+            echo_conns: vec![100, 1_000],
+            echo_size: 64,
+            idle_conns: 5_000,
+            idle_rate: 2_000.0,
+            idle_hold: Duration::from_secs(5),
+            idle_per_proc: 4_000,
+            connect_workers: 32,
+            stream_conns: 1,
+            stream_size: 1 << 20,
+            sources: 16,
+        }
+    }
+
+    pub fn quick() -> Plan {
+        Plan {
+            quick: true,
+            rounds: 1,
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(1),
+            echo_conns: vec![10, 100],
+            idle_conns: 200,
+            idle_rate: 1_000.0,
+            idle_hold: Duration::from_secs(1),
+            idle_per_proc: 100,
+            connect_workers: 4,
+            stream_size: 256 << 10,
+            ..Plan::full()
+        }
+    }
+}
+
+pub struct Options {
+    pub plan: Plan,
+    pub strait: PathBuf,
+    pub markdown: PathBuf,
+    pub svg: PathBuf,
+    /// Pin load generators to the last CPU with taskset (when there are 2+ CPUs).
+    pub pin: bool,
+}
+
+/// Runs the whole comparison and writes the report and the plot.
+pub async fn compare(options: Options) -> Result<()> {
+    let limits = raise_fd_limit();
+    let tools = Tools::find(&options.strait)?;
+    let plan = &options.plan;
+    let machine = Machine::read(&tools, limits, pin_cpu(&tools, options.pin));
+    eprintln!("{}", machine.summary());
+    let runner = Runner {
+        tools: &tools,
+        plan,
+        limits,
+        pin: machine.pinned_cpu,
+        nginx_workers: machine.cpus,
+    };
+    let started = std::time::Instant::now();
+    let mut results = Results::default();
+    runner.all(&mut results).await?;
+    results.took = started.elapsed();
+    crate::report::write(&options.markdown, &options.svg, &machine, plan, &results)?;
+    eprintln!(
+        "wrote {} and {}",
+        options.markdown.display(),
+        options.svg.display()
+    );
+    Ok(())
+}
+
+/// The last CPU, when pinning is wanted and possible.
+fn pin_cpu(tools: &Tools, pin: bool) -> Option<usize> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (pin && cpus >= 2 && tools.taskset.is_some()).then_some(cpus - 1)
+}
+
+struct Runner<'a> {
+    tools: &'a Tools,
+    plan: &'a Plan,
+    limits: FdLimits,
+    pin: Option<usize>,
+    nginx_workers: usize,
+}
+
+/// One measurement kind, run for every side in every round.
+#[derive(Clone, Copy, Debug)]
+enum Scenario {
+    Http,
+    Echo(usize),
+    Connect,
+    Stream,
+    Idle,
+}
+
+impl Runner<'_> {
+    async fn all(&self, results: &mut Results) -> Result<()> {
+        let mut scenarios = vec![Scenario::Http];
+        scenarios.extend(self.plan.echo_conns.iter().map(|&c| Scenario::Echo(c)));
+        scenarios.extend([Scenario::Connect, Scenario::Stream, Scenario::Idle]);
+        for scenario in scenarios {
+            for round in 1..=self.plan.rounds {
+                // A fresh stack per round: no memory high-water mark or pooled connection
+                // carries over from one measurement to the next.
+                let stack = Stack::start(self.tools, self.limits.hard, self.nginx_workers).await?;
+                for side in Side::ALL {
+                    let label = format!(
+                        "{scenario:?} round {round}/{} {}",
+                        self.plan.rounds,
+                        side.name()
+                    );
+                    match self.measure(scenario, &stack, side, results).await {
+                        Ok(line) => eprintln!("[{label}] {line}"),
+                        Err(error) => {
+                            eprintln!("[{label}] FAILED: {error:#}");
+                            results.note(format!("{label}: measurement failed: {error:#}"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one measurement and records its figures; returns a one-line summary.
+    async fn measure(
+        &self,
+        scenario: Scenario,
+        stack: &Stack,
+        side: Side,
+        results: &mut Results,
+    ) -> Result<String> {
+        use Better::{Higher, Lower, Neither};
+        let (addr, pid) = stack.endpoint(side);
+        let plan = self.plan;
+        let secs = plan.duration.as_secs_f64();
+        let (warmup, duration) = (plan.warmup.as_secs_f64().to_string(), secs.to_string());
+        let url = |path: &str| format!("ws://{addr}{path}");
+        match scenario {
+            Scenario::Http => {
+                let r = self.wrk(&format!("http://{addr}/bench/http")).await?;
+                let s = format!(
+                    "HTTP keep-alive GET (wrk -t1 -c{} -d{secs}s)",
+                    plan.http_conns
+                );
+                let errors = (r.socket_errors + r.non2xx) as f64;
+                results.add(&s, "requests/s", Higher, side, r.requests_per_sec);
+                results.latency(&s, side, &r.latency);
+                results.add(&s, "errors (socket + non-2xx)", Lower, side, errors);
+                Ok(format!(
+                    "{:.0} req/s, p99 {:.0} µs, {errors} errors",
+                    r.requests_per_sec, r.latency.p99_us
+                ))
+            }
+            Scenario::Echo(conns) => {
+                let size = plan.echo_size.to_string();
+                let extra = [
+                    ("--conns", conns.to_string()),
+                    ("--size", size),
+                    ("--warmup", warmup),
+                    ("--duration", duration),
+                ];
+                let args = self.ws_args("echo", &url("/bench/echo"), &extra);
+                let r: EchoReport = self.run_json(args, plan.warmup + plan.duration).await?;
+                let s = format!(
+                    "WebSocket echo, {} B messages, {conns} connections",
+                    plan.echo_size
+                );
+                results.add(
+                    &s,
+                    "messages/s (round trips)",
+                    Higher,
+                    side,
+                    r.messages_per_sec,
+                );
+                results.latency(&s, side, &r.latency);
+                results.add(&s, "errors", Lower, side, r.errors as f64);
+                results.add(&s, LOAD_CPU, Neither, side, r.load_cpu_percent);
+                results.error(&s, side, r.first_error.as_deref());
+                Ok(format!(
+                    "{:.0} msg/s, p99 {:.0} µs, {} errors",
+                    r.messages_per_sec, r.latency.p99_us, r.errors
+                ))
+            }
+            Scenario::Connect => {
+                let extra = [
+                    ("--workers", plan.connect_workers.to_string()),
+                    ("--duration", duration),
+                ];
+                let args = self.ws_args("connect", &url("/bench/connect"), &extra);
+                let r: ConnectReport = self.run_json(args, plan.duration).await?;
+                let s = format!(
+                    "WebSocket connection set-up, {} concurrent clients",
+                    plan.connect_workers
+                );
+                results.add(
+                    &s,
+                    "sessions/s (connect + upgrade + close)",
+                    Higher,
+                    side,
+                    r.sessions_per_sec,
+                );
+                results.add(&s, "handshake p50 (µs)", Lower, side, r.handshake.p50_us);
+                results.add(&s, "handshake p99 (µs)", Lower, side, r.handshake.p99_us);
+                results.add(&s, "failed connects", Lower, side, r.failures as f64);
+                results.add(&s, LOAD_CPU, Neither, side, r.load_cpu_percent);
+                results.error(&s, side, r.first_error.as_deref());
+                Ok(format!(
+                    "{:.0} sessions/s, {} failures",
+                    r.sessions_per_sec, r.failures
+                ))
+            }
+            Scenario::Stream => {
+                let (conns, size) = (plan.stream_conns.to_string(), plan.stream_size.to_string());
+                let extra = [
+                    ("--conns", conns),
+                    ("--size", size),
+                    ("--warmup", warmup),
+                    ("--duration", duration),
+                ];
+                let args = self.ws_args("stream", &url("/bench/stream"), &extra);
+                let r: StreamReport = self.run_json(args, plan.warmup + plan.duration).await?;
+                let s = format!(
+                    "WebSocket stream, {} KiB messages, {} connection(s)",
+                    plan.stream_size >> 10,
+                    plan.stream_conns
+                );
+                results.add(&s, "echoed MB/s", Higher, side, r.mb_per_sec);
+                results.add(&s, LOAD_CPU, Neither, side, r.load_cpu_percent);
+                results.error(&s, side, r.first_error.as_deref());
+                Ok(format!("{:.1} MB/s", r.mb_per_sec))
+            }
+            Scenario::Idle => {
+                let r = self.idle(&url("/bench/idle"), pid).await?;
+                let s = format!("Idle WebSocket connections, {} held", plan.idle_conns);
+                let per_conn = r.bytes_per_conn().unwrap_or(f64::NAN) / 1024.0;
+                let total = r.rss_after_kib.unwrap_or(0) as f64 / 1024.0;
+                results.add(
+                    &s,
+                    "connections alive after the hold",
+                    Higher,
+                    side,
+                    r.alive as f64,
+                );
+                results.add(&s, MEMORY_PER_CONN, Lower, side, per_conn);
+                results.add(
+                    &s,
+                    "resident memory while holding them (MiB)",
+                    Lower,
+                    side,
+                    total,
+                );
+                results.error(&s, side, r.first_error.as_deref());
+                Ok(format!(
+                    "{}/{} alive, {per_conn:.1} KiB per connection",
+                    r.alive, r.requested
+                ))
+            }
+        }
+    }
+
+    /// A command that runs `program` pinned to the load generator's CPU when pinning is on.
+    fn pinned(&self, program: &std::path::Path) -> Command {
+        match (self.pin, &self.tools.taskset) {
+            (Some(cpu), Some(taskset)) => {
+                let mut cmd = Command::new(taskset);
+                cmd.arg("-c").arg(cpu.to_string()).arg(program);
+                cmd
+            }
+            _ => Command::new(program),
+        }
+    }
+
+    fn ws_args(&self, mode: &str, url: &str, extra: &[(&str, String)]) -> Command {
+        let mut cmd = self.pinned(&self.tools.me);
+        cmd.args([mode, "--json", "--url", url, "--sources"]);
+        cmd.arg(self.plan.sources.to_string());
+        for (flag, value) in extra {
+            cmd.arg(flag);
+            if !value.is_empty() {
+                cmd.arg(value);
+            }
+        }
+        cmd
+    }
+
+    async fn run_json<T: DeserializeOwned>(&self, cmd: Command, planned: Duration) -> Result<T> {
+        let stdout = run_capture(cmd, planned + CHILD_GRACE).await?;
+        last_json(&stdout)
+    }
+
+    /// wrk against `url` (after a short unrecorded warm-up when the plan has one).
+    async fn wrk(&self, url: &str) -> Result<WrkReport> {
+        let plan = self.plan;
+        let script =
+            std::env::temp_dir().join(format!("strait-bench-wrk-{}.lua", std::process::id()));
+        std::fs::write(&script, wrk::REPORT_SCRIPT).context("cannot write the wrk script")?;
+        let run = |secs: u64, latency: bool| {
+            let mut cmd = self.pinned(&self.tools.wrk);
+            cmd.args([
+                "-t1",
+                &format!("-c{}", plan.http_conns),
+                &format!("-d{secs}s"),
+            ]);
+            if latency {
+                cmd.arg("--latency").arg("-s").arg(&script);
+            }
+            cmd.arg(url);
+            cmd
+        };
+        if !plan.warmup.is_zero() {
+            let secs = plan.warmup.as_secs().max(1);
+            run_capture(run(secs, false), Duration::from_secs(secs) + CHILD_GRACE).await?;
+        }
+        let secs = plan.duration.as_secs().max(1);
+        let output = run_capture(run(secs, true), Duration::from_secs(secs) + CHILD_GRACE).await;
+        let _ = std::fs::remove_file(&script);
+        wrk::parse(&output?)
+    }
+
+    /// Idle connections spread over several load-generator processes (each under its own
+    /// descriptor limit); this process reads the server's memory while all of them hold.
+    async fn idle(&self, url: &str, pid: u32) -> Result<IdleReport> {
+        let plan = self.plan;
+        let procs = plan.idle_conns.div_ceil(plan.idle_per_proc.max(1)).max(1);
+        let rss_before_kib = rss_tree_kib(pid);
+        let open_limit =
+            Duration::from_secs_f64(plan.idle_conns as f64 / plan.idle_rate) + CHILD_GRACE;
+        let mut children = Vec::with_capacity(procs);
+        for p in 0..procs {
+            let n = plan.idle_conns / procs + usize::from(p < plan.idle_conns % procs);
+            let mut cmd = self.ws_args(
+                "idle",
+                url,
+                &[
+                    ("-n", n.to_string()),
+                    ("--rate", (plan.idle_rate / procs as f64).to_string()),
+                    ("--wait-stdin", String::new()),
+                ],
+            );
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true);
+            let mut child = cmd
+                .spawn()
+                .context("cannot start an idle load-generator process")?;
+            let stdin = child
+                .stdin
+                .take()
+                .ok_or_else(|| anyhow!("no stdin pipe to the load generator"))?;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow!("no stdout pipe from the load generator"))?;
+            children.push((child, stdin, BufReader::new(stdout).lines()));
+        }
+        let mut opened = 0;
+        for (_, _, lines) in &mut children {
+            let line = tokio::time::timeout(open_limit, lines.next_line())
+                .await
+                .map_err(|_| {
+                    anyhow!("an idle load generator did not finish opening within {open_limit:?}")
+                })??
+                .ok_or_else(|| {
+                    anyhow!("an idle load generator exited while opening (see its stderr above)")
+                })?;
+            opened += serde_json::from_str::<OpenedLine>(&line)
+                .with_context(|| format!("unexpected line from the idle load generator: {line}"))?
+                .opened;
+        }
+        tokio::time::sleep(plan.idle_hold).await;
+        let rss_after_kib = rss_tree_kib(pid);
+        let mut report = IdleReport {
+            requested: plan.idle_conns,
+            opened,
+            rss_before_kib,
+            rss_after_kib,
+            ..IdleReport::default()
+        };
+        for (_, stdin, _) in &mut children {
+            stdin
+                .write_all(b"check\n")
+                .await
+                .context("cannot tell a load generator to check")?;
+        }
+        for (mut child, _, mut lines) in children {
+            let line = tokio::time::timeout(CHILD_GRACE, lines.next_line())
+                .await
+                .map_err(|_| anyhow!("an idle load generator did not finish its check in time"))??
+                .ok_or_else(|| anyhow!("an idle load generator exited during its check"))?;
+            let part: IdleReport = serde_json::from_str(&line)
+                .with_context(|| format!("unexpected line from the idle load generator: {line}"))?;
+            report.alive += part.alive;
+            report.first_error = report.first_error.or(part.first_error);
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        }
+        Ok(report)
+    }
+}
+
+/// The first line an idle load generator prints in `--wait-stdin` mode.
+#[derive(Deserialize, serde::Serialize)]
+pub struct OpenedLine {
+    pub opened: usize,
+    pub failed: usize,
+    pub first_error: Option<String>,
+}
+
+/// Runs a command to completion within `limit`, returning its stdout; a non-zero exit is an
+/// error carrying its stderr. The child is killed if the limit passes.
+async fn run_capture(mut cmd: Command, limit: Duration) -> Result<String> {
+    let what = format!("{:?}", cmd.as_std());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {what}"))?;
+    let output = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .map_err(|_| anyhow!("{what} did not finish within {limit:?} and was killed"))?
+        .with_context(|| format!("{what} could not be waited for"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            stdout
+        );
+    }
+    Ok(stdout)
+}
+
+/// The last non-empty line of `stdout`, parsed as JSON.
+fn last_json<T: DeserializeOwned>(stdout: &str) -> Result<T> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .ok_or_else(|| anyhow!("the load generator printed nothing"))?;
+    serde_json::from_str(line).with_context(|| format!("unexpected load-generator output: {line}"))
+}

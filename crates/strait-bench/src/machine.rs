@@ -1,0 +1,93 @@
+//! The machine and software a comparison ran on: CPUs, memory, kernel, versions of strait,
+//! nginx and wrk, the descriptor limits and the network sysctls that matter for large runs.
+
+use std::path::Path;
+
+use crate::procs::{FdLimits, first_line};
+use crate::stack::Tools;
+
+/// The machine and software a comparison ran on.
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub mem_gib: f64,
+    pub kernel: String,
+    pub date: String,
+    pub strait: String,
+    pub nginx: String,
+    pub wrk: String,
+    pub limits: FdLimits,
+    pub pinned_cpu: Option<usize>,
+    pub port_range: String,
+    pub somaxconn: String,
+    pub tw_reuse: String,
+    pub nr_open: String,
+}
+
+impl Machine {
+    pub fn read(tools: &Tools, limits: FdLimits, pinned_cpu: Option<usize>) -> Machine {
+        let proc_line = |file: &str| {
+            std::fs::read_to_string(file)
+                .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_else(|_| "unknown".into())
+        };
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or("unknown".into(), |(_, m)| m.trim().to_owned());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            mem_gib: mem_kib / (1024.0 * 1024.0),
+            kernel: proc_line("/proc/sys/kernel/osrelease"),
+            date: first_line(Path::new("date"), &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            strait: first_line(&tools.strait, &["--version"]),
+            nginx: first_line(&tools.nginx, &["-v"]).replace("nginx version: ", ""),
+            wrk: first_line(&tools.wrk, &["-v"])
+                .split(" Copyright")
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            limits,
+            pinned_cpu,
+            port_range: proc_line("/proc/sys/net/ipv4/ip_local_port_range"),
+            somaxconn: proc_line("/proc/sys/net/core/somaxconn"),
+            tw_reuse: proc_line("/proc/sys/net/ipv4/tcp_tw_reuse"),
+            nr_open: proc_line("/proc/sys/fs/nr_open"),
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "machine: {} CPU(s) ({}), {:.1} GiB; kernel {}; {}; {}; {}; fd limit {} (soft was {}); load generators pinned to CPU {}",
+            self.cpus,
+            self.cpu_model,
+            self.mem_gib,
+            self.kernel,
+            self.strait,
+            self.nginx,
+            self.wrk,
+            self.limits.hard,
+            self.limits.soft_before,
+            self.pinned_cpu
+                .map_or("none (not pinned)".into(), |c| c.to_string())
+        )
+    }
+
+    /// Ephemeral ports per (source address, destination) pair.
+    pub fn ephemeral_ports(&self) -> Option<u64> {
+        let mut it = self.port_range.split_whitespace().map(str::parse::<u64>);
+        match (it.next(), it.next()) {
+            (Some(Ok(lo)), Some(Ok(hi))) if hi >= lo => Some(hi - lo + 1),
+            _ => None,
+        }
+    }
+}

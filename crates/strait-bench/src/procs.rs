@@ -1,0 +1,222 @@
+//! Processes the harness starts and inspects: a guard that kills a child when dropped, waiting
+//! for a port to accept, finding tools on PATH, resident memory from /proc, and the
+//! file-descriptor limit.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A child process that is killed (and reaped) when the guard is dropped.
+pub struct ChildGuard {
+    pub name: String,
+    child: Child,
+}
+
+impl ChildGuard {
+    /// Starts `command` with stdin closed and stdout/stderr going to `log`.
+    pub fn spawn(name: &str, mut command: Command, log: &Path) -> Result<ChildGuard> {
+        let out = std::fs::File::create(log)
+            .with_context(|| format!("cannot create the log file {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({command:?})"))?;
+        Ok(ChildGuard {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until `addr` accepts TCP connections; fails if the child exits or `limit` passes.
+    pub async fn wait_listening(
+        &mut self,
+        addr: SocketAddr,
+        limit: Duration,
+        log: &Path,
+    ) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "{} exited ({status}) before listening on {addr}; the end of its log {}:\n{}",
+                    self.name,
+                    log.display(),
+                    tail(log)
+                );
+            }
+            let connect = tokio::net::TcpStream::connect(addr);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!(
+            "{} did not listen on {addr} within {limit:?}; the end of its log {}:\n{}",
+            self.name,
+            log.display(),
+            tail(log)
+        )
+    }
+}
+
+impl Drop for ChildGuard {
+    /// SIGTERM first (nginx's master then stops its workers), SIGKILL after 3 s; children
+    /// that outlive their parent are killed too.
+    fn drop(&mut self) {
+        let pid = self.child.id();
+        let kids = children(pid);
+        if let Ok(None) = self.child.try_wait() {
+            signal("TERM", pid);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for kid in kids {
+            if Path::new(&format!("/proc/{kid}")).exists() {
+                signal("KILL", kid);
+            }
+        }
+    }
+}
+
+/// Sends a signal with the `kill` command (no unsafe code in this crate).
+fn signal(name: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The last lines of a log file, for error messages.
+pub fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// A loopback port that was free a moment ago (bound, then released).
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The full path of `tool` on PATH, if it is there.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let extra = ["/usr/sbin", "/sbin"].map(PathBuf::from);
+    std::env::split_paths(&path)
+        .chain(extra)
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+}
+
+/// First line of a command's combined output (for version strings); empty if it cannot run.
+pub fn first_line(program: &Path, args: &[&str]) -> String {
+    let Ok(output) = Command::new(program).args(args).output() else {
+        return String::new();
+    };
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    text.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+/// VmRSS of one process in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// VmRSS of a process plus its direct children (nginx's master and workers), in KiB.
+pub fn rss_tree_kib(pid: u32) -> Option<u64> {
+    let mut total = rss_kib(pid)?;
+    for child in children(pid) {
+        total += rss_kib(child).unwrap_or(0);
+    }
+    Some(total)
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&candidate| parent_of(candidate) == Some(pid))
+        .collect()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Soft and hard RLIMIT_NOFILE before and after raising the soft limit to the hard one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FdLimits {
+    pub soft_before: u64,
+    pub soft_after: u64,
+    pub hard: u64,
+}
+
+/// Raises this process's soft descriptor limit to its hard limit (children inherit it).
+pub fn raise_fd_limit() -> FdLimits {
+    let (soft_before, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((0, 0));
+    let soft_after = rlimit::increase_nofile_limit(hard).unwrap_or(soft_before);
+    FdLimits {
+        soft_before,
+        soft_after,
+        hard,
+    }
+}
+
+/// CPU time (user + system) this process has used, in seconds, from /proc/self/stat.
+/// Assumes the usual 100 clock ticks per second (`getconf CLK_TCK`).
+pub fn self_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    // After the comm: state is field 3; utime and stime are fields 14 and 15.
+    let utime: f64 = fields.nth(11)?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Measures this process's CPU use between [`CpuMeter::start`] and [`CpuMeter::percent`].
+pub struct CpuMeter {
+    cpu: Option<f64>,
+    wall: std::time::Instant,
+}
+
+impl CpuMeter {
+    pub fn start() -> CpuMeter {
+        CpuMeter {
+            cpu: self_cpu_seconds(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// Percent of one core used since the start (200 = two cores busy).
+    pub fn percent(&self) -> f64 {
+        match (self.cpu, self_cpu_seconds()) {
+            (Some(a), Some(b)) => (b - a) / self.wall.elapsed().as_secs_f64().max(1e-9) * 100.0,
+            _ => f64::NAN,
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! BENCHMARKS.md, written from a comparison's [`Results`] and its [`Machine`]: medians,
+//! ratios, where Strait falls short, kernel settings and the 1,000,000-connection projection.
+//! The plot is [`crate::plot`]'s.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::compare::Plan;
+use crate::machine::Machine;
+use crate::results::{Better, Results};
+use crate::stack::Side;
+
+/// Writes BENCHMARKS.md and the SVG plot.
+pub fn write(
+    md: &Path,
+    svg: &Path,
+    machine: &Machine,
+    plan: &Plan,
+    results: &Results,
+) -> Result<()> {
+    if let Some(dir) = svg.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    crate::plot::write_svg(svg, results)?;
+    let svg_ref = md
+        .parent()
+        .and_then(|dir| svg.strip_prefix(dir).ok())
+        .unwrap_or(svg);
+    let text = markdown(machine, plan, results, &svg_ref.display().to_string());
+    std::fs::write(md, text).with_context(|| format!("cannot write {}", md.display()))
+}
+
+/// Formats a figure for a table: thousands separators, fewer decimals for larger numbers.
+pub fn num(v: f64) -> String {
+    if !v.is_finite() {
+        return "—".into();
+    }
+    if v.abs() >= 1000.0 {
+        let digits = format!("{:.0}", v.abs());
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        return if v < 0.0 { format!("-{out}") } else { out };
+    }
+    let decimals = if v.abs() >= 100.0 || v.fract() == 0.0 {
+        0
+    } else if v.abs() >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.decimals$}")
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 && a.is_finite() && b.is_finite() => {
+            format!("{:.2}×", a / b)
+        }
+        _ => "—".into(),
+    }
+}
+
+fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let secs = plan.duration.as_secs_f64();
+    let _ = writeln!(w, "# Benchmarks\n");
+    let _ = writeln!(
+        w,
+        "Strait against nginx, both in front of the same echo backend, and the backend on its own \
+         (\"direct\"). Written by `cargo run --release -p strait-bench -- compare{}` on {} (the \
+         measurements took {:.1} minutes); every figure is the **median of {} round(s)**. Ratios are Strait's median divided by the other's: \
+         for ↑ metrics above 1 is better for Strait, for ↓ metrics below 1 is. \
+         The per-round values are under \"Every round\" at the end: their spread is the noise to \
+         read the ratios against.\n",
+        if plan.quick { " --quick" } else { "" },
+        m.date,
+        results.took.as_secs_f64() / 60.0,
+        plan.rounds
+    );
+    if plan.quick {
+        let _ = writeln!(
+            w,
+            "> **Quick mode**: every run lasts about a second; these figures only show the harness works.\n"
+        );
+    }
+    let _ = writeln!(
+        w,
+        "To reproduce (as root, for the packages; the harness itself installs nothing):\n\n\
+         ```sh\n\
+         bash scripts/install-bench-tools.sh                    # nginx and wrk from Debian, idempotent\n\
+         cargo build --release                                  # target/release/strait\n\
+         cargo run --release -p strait-bench -- compare         # ~6 minutes; --quick takes ~20 s\n\
+         ```\n\n\
+         The load generator also runs on its own, e.g. `cargo run --release -p strait-bench -- echo \
+         --url ws://127.0.0.1:8080/api/chat --conns 100 --duration 10` (modes `idle`, `echo`, \
+         `connect`, `stream`; `--help` lists their options).\n"
+    );
+    let _ = writeln!(w, "## Machine and versions\n");
+    let _ = writeln!(w, "| | |\n|---|---|");
+    let _ = writeln!(
+        w,
+        "| CPU | {} × {} (`nproc` = {}) |",
+        m.cpus, m.cpu_model, m.cpus
+    );
+    let _ = writeln!(w, "| Memory | {:.1} GiB |", m.mem_gib);
+    let _ = writeln!(w, "| Kernel | {} |", m.kernel);
+    let _ = writeln!(w, "| Strait | {} (release build) |", m.strait);
+    let _ = writeln!(w, "| nginx | {} (Debian package) |", m.nginx);
+    let _ = writeln!(w, "| wrk | {} |", m.wrk);
+    let _ = writeln!(
+        w,
+        "| Descriptor limit | soft {} → {} (raised by the harness), hard {} |",
+        m.limits.soft_before, m.limits.soft_after, m.limits.hard
+    );
+    let _ = writeln!(
+        w,
+        "| Sysctls | `ip_local_port_range` {}, `somaxconn` {}, `tcp_tw_reuse` {}, `fs.nr_open` {} |\n",
+        m.port_range, m.somaxconn, m.tw_reuse, m.nr_open
+    );
+
+    method(w, m, plan, secs);
+
+    let _ = writeln!(w, "## Results\n");
+    let _ = writeln!(
+        w,
+        "![latency percentiles and memory per connection]({svg})\n"
+    );
+    let mut section = "";
+    for row in &results.rows {
+        if row.section != section {
+            section = &row.section;
+            let _ = writeln!(w, "\n### {section}\n");
+            let _ = writeln!(
+                w,
+                "| metric | direct | nginx | Strait | Strait/nginx | Strait/direct |"
+            );
+            let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|");
+        }
+        let [d, n, s] = Side::ALL.map(|side| row.median(side));
+        let arrow = match row.better {
+            Better::Higher => " ↑",
+            Better::Lower => " ↓",
+            Better::Neither => "",
+        };
+        let cell = |v: Option<f64>| v.map_or("—".into(), num);
+        let _ = writeln!(
+            w,
+            "| {}{arrow} | {} | {} | {} | {} | {} |",
+            row.metric,
+            cell(d),
+            cell(n),
+            cell(s),
+            if row.better == Better::Neither {
+                "—".into()
+            } else {
+                ratio(s, n)
+            },
+            if row.better == Better::Neither {
+                "—".into()
+            } else {
+                ratio(s, d)
+            },
+        );
+    }
+    let _ = writeln!(w);
+
+    falls_short(w, results);
+    settings(w, m);
+    scaling(w, m, results, plan);
+    appendix(w, results);
+    out
+}
+
+fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
+    let pin = match m.pinned_cpu {
+        Some(cpu) => format!(
+            "The load generators (wrk and `strait-bench`'s WebSocket modes) are pinned with `taskset -c {cpu}` \
+             so the scheduler does not bounce them between cores; the servers are not pinned and share all {} CPUs \
+             with them. Load generator, gateway and echo backend all run on this one machine, so absolute figures \
+             are lower than on separate hosts; the ratios are the point.",
+            m.cpus
+        ),
+        None => "The load generators are not pinned (taskset missing, one CPU, or --no-pin); load generator, \
+                 gateway and echo backend share the machine, so the ratios are the point."
+            .into(),
+    };
+    let _ = writeln!(w, "## Method\n");
+    let _ = writeln!(
+        w,
+        "- **Topology**: load generator → (nothing | nginx | Strait) → `strait echo`, all over loopback. \
+         Strait runs `strait run` with one environment (`websocket: true`) and one proxy `/*` to the echo; \
+         nginx runs [`bench/nginx.conf.template`](bench/nginx.conf.template) ({} workers, `worker_rlimit_nofile` \
+         and `worker_connections` at the hard limit, upstream `keepalive 256`, HTTP/1.1 upstream, the \
+         `$connection_upgrade` map, 1 h read timeout, `access_log off`, buffering left on). Strait's runtime has \
+         {} threads.",
+        m.cpus, m.cpus
+    );
+    let _ = writeln!(
+        w,
+        "- **Order**: for each measurement, {} round(s); each round starts a fresh echo, nginx and Strait, then \
+         measures direct → nginx → Strait. A fresh start per round keeps one run's memory high-water mark or \
+         pooled connections out of the next.",
+        plan.rounds
+    );
+    let _ = writeln!(w, "- **Pinning**: {pin}");
+    let _ = writeln!(
+        w,
+        "- **HTTP**: `wrk -t1 -c{} -d{secs}s --latency` with [`bench/wrk-report.lua`](bench/wrk-report.lua) \
+         (which adds p99.9) on `GET /bench/http`; the echo answers a ~0.5 KB JSON body.{}",
+        plan.http_conns,
+        if plan.warmup.is_zero() {
+            ""
+        } else {
+            " A 1 s wrk run first warms each side up, unrecorded."
+        }
+    );
+    let _ = writeln!(
+        w,
+        "- **WebSocket echo**: C connections, each sending a {} B binary message and waiting for its echo \
+         (closed loop) for {secs} s after a {} s unrecorded warm-up; round-trip times in an HDR histogram.",
+        plan.echo_size,
+        plan.warmup.as_secs_f64()
+    );
+    let _ = writeln!(
+        w,
+        "- **Connection set-up**: {} clients each loop TCP connect → upgrade (until the 101 is read) → close \
+         handshake (client sends close, waits for the server's close and FIN) for {secs} s; a session counts \
+         when complete. The client closes with a close frame so the server side holds TIME_WAIT, not the \
+         client's ephemeral port.",
+        plan.connect_workers
+    );
+    let _ = writeln!(
+        w,
+        "- **Stream**: {} connection(s); a writer sends {} KiB binary messages as fast as TCP accepts them while \
+         a reader counts echoed bytes. The figure is **payload bytes received back per second** (the return \
+         direction); every byte crossed the proxy twice.",
+        plan.stream_conns,
+        plan.stream_size >> 10
+    );
+    let _ = writeln!(
+        w,
+        "- **Idle**: {} connections opened at {} per second by {} load-generator process(es) (each under its \
+         own descriptor limit), held {} s; then the server's resident memory (`VmRSS` from /proc; nginx = \
+         master + workers; \"direct\" = the echo backend itself) is read, and every connection proves it is \
+         alive with one echo round trip. Memory per connection = (RSS while holding − RSS before opening) / \
+         connections opened. The echo backend's own memory is not counted in nginx's or Strait's figure.",
+        plan.idle_conns,
+        plan.idle_rate,
+        plan.idle_conns.div_ceil(plan.idle_per_proc.max(1)),
+        plan.idle_hold.as_secs_f64()
+    );
+    let _ = writeln!(
+        w,
+        "- **Source addresses**: client sockets bind to 127.0.0.1–127.0.0.{} (port 0) before connecting, so \
+         large runs do not run out of ephemeral ports.\n",
+        plan.sources
+    );
+}
+
+fn falls_short(w: &mut String, results: &Results) {
+    let _ = writeln!(w, "## Where Strait falls short\n");
+    let _ = writeln!(
+        w,
+        "Generated from the medians above: every figure where Strait is more than 5 % worse than \
+         nginx, as Strait's median vs nginx's (ratio).\n"
+    );
+    let mut any = false;
+    let mut sections: Vec<(&str, Vec<String>)> = Vec::new();
+    for row in &results.rows {
+        let (Some(s), Some(n)) = (row.median(Side::Strait), row.median(Side::Nginx)) else {
+            continue;
+        };
+        let worse = match row.better {
+            Better::Higher => s < n * 0.95,
+            Better::Lower => s > n * 1.05 && s - n > 1e-9,
+            Better::Neither => false,
+        };
+        if !worse {
+            continue;
+        }
+        let how = if n != 0.0 {
+            format!("{:.2}×", s / n)
+        } else {
+            "nginx: 0".into()
+        };
+        let item = format!("{} {} vs {} ({how})", row.metric, num(s), num(n));
+        match sections.iter_mut().find(|(name, _)| *name == row.section) {
+            Some((_, items)) => items.push(item),
+            None => sections.push((&row.section, vec![item])),
+        }
+    }
+    for (section, items) in sections {
+        any = true;
+        let _ = writeln!(
+            w,
+            "- **{section}** (Strait vs nginx): {}.",
+            items.join("; ")
+        );
+    }
+    if !any {
+        let _ = writeln!(
+            w,
+            "- In these runs, no figure of Strait's is more than 5 % worse than nginx's."
+        );
+    }
+    for row in results
+        .rows
+        .iter()
+        .filter(|r| r.metric == crate::compare::LOAD_CPU)
+    {
+        if let Some(cpu) = row.median(Side::Direct).filter(|c| *c >= 90.0) {
+            let _ = writeln!(
+                w,
+                "\nCaveat: in \"{}\" the load generator's own core was {cpu:.0} % busy even without a \
+                 proxy, so that run measures the generator as much as the servers and its ratios are \
+                 pulled towards 1.",
+                row.section
+            );
+        }
+    }
+    if !results.notes.is_empty() {
+        let _ = writeln!(
+            w,
+            "\nErrors the load generators reported (first error per run):\n"
+        );
+        for note in &results.notes {
+            let _ = writeln!(w, "- {}", note.replace('\n', " "));
+        }
+    }
+    let _ = writeln!(w);
+}
+
+fn settings(w: &mut String, m: &Machine) {
+    let _ = writeln!(w, "## Kernel and ulimit settings for large runs\n");
+    let _ = writeln!(
+        w,
+        "- **Descriptors**: each proxied connection costs the gateway 2 descriptors (client + backend), the \
+         client 1 and the backend 1. The harness raises its own soft `RLIMIT_NOFILE` to the hard limit \
+         ({} → {}; children — echo, Strait, nginx, load generators — inherit it) and gives nginx \
+         `worker_rlimit_nofile {}`. It **could not** raise the hard limit ({}: not permitted in this \
+         environment), so one process holds at most ~{} descriptors: the idle run spreads its clients over \
+         several processes, and a gateway tops out near {} proxied connections. For more: `ulimit -Hn` / \
+         systemd `LimitNOFILE=`, and `fs.nr_open` (here {}) above the per-process figure you want.",
+        m.limits.soft_before,
+        m.limits.soft_after,
+        m.limits.hard,
+        m.limits.hard,
+        num(m.limits.hard as f64),
+        num((m.limits.hard / 2) as f64),
+        m.nr_open
+    );
+    let _ = writeln!(
+        w,
+        "- **Ephemeral ports**: `net.ipv4.ip_local_port_range` is {} here ({} ports). A client socket bound to \
+         a source address with port 0 takes one of them per source address, so the load generator spreads over \
+         127.0.0.x; the gateway's own connections to the backend come from one address and so are limited to \
+         that many per backend address:port. Widen with `sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"`. \
+         `tcp_tw_reuse` is {} (2 = reuse TIME_WAIT ports for loopback only).",
+        m.port_range,
+        m.ephemeral_ports().map_or("?".into(), |p| num(p as f64)),
+        m.tw_reuse
+    );
+    let _ = writeln!(
+        w,
+        "- **Accept queues**: `net.core.somaxconn` is {} here; Strait's listener asks for a backlog of 1024 \
+         (tokio's default) and nginx is configured with `backlog=1024` to match. Raise `somaxconn` and \
+         `net.ipv4.tcp_max_syn_backlog` for bursts of thousands of connects.",
+        m.somaxconn
+    );
+    let _ = writeln!(
+        w,
+        "- **The harness changes no sysctl**: it only reads and reports them. It sets only its own soft \
+         descriptor limit.\n"
+    );
+}
+
+fn scaling(w: &mut String, m: &Machine, results: &Results, plan: &Plan) {
+    let _ = writeln!(w, "## Scaling to 1,000,000 connections\n");
+    let per_conn = results.find("Idle", crate::compare::MEMORY_PER_CONN);
+    let kib = |side| per_conn.and_then(|r| r.median(side));
+    let _ = writeln!(
+        w,
+        "Projected from the idle run's medians ({} connections), linearly — an estimate, not a measurement:\n",
+        num(plan.idle_conns as f64)
+    );
+    let _ = writeln!(
+        w,
+        "| | KiB per connection (measured) | resident memory at 1,000,000 |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|");
+    for (side, label) in [
+        (Side::Strait, "Strait"),
+        (Side::Nginx, "nginx (master + workers)"),
+        (Side::Direct, "echo backend (direct)"),
+    ] {
+        let gib = kib(side).map(|k| k * 1e6 / (1024.0 * 1024.0));
+        let _ = writeln!(
+            w,
+            "| {label} | {} | {} |",
+            kib(side).map_or("—".into(), num),
+            gib.map_or("—".into(), |g| format!("{} GiB", num(g)))
+        );
+    }
+    let ports = m.ephemeral_ports().unwrap_or(28_232);
+    let hard = m.limits.hard.max(1);
+    let _ = writeln!(
+        w,
+        "\n- Kernel memory for the sockets themselves (socket structures and buffers, several KiB per \
+         socket, 4 sockets per proxied connection on one host) is not in these RSS figures and comes on top.\n\
+         - **Descriptors**: the gateway needs 2,000,000 (client + backend side): `fs.nr_open` and its \
+         `RLIMIT_NOFILE` above that (the default `nr_open` is 1,048,576). With this machine's hard limit of {} \
+         the clients alone need {} load-generator processes.\n\
+         - **Ports**: {} ephemeral ports per source address (this range) means the clients need at least {} \
+         source addresses (127.0.0.x on loopback; real clients come from many addresses anyway), and the \
+         gateway's 1,000,000 backend connections need at least {} backend address:port pairs — or the gateway \
+         binding several source addresses — plus a wider `ip_local_port_range`.\n",
+        num(hard as f64),
+        1_000_000u64.div_ceil(hard.saturating_sub(100).max(1)),
+        num(ports as f64),
+        1_000_000u64.div_ceil(ports),
+        1_000_000u64.div_ceil(ports)
+    );
+}
+
+fn appendix(w: &mut String, results: &Results) {
+    let _ = writeln!(w, "## Every round\n");
+    let _ = writeln!(w, "| measurement | metric | direct | nginx | Strait |");
+    let _ = writeln!(w, "|---|---|---|---|---|");
+    for row in &results.rows {
+        let cell = |side: Side| {
+            row.values[side.index()]
+                .iter()
+                .map(|&v| num(v))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} |",
+            row.section,
+            row.metric,
+            cell(Side::Direct),
+            cell(Side::Nginx),
+            cell(Side::Strait)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(num(1234567.4), "1,234,567");
+        assert_eq!(num(12.345), "12.3");
+        assert_eq!(num(0.5), "0.50");
+        assert_eq!(num(3.0), "3");
+    }
+}

@@ -1,0 +1,227 @@
+//! The processes under test: the echo backend (`strait echo`), Strait (`strait run` with a
+//! generated YAML) and nginx (the rendered `bench/nginx.conf.template`), all in one temporary
+//! folder and all killed when the [`Stack`] is dropped. Also finds the tools they need.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::procs::{ChildGuard, free_port, which};
+
+/// The nginx configuration template, filled in by [`render_nginx`].
+pub const NGINX_TEMPLATE: &str = include_str!("../../../bench/nginx.conf.template");
+/// How long a server may take to start listening.
+const START_LIMIT: Duration = Duration::from_secs(15);
+
+/// The three ways the load reaches the echo backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Direct,
+    Nginx,
+    Strait,
+}
+
+impl Side {
+    /// The order of every round: direct → nginx → strait.
+    pub const ALL: [Side; 3] = [Side::Direct, Side::Nginx, Side::Strait];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Direct => "direct",
+            Side::Nginx => "nginx",
+            Side::Strait => "Strait",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// External programs the comparison runs.
+pub struct Tools {
+    pub strait: PathBuf,
+    pub nginx: PathBuf,
+    pub wrk: PathBuf,
+    /// `taskset`, when present, pins the load generators.
+    pub taskset: Option<PathBuf>,
+    /// This very binary, started again for the WebSocket load.
+    pub me: PathBuf,
+}
+
+impl Tools {
+    /// Finds every tool or explains what is missing and how to get it. Installs nothing.
+    pub fn find(strait: &Path) -> Result<Tools> {
+        let mut problems = Vec::new();
+        let nginx = which("nginx");
+        let wrk = which("wrk");
+        let missing: Vec<&str> = [("nginx", &nginx), ("wrk", &wrk)]
+            .iter()
+            .filter(|(_, found)| found.is_none())
+            .map(|(name, _)| *name)
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "{} not installed: run `bash scripts/install-bench-tools.sh` (as root; it installs \
+                 Debian's nginx and wrk packages) and try again.",
+                missing.join(" and ")
+            ));
+        }
+        if !strait.is_file() {
+            problems.push(format!(
+                "{} is missing: build it first with `cargo build --release` (this harness builds \
+                 nothing itself), or point --strait at a strait binary.",
+                strait.display()
+            ));
+        }
+        let me = std::env::current_exe().context("cannot find this program's own path")?;
+        match (nginx, wrk) {
+            (Some(nginx), Some(wrk)) if problems.is_empty() => Ok(Tools {
+                strait: strait.to_owned(),
+                nginx,
+                wrk,
+                taskset: which("taskset"),
+                me,
+            }),
+            _ => bail!("cannot compare yet:\n  - {}", problems.join("\n  - ")),
+        }
+    }
+}
+
+/// Echo backend, nginx and Strait, running. Dropping it stops them (gateways first).
+pub struct Stack {
+    strait: ChildGuard,
+    nginx: ChildGuard,
+    echo: ChildGuard,
+    pub echo_addr: SocketAddr,
+    pub nginx_addr: SocketAddr,
+    pub strait_addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Starts all three on fresh loopback ports and waits until each accepts connections.
+    /// `nofile` is the descriptor limit nginx's workers ask for.
+    pub async fn start(tools: &Tools, nofile: u64, nginx_workers: usize) -> Result<Stack> {
+        let dir = tempfile::Builder::new()
+            .prefix("strait-bench-")
+            .tempdir()
+            .context("cannot create a temporary folder")?;
+        // nginx's workers run as an unprivileged user when the master is root; they must be
+        // able to enter the folder holding their temp paths.
+        set_mode(dir.path(), 0o755)?;
+        let path = dir.path();
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let (echo_addr, nginx_addr, strait_addr) = (
+            loopback(free_port()?),
+            loopback(free_port()?),
+            loopback(free_port()?),
+        );
+
+        let mut echo_cmd = Command::new(&tools.strait);
+        echo_cmd.args(["echo", "--listen", &echo_addr.to_string()]);
+        let echo_log = path.join("echo.log");
+        let mut echo = ChildGuard::spawn("the echo backend (strait echo)", echo_cmd, &echo_log)?;
+        echo.wait_listening(echo_addr, START_LIMIT, &echo_log)
+            .await?;
+
+        let yaml = strait_yaml(strait_addr, echo_addr);
+        let yaml_path = path.join("strait.yaml");
+        std::fs::write(&yaml_path, &yaml).context("cannot write strait.yaml")?;
+        let mut strait_cmd = Command::new(&tools.strait);
+        strait_cmd.arg("run").arg("--config").arg(&yaml_path);
+        let strait_log = path.join("strait.log");
+        let mut strait = ChildGuard::spawn("strait run", strait_cmd, &strait_log)?;
+        strait
+            .wait_listening(strait_addr, START_LIMIT, &strait_log)
+            .await?;
+
+        let conf = render_nginx(path, nginx_addr, echo_addr, nofile, nginx_workers);
+        let conf_path = path.join("nginx.conf");
+        std::fs::write(&conf_path, conf).context("cannot write nginx.conf")?;
+        let mut nginx_cmd = Command::new(&tools.nginx);
+        nginx_cmd.arg("-p").arg(path).arg("-c").arg(&conf_path);
+        // Start-up problems go to stderr (captured here); later ones to error.log.
+        let nginx_log = path.join("nginx.out");
+        let mut nginx = ChildGuard::spawn("nginx", nginx_cmd, &nginx_log)?;
+        nginx
+            .wait_listening(nginx_addr, START_LIMIT, &nginx_log)
+            .await?;
+
+        Ok(Stack {
+            strait,
+            nginx,
+            echo,
+            echo_addr,
+            nginx_addr,
+            strait_addr,
+            _dir: dir,
+        })
+    }
+
+    /// Where `side`'s load goes, and the process whose memory counts for it.
+    pub fn endpoint(&self, side: Side) -> (SocketAddr, u32) {
+        match side {
+            Side::Direct => (self.echo_addr, self.echo.pid()),
+            Side::Nginx => (self.nginx_addr, self.nginx.pid()),
+            Side::Strait => (self.strait_addr, self.strait.pid()),
+        }
+    }
+}
+
+/// One environment with WebSocket on, one proxy `/*` to the echo backend.
+pub fn strait_yaml(listen: SocketAddr, echo: SocketAddr) -> String {
+    format!(
+        "environments:\n  - name: bench\n    listen: {listen}\n    websocket: true\n\
+         proxies:\n  - name: echo\n    path: /*\n    backend: http://{echo}\n    deploy: [bench]\n"
+    )
+}
+
+/// Fills in the nginx template.
+pub fn render_nginx(
+    prefix: &Path,
+    listen: SocketAddr,
+    echo: SocketAddr,
+    nofile: u64,
+    workers: usize,
+) -> String {
+    NGINX_TEMPLATE
+        .replace("{{PREFIX}}", &prefix.display().to_string())
+        .replace("{{LISTEN}}", &listen.to_string())
+        .replace("{{ECHO}}", &echo.to_string())
+        .replace("{{WORKERS}}", &workers.to_string())
+        .replace("{{NOFILE}}", &nofile.to_string())
+        .replace("{{WORKER_CONNECTIONS}}", &nofile.to_string())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_has_no_placeholder_left() {
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let conf = render_nginx(Path::new("/tmp/x"), a, a, 20_000, 2);
+        assert!(!conf.contains("{{"), "{conf}");
+        assert!(conf.contains("keepalive 256;"));
+    }
+
+    #[test]
+    fn the_strait_yaml_is_valid() {
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let yaml = strait_yaml(a, a);
+        assert!(
+            strait::config::parse_str(&yaml, Path::new("bench.yaml")).is_ok(),
+            "{yaml}"
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! Smoke test of the load generator: the echo backend and a gateway in-process, each mode run
+//! briefly through the gateway, results checked for sanity. Needs no nginx, wrk or release
+//! build, and takes a few seconds.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use strait::Gateway;
+use strait_bench::ws_load;
+use strait_bench::wsclient::Target;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mode_runs_through_the_gateway() {
+    let echo = strait::echo::spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("echo backend binds");
+    let yaml =
+        strait_bench::stack::strait_yaml(SocketAddr::from(([127, 0, 0, 1], 0)), echo.local_addr());
+    let config = strait::config::parse_str(&yaml, Path::new("smoke.yaml")).expect("valid config");
+    let gateway = Gateway::start(&config).await.expect("gateway starts");
+    let addr = gateway
+        .local_addr("bench")
+        .expect("environment bench listens");
+    let target = Target::parse(&format!("ws://{addr}/smoke"), 4).expect("valid URL");
+
+    let idle = ws_load::idle(
+        &target,
+        50,
+        500.0,
+        Duration::from_millis(200),
+        Some(std::process::id()),
+    )
+    .await;
+    assert_eq!(idle.opened, 50, "{idle:?}");
+    assert_eq!(idle.alive, 50, "every idle connection answers: {idle:?}");
+    assert!(
+        idle.rss_before_kib.is_some() && idle.rss_after_kib.is_some(),
+        "{idle:?}"
+    );
+
+    let echoed = ws_load::echo(
+        &target,
+        10,
+        64,
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("echo mode runs");
+    assert_eq!(echoed.connections, 10);
+    assert_eq!(echoed.errors, 0, "{echoed:?}");
+    assert!(
+        echoed.messages > 0 && echoed.messages_per_sec > 0.0,
+        "{echoed:?}"
+    );
+    let p = echoed.latency;
+    assert!(
+        0.0 < p.p50_us && p.p50_us <= p.p99_us && p.p99_us <= p.p999_us && p.p999_us <= p.max_us,
+        "{p:?}"
+    );
+
+    let streamed = ws_load::stream(
+        &target,
+        1,
+        256 << 10,
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("stream mode runs");
+    assert!(
+        streamed.bytes > 0 && streamed.mb_per_sec > 0.0,
+        "{streamed:?}"
+    );
+    assert_eq!(
+        streamed.bytes % (256 << 10),
+        0,
+        "only whole messages are counted"
+    );
+
+    let connected = ws_load::connect(&target, 4, Duration::from_millis(500)).await;
+    assert!(connected.sessions > 0, "{connected:?}");
+    assert_eq!(connected.failures, 0, "{connected:?}");
+    assert!(connected.handshake.p50_us <= connected.handshake.p99_us);
+
+    gateway.shutdown().await;
+    echo.shutdown().await;
+}

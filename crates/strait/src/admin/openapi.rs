@@ -1,0 +1,435 @@
+//! The OpenAPI document of the admin API, derived from the handlers' `#[utoipa::path]`
+//! attributes and the response types, so it cannot drift from what is served.
+//!
+//! The environment and proxy bodies reach `Control` as JSON values (the configuration
+//! validator is their schema); the types here only describe them, with the YAML file's
+//! field names. A test feeds their examples through the validator, so an example or a field
+//! the validator does not know fails the build's tests.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ResponseBuilder, content::ContentBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::error::{ErrorBody, ErrorKind, Problem};
+use super::routes::{self, Deployment, Deployments, EnvironmentList, Health, History, ProxyList};
+
+/// The name of the bearer security scheme in the document (spelled out in `security(...)` too).
+pub const BEARER: &str = "bearer";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Strait admin API",
+        description = "The control plane of a Strait gateway: environments, proxies and their \
+            deployments. Every write is live in the data plane when its answer arrives. With \
+            STRAIT_ADMIN_TOKEN set, every call except GET /health needs \
+            `Authorization: Bearer <token>`. Errors are JSON \
+            `{\"status\", \"error\", \"message\"}` (plus `problems` on 422).",
+    ),
+    paths(
+        routes::health,
+        routes::openapi_json,
+        routes::config,
+        routes::history,
+        routes::list_environments,
+        routes::get_environment,
+        routes::put_environment,
+        routes::delete_environment,
+        routes::list_proxies,
+        routes::get_proxy,
+        routes::put_proxy,
+        routes::delete_proxy,
+        routes::list_deployments,
+        routes::deploy,
+        routes::undeploy,
+    ),
+    components(schemas(
+        Environment,
+        Proxy,
+        EnvironmentList,
+        ProxyList,
+        Deployments,
+        Deployment,
+        History,
+        Health,
+        ErrorBody,
+        ErrorKind,
+        Problem,
+    )),
+    modifiers(&Auth),
+    security(("bearer" = [])),
+    tags(
+        (name = "status", description = "Health, this document, the whole configuration and the history"),
+        (name = "environments", description = "Listeners with their TLS and timeouts"),
+        (name = "proxies", description = "Paths routed to backends"),
+        (name = "deployments", description = "Which proxies an environment serves"),
+    ),
+)]
+pub struct AdminApi;
+
+/// Adds the bearer scheme and the 401 answer of every operation that needs the token.
+struct Auth;
+
+impl Modify for Auth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The value of STRAIT_ADMIN_TOKEN. Needed only when the gateway was \
+                         started with it (always, off loopback).",
+                    ))
+                    .build(),
+            ),
+        );
+        let unauthorized = ResponseBuilder::new()
+            .description(
+                "`unauthorized`: the bearer token is missing or wrong (with `WWW-Authenticate: Bearer`)",
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+                &mut item.options,
+                &mut item.trace,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                // `security: [{}]` marks the open operations (GET /health).
+                let open = operation
+                    .security
+                    .as_ref()
+                    .is_some_and(|s| s.iter().all(|r| *r == Default::default()));
+                if !open {
+                    operation
+                        .responses
+                        .responses
+                        .insert("401".into(), unauthorized.clone().into());
+                }
+            }
+        }
+    }
+}
+
+/// The document as JSON text.
+pub fn document_json() -> Result<String, serde_json::Error> {
+    AdminApi::openapi().to_json()
+}
+
+/// An environment, with the fields of the YAML file.
+#[derive(ToSchema)]
+#[schema(examples(json!({
+    "name": "production",
+    "listen": "0.0.0.0:8443",
+    "websocket": true,
+    "tls": {"cert": "certs/gw.pem", "key": "certs/gw-key.pem"},
+    "timeouts": {"connect": "5s", "response": "60s", "websocket_idle": "1h"},
+    "shutdown_grace": "30s"
+})))]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct Environment {
+    /// Optional in a PUT body (the URL names it); when given it must match the URL.
+    #[schema(required = false, example = "production")]
+    name: String,
+    /// Address HTTP and WebSocket share, `host:port`.
+    #[schema(example = "127.0.0.1:8080")]
+    listen: String,
+    /// Whether WebSocket upgrades are allowed.
+    #[schema(required = false, default = false)]
+    websocket: bool,
+    /// Serve HTTPS (and WSS) with these files; relative paths are anchored at the
+    /// configuration's folder.
+    #[schema(required = false)]
+    tls: EnvironmentTls,
+    #[schema(required = false)]
+    timeouts: Timeouts,
+    /// How long in-flight HTTP requests may take to finish on shutdown (a duration such as `30s`).
+    #[schema(required = false, default = "30s")]
+    shutdown_grace: String,
+}
+
+/// Certificate chain and private key, PEM files.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct EnvironmentTls {
+    #[schema(example = "certs/gw.pem")]
+    cert: String,
+    #[schema(example = "certs/gw-key.pem")]
+    key: String,
+}
+
+/// Durations such as `500ms`, `5s`, `2m`, `1h`.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect to the backend.
+    #[schema(required = false, default = "5s")]
+    connect: String,
+    /// Until the backend's response head arrives.
+    #[schema(required = false, default = "60s")]
+    response: String,
+    /// A WebSocket session with no frames either way for this long is closed.
+    #[schema(required = false, default = "1h")]
+    websocket_idle: String,
+}
+
+/// A proxy, with the fields of the YAML file except `deploy` (deployments have their own
+/// routes).
+#[derive(ToSchema)]
+#[schema(examples(json!({
+    "name": "users",
+    "path": "/api/v1/users/*",
+    "backend": "https://users.internal:8443/v1",
+    "methods": ["GET", "POST"],
+    "preserve_host": false,
+    "backend_tls": {"ca_file": "certs/internal-ca.pem"}
+})))]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct Proxy {
+    /// Optional in a PUT body (the URL names it); when given it must match the URL.
+    #[schema(required = false, example = "users")]
+    name: String,
+    /// The path it serves; a trailing `/*` serves everything under it.
+    #[schema(example = "/api/v1/users/*")]
+    path: String,
+    /// `http://` or `https://` URL requests are forwarded to.
+    #[schema(example = "http://localhost:9000")]
+    backend: String,
+    /// The methods allowed; absent means any.
+    #[schema(required = false, example = json!(["GET", "POST"]))]
+    methods: Vec<String>,
+    /// Forward the client's `Host` instead of the backend's.
+    #[schema(required = false, default = false)]
+    preserve_host: bool,
+    #[schema(required = false)]
+    backend_tls: BackendTls,
+}
+
+/// Trust for an https backend, on top of the system roots.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct BackendTls {
+    /// PEM file with the extra CA certificate(s).
+    #[schema(example = "certs/internal-ca.pem")]
+    ca_file: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn document() -> Value {
+        serde_json::from_str(&document_json().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn document_is_openapi_3_json() {
+        let doc = document();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        assert_eq!(doc["info"]["title"], "Strait admin API");
+    }
+
+    #[test]
+    fn every_route_is_listed_with_its_methods() {
+        let doc = document();
+        let expected: &[(&str, &[&str])] = &[
+            ("/health", &["get"]),
+            ("/openapi.json", &["get"]),
+            ("/config", &["get"]),
+            ("/history", &["get"]),
+            ("/environments", &["get"]),
+            ("/environments/{name}", &["delete", "get", "put"]),
+            ("/proxies", &["get"]),
+            ("/proxies/{name}", &["delete", "get", "put"]),
+            ("/proxies/{name}/deployments", &["get"]),
+            (
+                "/proxies/{name}/deployments/{environment}",
+                &["delete", "put"],
+            ),
+        ];
+        let paths = doc["paths"].as_object().unwrap();
+        let listed: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
+        let wanted: BTreeSet<&str> = expected.iter().map(|(p, _)| *p).collect();
+        assert_eq!(listed, wanted);
+        for (path, methods) in expected {
+            let found: Vec<&str> = paths[*path]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .filter(|k| {
+                    ["get", "put", "post", "delete", "patch", "head", "options"].contains(k)
+                })
+                .collect();
+            assert_eq!(&found, methods, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_served_methods_match_the_document() {
+        use super::super::request::Route;
+        let doc = document();
+        let samples = [
+            ("/health", "/health"),
+            ("/openapi.json", "/openapi.json"),
+            ("/config", "/config"),
+            ("/history", "/history"),
+            ("/environments", "/environments"),
+            ("/environments/{name}", "/environments/e"),
+            ("/proxies", "/proxies"),
+            ("/proxies/{name}", "/proxies/p"),
+            ("/proxies/{name}/deployments", "/proxies/p/deployments"),
+            (
+                "/proxies/{name}/deployments/{environment}",
+                "/proxies/p/deployments/e",
+            ),
+        ];
+        for (template, sample) in samples {
+            let mut served: Vec<String> = Route::parse(sample)
+                .unwrap()
+                .methods()
+                .iter()
+                .map(|m| m.as_str().to_ascii_lowercase())
+                .collect();
+            served.sort();
+            let mut documented: Vec<String> = doc["paths"][template]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+            documented.sort();
+            assert_eq!(served, documented, "{template}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_guards_everything_but_health() {
+        let doc = document();
+        assert_eq!(
+            doc["components"]["securitySchemes"][BEARER],
+            json!({"type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"][BEARER]["description"]})
+        );
+        assert_eq!(doc["security"], json!([{ BEARER: [] }]));
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let has_401 = operation["responses"].get("401").is_some();
+                if path == "/health" {
+                    assert_eq!(operation["security"], json!([{}]), "{method} {path}");
+                    assert!(!has_401);
+                } else {
+                    assert!(operation.get("security").is_none(), "{method} {path}");
+                    assert!(has_401, "{method} {path} lacks its 401");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn error_kinds_are_listed() {
+        let doc = document();
+        let kinds = &doc["components"]["schemas"]["ErrorKind"]["enum"];
+        for kind in [
+            "not_found",
+            "read_only",
+            "invalid",
+            "conflict",
+            "storage",
+            "bad_request",
+            "no_route",
+            "method_not_allowed",
+            "payload_too_large",
+            "unauthorized",
+        ] {
+            assert!(
+                kinds.as_array().unwrap().contains(&json!(kind)),
+                "{kind} in {kinds}"
+            );
+        }
+    }
+
+    /// The leaf keys of a JSON value, dotted (`tls.cert`).
+    fn keys(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+        if let Value::Object(map) = value {
+            for (key, inner) in map {
+                let name = format!("{prefix}{key}");
+                keys(inner, &format!("{name}."), out);
+                out.insert(name);
+            }
+        }
+    }
+
+    /// The property names of a schema, following `$ref`s, dotted.
+    fn properties(doc: &Value, schema: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+        let schema = match schema.get("$ref").and_then(Value::as_str) {
+            Some(reference) => {
+                let name = reference.rsplit('/').next().unwrap();
+                &doc["components"]["schemas"][name]
+            }
+            None => schema,
+        };
+        if let Some(map) = schema.get("properties").and_then(Value::as_object) {
+            for (key, inner) in map {
+                let name = format!("{prefix}{key}");
+                properties(doc, inner, &format!("{name}."), out);
+                out.insert(name);
+            }
+        }
+    }
+
+    /// The documented fields, their example and the configuration validator agree: the
+    /// example uses every documented field and validates as a configuration file.
+    #[test]
+    fn body_schemas_match_the_configuration_format() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let example = |name: &str| schemas[name]["examples"][0].clone();
+        let (environment, mut proxy) = (example("Environment"), example("Proxy"));
+        for (name, sample) in [("Environment", &environment), ("Proxy", &proxy)] {
+            let (mut documented, mut used) = (BTreeSet::new(), BTreeSet::new());
+            properties(&doc, &schemas[name], "", &mut documented);
+            keys(sample, "", &mut used);
+            assert_eq!(documented, used, "{name}: schema properties vs example");
+        }
+        proxy["deploy"] = json!(["production"]);
+        let file = json!({"environments": [environment], "proxies": [proxy]});
+        // JSON is YAML.
+        let parsed = crate::config::parse_str(&file.to_string(), Path::new("/etc/strait/x.yaml"));
+        assert!(parsed.is_ok(), "{parsed:?}");
+    }
+}

@@ -1,0 +1,254 @@
+//! The configuration as a JSON document: `{"environments": [...], "proxies": [...]}` (and
+//! an optional `"admin"`), each object written exactly as in the YAML file.
+//!
+//! The control plane keeps its desired state in this form. A document is validated by
+//! turning it into the same tree of nodes a file is read into and running the same checker,
+//! so a file and the admin API obey one set of rules. Export goes the other way, to YAML in
+//! the file format.
+
+use std::path::{Path, PathBuf};
+
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::{Map, Number, Value as Json};
+use serde_saphyr::{FlowMap, FlowSeq, SerializerOptions};
+
+use super::Config;
+use super::parse::{ConfigError, Problem, problems, yaml_problem};
+use super::tree::{Loc, Node, Value, parse_yaml};
+use super::validate::{
+    ADMIN_KEYS, BACKEND_TLS_KEYS, ENVIRONMENT_KEYS, PROXY_KEYS, TIMEOUT_KEYS, TLS_KEYS, TOP_KEYS,
+    validate,
+};
+
+/// The `file` of problems found in a JSON document.
+pub const DOCUMENT_ORIGIN: &str = "admin API";
+
+/// The `file` of a problem found by [`document_from_yaml`], which is given text only.
+const YAML_TEXT_ORIGIN: &str = "configuration";
+
+/// Validates a JSON document with the rules of the file format; `base` anchors relative
+/// file paths.
+///
+/// Reports every problem at once. Problems have [`DOCUMENT_ORIGIN`] as their file, no line
+/// or column, and name the offending value in `field` (`proxies[2].path`).
+pub fn validate_document(doc: &Json, base: &Path) -> Result<Config, Vec<Problem>> {
+    let root = node_from_json(doc);
+    validate(Some(&root), base, "the document")
+        .map_err(|found| problems(found, Path::new(DOCUMENT_ORIGIN)))
+}
+
+/// The YAML text as the same JSON document, values as written (relative paths stay
+/// relative). Meant for text that has already been validated; only broken YAML is an error.
+/// An empty file gives an empty object.
+pub fn document_from_yaml(text: &str) -> Result<Json, ConfigError> {
+    match parse_yaml(text) {
+        Ok(Some(root)) => Ok(json_from_node(&root)),
+        Ok(None) => Ok(Json::Object(Map::new())),
+        Err(problem) => Err(ConfigError::Invalid(vec![yaml_problem(
+            problem,
+            &PathBuf::from(YAML_TEXT_ORIGIN),
+        )])),
+    }
+}
+
+/// The document as YAML in the file format: environments, then proxies, then admin; within
+/// each object the keys in the order the format documents them (`name` first), and small
+/// sections (`tls`, `timeouts`, `deploy`, `methods`, `backend_tls`) on one line.
+pub fn document_to_yaml(doc: &Json) -> String {
+    let ordered = Ordered {
+        value: doc,
+        kind: Kind::Document,
+    };
+    let mut options = SerializerOptions::default();
+    // `  - name: ...` under `environments:`, as in the documentation.
+    options.compact_list_indent = false;
+    // Plain or quoted scalars only: no folded `>` blocks for long URLs.
+    options.prefer_block_scalars = false;
+    // JSON is YAML too, so should the YAML writer ever fail the export is still readable.
+    serde_saphyr::to_string_with_options(&ordered, options)
+        .or_else(|_| serde_json::to_string_pretty(doc).map(|json| json + "\n"))
+        .unwrap_or_default()
+}
+
+/// A JSON value as a node without a location. Numbers are spelled as the YAML reader spells
+/// them, so both give the checker the same tree.
+fn node_from_json(value: &Json) -> Node {
+    let value = match value {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => Value::Number(number_text(n)),
+        Json::String(s) => Value::Text(s.clone()),
+        Json::Array(items) => Value::List(items.iter().map(node_from_json).collect()),
+        Json::Object(map) => Value::Map(
+            map.iter()
+                .map(|(key, value)| (located(Value::Text(key.clone())), node_from_json(value)))
+                .collect(),
+        ),
+    };
+    located(value)
+}
+
+fn located(value: Value) -> Node {
+    Node {
+        value,
+        at: Loc::default(),
+    }
+}
+
+/// As the YAML reader prints integers (`i64`/`u64`) and floats (`f64`).
+fn number_text(n: &Number) -> String {
+    if let Some(u) = n.as_u64() {
+        u.to_string()
+    } else if let Some(i) = n.as_i64() {
+        i.to_string()
+    } else {
+        n.as_f64()
+            .map(|f| f.to_string())
+            .unwrap_or_else(|| n.to_string())
+    }
+}
+
+fn json_from_node(node: &Node) -> Json {
+    match &node.value {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Number(n) => json_number(n),
+        Value::Text(t) => Json::String(t.clone()),
+        Value::List(items) => Json::Array(items.iter().map(json_from_node).collect()),
+        Value::Map(entries) => Json::Object(
+            entries
+                .iter()
+                .filter_map(|(key, value)| Some((key_text(key)?, json_from_node(value))))
+                .collect(),
+        ),
+    }
+}
+
+/// The number YAML gave as a JSON number that reads back to the same text; a number JSON
+/// cannot hold (`.inf`, beyond 64 bits) stays text, which every check of a number also takes.
+fn json_number(text: &str) -> Json {
+    if let Ok(u) = text.parse::<u64>() {
+        return Json::from(u);
+    }
+    if let Ok(i) = text.parse::<i64>() {
+        return Json::from(i);
+    }
+    text.parse::<f64>()
+        .ok()
+        .filter(|f| f.to_string() == text)
+        .and_then(Number::from_f64)
+        .map_or_else(|| Json::String(text.to_owned()), Json::Number)
+}
+
+/// JSON keys are text; a key that is not a scalar (never valid in the format) is left out.
+fn key_text(key: &Node) -> Option<String> {
+    match &key.value {
+        Value::Text(t) | Value::Number(t) => Some(t.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null => Some("null".to_owned()),
+        Value::List(_) | Value::Map(_) => None,
+    }
+}
+
+/// Which object of the format a JSON value is, for the order of its keys on export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Document,
+    Environment,
+    Tls,
+    Timeouts,
+    Proxy,
+    BackendTls,
+    Admin,
+    Other,
+}
+
+impl Kind {
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Kind::Document => TOP_KEYS,
+            Kind::Environment => ENVIRONMENT_KEYS,
+            Kind::Tls => TLS_KEYS,
+            Kind::Timeouts => TIMEOUT_KEYS,
+            Kind::Proxy => PROXY_KEYS,
+            Kind::BackendTls => BACKEND_TLS_KEYS,
+            Kind::Admin => ADMIN_KEYS,
+            Kind::Other => &[],
+        }
+    }
+
+    /// The kind of the value under `key` (for a list, of its items).
+    fn child(self, key: &str) -> Kind {
+        match (self, key) {
+            (Kind::Document, "environments") => Kind::Environment,
+            (Kind::Document, "proxies") => Kind::Proxy,
+            (Kind::Document, "admin") => Kind::Admin,
+            (Kind::Environment, "tls") => Kind::Tls,
+            (Kind::Environment, "timeouts") => Kind::Timeouts,
+            (Kind::Proxy, "backend_tls") => Kind::BackendTls,
+            _ => Kind::Other,
+        }
+    }
+
+    /// Whether the value under `key` is written on one line, as in the documentation.
+    fn flow(self, key: &str) -> bool {
+        matches!(
+            (self, key),
+            (Kind::Environment, "tls" | "timeouts")
+                | (Kind::Proxy, "deploy" | "methods" | "backend_tls")
+        )
+    }
+}
+
+/// A JSON value serialized with its mappings' keys in the format's order: the known keys
+/// first in documented order, then any others as they come.
+struct Ordered<'a> {
+    value: &'a Json,
+    kind: Kind,
+}
+
+/// The map's entries, known keys first in the order of `kind`'s keys, then the others in
+/// the map's order (a stable sort ranks them all last).
+fn ordered_entries(map: &Map<String, Json>, kind: Kind) -> Vec<(&String, &Json)> {
+    let known = kind.keys();
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_by_key(|(key, _)| known.iter().position(|k| k == key).unwrap_or(known.len()));
+    entries
+}
+
+impl Serialize for Ordered<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.value {
+            Json::Object(map) => {
+                let mut out = serializer.serialize_map(Some(map.len()))?;
+                for (key, value) in ordered_entries(map, self.kind) {
+                    let child = Ordered {
+                        value,
+                        kind: self.kind.child(key),
+                    };
+                    match value {
+                        Json::Object(_) if self.kind.flow(key) => {
+                            out.serialize_entry(key, &FlowMap(child))?;
+                        }
+                        Json::Array(_) if self.kind.flow(key) => {
+                            out.serialize_entry(key, &FlowSeq(child))?;
+                        }
+                        _ => out.serialize_entry(key, &child)?,
+                    }
+                }
+                out.end()
+            }
+            Json::Array(items) => {
+                let mut out = serializer.serialize_seq(Some(items.len()))?;
+                for value in items {
+                    out.serialize_element(&Ordered {
+                        value,
+                        kind: self.kind,
+                    })?;
+                }
+                out.end()
+            }
+            scalar => scalar.serialize(serializer),
+        }
+    }
+}

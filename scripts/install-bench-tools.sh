@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs the tools `strait-bench compare` drives: nginx (the comparison gateway) and wrk (the
+# HTTP load generator), from Debian/Ubuntu packages. Idempotent: installs only what is missing,
+# then prints the versions found. Needs root (or sudo) for apt-get.
+set -euo pipefail
+
+need=()
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+
+if ((${#need[@]})); then
+    SUDO=""
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || { echo "error: run as root or install sudo" >&2; exit 1; }
+        SUDO=sudo
+    fi
+    echo "installing: ${need[*]}"
+    $SUDO apt-get update -qq
+    pkgs=()
+    for tool in "${need[@]}"; do
+        case "$tool" in
+            # nginx-light is the smallest build with the proxy and map modules; newer Debian
+            # releases dropped it, so fall back to the plain package.
+            nginx)
+                if apt-cache show nginx-light >/dev/null 2>&1; then pkgs+=(nginx-light); else pkgs+=(nginx); fi ;;
+            *) pkgs+=("$tool") ;;
+        esac
+    done
+    # Do not let the package start a system nginx on port 80: the harness runs its own.
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod +x /usr/sbin/policy-rc.d
+        trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+else
+    echo "nginx, wrk and taskset are already installed"
+fi
+
+echo "--- versions"
+nginx -v 2>&1
+wrk --version 2>&1 | head -n 1 || true   # wrk prints its version and exits 1
+taskset --version 2>&1 | head -n 1
