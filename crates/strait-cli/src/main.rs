@@ -6,8 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+use std::time::Duration;
 use strait::config::{self, ConfigError};
+
+use strait::admin::{AdminClient, AdminServer, apply_file};
+use strait::control::Control;
 use strait::{Gateway, GatewayHandle, echo};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 #[derive(Parser)]
 #[command(
@@ -25,10 +31,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the environments and proxies of a configuration file.
+    /// Serve a configuration file (declarative) or a database edited through the admin API (stateful).
     Run {
-        #[arg(long, short)]
-        config: PathBuf,
+        /// The YAML file is the source of truth; reloaded on SIGHUP and when it changes.
+        #[arg(long, short, required_unless_present = "data", conflicts_with = "data")]
+        config: Option<PathBuf>,
+        /// SQLite database holding the state (created if missing); edit it through the admin API.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Admin API address (default: `admin.listen` in the file; 127.0.0.1:8001 with --data).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+    },
+    /// Make a stateful gateway match a configuration file (prints the plan, then applies it).
+    Apply {
+        file: PathBuf,
+        /// The admin API, e.g. http://127.0.0.1:8001 (token from STRAIT_ADMIN_TOKEN).
+        #[arg(long)]
+        admin: String,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print a gateway's state as a configuration file.
+    Dump {
+        #[arg(long)]
+        admin: String,
     },
     /// Check a configuration file like `nginx -t`: exit 0, or 1 listing every problem.
     Validate { file: PathBuf },
@@ -75,7 +103,23 @@ fn main() -> ExitCode {
                     }
                 };
                 match command {
-                    Command::Run { config } => run(&config, signals).await,
+                    Command::Run {
+                        config: Some(config),
+                        admin,
+                        ..
+                    } => run(&config, admin, signals).await,
+                    Command::Run {
+                        data: Some(data),
+                        admin,
+                        ..
+                    } => run_stateful(&data, admin, signals).await,
+                    Command::Run { .. } => ExitCode::FAILURE,
+                    Command::Apply {
+                        file,
+                        admin,
+                        dry_run,
+                    } => apply(&file, &admin, dry_run).await,
+                    Command::Dump { admin } => dump(&admin).await,
                     Command::Echo { listen } => run_echo(listen, signals).await,
                     Command::Demo { listen, backend } => demo(listen, backend, signals).await,
                     Command::Validate { .. } => ExitCode::SUCCESS,
@@ -122,7 +166,7 @@ fn validate(file: &Path) -> ExitCode {
     }
 }
 
-async fn run(file: &Path, signals: Signals) -> ExitCode {
+async fn run(file: &Path, admin: Option<SocketAddr>, signals: Signals) -> ExitCode {
     let config = match config::load(file) {
         Ok(config) => config,
         Err(error) => {
@@ -130,9 +174,143 @@ async fn run(file: &Path, signals: Signals) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match start(&config).await {
-        Some(gateway) => stop(gateway, signals).await,
-        None => ExitCode::FAILURE,
+    let Some(gateway) = start(&config).await else {
+        return ExitCode::FAILURE;
+    };
+    let gateway = Arc::new(gateway);
+    let control = match Control::declarative(file, gateway.clone()).await {
+        Ok(control) => Arc::new(control),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin_addr = admin.or(config.admin.as_ref().map(|a| a.listen));
+    serve_control(control, admin_addr, signals, Some(file)).await
+}
+
+async fn run_stateful(data: &Path, admin: Option<SocketAddr>, signals: Signals) -> ExitCode {
+    let control = match Control::stateful(data).await {
+        Ok((control, _)) => Arc::new(control),
+        Err(error) => {
+            eprintln!("error: {}: {error}", data.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin_addr = admin.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8001)));
+    serve_control(control, Some(admin_addr), signals, None).await
+}
+
+/// Runs the admin API (when asked), reloads `file` on SIGHUP and on change, and shuts
+/// everything down on SIGTERM/SIGINT.
+async fn serve_control(
+    control: Arc<Control>,
+    admin_addr: Option<SocketAddr>,
+    mut signals: Signals,
+    file: Option<&Path>,
+) -> ExitCode {
+    let token = std::env::var("STRAIT_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let admin = match admin_addr {
+        Some(addr) => match AdminServer::start(addr, control.clone(), token).await {
+            Ok(admin) => {
+                tracing::info!("admin API listening on http://{}", admin.local_addr());
+                Some(admin)
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                control.gateway().shutdown().await;
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let mut seen = file.map(file_stamp);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = control.reload().await;
+            }
+            _ = tick.tick(), if file.is_some() => {
+                let now = file.map(file_stamp);
+                if now != seen {
+                    seen = now;
+                    tracing::info!("the configuration file changed: reloading");
+                    let _ = control.reload().await;
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: no new connections; closing WebSocket sessions with 1001");
+    if let Some(admin) = admin {
+        admin.shutdown().await;
+    }
+    control.gateway().shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// What tells a changed file: its modification time, length and content.
+fn file_stamp(file: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::hash::{Hash, Hasher};
+    let meta = std::fs::metadata(file).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::fs::read(file).ok()?.hash(&mut hasher);
+    Some((meta.modified().ok()?, meta.len(), hasher.finish()))
+}
+
+async fn apply(file: &Path, admin: &str, dry_run: bool) -> ExitCode {
+    let client = match AdminClient::new(admin, std::env::var("STRAIT_ADMIN_TOKEN").ok()) {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match apply_file(&client, file, dry_run).await {
+        Ok(steps) if steps.is_empty() => {
+            println!(
+                "nothing to change: the gateway already matches {}",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(steps) => {
+            let verb = if dry_run { "would" } else { "did" };
+            println!("plan ({} step(s); {verb} apply):", steps.len());
+            for step in &steps {
+                println!("  {step}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dump(admin: &str) -> ExitCode {
+    let client = match AdminClient::new(admin, std::env::var("STRAIT_ADMIN_TOKEN").ok()) {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.call(http::Method::GET, "/config", None).await {
+        Ok(yaml) => {
+            print!("{}", String::from_utf8_lossy(&yaml));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -145,7 +323,7 @@ async fn start(config: &config::Config) -> Option<GatewayHandle> {
 
 /// Waits for SIGTERM/SIGINT, then shuts the gateway down gracefully.
 async fn stop(gateway: GatewayHandle, mut signals: Signals) -> ExitCode {
-    signals.recv().await;
+    signals.stop().await;
     tracing::info!("shutting down: no new connections; closing WebSocket sessions with 1001");
     gateway.shutdown().await;
     ExitCode::SUCCESS
@@ -160,7 +338,7 @@ async fn run_echo(listen: SocketAddr, mut signals: Signals) -> ExitCode {
         }
     };
     tracing::info!("echo backend listening on http://{}", echo.local_addr());
-    signals.recv().await;
+    signals.stop().await;
     echo.shutdown().await;
     ExitCode::SUCCESS
 }
@@ -206,36 +384,27 @@ async fn demo(listen: SocketAddr, backend: SocketAddr, signals: Signals) -> Exit
     code
 }
 
-/// SIGINT (Ctrl-C) and SIGTERM, registered once at start-up.
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP, registered once at start-up.
 struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
+    term: Signal,
+    int: Signal,
+    hup: Signal,
 }
 
 impl Signals {
-    #[cfg(unix)]
     fn install() -> std::io::Result<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    #[cfg(not(unix))]
-    fn install() -> std::io::Result<Signals> {
-        Ok(Signals {})
-    }
-
-    async fn recv(&mut self) {
-        #[cfg(unix)]
+    /// SIGTERM or SIGINT.
+    async fn stop(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

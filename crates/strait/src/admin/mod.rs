@@ -15,10 +15,13 @@
 //! handlers, with their OpenAPI attributes), `openapi` assembles the document, `error` holds
 //! the JSON error shape.
 
+mod client;
 mod error;
 mod openapi;
 mod request;
 mod routes;
+
+pub use client::{AdminClient, ClientError, apply_file};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

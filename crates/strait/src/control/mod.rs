@@ -7,6 +7,7 @@ mod plan;
 mod state;
 
 pub use plan::{Step, plan};
+pub use state::state_from_document;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio::sync::Mutex;
 use crate::config::{self, Config, ConfigError, Problem};
 use crate::proxy::GatewayHandle;
 use crate::store::{Change, Record, State, Store};
-use state::{document, object_problems, precheck_conflicts, state_from_document};
+use state::{document, object_problems, precheck_conflicts};
 
 /// Where the configuration comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
