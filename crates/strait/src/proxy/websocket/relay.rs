@@ -101,6 +101,8 @@ pub const CLOSE_BAD_GATEWAY: u16 = 1014;
 
 /// Bytes buffered per direction.
 const BUF_SIZE: usize = 16 * 1024;
+/// The stack buffer an idle direction reads into before it allocates `BUF_SIZE`.
+const PROBE_SIZE: usize = 1024;
 /// I/O operations one direction may do per poll before yielding to the scheduler.
 const OPS_PER_POLL: u32 = 64;
 
@@ -207,7 +209,9 @@ enum Step {
 struct Direction {
     /// `[head, fwd_end)`: approved, to be written; `[fwd_end, scan)`: a header not yet
     /// complete, held back; `[scan, tail)`: read, not yet parsed.
-    buf: Box<[u8]>,
+    /// Empty while the direction is idle: allocated when bytes arrive, released when a read
+    /// would block with nothing held, so idle sessions hold no buffers.
+    buf: Vec<u8>,
     head: usize,
     fwd_end: usize,
     scan: usize,
@@ -229,7 +233,7 @@ struct Direction {
 impl Direction {
     fn new(policy: MaskPolicy) -> Self {
         Self {
-            buf: vec![0; BUF_SIZE].into_boxed_slice(),
+            buf: Vec::new(),
             head: 0,
             fwd_end: 0,
             scan: 0,
@@ -335,7 +339,35 @@ impl Direction {
         if self.reading() {
             self.compact();
         }
-        if self.reading()
+        if self.reading() && self.buf.is_empty() {
+            // Idle so far: probe with a small stack buffer and allocate only if bytes came.
+            let mut probe = [0u8; PROBE_SIZE];
+            let mut rb = ReadBuf::new(&mut probe);
+            match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let got = rb.filled();
+                    if got.is_empty() {
+                        tracing::debug!(mode = ?self.mode, "websocket relay: peer EOF");
+                        self.src = Src::Gone;
+                        return Step::Changed;
+                    }
+                    let mut buf = vec![0; BUF_SIZE];
+                    if let Some(start) = buf.get_mut(..got.len()) {
+                        start.copy_from_slice(got);
+                    }
+                    self.buf = buf;
+                    self.tail = got.len();
+                    self.active = true;
+                    return Step::Progress;
+                }
+                Poll::Ready(Err(err)) => {
+                    tracing::debug!(%err, "websocket relay: read failed");
+                    self.src = Src::Gone;
+                    return Step::Changed;
+                }
+                Poll::Pending => {}
+            }
+        } else if self.reading()
             && let Some(space) = self.buf.get_mut(self.tail..).filter(|s| !s.is_empty())
         {
             let mut rb = ReadBuf::new(space);
@@ -356,7 +388,12 @@ impl Direction {
                     self.src = Src::Gone;
                     return Step::Changed;
                 }
-                Poll::Pending => {}
+                Poll::Pending => {
+                    if self.tail == 0 {
+                        // Nothing held: give the buffer back until the peer sends again.
+                        self.buf = Vec::new();
+                    }
+                }
             }
         }
         // 6. Nothing more to read now: flush what was written.
@@ -844,6 +881,25 @@ mod tests {
     };
     use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameSocket};
     use tokio_tungstenite::tungstenite::protocol::{CloseFrame as WsClose, Role, WebSocketConfig};
+
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer() {
+        let (mut peer, mut src) = duplex(64 * 1024);
+        let (mut dst, mut sink) = duplex(64 * 1024);
+        let mut direction = Direction::new(MaskPolicy::Forbidden);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        direction.pump(&mut cx, &mut src, &mut dst);
+        assert!(direction.buf.is_empty(), "nothing read yet, nothing allocated");
+
+        peer.write_all(&[0x82, 3, 1, 2, 3]).await.expect("write a frame");
+        direction.pump(&mut cx, &mut src, &mut dst);
+        let mut relayed = [0u8; 5];
+        sink.read_exact(&mut relayed).await.expect("frame relayed");
+        assert_eq!(relayed, [0x82, 3, 1, 2, 3]);
+        assert_eq!(direction.stats.frames, 1);
+        assert!(direction.buf.is_empty(), "drained and idle again: buffer released");
+    }
 
     type Ws<S = DuplexStream> = WebSocketStream<S>;
 
