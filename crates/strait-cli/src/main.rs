@@ -92,6 +92,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            report_fd_limit();
             runtime.block_on(async move {
                 // Installed before anything listens, so a SIGTERM right after the
                 // "listening" line still shuts down gracefully.
@@ -126,6 +127,18 @@ fn main() -> ExitCode {
                 }
             })
         }
+    }
+}
+
+/// Raises the descriptor soft limit to the hard limit and says what the process runs under:
+/// each proxied WebSocket connection holds two descriptors.
+fn report_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(
+            "file-descriptor limit {limit}: room for about {} proxied WebSocket connections; beyond it new connections are refused and logged",
+            limit.saturating_sub(64) / 2
+        ),
+        Err(error) => tracing::warn!(%error, "cannot read or raise the file-descriptor limit"),
     }
 }
 
