@@ -444,13 +444,25 @@ impl Control {
     }
 }
 
-/// Validates the state through the same rules as a configuration file.
+/// Validates the state through the same rules as a configuration file. A file needs at
+/// least one environment, but a stateful gateway may hold proxies before (or after) any
+/// environment: their rules are then checked against a placeholder environment that is
+/// never served.
 fn compile(state: &State, base: &Path) -> Result<Config, ControlError> {
     if state.environments.is_empty() && state.proxies.is_empty() {
         return Ok(Config::default());
     }
-    config::validate_document(&document(state), base)
-        .map_err(|problems| ControlError::Invalid(object_problems(state, &problems)))
+    let mut doc = document(state);
+    let placeholder = state.environments.is_empty();
+    if placeholder && let Some(envs) = doc.get_mut("environments") {
+        *envs = serde_json::json!([{"name": "strait-placeholder", "listen": "127.0.0.1:0"}]);
+    }
+    let mut config = config::validate_document(&doc, base)
+        .map_err(|problems| ControlError::Invalid(object_problems(state, &problems)))?;
+    if placeholder {
+        config.environments.clear();
+    }
+    Ok(config)
 }
 
 fn invalid_file(error: &ConfigError) -> ControlError {
