@@ -92,7 +92,6 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            report_fd_limit();
             runtime.block_on(async move {
                 // Installed before anything listens, so a SIGTERM right after the
                 // "listening" line still shuts down gracefully.
@@ -131,7 +130,8 @@ fn main() -> ExitCode {
 }
 
 /// Raises the descriptor soft limit to the hard limit and says what the process runs under:
-/// each proxied WebSocket connection holds two descriptors.
+/// each proxied WebSocket connection holds two descriptors. Called just before a gateway
+/// starts, so a refused configuration prints nothing but its problems.
 fn report_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::info!(
@@ -203,6 +203,7 @@ async fn run(file: &Path, admin: Option<SocketAddr>, signals: Signals) -> ExitCo
 }
 
 async fn run_stateful(data: &Path, admin: Option<SocketAddr>, signals: Signals) -> ExitCode {
+    report_fd_limit();
     let control = match Control::stateful(data).await {
         Ok((control, _)) => Arc::new(control),
         Err(error) => {
@@ -328,6 +329,7 @@ async fn dump(admin: &str) -> ExitCode {
 }
 
 async fn start(config: &config::Config) -> Option<GatewayHandle> {
+    report_fd_limit();
     Gateway::start(config)
         .await
         .map_err(|error| eprintln!("error: {error}"))

@@ -139,7 +139,8 @@ pub fn document_json() -> Result<String, serde_json::Error> {
     "websocket": true,
     "tls": {"cert": "certs/gw.pem", "key": "certs/gw-key.pem"},
     "timeouts": {"connect": "5s", "response": "60s", "websocket_idle": "1h"},
-    "shutdown_grace": "30s"
+    "shutdown_grace": "30s",
+    "undeploy_grace": "30s"
 })))]
 #[allow(
     dead_code,
@@ -164,6 +165,10 @@ pub struct Environment {
     /// How long in-flight HTTP requests may take to finish on shutdown (a duration such as `30s`).
     #[schema(required = false, default = "30s")]
     shutdown_grace: String,
+    /// How long WebSocket sessions of a proxy undeployed from this environment may carry on
+    /// before they are closed with 1001: a duration, `0` (at once) or `never`.
+    #[schema(required = false, default = "30s")]
+    undeploy_grace: String,
 }
 
 /// Certificate chain and private key, PEM files.

@@ -890,15 +890,23 @@ mod tests {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         direction.pump(&mut cx, &mut src, &mut dst);
-        assert!(direction.buf.is_empty(), "nothing read yet, nothing allocated");
+        assert!(
+            direction.buf.is_empty(),
+            "nothing read yet, nothing allocated"
+        );
 
-        peer.write_all(&[0x82, 3, 1, 2, 3]).await.expect("write a frame");
+        peer.write_all(&[0x82, 3, 1, 2, 3])
+            .await
+            .expect("write a frame");
         direction.pump(&mut cx, &mut src, &mut dst);
         let mut relayed = [0u8; 5];
         sink.read_exact(&mut relayed).await.expect("frame relayed");
         assert_eq!(relayed, [0x82, 3, 1, 2, 3]);
         assert_eq!(direction.stats.frames, 1);
-        assert!(direction.buf.is_empty(), "drained and idle again: buffer released");
+        assert!(
+            direction.buf.is_empty(),
+            "drained and idle again: buffer released"
+        );
     }
 
     type Ws<S = DuplexStream> = WebSocketStream<S>;
