@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -71,6 +71,8 @@ struct Bound {
     /// The address actually bound.
     local: SocketAddr,
     retire: CancellationToken,
+    /// Resolves once the listening socket is closed.
+    closed: oneshot::Receiver<()>,
 }
 
 /// What the control side of the gateway tracks; only `apply` touches it.
@@ -127,19 +129,25 @@ impl GatewayHandle {
         let old = self.shared.snapshot.swap(Arc::new(snapshot));
 
         // Retire listeners whose environment moved or went away.
-        running.listeners.retain(|name, bound| {
-            let keep = config
-                .environments
-                .iter()
-                .any(|e| &e.name == name && e.listen == bound.configured);
-            if !keep {
-                bound.retire.cancel();
-                tracing::info!(env = %name, addr = %bound.local, "listener retired; its connections carry on");
-            }
-            keep
-        });
+        let (kept, retired): (HashMap<_, _>, HashMap<_, _>) =
+            std::mem::take(&mut running.listeners)
+                .into_iter()
+                .partition(|(name, bound)| {
+                    config
+                        .environments
+                        .iter()
+                        .any(|e| &e.name == name && e.listen == bound.configured)
+                });
+        running.listeners = kept;
+        for (name, bound) in retired {
+            bound.retire.cancel();
+            // Once this returns the old address refuses connections instead of queueing them.
+            let _ = bound.closed.await;
+            tracing::info!(env = %name, addr = %bound.local, "listener retired; its connections carry on");
+        }
         for (env, tcp, local) in fresh {
             let retire = CancellationToken::new();
+            let (closed_tx, closed) = oneshot::channel();
             let scheme = if env.tls.is_some() { "https" } else { "http" };
             tracing::info!(env = %env.name, "listening on {scheme}://{local}");
             let listener = Listener {
@@ -147,6 +155,7 @@ impl GatewayHandle {
                 tcp,
                 retire: retire.clone(),
                 grace: env.shutdown_grace,
+                closed: closed_tx,
             };
             self.tasks.spawn(listener.run(self.shared.clone()));
             running.listeners.insert(
@@ -155,6 +164,7 @@ impl GatewayHandle {
                     configured: env.listen,
                     local,
                     retire,
+                    closed,
                 },
             );
         }

@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,8 @@ pub struct Listener {
     pub retire: CancellationToken,
     /// Shutdown grace to use if the environment is gone from the snapshot by then.
     pub grace: Duration,
+    /// Told once the listening socket is closed (after retirement or shutdown).
+    pub closed: oneshot::Sender<()>,
 }
 
 impl Listener {
@@ -73,6 +76,7 @@ impl Listener {
             tokio::spawn(task);
         }
         drop(self.tcp);
+        let _ = self.closed.send(());
         // Accepted connections keep serving; they end gracefully when the gateway stops.
         shared.shutdown.cancelled().await;
         let grace = shared
