@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use strait::config::{self, ConfigError};
 
-use strait::admin::{AdminClient, AdminServer, apply_file};
+use strait::admin::{AdminClient, AdminListener, AdminServer, apply_file};
 use strait::control::Control;
 use strait::{Gateway, GatewayHandle, echo};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -187,6 +187,9 @@ async fn run(file: &Path, admin: Option<SocketAddr>, signals: Signals) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
+    let Ok(admin) = bind_admin(admin.or(config.admin.as_ref().map(|a| a.listen))).await else {
+        return ExitCode::FAILURE;
+    };
     let Some(gateway) = start(&config).await else {
         return ExitCode::FAILURE;
     };
@@ -195,14 +198,18 @@ async fn run(file: &Path, admin: Option<SocketAddr>, signals: Signals) -> ExitCo
         Ok(control) => Arc::new(control),
         Err(error) => {
             eprintln!("error: {error}");
+            gateway.shutdown().await;
             return ExitCode::FAILURE;
         }
     };
-    let admin_addr = admin.or(config.admin.as_ref().map(|a| a.listen));
-    serve_control(control, admin_addr, signals, Some(file)).await
+    serve_control(control, admin, signals, Some(file)).await
 }
 
 async fn run_stateful(data: &Path, admin: Option<SocketAddr>, signals: Signals) -> ExitCode {
+    let admin_addr = admin.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8001)));
+    let Ok(admin) = bind_admin(Some(admin_addr)).await else {
+        return ExitCode::FAILURE;
+    };
     report_fd_limit();
     let control = match Control::stateful(data).await {
         Ok((control, _)) => Arc::new(control),
@@ -211,34 +218,39 @@ async fn run_stateful(data: &Path, admin: Option<SocketAddr>, signals: Signals) 
             return ExitCode::FAILURE;
         }
     };
-    let admin_addr = admin.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8001)));
-    serve_control(control, Some(admin_addr), signals, None).await
+    serve_control(control, admin, signals, None).await
 }
 
-/// Runs the admin API (when asked), reloads `file` on SIGHUP and on change, and shuts
-/// everything down on SIGTERM/SIGINT.
-async fn serve_control(
-    control: Arc<Control>,
-    admin_addr: Option<SocketAddr>,
-    mut signals: Signals,
-    file: Option<&Path>,
-) -> ExitCode {
+/// Checks and binds the admin API's address (if any) before any environment listens, so a
+/// refused or busy admin address stops start-up with nothing served. Err: reported.
+async fn bind_admin(addr: Option<SocketAddr>) -> Result<Option<AdminListener>, ()> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
     let token = std::env::var("STRAIT_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
-    let admin = match admin_addr {
-        Some(addr) => match AdminServer::start(addr, control.clone(), token).await {
-            Ok(admin) => {
-                tracing::info!("admin API listening on http://{}", admin.local_addr());
-                Some(admin)
-            }
-            Err(error) => {
-                eprintln!("error: {error}");
-                control.gateway().shutdown().await;
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
+    AdminListener::bind(addr, token)
+        .await
+        .map(Some)
+        .map_err(|error| eprintln!("error: {error}"))
+}
+
+/// Serves the admin API (when bound), reloads `file` on SIGHUP and on change, and shuts
+/// everything down on SIGTERM/SIGINT.
+async fn serve_control(
+    control: Arc<Control>,
+    admin: Option<AdminListener>,
+    mut signals: Signals,
+    file: Option<&Path>,
+) -> ExitCode {
+    let admin: Option<AdminServer> = match admin.map(|a| a.serve(control.clone())).transpose() {
+        Ok(admin) => admin,
+        Err(error) => {
+            eprintln!("error: {error}");
+            control.gateway().shutdown().await;
+            return ExitCode::FAILURE;
+        }
     };
     let mut seen = file.map(file_stamp);
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -83,30 +83,56 @@ pub struct AdminServer {
     tasks: TaskTracker,
 }
 
-impl AdminServer {
-    /// Binds `addr` (port 0 allowed) and starts serving. Refuses a non-loopback address
-    /// when `token` is `None`: binding the admin API to a non-loopback address without
-    /// STRAIT_ADMIN_TOKEN is refused at start-up.
-    pub async fn start(
-        addr: SocketAddr,
-        control: Arc<Control>,
-        token: Option<String>,
-    ) -> Result<AdminServer, AdminError> {
+/// The admin API's socket, bound and checked but not serving yet: binding it before the
+/// gateway starts means a refused or busy admin address stops start-up before any
+/// environment listens.
+pub struct AdminListener {
+    tcp: TcpListener,
+    token: Option<String>,
+}
+
+impl AdminListener {
+    /// Binds `addr` (port 0 allowed). Refuses a non-loopback address when `token` is
+    /// `None`, and a token that cannot travel in an `Authorization` header.
+    pub async fn bind(addr: SocketAddr, token: Option<String>) -> Result<Self, AdminError> {
         start_checks(addr, token.as_deref())?;
-        let bind = |source| AdminError::Bind { addr, source };
-        let tcp = TcpListener::bind(addr).await.map_err(bind)?;
-        let local_addr = tcp.local_addr().map_err(bind)?;
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AdminError::Bind { addr, source })?;
+        Ok(AdminListener { tcp, token })
+    }
+
+    /// Starts answering calls on `control`.
+    pub fn serve(self, control: Arc<Control>) -> Result<AdminServer, AdminError> {
+        let local_addr = self.tcp.local_addr().map_err(|source| AdminError::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let app = Arc::new(App { control, token });
-        tasks.spawn(serve(tcp, app, shutdown.clone()));
+        let app = Arc::new(App {
+            control,
+            token: self.token,
+        });
+        tasks.spawn(serve(self.tcp, app, shutdown.clone()));
         tasks.close();
-        tracing::info!(%local_addr, "admin API listening");
+        tracing::info!("admin API listening on http://{local_addr}");
         Ok(AdminServer {
             local_addr,
             shutdown,
             tasks,
         })
+    }
+}
+
+impl AdminServer {
+    /// [`AdminListener::bind`], then [`AdminListener::serve`].
+    pub async fn start(
+        addr: SocketAddr,
+        control: Arc<Control>,
+        token: Option<String>,
+    ) -> Result<AdminServer, AdminError> {
+        AdminListener::bind(addr, token).await?.serve(control)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
