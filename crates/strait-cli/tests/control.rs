@@ -7,24 +7,21 @@
 //! the child's stderr; every wait is bounded by [`WAIT`] and fails the test when it runs out.
 //! Children are started with `kill_on_drop`, so a failing test never leaves a process behind.
 
+mod common;
+
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Output, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::time::{Instant, sleep, timeout_at};
 
-/// The longest any single wait may take before the test fails.
-const WAIT: Duration = Duration::from_secs(20);
-/// How many fresh ports to try when a chosen one was taken in the meantime.
-const BIND_ATTEMPTS: usize = 5;
+use common::{
+    Ready, Running, Stream, WAIT, assert_not_listening, finish, free_addr, http, http_get, json,
+    start_echo, start_ready, strait, temporary_folder, text, write, ws_connect, ws_round_trip,
+};
+
 /// How often a poll looks again (only where there is no event to wait for).
 const POLL_EVERY: Duration = Duration::from_millis(50);
 
@@ -35,40 +32,8 @@ const NOTHING_TO_CHANGE: &str = "nothing to change: the gateway already matches"
 const NOT_RELOADED: &str = "was not reloaded; the running configuration stays";
 
 // ---------------------------------------------------------------------------------------
-// Helpers: commands, output, children
+// Helpers: commands, the admin API, assertions
 // ---------------------------------------------------------------------------------------
-
-/// `strait` with a clean environment for logging: `RUST_LOG` would override `--log-level`
-/// and could hide the readiness lines; colours would garble them. No admin token either:
-/// every admin API here is on loopback.
-fn strait() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strait"));
-    command
-        .env_remove("RUST_LOG")
-        .env_remove("STRAIT_ADMIN_TOKEN")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    command
-}
-
-/// Runs a command that is expected to exit by itself, within [`WAIT`].
-async fn finish(command: &mut Command) -> Output {
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the strait binary starts");
-    // Dropping the future on timeout drops the child, which kills it (kill_on_drop).
-    timeout(WAIT, child.wait_with_output())
-        .await
-        .expect("strait exits within 20 s")
-        .expect("strait's output is collected")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Exit status, stdout and stderr of a finished command, for failure messages.
 fn show(output: &Output) -> String {
@@ -80,317 +45,12 @@ fn show(output: &Output) -> String {
     )
 }
 
-/// Removes ANSI escape sequences (`ESC [ ... letter`), in case colours are on anyway.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// A loopback port that was free a moment ago (callers retry if it is taken meanwhile).
-fn free_addr() -> SocketAddr {
-    let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("ephemeral port address")
-}
-
 /// Writes `contents` to `path` atomically (a temporary file renamed over it), so the
 /// gateway's file watcher never reads a half-written file.
 fn write_atomically(path: &Path, contents: &str) {
     let temporary = path.with_extension("yaml.partial");
     std::fs::write(&temporary, contents).expect("write the temporary configuration");
     std::fs::rename(&temporary, path).expect("rename the configuration into place");
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// A long-running child whose stdout and stderr lines arrive on a channel.
-/// Dropping it kills the child (`kill_on_drop`).
-struct Running {
-    name: &'static str,
-    child: Child,
-    lines: mpsc::UnboundedReceiver<(Stream, String)>,
-    /// Every line received so far, for lookups and for failure messages.
-    seen: Vec<(Stream, String)>,
-}
-
-impl Running {
-    fn spawn(name: &'static str, command: &mut Command) -> Running {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the strait binary starts");
-        let (tx, lines) = mpsc::unbounded_channel();
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        forward_lines(stdout, Stream::Stdout, tx.clone());
-        forward_lines(stderr, Stream::Stderr, tx);
-        Running {
-            name,
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn transcript(&self) -> String {
-        self.seen
-            .iter()
-            .map(|(stream, line)| format!("  [{stream:?}] {line}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Moves the lines that already arrived into `seen` and returns how many there are:
-    /// a mark for [`Running::line_after`].
-    fn mark(&mut self) -> usize {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        self.seen.len()
-    }
-
-    /// The first line from index `from` on (already seen or still to come) matching
-    /// `wanted`; `None` when the child closed its output (it exited) first. Fails the test
-    /// after [`WAIT`].
-    async fn line_after(
-        &mut self,
-        from: usize,
-        what: &str,
-        wanted: impl Fn(Stream, &str) -> bool,
-    ) -> Option<String> {
-        if let Some((_, line)) = self.seen.iter().skip(from).find(|(s, l)| wanted(*s, l)) {
-            return Some(line.clone());
-        }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some((stream, line))) => {
-                    let found = wanted(stream, &line);
-                    self.seen.push((stream, line.clone()));
-                    if found {
-                        return Some(line);
-                    }
-                }
-                Ok(None) => return None,
-                Err(_) => panic!(
-                    "{}: no {what} within {WAIT:?}; output so far:\n{}",
-                    self.name,
-                    self.transcript()
-                ),
-            }
-        }
-    }
-
-    /// Like [`Running::line_after`], failing the test when the child exits first.
-    async fn expect_line_after(
-        &mut self,
-        from: usize,
-        what: &str,
-        wanted: impl Fn(Stream, &str) -> bool,
-    ) -> String {
-        match self.line_after(from, what, wanted).await {
-            Some(line) => line,
-            None => {
-                let status = timeout(WAIT, self.child.wait()).await;
-                panic!(
-                    "{}: exited ({status:?}) before printing {what}; output:\n{}",
-                    self.name,
-                    self.transcript()
-                )
-            }
-        }
-    }
-
-    /// Waits for every readiness line in `ready`; `false` when the child exited first.
-    async fn ready(&mut self, ready: &[Ready]) -> bool {
-        for want in ready {
-            let what = want.describe();
-            if self
-                .line_after(0, &what, |stream, line| want.matches(stream, line))
-                .await
-                .is_none()
-            {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Like [`Running::ready`], failing the test when the child exits first.
-    async fn expect_ready(&mut self, ready: &[Ready]) {
-        for want in ready {
-            let what = want.describe();
-            self.expect_line_after(0, &what, |stream, line| want.matches(stream, line))
-                .await;
-        }
-    }
-
-    /// Sends `kill -SIGNAL PID`, e.g. `signal("TERM")`.
-    async fn signal(&self, signal: &str) {
-        let pid = self
-            .child
-            .id()
-            .expect("the child is still running")
-            .to_string();
-        let status = timeout(
-            WAIT,
-            Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(&pid)
-                .status(),
-        )
-        .await
-        .expect("kill runs within 20 s")
-        .expect("kill starts");
-        assert!(status.success(), "kill -{signal} {pid} failed: {status}");
-    }
-
-    /// Reads the rest of its output and waits for it to exit, within [`WAIT`].
-    async fn exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(line)) => self.seen.push(line),
-                Ok(None) => break,
-                Err(_) => panic!(
-                    "{}: did not exit within {WAIT:?}; output so far:\n{}",
-                    self.name,
-                    self.transcript()
-                ),
-            }
-        }
-        match timeout_at(deadline, self.child.wait()).await {
-            Ok(status) => status.expect("wait for the child"),
-            Err(_) => panic!(
-                "{}: closed its output but did not exit within {WAIT:?}",
-                self.name
-            ),
-        }
-    }
-
-    /// SIGTERM, then asserts a graceful exit with status 0.
-    async fn stop(&mut self) {
-        self.signal("TERM").await;
-        let status = self.exit().await;
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "{} exits 0 on SIGTERM ({status}); output:\n{}",
-            self.name,
-            self.transcript()
-        );
-    }
-}
-
-fn forward_lines(
-    pipe: impl AsyncRead + Unpin + Send + 'static,
-    stream: Stream,
-    tx: mpsc::UnboundedSender<(Stream, String)>,
-) {
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(pipe).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if tx.send((stream, strip_ansi(&line))).is_err() {
-                break;
-            }
-        }
-    });
-}
-
-/// `... listening on http://127.0.0.1:8080 env=...` → `127.0.0.1:8080`; `None` when the
-/// line says no such thing.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let (_, rest) = line.split_once("listening on http://")?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-/// A readiness log line on stderr.
-#[derive(Debug, Clone, Copy)]
-enum Ready {
-    /// An environment's listener: `listening on http://ADDR env=NAME`.
-    Environment(SocketAddr),
-    /// The admin API: `admin API listening on http://ADDR`.
-    Admin(SocketAddr),
-}
-
-impl Ready {
-    fn matches(&self, stream: Stream, line: &str) -> bool {
-        if stream != Stream::Stderr {
-            return false;
-        }
-        let admin = line.contains("admin API listening on http://");
-        match *self {
-            Ready::Environment(addr) => !admin && listening_addr(line) == Some(addr),
-            Ready::Admin(addr) => admin && listening_addr(line) == Some(addr),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Ready::Environment(addr) => format!("\"listening on http://{addr}\" log line"),
-            Ready::Admin(addr) => format!("\"admin API listening on http://{addr}\" log line"),
-        }
-    }
-}
-
-/// Starts a child on freshly chosen ports (`spawn` chooses them and returns them with the
-/// child), retrying with other ports when one was taken between choosing and binding.
-/// Waits for the readiness lines `ready` names.
-async fn start_ready<T: Copy>(
-    name: &'static str,
-    mut spawn: impl FnMut() -> (Running, T),
-    ready: impl Fn(T) -> Vec<Ready>,
-) -> (Running, T) {
-    for attempt in 1..=BIND_ATTEMPTS {
-        let (mut child, ports) = spawn();
-        if child.ready(&ready(ports)).await {
-            return (child, ports);
-        }
-        let status = child.exit().await;
-        let taken = child
-            .seen
-            .iter()
-            .any(|(_, line)| line.contains("cannot listen"));
-        assert!(
-            taken && attempt < BIND_ATTEMPTS,
-            "{name} exited ({status}) without listening; output:\n{}",
-            child.transcript()
-        );
-    }
-    unreachable!("the loop returns or fails")
-}
-
-/// `strait echo --listen 127.0.0.1:0` and the address it reports.
-async fn start_echo() -> (Running, SocketAddr) {
-    let mut echo = Running::spawn(
-        "strait echo",
-        strait().args(["echo", "--listen", "127.0.0.1:0"]),
-    );
-    let line = echo
-        .expect_line_after(0, "\"listening on\" log line", |stream, line| {
-            stream == Stream::Stderr && listening_addr(line).is_some()
-        })
-        .await;
-    let addr = listening_addr(&line).expect("an address in the listening line");
-    (echo, addr)
 }
 
 /// `strait run --data DB --admin ADDR` on a fresh admin port; returns the child and the
@@ -516,104 +176,6 @@ async fn answers(addr: SocketAddr, target: &str, status: u16) -> Result<(), Stri
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Helpers: HTTP and WebSocket clients
-// ---------------------------------------------------------------------------------------
-
-/// A plain HTTP/1.1 request with `Connection: close` and an optional JSON body: the status
-/// code and the response body.
-async fn http(addr: SocketAddr, method: &str, target: &str, body: Option<&str>) -> (u16, Vec<u8>) {
-    let exchange = async {
-        let mut tcp = TcpStream::connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("connect to {addr} for {method} {target}: {e}"));
-        let mut request =
-            format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        if let Some(body) = body {
-            request.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            ));
-        } else {
-            request.push_str("\r\n");
-        }
-        tcp.write_all(request.as_bytes())
-            .await
-            .expect("send the request");
-        let mut response = Vec::new();
-        tcp.read_to_end(&mut response)
-            .await
-            .expect("read the response");
-        response
-    };
-    let response = timeout(WAIT, exchange)
-        .await
-        .expect("the HTTP exchange completes within 20 s");
-    parse_response(&response)
-}
-
-async fn http_get(addr: SocketAddr, target: &str) -> (u16, Vec<u8>) {
-    http(addr, "GET", target, None).await
-}
-
-fn parse_response(response: &[u8]) -> (u16, Vec<u8>) {
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no end of head in {:?}", text(response)));
-    let head = text(&response[..split]);
-    let body = &response[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let header = |name: &str| {
-        head.split("\r\n").skip(1).find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| value.trim().to_owned())
-        })
-    };
-    let body = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        dechunk(body)
-    } else if let Some(length) = header("content-length") {
-        let length: usize = length.parse().expect("numeric content-length");
-        assert!(body.len() >= length, "body shorter than content-length");
-        body[..length].to_vec()
-    } else {
-        body.to_vec()
-    };
-    (status, body)
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let end = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
-        let size_text = text(&body[..end]);
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).expect("hexadecimal chunk size");
-        body = &body[end + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
-    }
-}
-
-fn json(body: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
-
 /// GET `target` through the gateway reaches the echo, which saw `backend_path`.
 async fn assert_proxied(addr: SocketAddr, target: &str, backend_path: &str) {
     let (status, body) = http_get(addr, target).await;
@@ -636,56 +198,16 @@ async fn assert_no_route(addr: SocketAddr, target: &str) {
     assert_eq!(error["error"], "no_route", "{error}");
 }
 
-/// Nothing accepts connections on `addr`.
-async fn assert_not_listening(addr: SocketAddr, why: &str) {
-    let connect = timeout(WAIT, TcpStream::connect(addr))
-        .await
-        .expect("connect attempt within 20 s");
-    assert!(connect.is_err(), "nothing listens on {addr}: {why}");
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(url: &str) -> Ws {
-    let (ws, response) = timeout(WAIT, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("the WebSocket handshake completes within 20 s")
-        .unwrap_or_else(|e| panic!("WebSocket handshake with {url} failed: {e}"));
-    assert_eq!(response.status().as_u16(), 101, "{url} switches protocols");
-    ws
-}
-
-/// The next message other than ping/pong; `None` when the stream ended.
-async fn ws_next(ws: &mut Ws) -> Option<Message> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let next = timeout_at(deadline, ws.next())
-            .await
-            .expect("a WebSocket message within 20 s");
-        match next {
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(message)) => return Some(message),
-            Some(Err(e)) => panic!("WebSocket error: {e}"),
-            None => return None,
-        }
-    }
-}
-
-async fn ws_round_trip(ws: &mut Ws, payload: &str) {
-    timeout(WAIT, ws.send(Message::text(payload)))
-        .await
-        .expect("send within 20 s")
-        .expect("the WebSocket message is sent");
-    match ws_next(ws).await {
-        Some(Message::Text(echoed)) => assert_eq!(echoed.as_str(), payload, "the echo"),
-        other => panic!("expected the echoed text {payload:?}, got {other:?}"),
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Configuration files
 // ---------------------------------------------------------------------------------------
+
+/// The plan of applying [`api_yaml`] to an empty gateway.
+const API_PLAN: [&str; 3] = [
+    "create environment test",
+    "create proxy api",
+    "deploy api to test",
+];
 
 /// One environment `test` on `listen` (WebSocket on) and one proxy `api`:
 /// `/api/*` → `http://ECHO/svc`, deployed to it.
@@ -694,16 +216,6 @@ fn api_yaml(listen: SocketAddr, echo: SocketAddr) -> String {
         "environments:\n  - name: test\n    listen: {listen}\n    websocket: true\n\
          proxies:\n  - name: api\n    path: /api/*\n    backend: http://{echo}/svc\n    deploy: [test]\n"
     )
-}
-
-fn temporary_folder() -> tempfile::TempDir {
-    tempfile::tempdir().expect("a temporary folder")
-}
-
-fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).expect("write the configuration");
-    path
 }
 
 // ---------------------------------------------------------------------------------------
@@ -720,15 +232,7 @@ async fn stateful_state_survives_a_restart() {
 
     let (mut gateway, admin) = start_stateful(&db).await;
     let output = apply(&file, admin, false).await;
-    assert_plan(
-        &output,
-        "did",
-        &[
-            "create environment test",
-            "create proxy api",
-            "deploy api to test",
-        ],
-    );
+    assert_plan(&output, "did", &API_PLAN);
     // `apply` returns once the change is live: the very next request is routed by it.
     assert_proxied(env_addr, "/api/x", "/svc/x").await;
 
@@ -781,16 +285,11 @@ async fn apply_dry_run_changes_nothing_and_apply_then_dump_round_trips() {
     let db = dir.path().join("strait.db");
     let env_addr = free_addr();
     let file = write(dir.path(), "gateway.yaml", &api_yaml(env_addr, echo_addr));
-    let steps = [
-        "create environment test",
-        "create proxy api",
-        "deploy api to test",
-    ];
 
     let (mut gateway, admin) = start_stateful(&db).await;
 
     // A dry run prints the plan and changes nothing.
-    assert_plan(&apply(&file, admin, true).await, "would", &steps);
+    assert_plan(&apply(&file, admin, true).await, "would", &API_PLAN);
     let empty = dump(admin).await;
     assert!(
         !empty.contains("/api/*") && !empty.contains("name: api"),
@@ -809,10 +308,10 @@ async fn apply_dry_run_changes_nothing_and_apply_then_dump_round_trips() {
     );
     assert_not_listening(env_addr, "the dry run created no environment").await;
     // A second dry run still sees the whole plan.
-    assert_plan(&apply(&file, admin, true).await, "would", &steps);
+    assert_plan(&apply(&file, admin, true).await, "would", &API_PLAN);
 
     // The real thing.
-    assert_plan(&apply(&file, admin, false).await, "did", &steps);
+    assert_plan(&apply(&file, admin, false).await, "did", &API_PLAN);
     assert_proxied(env_addr, "/api/x", "/svc/x").await;
     let (status, body) = http_get(admin, "/proxies").await;
     assert_eq!(status, 200, "GET /proxies: {}", text(&body));
@@ -920,10 +419,7 @@ async fn declarative_run_reloads_on_sighup_and_on_file_change() {
     // An invalid file (`*` not last) is refused, logged, and changes nothing.
     let mark = gateway.mark();
     assert!(
-        !gateway
-            .seen
-            .iter()
-            .any(|(_, line)| line.contains(NOT_RELOADED)),
+        !gateway.saw(NOT_RELOADED),
         "no refused reload so far; output:\n{}",
         gateway.transcript()
     );
