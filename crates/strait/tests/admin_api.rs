@@ -773,6 +773,10 @@ async fn openapi_json_is_a_valid_openapi_3_1_document_of_the_served_api() {
         ("GET", "/proxies/{name}/deployments"),
         ("PUT", "/proxies/{name}/deployments/{environment}"),
         ("DELETE", "/proxies/{name}/deployments/{environment}"),
+        ("GET", "/connections"),
+        ("DELETE", "/connections"),
+        ("GET", "/connections/{id}"),
+        ("DELETE", "/connections/{id}"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))
@@ -805,7 +809,10 @@ async fn openapi_json_is_a_valid_openapi_3_1_document_of_the_served_api() {
         }
         // The route exists on the server with this method: a call answers one of the
         // documented statuses (never no_route or method_not_allowed).
-        let concrete = path.replace("{name}", "p").replace("{environment}", "e");
+        let concrete = path
+            .replace("{name}", "p")
+            .replace("{environment}", "e")
+            .replace("{id}", "1");
         let body = (method == "PUT" && !concrete.contains("deployments"))
             .then(|| json!({"listen": "127.0.0.1:0"}));
         let method = Method::from_bytes(method.as_bytes()).expect("a method");

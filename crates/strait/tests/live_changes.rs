@@ -269,7 +269,7 @@ async fn an_update_applies_to_new_sessions_and_open_ones_stay() {
         .gateway
         .sessions()
         .iter()
-        .map(|s| s.target.clone())
+        .map(|s| s.info.target.clone())
         .collect();
     assert!(
         targets.iter().any(|t| t.ends_with("/v1/room"))
@@ -309,7 +309,7 @@ async fn redeploying_within_the_grace_keeps_sessions() {
         .gateway
         .sessions()
         .iter()
-        .filter(|s| &*s.proxy == "kept")
+        .filter(|s| &*s.info.proxy == "kept")
         .count();
     assert_eq!(
         kept_sessions, 1,

@@ -16,6 +16,7 @@
 //! the JSON error shape.
 
 mod client;
+mod connections;
 mod error;
 mod openapi;
 mod request;

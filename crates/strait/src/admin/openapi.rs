@@ -10,6 +10,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ResponseBuilder, content::ContentBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use super::connections::{self, Closed, Connection, ConnectionList, Traffic};
 use super::error::{ErrorBody, ErrorKind, Problem};
 use super::routes::{self, Deployment, Deployments, EnvironmentList, Health, History, ProxyList};
 
@@ -42,6 +43,10 @@ pub const BEARER: &str = "bearer";
         routes::list_deployments,
         routes::deploy,
         routes::undeploy,
+        connections::list,
+        connections::get,
+        connections::close,
+        connections::close_matching,
     ),
     components(schemas(
         Environment,
@@ -55,6 +60,10 @@ pub const BEARER: &str = "bearer";
         ErrorBody,
         ErrorKind,
         Problem,
+        Connection,
+        ConnectionList,
+        Traffic,
+        Closed,
     )),
     modifiers(&Auth),
     security(("bearer" = [])),
@@ -63,6 +72,7 @@ pub const BEARER: &str = "bearer";
         (name = "environments", description = "Listeners with their TLS and timeouts"),
         (name = "proxies", description = "Paths routed to backends"),
         (name = "deployments", description = "Which proxies an environment serves"),
+        (name = "connections", description = "Live WebSocket sessions: who holds them, their traffic, closing them"),
     ),
 )]
 pub struct AdminApi;
@@ -286,6 +296,8 @@ mod tests {
                 "/proxies/{name}/deployments/{environment}",
                 &["delete", "put"],
             ),
+            ("/connections", &["delete", "get"]),
+            ("/connections/{id}", &["delete", "get"]),
         ];
         let paths = doc["paths"].as_object().unwrap();
         let listed: BTreeSet<&str> = paths.keys().map(String::as_str).collect();

@@ -30,6 +30,8 @@ pub enum Route {
     Proxy(String),
     Deployments(String),
     Deployment { proxy: String, environment: String },
+    Connections,
+    Connection(u64),
 }
 
 impl Route {
@@ -60,6 +62,13 @@ impl Route {
                 proxy: name_segment(name, "proxy")?,
                 environment: name_segment(environment, "environment")?,
             },
+            ["connections"] => Route::Connections,
+            ["connections", id] => Route::Connection(id.parse().map_err(|_| {
+                ApiError::new(
+                    ErrorKind::NotFound,
+                    format!("there is no connection with id {id:?}; ids are whole numbers"),
+                )
+            })?),
             _ => return Err(no_route()),
         };
         Ok(route)
@@ -70,8 +79,10 @@ impl Route {
         const GET: &[Method] = &[Method::GET];
         const GET_PUT_DELETE: &[Method] = &[Method::GET, Method::PUT, Method::DELETE];
         const PUT_DELETE: &[Method] = &[Method::PUT, Method::DELETE];
+        const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
         match self {
             Route::Environment(_) | Route::Proxy(_) => GET_PUT_DELETE,
+            Route::Connections | Route::Connection(_) => GET_DELETE,
             Route::Deployment { .. } => PUT_DELETE,
             Route::Health
             | Route::OpenApi
@@ -102,18 +113,95 @@ pub enum Call {
     Health,
     OpenApi,
     Config,
-    History { page: u64, per_page: u64 },
+    History {
+        page: u64,
+        per_page: u64,
+    },
     ListEnvironments,
     GetEnvironment(String),
     PutEnvironment(String, Value),
-    DeleteEnvironment { name: String, force: bool },
+    DeleteEnvironment {
+        name: String,
+        force: bool,
+    },
     ListProxies,
     GetProxy(String),
     PutProxy(String, Value),
     DeleteProxy(String),
     ListDeployments(String),
-    Deploy { proxy: String, environment: String },
-    Undeploy { proxy: String, environment: String },
+    Deploy {
+        proxy: String,
+        environment: String,
+    },
+    Undeploy {
+        proxy: String,
+        environment: String,
+    },
+    ListConnections {
+        filter: ConnectionFilter,
+        page: u64,
+        per_page: u64,
+    },
+    GetConnection(u64),
+    CloseConnection {
+        id: u64,
+        code: u16,
+        reason: String,
+    },
+    CloseConnections {
+        filter: ConnectionFilter,
+        code: u16,
+        reason: String,
+    },
+}
+
+/// Which WebSocket sessions a connections call is about; `None` fields match anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionFilter {
+    pub environment: Option<String>,
+    pub proxy: Option<String>,
+    pub consumer: Option<String>,
+}
+
+impl ConnectionFilter {
+    fn from_query(query: &str) -> Result<Self, ApiError> {
+        Ok(ConnectionFilter {
+            environment: param(query, "environment")?,
+            proxy: param(query, "proxy")?,
+            consumer: param(query, "consumer")?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == ConnectionFilter::default()
+    }
+}
+
+/// The close code a forced disconnect sends when none is given (policy violation).
+pub const DEFAULT_CLOSE_CODE: u16 = 1008;
+
+/// `code` and `reason` of a forced disconnect: a code an endpoint may send (RFC 6455
+/// §7.4: 1000-1003, 1007-1014, 3000-4999) and a reason that fits a close frame.
+fn close_params(query: &str) -> Result<(u16, String), ApiError> {
+    let code = match param(query, "code")? {
+        None => DEFAULT_CLOSE_CODE,
+        Some(text) => match text.parse::<u16>() {
+            Ok(code @ (1000..=1003 | 1007..=1014 | 3000..=4999)) => code,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "the query parameter code must be a close code that may be sent: 1000-1003, 1007-1014 or 3000-4999, not {text:?}"
+                )));
+            }
+        },
+    };
+    let reason = param(query, "reason")?.unwrap_or_else(|| "closed by the operator".into());
+    if reason.len() > 123 {
+        return Err(ApiError::bad_request(format!(
+            "the query parameter reason is {} bytes; a close frame carries at most 123",
+            reason.len()
+        )));
+    }
+    Ok((code, reason))
 }
 
 impl Call {
@@ -183,6 +271,35 @@ where
             Call::Undeploy { proxy, environment }
         }
         (Route::Deployment { proxy, environment }, _) => Call::Deploy { proxy, environment },
+        (Route::Connections, Method::DELETE) => {
+            let filter = ConnectionFilter::from_query(&query)?;
+            if filter.is_empty() {
+                return Err(ApiError::bad_request(
+                    "DELETE /connections needs environment, proxy or consumer in the query; it will not close every session at once",
+                ));
+            }
+            let (code, reason) = close_params(&query)?;
+            Call::CloseConnections {
+                filter,
+                code,
+                reason,
+            }
+        }
+        (Route::Connections, _) => {
+            let page = number_param(&query, "page", 1, u64::MAX)?.unwrap_or(1);
+            let per_page =
+                number_param(&query, "per_page", 1, MAX_PER_PAGE)?.unwrap_or(DEFAULT_PER_PAGE);
+            Call::ListConnections {
+                filter: ConnectionFilter::from_query(&query)?,
+                page,
+                per_page,
+            }
+        }
+        (Route::Connection(id), Method::DELETE) => {
+            let (code, reason) = close_params(&query)?;
+            Call::CloseConnection { id, code, reason }
+        }
+        (Route::Connection(id), _) => Call::GetConnection(id),
     };
     Ok(call)
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::connections;
 use super::error::{ApiError, ErrorBody, ErrorKind};
 use super::openapi::{self, Environment, Proxy};
 use super::request::Call;
@@ -35,6 +36,18 @@ pub async fn execute(control: &Control, call: Call) -> Reply {
         Call::ListDeployments(proxy) => list_deployments(control, &proxy).await,
         Call::Deploy { proxy, environment } => deploy(control, &proxy, &environment).await,
         Call::Undeploy { proxy, environment } => undeploy(control, &proxy, &environment).await,
+        Call::ListConnections {
+            filter,
+            page,
+            per_page,
+        } => connections::list(control, &filter, page, per_page),
+        Call::GetConnection(id) => connections::get(control, id),
+        Call::CloseConnection { id, code, reason } => connections::close(control, id, code, reason),
+        Call::CloseConnections {
+            filter,
+            code,
+            reason,
+        } => connections::close_matching(control, &filter, code, &reason),
     }
 }
 
@@ -160,7 +173,7 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Respo
     response
 }
 
-fn json(status: StatusCode, value: &impl Serialize) -> Reply {
+pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Reply {
     let body = serde_json::to_vec(value).map_err(|error| {
         ApiError::new(
             ErrorKind::Internal,
@@ -170,7 +183,7 @@ fn json(status: StatusCode, value: &impl Serialize) -> Reply {
     Ok(respond(status, "application/json", Bytes::from(body)))
 }
 
-fn no_content() -> Reply {
+pub(super) fn no_content() -> Reply {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;
     Ok(response)

@@ -54,6 +54,13 @@ pub struct Timeouts {
     pub response: Duration,
     /// A WebSocket session with no frames either way for this long is closed with 1001 (default 1h).
     pub websocket_idle: Duration,
+    /// Keepalive: a side of a WebSocket session that sent nothing for this long is pinged by
+    /// the gateway (default off).
+    pub websocket_ping: Option<Duration>,
+    /// A pinged side that sends nothing back within this long is taken as gone (default 10s).
+    pub websocket_pong_timeout: Duration,
+    /// A WebSocket session is closed with 1001 after this long, however busy (default off).
+    pub websocket_max_lifetime: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -62,6 +69,9 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             response: Duration::from_secs(60),
             websocket_idle: Duration::from_secs(3600),
+            websocket_ping: None,
+            websocket_pong_timeout: Duration::from_secs(10),
+            websocket_max_lifetime: None,
         }
     }
 }

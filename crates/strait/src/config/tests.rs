@@ -78,6 +78,9 @@ fn the_example_round_trips_into_the_model() {
                 connect: Duration::from_secs(5),
                 response: Duration::from_secs(60),
                 websocket_idle: Duration::from_secs(3600),
+                websocket_ping: None,
+                websocket_pong_timeout: Duration::from_secs(10),
+                websocket_max_lifetime: None,
             },
             shutdown_grace: Duration::from_secs(30),
             undeploy_grace: Some(Duration::from_secs(30)),
@@ -919,4 +922,32 @@ fn document_level_problems_have_no_field() {
     assert_eq!(found[0].field.as_deref(), Some("environments"));
     let found = problems("environments: [\n");
     assert_eq!(found[0].field, None, "broken YAML: {found:#?}");
+}
+
+#[test]
+fn websocket_keepalive_and_lifetime_are_optional_and_never_zero() {
+    let config = parse(&env(
+        "    timeouts: { websocket_ping: 30s, websocket_pong_timeout: 5s, websocket_max_lifetime: 1h }\n",
+    ))
+    .unwrap();
+    let t = config.environments[0].timeouts;
+    assert_eq!(t.websocket_ping, Some(Duration::from_secs(30)));
+    assert_eq!(t.websocket_pong_timeout, Duration::from_secs(5));
+    assert_eq!(t.websocket_max_lifetime, Some(Duration::from_secs(3600)));
+
+    let off = parse(&env("    timeouts: { connect: 1s }\n")).unwrap();
+    let t = off.environments[0].timeouts;
+    assert_eq!((t.websocket_ping, t.websocket_max_lifetime), (None, None));
+    assert_eq!(
+        t.websocket_pong_timeout,
+        Timeouts::default().websocket_pong_timeout
+    );
+
+    let found = problems(&env(
+        "    timeouts: { websocket_ping: 0s, websocket_pong_timeout: 0s, websocket_max_lifetime: soon }\n",
+    ));
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert_problem(&found, 4, &["websocket_ping", "more than 0s"]);
+    assert_problem(&found, 4, &["websocket_pong_timeout", "more than 0s"]);
+    assert_problem(&found, 4, &["websocket_max_lifetime"]);
 }

@@ -186,11 +186,13 @@ impl GatewayHandle {
     fn close_undeployed(&self, old: &Snapshot) {
         let current = self.shared.snapshot.load();
         for session in self.shared.registry.list() {
-            if current.serves(&session.env, &session.proxy) {
+            if current.serves(&session.info.env, &session.info.proxy) {
                 continue;
             }
             // The grace of the environment as it is now, or as it was if it was deleted.
-            let env = current.env(&session.env).or_else(|| old.env(&session.env));
+            let env = current
+                .env(&session.info.env)
+                .or_else(|| old.env(&session.info.env));
             let Some(grace) = env.map_or(Some(Duration::ZERO), |e| e.undeploy_grace) else {
                 continue; // `never`: let it finish on its own
             };
@@ -202,6 +204,11 @@ impl GatewayHandle {
     /// Every live WebSocket session.
     pub fn sessions(&self) -> Vec<Arc<Session>> {
         self.shared.registry.list()
+    }
+
+    /// One live WebSocket session by id.
+    pub fn session(&self, id: u64) -> Option<Arc<Session>> {
+        self.shared.registry.get(id)
     }
 
     /// Stops accepting, waits for in-flight HTTP requests (up to each environment's
@@ -222,9 +229,13 @@ async fn close_after(shared: Arc<Shared>, session: Arc<Session>, grace: Duration
         _ = tokio::time::sleep(grace) => {}
         _ = shared.shutdown.cancelled() => return,
     }
-    if shared.snapshot.load().serves(&session.env, &session.proxy) {
+    if shared
+        .snapshot
+        .load()
+        .serves(&session.info.env, &session.info.proxy)
+    {
         return;
     }
-    tracing::info!(env = %session.env, proxy = %session.proxy, id = session.id, "closing a session of an undeployed proxy");
+    tracing::info!(env = %session.info.env, proxy = %session.info.proxy, id = session.id, "closing a session of an undeployed proxy");
     session.close(CloseFrame::new(CLOSE_GOING_AWAY, "proxy undeployed"));
 }

@@ -1,6 +1,7 @@
-//! The registry of live WebSocket sessions: who owns each one (environment, proxy, client)
-//! and a handle to close it. The lock is taken when a session opens or closes and when
-//! the control plane looks — never per frame.
+//! The registry of live WebSocket sessions: who owns each one (environment, proxy, client,
+//! origin, subprotocol, backend), how it is doing (counters the relay publishes without a
+//! lock) and a handle to close it. The lock is taken when a session opens or closes and
+//! when the control plane looks — never per frame.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,17 +11,33 @@ use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 
-use super::websocket::relay::CloseFrame;
+use super::websocket::relay::{CloseFrame, LiveStats};
+
+/// Who a session belongs to and where it goes, as known at the handshake.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub env: Arc<str>,
+    pub proxy: Arc<str>,
+    /// The client's address as the listener saw it.
+    pub client: SocketAddr,
+    /// The handshake's `Origin` header.
+    pub origin: Option<String>,
+    /// The subprotocol the backend chose.
+    pub subprotocol: Option<String>,
+    /// The authenticated consumer (policies fill it in).
+    pub consumer: Option<String>,
+    /// The backend URL the session was opened to (`ws://` or `wss://`).
+    pub target: String,
+}
 
 /// One live session as the registry knows it.
 #[derive(Debug)]
 pub struct Session {
     pub id: u64,
-    pub env: Arc<str>,
-    pub proxy: Arc<str>,
-    pub client: SocketAddr,
-    pub target: String,
+    pub info: SessionInfo,
     pub started: SystemTime,
+    /// Counters and last activity, published by the relay.
+    pub live: LiveStats,
     close: Mutex<Option<oneshot::Sender<CloseFrame>>>,
 }
 
@@ -57,20 +74,15 @@ impl Registry {
     /// Registers a session; the receiver resolves when someone asks to close it.
     pub fn register(
         self: &Arc<Self>,
-        env: Arc<str>,
-        proxy: Arc<str>,
-        client: SocketAddr,
-        target: String,
+        info: SessionInfo,
     ) -> (Registration, oneshot::Receiver<CloseFrame>) {
         let (tx, rx) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let session = Arc::new(Session {
             id,
-            env,
-            proxy,
-            client,
-            target,
+            info,
             started: SystemTime::now(),
+            live: LiveStats::default(),
             close: Mutex::new(Some(tx)),
         });
         self.with(|map| map.insert(id, session.clone()));
@@ -86,6 +98,10 @@ impl Registry {
     /// Every live session, in no particular order.
     pub fn list(&self) -> Vec<Arc<Session>> {
         self.with(|map| map.values().cloned().collect())
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Session>> {
+        self.with(|map| map.get(&id).cloned())
     }
 
     pub fn len(&self) -> usize {
@@ -108,25 +124,38 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn info(proxy: &str) -> SessionInfo {
+        SessionInfo {
+            env: "e".into(),
+            proxy: proxy.into(),
+            client: SocketAddr::from(([127, 0, 0, 1], 1)),
+            origin: None,
+            subprotocol: None,
+            consumer: None,
+            target: "ws://b/".into(),
+        }
+    }
+
     #[test]
     fn sessions_are_listed_until_their_registration_drops() {
         let registry = Arc::new(Registry::default());
-        let client = SocketAddr::from(([127, 0, 0, 1], 1));
-        let (first, _rx1) = registry.register("e".into(), "p".into(), client, "ws://b/".into());
-        let (second, _rx2) = registry.register("e".into(), "q".into(), client, "ws://b/".into());
+        let (first, _rx1) = registry.register(info("p"));
+        let (second, _rx2) = registry.register(info("q"));
         assert_ne!(first.session.id, second.session.id);
         assert_eq!(registry.len(), 2);
+        let first_id = first.session.id;
         drop(first);
         let left = registry.list();
         assert_eq!(left.len(), 1);
-        assert_eq!(&*left[0].proxy, "q");
+        assert_eq!(&*left[0].info.proxy, "q");
+        assert!(registry.get(second.session.id).is_some());
+        assert!(registry.get(first_id).is_none());
     }
 
     #[tokio::test]
     async fn close_reaches_the_relay_once() {
         let registry = Arc::new(Registry::default());
-        let client = SocketAddr::from(([127, 0, 0, 1], 1));
-        let (registration, rx) = registry.register("e".into(), "p".into(), client, String::new());
+        let (registration, rx) = registry.register(info("p"));
         assert!(registration.session.close(CloseFrame::new(4000, "bye")));
         assert!(!registration.session.close(CloseFrame::new(4001, "again")));
         let frame = rx.await.expect("the close request arrives");

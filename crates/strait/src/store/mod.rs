@@ -9,7 +9,7 @@
 //! TEXT) so that a PostgreSQL backend only adds its connection and its `schema::TABLES`.
 
 mod schema;
-mod time;
+pub(crate) mod time;
 
 #[cfg(test)]
 mod tests;

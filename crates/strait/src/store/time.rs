@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const SECONDS_PER_DAY: u64 = 86_400;
 
 /// `2024-05-01T12:34:56.789Z`. A clock set before 1970 reads as the epoch.
-pub(super) fn rfc3339_millis(time: SystemTime) -> String {
+pub(crate) fn rfc3339_millis(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since.as_secs();
     // `u64::MAX / 86_400` fits in an i64 with room to spare.

@@ -380,14 +380,14 @@ pub fn parse_close_payload(payload: &[u8]) -> Option<(u16, Cow<'_, str>)> {
     }
 }
 
-/// A close frame the gateway writes itself, on the stack.
+/// A control frame the gateway writes itself (a close or a ping), on the stack.
 #[derive(Debug, Clone, Copy)]
-pub struct EncodedClose {
+pub struct EncodedControl {
     bytes: [u8; MAX_CLOSE_FRAME_LEN],
     len: usize,
 }
 
-impl EncodedClose {
+impl EncodedControl {
     pub fn as_bytes(&self) -> &[u8] {
         self.bytes.get(..self.len).unwrap_or_default()
     }
@@ -398,32 +398,50 @@ impl EncodedClose {
             self.len += 1;
         }
     }
+
+    /// A final frame with `opcode_bits` and `payload` (at most 125 bytes, the rest is cut),
+    /// masked with `mask` when given (frames toward a server must be masked).
+    fn new(opcode_bits: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Self {
+        let payload = payload.get(..MAX_CONTROL_PAYLOAD).unwrap_or(payload);
+        let mut out = EncodedControl {
+            bytes: [0; MAX_CLOSE_FRAME_LEN],
+            len: 0,
+        };
+        out.push(0x80 | opcode_bits);
+        out.push(if mask.is_some() { 0x80 } else { 0 } | payload.len() as u8);
+        let key = mask.unwrap_or_default();
+        if mask.is_some() {
+            key.iter().for_each(|&b| out.push(b));
+        }
+        for (i, byte) in payload.iter().enumerate() {
+            out.push(byte ^ key.get(i % 4).copied().unwrap_or(0));
+        }
+        out
+    }
 }
 
 /// Encodes a close frame with `code` and `reason` (cut at a character boundary to fit 123
-/// bytes), masked with `mask` when given (frames toward a server must be masked).
-pub fn encode_close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> EncodedClose {
+/// bytes), masked with `mask` when given.
+pub fn encode_close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> EncodedControl {
     let mut cut = reason.len().min(MAX_CLOSE_REASON);
     while !reason.is_char_boundary(cut) {
         cut -= 1;
     }
     let reason = reason.get(..cut).unwrap_or_default().as_bytes();
-    let payload_len = 2 + reason.len();
-    let mut out = EncodedClose {
-        bytes: [0; MAX_CLOSE_FRAME_LEN],
-        len: 0,
-    };
-    out.push(0x88);
-    out.push(if mask.is_some() { 0x80 } else { 0 } | payload_len as u8);
-    let key = mask.unwrap_or_default();
-    if mask.is_some() {
-        key.iter().for_each(|&b| out.push(b));
+    let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+    let [hi, lo] = code.to_be_bytes();
+    payload[0] = hi;
+    payload[1] = lo;
+    let len = 2 + reason.len();
+    if let Some(rest) = payload.get_mut(2..len) {
+        rest.copy_from_slice(reason);
     }
-    let payload = code.to_be_bytes().into_iter().chain(reason.iter().copied());
-    for (i, byte) in payload.enumerate() {
-        out.push(byte ^ key.get(i % 4).copied().unwrap_or(0));
-    }
-    out
+    EncodedControl::new(0x8, payload.get(..len).unwrap_or_default(), mask)
+}
+
+/// Encodes a ping frame carrying `payload` (at most 125 bytes), masked with `mask` when given.
+pub fn encode_ping(payload: &[u8], mask: Option<[u8; 4]>) -> EncodedControl {
+    EncodedControl::new(0x9, payload, mask)
 }
 
 #[cfg(test)]

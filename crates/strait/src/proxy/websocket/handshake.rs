@@ -14,6 +14,7 @@ use super::relay::{CLOSE_GOING_AWAY, CloseFrame, RelayConfig, relay};
 use crate::error::{ErrorKind, GatewayError};
 use crate::proxy::headers::{strip_hop_by_hop, to_backend};
 use crate::proxy::pipeline::{Body, ConnInfo, Matched, Shared};
+use crate::proxy::sessions::SessionInfo;
 use crate::upstream::UpstreamError;
 
 pub async fn forward(
@@ -26,6 +27,7 @@ pub async fn forward(
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (parts, _) = req.into_parts();
     let mut headers = parts.headers;
+    let origin = text_header(&headers, header::ORIGIN);
     to_backend(&mut headers, parts.uri.authority(), conn, &route)?;
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -77,6 +79,7 @@ pub async fn forward(
 
     let backend_upgrade = hyper::upgrade::on(&mut response);
     let (parts, _) = response.into_parts();
+    let subprotocol = text_header(&parts.headers, header::SEC_WEBSOCKET_PROTOCOL);
     let mut answer = Response::new(Either::Right(Full::new(Bytes::new())));
     *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *answer.headers_mut() = parts.headers;
@@ -84,10 +87,21 @@ pub async fn forward(
     let config = RelayConfig {
         idle_timeout: env.timeouts.websocket_idle,
         close_timeout: shared.close_timeout,
+        ping_interval: env.timeouts.websocket_ping,
+        pong_timeout: env.timeouts.websocket_pong_timeout,
     };
+    let max_lifetime = env.timeouts.websocket_max_lifetime;
     let shutdown = shared.shutdown.clone();
     let registry = shared.registry.clone();
-    let env_name = env.name.clone();
+    let info = SessionInfo {
+        env: env.name.clone(),
+        proxy: route.proxy.clone(),
+        client: conn.client,
+        origin,
+        subprotocol,
+        consumer: None,
+        target: target.to_string(),
+    };
     let proxy = route.proxy.clone();
     let client = conn.client;
     shared.sessions.spawn(async move {
@@ -98,12 +112,18 @@ pub async fn forward(
                 return;
             }
         };
-        let (registration, close_requested) =
-            registry.register(env_name, proxy.clone(), client, target.to_string());
+        let (registration, close_requested) = registry.register(info);
+        let lifetime = async move {
+            match max_lifetime {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
         let stop = async move {
             tokio::select! {
                 _ = shutdown.cancelled() => CloseFrame::new(CLOSE_GOING_AWAY, "gateway shutting down"),
                 Ok(frame) = close_requested => frame,
+                _ = lifetime => CloseFrame::new(CLOSE_GOING_AWAY, "maximum session lifetime reached"),
             }
         };
         tracing::debug!(%proxy, %client, %target, "WebSocket session open");
@@ -111,6 +131,7 @@ pub async fn forward(
             TokioIo::new(client_io),
             TokioIo::new(backend_io),
             &config,
+            &registration.session.live,
             stop,
         )
         .await;
@@ -128,6 +149,14 @@ pub async fn forward(
         drop(registration);
     });
     Ok(answer)
+}
+
+/// A header's value as text, if present and visible ASCII.
+fn text_header(headers: &http::HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn connect_error(proxy: &str, error: &UpstreamError) -> GatewayError {

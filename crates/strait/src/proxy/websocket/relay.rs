@@ -37,13 +37,14 @@ use std::collections::hash_map::RandomState;
 use std::future::{Future, poll_fn};
 use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::frame::{self, EncodedClose, FrameParser, MaskPolicy, OpCode, ProtocolError};
+use super::frame::{self, EncodedControl, FrameParser, MaskPolicy, OpCode, ProtocolError};
 
 /// A close frame's code and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,10 +72,76 @@ pub enum Initiator {
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// No frame either way for this long: close 1001 to both sides.
+    /// No frame either way for this long: close 1001 to both sides. Pongs do not count, so
+    /// the keepalive's own exchanges do not keep an idle session open.
     pub idle_timeout: Duration,
+    /// Keepalive: a side that sent nothing for this long gets a ping from the gateway.
+    pub ping_interval: Option<Duration>,
+    /// A pinged side that sends nothing within this long is taken as gone: the other side
+    /// gets 1014 (backend) or 1001 (client) and the silent one is dropped.
+    pub pong_timeout: Duration,
     /// How long to wait for the close handshake (and for a frame in flight to finish) before dropping.
     pub close_timeout: Duration,
+}
+
+/// Counters a relay publishes as it runs, for the connection registry: one writer (the
+/// relay, after each burst of activity, not per frame), any number of readers, no lock.
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    client_to_backend: AtomicDirection,
+    backend_to_client: AtomicDirection,
+    /// Milliseconds since the UNIX epoch of the last activity (0: none yet).
+    last_activity_ms: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct AtomicDirection {
+    frames: AtomicU64,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl AtomicDirection {
+    fn store(&self, stats: &DirectionStats) {
+        self.frames.store(stats.frames, Ordering::Relaxed);
+        self.messages.store(stats.messages, Ordering::Relaxed);
+        self.bytes.store(stats.bytes, Ordering::Relaxed);
+    }
+
+    fn load(&self) -> DirectionStats {
+        DirectionStats {
+            frames: self.frames.load(Ordering::Relaxed),
+            messages: self.messages.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl LiveStats {
+    pub fn client_to_backend(&self) -> DirectionStats {
+        self.client_to_backend.load()
+    }
+
+    pub fn backend_to_client(&self) -> DirectionStats {
+        self.backend_to_client.load()
+    }
+
+    /// When a frame last passed either way (`None`: not yet).
+    pub fn last_activity(&self) -> Option<SystemTime> {
+        match self.last_activity_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
+        }
+    }
+
+    fn publish(&self, c2b: &DirectionStats, b2c: &DirectionStats) {
+        self.client_to_backend.store(c2b);
+        self.backend_to_client.store(b2c);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.last_activity_ms.store(now, Ordering::Relaxed);
+    }
 }
 
 /// Counters for one direction.
@@ -109,18 +176,24 @@ const OPS_PER_POLL: u32 = 64;
 /// Relays an upgraded client connection and an upgraded backend connection until both are closed.
 /// `stop` resolving asks the gateway to close both sides with that frame (shutdown, later
 /// forced disconnects).
-pub async fn relay<C, B, S>(client: C, backend: B, config: &RelayConfig, stop: S) -> RelayOutcome
+pub async fn relay<C, B, S>(
+    client: C,
+    backend: B,
+    config: &RelayConfig,
+    live: &LiveStats,
+    stop: S,
+) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
     S: Future<Output = CloseFrame> + Send,
 {
     let mut stop = std::pin::pin!(stop);
-    let mut timer = std::pin::pin!(tokio::time::sleep_until(after(
-        Instant::now(),
-        config.idle_timeout
-    )));
-    let mut session = Session::new(client, backend, config);
+    let first_wake = config
+        .ping_interval
+        .map_or(config.idle_timeout, |ping| ping.min(config.idle_timeout));
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(after(Instant::now(), first_wake)));
+    let mut session = Session::new(client, backend, config, live);
     poll_fn(|cx| session.poll(cx, stop.as_mut(), timer.as_mut())).await
 }
 
@@ -221,11 +294,16 @@ struct Direction {
     src: Src,
     dst: Dst,
     /// The gateway's close for `dst`, written at the next boundary; and how much of it is out.
-    inject: Option<EncodedClose>,
+    inject: Option<EncodedControl>,
     inject_pos: usize,
+    /// The gateway's keepalive ping for `dst`, written at the next boundary; and how much of it is out.
+    ping: Option<EncodedControl>,
+    ping_pos: usize,
     need_flush: bool,
-    /// Read or wrote something since the session last looked (idle tracking).
+    /// Relayed something other than a pong since the session last looked (idle tracking).
     active: bool,
+    /// Read something from `src` since the session last looked (keepalive).
+    heard: bool,
     violation: Option<ProtocolError>,
     stats: DirectionStats,
 }
@@ -244,8 +322,11 @@ impl Direction {
             dst: Dst::Open,
             inject: None,
             inject_pos: 0,
+            ping: None,
+            ping_pos: 0,
             need_flush: false,
             active: false,
+            heard: false,
             violation: None,
             stats: DirectionStats::default(),
         }
@@ -276,6 +357,10 @@ impl Direction {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        // 0. A ping partly written goes out whole before anything else.
+        if self.ping_pos > 0 {
+            return self.write_ping(cx, dst);
+        }
         // 1. Write approved bytes.
         if self.head < self.fwd_end {
             let chunk = self.buf.get(self.head..self.fwd_end).unwrap_or_default();
@@ -284,11 +369,17 @@ impl Direction {
                 Poll::Ready(Ok(n)) => {
                     self.head += n;
                     self.need_flush = true;
-                    self.active = true;
                     Step::Progress
                 }
                 Poll::Pending => Step::Blocked,
             };
+        }
+        // 1b. At a boundary, start the keepalive ping (dropped if a close is due instead).
+        if self.ping.is_some() && (self.dst != Dst::Open || self.inject.is_some()) {
+            self.ping = None;
+        }
+        if self.ping.is_some() && !self.parser.in_payload() {
+            return self.write_ping(cx, dst);
         }
         // 2. At a boundary, write the gateway's close.
         if let Some(close) = &self.inject
@@ -357,7 +448,7 @@ impl Direction {
                     }
                     self.buf = buf;
                     self.tail = got.len();
-                    self.active = true;
+                    self.heard = true;
                     return Step::Progress;
                 }
                 Poll::Ready(Err(err)) => {
@@ -380,7 +471,7 @@ impl Direction {
                         return Step::Changed;
                     }
                     self.tail += n;
-                    self.active = true;
+                    self.heard = true;
                     return Step::Progress;
                 }
                 Poll::Ready(Err(err)) => {
@@ -408,6 +499,28 @@ impl Direction {
             };
         }
         Step::Idle
+    }
+
+    /// Writes (more of) the pending ping.
+    fn write_ping<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, dst: &mut W) -> Step {
+        let Some(ping) = &self.ping else {
+            self.ping_pos = 0;
+            return Step::Progress;
+        };
+        let rest = ping.as_bytes().get(self.ping_pos..).unwrap_or_default();
+        match Pin::new(&mut *dst).poll_write(cx, rest) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.dst_failed(),
+            Poll::Ready(Ok(n)) => {
+                self.ping_pos += n;
+                self.need_flush = true;
+                if self.ping_pos >= ping.as_bytes().len() {
+                    self.ping = None;
+                    self.ping_pos = 0;
+                }
+                Step::Progress
+            }
+            Poll::Pending => Step::Blocked,
+        }
     }
 
     /// Whether to read from the source now: it is open, wanted, and all read bytes are parsed.
@@ -451,7 +564,10 @@ impl Direction {
                             .saturating_sub(self.parser.held_header_len())
                             .max(self.head);
                     }
+                    // Activity: any frame under way, and every whole frame but a pong.
+                    self.active |= self.parser.in_payload();
                     let Some(end) = end else { continue };
+                    self.active |= end.header.opcode != OpCode::Pong;
                     if !discard {
                         self.stats.frames += 1;
                         self.stats.bytes += end.header.payload_len;
@@ -509,6 +625,8 @@ impl Direction {
     fn drop_pending(&mut self) {
         self.head = self.fwd_end;
         self.inject = None;
+        self.ping = None;
+        self.ping_pos = 0;
         self.need_flush = false;
     }
 
@@ -526,6 +644,14 @@ impl Direction {
             Some((code, reason)) => CloseFrame::new(code, reason),
             None => CloseFrame::new(frame::CLOSE_NO_STATUS, ""),
         }
+    }
+}
+
+/// The close the other side gets when `side` is lost: 1014 for a backend, 1001 for a client.
+fn lost(side: Side, why: &str) -> CloseFrame {
+    match side {
+        Side::Backend => CloseFrame::new(CLOSE_BAD_GATEWAY, format!("backend {why}")),
+        Side::Client => CloseFrame::new(CLOSE_GOING_AWAY, format!("client {why}")),
     }
 }
 
@@ -553,10 +679,32 @@ impl MaskRng {
     }
 }
 
+/// Keepalive state of one side.
+#[derive(Debug, Clone, Copy)]
+struct Keepalive {
+    /// When something last arrived from this side.
+    heard: Instant,
+    /// When the unanswered ping to this side was queued.
+    pinged: Option<Instant>,
+}
+
+impl Keepalive {
+    /// When the keepalive next needs a look: the pong deadline, or when a ping is due.
+    fn next(&self, config: &RelayConfig, interval: Duration) -> Instant {
+        match self.pinged {
+            Some(at) => after(at, config.pong_timeout),
+            None => after(self.heard, interval),
+        }
+    }
+}
+
 struct Session<'a, C, B> {
     client: C,
     backend: B,
     config: &'a RelayConfig,
+    live: &'a LiveStats,
+    client_alive: Keepalive,
+    backend_alive: Keepalive,
     c2b: Direction,
     b2c: Direction,
     /// Who started closing, and the close frame that did it.
@@ -582,11 +730,18 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    fn new(client: C, backend: B, config: &'a RelayConfig) -> Self {
+    fn new(client: C, backend: B, config: &'a RelayConfig, live: &'a LiveStats) -> Self {
+        let alive = Keepalive {
+            heard: Instant::now(),
+            pinged: None,
+        };
         Self {
             client,
             backend,
             config,
+            live,
+            client_alive: alive,
+            backend_alive: alive,
             c2b: Direction::new(MaskPolicy::Required),
             b2c: Direction::new(MaskPolicy::Forbidden),
             first: None,
@@ -623,10 +778,20 @@ where
             } else {
                 let mut changed = self.c2b.pump(cx, &mut self.client, &mut self.backend);
                 changed |= self.b2c.pump(cx, &mut self.backend, &mut self.client);
-                if self.c2b.active || self.b2c.active {
-                    self.c2b.active = false;
-                    self.b2c.active = false;
-                    self.last_activity = Instant::now();
+                if self.c2b.heard || self.b2c.heard {
+                    let now = Instant::now();
+                    if std::mem::take(&mut self.c2b.heard) {
+                        self.client_alive.heard = now;
+                    }
+                    if std::mem::take(&mut self.b2c.heard) {
+                        self.backend_alive.heard = now;
+                    }
+                    if self.c2b.active || self.b2c.active {
+                        self.c2b.active = false;
+                        self.b2c.active = false;
+                        self.last_activity = now;
+                    }
+                    self.live.publish(&self.c2b.stats, &self.b2c.stats);
                 }
                 changed |= self.react();
                 if self.handshake_done() {
@@ -659,14 +824,62 @@ where
                 tracing::debug!("websocket relay: close timeout, dropping the connection");
                 return Poll::Ready(self.outcome());
             }
+            let now = Instant::now();
+            if self.keepalive(now) {
+                continue;
+            }
             let idle_at = after(self.last_activity, self.config.idle_timeout);
-            if Instant::now() < idle_at {
-                timer.as_mut().reset(idle_at);
+            if now < idle_at {
+                let wake = match self.config.ping_interval {
+                    Some(interval) => idle_at
+                        .min(self.client_alive.next(self.config, interval))
+                        .min(self.backend_alive.next(self.config, interval)),
+                    None => idle_at,
+                };
+                timer.as_mut().reset(wake);
                 continue;
             }
             tracing::debug!("websocket relay: idle timeout");
             self.gateway_close(CloseFrame::new(CLOSE_GOING_AWAY, "idle timeout"));
         }
+    }
+
+    /// Pings each side that has been silent for the ping interval, and gives up on a side
+    /// that left a ping unanswered for the pong timeout. True if the session changed.
+    fn keepalive(&mut self, now: Instant) -> bool {
+        let Some(interval) = self.config.ping_interval else {
+            return false;
+        };
+        for side in [Side::Client, Side::Backend] {
+            let state = match side {
+                Side::Client => &mut self.client_alive,
+                Side::Backend => &mut self.backend_alive,
+            };
+            match state.pinged {
+                Some(at) if state.heard >= at => state.pinged = None,
+                Some(at) => {
+                    if now >= after(at, self.config.pong_timeout) {
+                        tracing::debug!(?side, "websocket relay: ping unanswered");
+                        let why = "did not answer a ping";
+                        self.note_first(Initiator::Gateway, Some(lost(side, why)));
+                        self.on_dead(side, why);
+                        return true;
+                    }
+                    continue;
+                }
+                None => {}
+            }
+            if now >= after(state.heard, interval) {
+                state.pinged = Some(now);
+                let mask = (side == Side::Backend).then(|| self.rng.key());
+                let dir = self.dir_to(side);
+                if dir.dst == Dst::Open && dir.inject.is_none() && dir.ping.is_none() {
+                    dir.ping = Some(frame::encode_ping(b"strait", mask));
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     fn dir_from(&mut self, side: Side) -> &mut Direction {
@@ -713,7 +926,7 @@ where
                 Side::Backend => self.backend_dead,
             };
             if !dead && (src == Src::Gone || self.dir_to(side).dst == Dst::Dead) {
-                self.on_dead(side);
+                self.on_dead(side, "connection lost");
                 changed = true;
             }
         }
@@ -732,7 +945,7 @@ where
         }
     }
 
-    fn encode(&mut self, to: Side, close: &CloseFrame) -> EncodedClose {
+    fn encode(&mut self, to: Side, close: &CloseFrame) -> EncodedControl {
         // The gateway is the client toward the backend: its frames there are masked.
         let mask = (to == Side::Backend).then(|| self.rng.key());
         frame::encode_close(close.code, &close.reason, mask)
@@ -774,7 +987,7 @@ where
     /// `side` hit EOF, failed, or can no longer be written: close the other side cleanly if
     /// its stream is at a boundary (1014 for a lost backend, 1001 for a lost client), else
     /// shut it down.
-    fn on_dead(&mut self, side: Side) {
+    fn on_dead(&mut self, side: Side, why: &str) {
         match side {
             Side::Client => self.client_dead = true,
             Side::Backend => self.backend_dead = true,
@@ -812,10 +1025,7 @@ where
                 back.mode = Mode::Stopped;
                 self.note_first(side.initiator(), None);
             } else if from.inject.is_none() {
-                let close = match side {
-                    Side::Backend => CloseFrame::new(CLOSE_BAD_GATEWAY, "backend connection lost"),
-                    Side::Client => CloseFrame::new(CLOSE_GOING_AWAY, "client connection lost"),
-                };
+                let close = lost(side, why);
                 tracing::debug!(?side, code = close.code, "websocket relay: peer lost");
                 self.queue_close(other, &close);
                 self.note_first(side.initiator(), Some(close));
@@ -850,6 +1060,7 @@ where
     }
 
     fn outcome(&self) -> RelayOutcome {
+        self.live.publish(&self.c2b.stats, &self.b2c.stats);
         let (initiator, close) = self.first.clone().unwrap_or((Initiator::Gateway, None));
         RelayOutcome {
             close,
@@ -917,6 +1128,8 @@ mod tests {
         RelayConfig {
             idle_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(5),
+            ping_interval: None,
+            pong_timeout: Duration::from_secs(10),
         }
     }
 
@@ -953,7 +1166,9 @@ mod tests {
                 Err(_) => std::future::pending().await,
             }
         };
-        let handle = tokio::spawn(async move { relay(client_gw, backend_gw, &config, stop).await });
+        let handle = tokio::spawn(async move {
+            relay(client_gw, backend_gw, &config, &LiveStats::default(), stop).await
+        });
         let running = Running {
             handle,
             stop: Some(tx),
@@ -1431,6 +1646,8 @@ mod tests {
         let cfg = RelayConfig {
             idle_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(5),
+            ping_interval: None,
+            pong_timeout: Duration::from_secs(10),
         };
         let (mut client, backend, running) = start_ws(cfg).await;
         let echo = echo(backend);
