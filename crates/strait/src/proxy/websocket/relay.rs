@@ -1677,6 +1677,76 @@ mod tests {
         assert!(last.elapsed() < Duration::from_secs(31));
     }
 
+    /// A peer task's messages; fails (in paused time, at once) if it runs past ten minutes.
+    async fn bounded(task: JoinHandle<Vec<Message>>) -> Vec<Message> {
+        tokio::time::timeout(Duration::from_secs(600), task)
+            .await
+            .expect("the session ends within ten minutes")
+            .expect("the peer task")
+    }
+
+    fn keepalive(ping: u64, pong: u64, idle: u64) -> RelayConfig {
+        RelayConfig {
+            idle_timeout: Duration::from_secs(idle),
+            close_timeout: Duration::from_secs(5),
+            ping_interval: Some(Duration::from_secs(ping)),
+            pong_timeout: Duration::from_secs(pong),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_dropped_after_an_unanswered_ping() {
+        // The client end is never read or written: a phone that lost its network.
+        let (_silent, backend, running) = start(keepalive(30, 10, 3600));
+        let started = Instant::now();
+        let seen = bounded(echo(ws(backend, Role::Server).await)).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(40),
+            "ping at 30s, given up at 40s"
+        );
+        assert!(
+            seen.contains(&Message::Ping(Bytes::from_static(b"strait"))),
+            "the backend was pinged too: {seen:?}"
+        );
+        assert_eq!(
+            seen.last(),
+            Some(&Message::Close(ws_close(
+                1001,
+                "client did not answer a ping"
+            )))
+        );
+        let out = running.outcome().await;
+        assert_eq!(out.initiator, Initiator::Gateway);
+        assert_eq!(
+            out.close,
+            Some(CloseFrame::new(1001, "client did not answer a ping"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answered_pings_keep_a_session_but_not_from_going_idle() {
+        let (client, backend, running) = start_ws(keepalive(10, 5, 60)).await;
+        let started = Instant::now();
+        // Both peers read all the time, so they answer every ping.
+        let (client, backend) = (echo(client), echo(backend));
+        let (client, backend) = (bounded(client).await, bounded(backend).await);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(60),
+            "pongs are not activity"
+        );
+        for seen in [&client, &backend] {
+            let pings = seen.iter().filter(|m| m.is_ping()).count();
+            assert!(pings >= 5, "pinged every 10s: {seen:?}");
+            assert_eq!(
+                seen.last(),
+                Some(&Message::Close(ws_close(1001, "idle timeout")))
+            );
+        }
+        assert_eq!(running.outcome().await.initiator, Initiator::Gateway);
+    }
+
     #[tokio::test]
     async fn stop_closes_both_sides_with_its_frame() {
         let (mut client, backend, mut running) = start_ws(config()).await;
