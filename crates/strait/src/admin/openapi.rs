@@ -148,7 +148,10 @@ pub fn document_json() -> Result<String, serde_json::Error> {
     "listen": "0.0.0.0:8443",
     "websocket": true,
     "tls": {"cert": "certs/gw.pem", "key": "certs/gw-key.pem"},
-    "timeouts": {"connect": "5s", "response": "60s", "websocket_idle": "1h"},
+    "timeouts": {
+        "connect": "5s", "response": "60s", "websocket_idle": "1h",
+        "websocket_ping": "30s", "websocket_pong_timeout": "10s", "websocket_max_lifetime": "24h"
+    },
     "shutdown_grace": "30s",
     "undeploy_grace": "30s"
 })))]
@@ -207,9 +210,18 @@ pub struct Timeouts {
     /// Until the backend's response head arrives.
     #[schema(required = false, default = "60s")]
     response: String,
-    /// A WebSocket session with no frames either way for this long is closed.
+    /// A WebSocket session with no frames either way for this long is closed (pongs do not count).
     #[schema(required = false, default = "1h")]
     websocket_idle: String,
+    /// Ping a side of a WebSocket session that sent nothing for this long (off when absent).
+    #[schema(required = false, example = "30s")]
+    websocket_ping: String,
+    /// A pinged side that sends nothing back within this long is dropped.
+    #[schema(required = false, default = "10s")]
+    websocket_pong_timeout: String,
+    /// Close every WebSocket session with 1001 after this long (off when absent).
+    #[schema(required = false, example = "24h")]
+    websocket_max_lifetime: String,
 }
 
 /// A proxy, with the fields of the YAML file except `deploy` (deployments have their own

@@ -141,6 +141,7 @@ pub async fn forward(
             %client,
             %target,
             close_code = outcome.close.as_ref().map(|c| c.code),
+            close_reason = outcome.close.as_ref().map_or("", |c| c.reason.as_str()),
             initiator = ?outcome.initiator,
             messages_in = outcome.client_to_backend.messages,
             messages_out = outcome.backend_to_client.messages,
