@@ -10,7 +10,6 @@ mod common;
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -135,6 +134,51 @@ fn steady_http(url: String, mut stop: watch::Receiver<bool>) -> JoinHandle<(u64,
     })
 }
 
+/// WebSocket chatter on every session of X plus steady HTTP through X, until `finish`.
+struct Traffic {
+    stop: watch::Sender<bool>,
+    chatters: Vec<JoinHandle<(Ws, u64)>>,
+    http: JoinHandle<(u64, u64)>,
+}
+
+impl Traffic {
+    fn start(gw: SocketAddr, sessions: Vec<Ws>) -> Traffic {
+        let (stop, watching) = watch::channel(false);
+        let chatters = sessions
+            .into_iter()
+            .enumerate()
+            .map(|(id, ws)| chatter(ws, id, watching.clone()))
+            .collect();
+        let http = steady_http(format!("http://{gw}/x/steady"), watching);
+        Traffic {
+            stop,
+            chatters,
+            http,
+        }
+    }
+
+    /// Stops the traffic; asserts no HTTP request failed and no message was lost or
+    /// reordered. Returns the sessions, all still open, and the messages exchanged.
+    async fn finish(self) -> (Vec<Ws>, u64) {
+        self.stop.send_replace(true);
+        let (sent, failed) = within("the HTTP client to stop", self.http)
+            .await
+            .expect("the HTTP client task");
+        assert!(sent > 0, "HTTP requests were sent meanwhile");
+        assert_eq!(failed, 0, "no HTTP request failed ({sent} sent)");
+        let mut sessions = Vec::new();
+        let mut messages = 0;
+        for chatter in self.chatters {
+            let (ws, exchanged) = within("a WebSocket client to stop", chatter)
+                .await
+                .expect("no WebSocket client lost or misordered a message");
+            messages += exchanged;
+            sessions.push(ws);
+        }
+        (sessions, messages)
+    }
+}
+
 /// Opens `count` sessions to `url`, a hundred at a time.
 async fn open_many(url: &str, count: usize) -> Vec<Ws> {
     let mut all = Vec::with_capacity(count);
@@ -157,13 +201,7 @@ async fn churn_on_other_proxies_and_redeploys_of_x_drop_nothing() {
 
     let sessions = open_many(&ws_url(gw, "/x/chat"), 1000).await;
     let mut bystander = ws_connect(&ws_url(gw, "/by/chat")).await;
-    let (stop_tx, stop) = watch::channel(false);
-    let chatters: Vec<_> = sessions
-        .into_iter()
-        .enumerate()
-        .map(|(id, ws)| chatter(ws, id, stop.clone()))
-        .collect();
-    let http = steady_http(format!("http://{gw}/x/steady"), stop.clone());
+    let traffic = Traffic::start(gw, sessions);
 
     let backend = |path: &str| format!("http://{}{path}", echo.local_addr());
     let operations = AtomicU64::new(0);
@@ -212,21 +250,7 @@ async fn churn_on_other_proxies_and_redeploys_of_x_drop_nothing() {
     }
     assert_eq!(operations.load(Ordering::Relaxed), 200);
 
-    stop_tx.send_replace(true);
-    let (sent, failed) = within("the HTTP client to stop", http)
-        .await
-        .expect("the HTTP client task");
-    assert!(sent > 0, "HTTP requests were sent during the churn");
-    assert_eq!(failed, 0, "no HTTP request failed ({sent} sent)");
-    let mut sessions = Vec::new();
-    let mut messages = 0;
-    for chatter in chatters {
-        let (ws, exchanged) = within("a WebSocket client to stop", chatter)
-            .await
-            .expect("no WebSocket client lost or misordered a message");
-        messages += exchanged;
-        sessions.push(ws);
-    }
+    let (mut sessions, messages) = traffic.finish().await;
     assert!(messages >= 2000, "every session exchanged messages");
     assert_eq!(
         api.gateway.sessions().len(),
@@ -463,13 +487,7 @@ async fn a_declarative_reload_drops_nothing() {
     let gw = api.gw("prod");
     let mut old = ws_connect(&ws_url(gw, "/old/s")).await;
     let sessions = open_many(&ws_url(gw, "/x/chat"), 100).await;
-    let (stop_tx, stop) = watch::channel(false);
-    let chatters: Vec<_> = sessions
-        .into_iter()
-        .enumerate()
-        .map(|(id, ws)| chatter(ws, id, stop.clone()))
-        .collect();
-    let http = steady_http(format!("http://{gw}/x/steady"), stop.clone());
+    let traffic = Traffic::start(gw, sessions);
 
     std::fs::write(&path, file("/x2", &other("new"))).expect("rewrite the file");
     assert!(
@@ -495,20 +513,6 @@ async fn a_declarative_reload_drops_nothing() {
     let (status, _) = api.through("prod", "/new/a").await;
     assert_eq!(status, StatusCode::OK, "the running configuration stays");
 
-    stop_tx.send_replace(true);
-    let (sent, failed) = within("the HTTP client", http).await.expect("HTTP task");
-    assert!(sent > 0);
-    assert_eq!(failed, 0, "no HTTP request failed ({sent} sent)");
-    let kept = Arc::new(AtomicU64::new(0));
-    for chatter in chatters {
-        within("a WebSocket client", chatter)
-            .await
-            .expect("no message lost or misordered");
-        kept.fetch_add(1, Ordering::Relaxed);
-    }
-    assert_eq!(
-        kept.load(Ordering::Relaxed),
-        100,
-        "every X session survived"
-    );
+    let (sessions, _) = traffic.finish().await;
+    assert_eq!(sessions.len(), 100, "every X session survived");
 }
