@@ -524,3 +524,66 @@ async fn demo_on_port_zero_prints_the_bound_port() {
         "the curl line names the bound address: {curl:?}"
     );
 }
+
+/// The gateway's peak resident memory (`VmHWM`) in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("a VmHWM line in {status}"))
+}
+
+/// 1 GiB streams through a real `strait run` while the gateway's peak memory stays flat.
+#[tokio::test]
+async fn a_one_gib_upload_passes_in_flat_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const GIB: u64 = 1 << 30;
+    let (_echo, echo_addr) = start_echo().await;
+    let dir = temporary_folder();
+    let config = dir.path().join("gateway.yaml");
+    let (gateway, addr) = start_on_free_port("strait run", |addr| {
+        let yaml = format!(
+            "environments:\n  - name: test\n    listen: {addr}\nproxies:\n  - name: up\n    path: /up/*\n    backend: http://{echo_addr}/svc\n    deploy: [test]\n"
+        );
+        std::fs::write(&config, yaml).expect("write the configuration");
+        Running::spawn("strait run", strait().arg("run").arg("--config").arg(&config))
+    })
+    .await;
+    let pid = gateway.pid().expect("the gateway runs");
+    let before = peak_rss_kib(pid);
+
+    let upload = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST /up/big HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {GIB}\r\nConnection: close\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.expect("send the head");
+        let chunk = vec![b'x'; 256 * 1024];
+        for _ in 0..GIB / chunk.len() as u64 {
+            tcp.write_all(&chunk).await.expect("send the body");
+        }
+        let mut response = Vec::new();
+        tcp.read_to_end(&mut response)
+            .await
+            .expect("read the answer");
+        response
+    };
+    let response = tokio::time::timeout(std::time::Duration::from_secs(300), upload)
+        .await
+        .expect("1 GiB passes within 5 minutes");
+    let (status, body) = common::parse_response(&response);
+    assert_eq!(status, 200, "{}", text(&body));
+    assert_eq!(
+        json(&body)["body_length"],
+        GIB,
+        "every byte reached the backend"
+    );
+
+    let growth = peak_rss_kib(pid).saturating_sub(before);
+    assert!(
+        growth < 64 * 1024,
+        "the gateway's peak memory grew by {growth} KiB while 1 GiB passed"
+    );
+}

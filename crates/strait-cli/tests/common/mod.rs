@@ -139,6 +139,11 @@ impl Running {
         }
     }
 
+    /// The child's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn transcript(&self) -> String {
         self.seen
             .iter()
