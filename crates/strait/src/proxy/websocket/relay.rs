@@ -851,10 +851,25 @@ where
             return false;
         };
         for side in [Side::Client, Side::Backend] {
+            // A side is judged only while it could be heard and its ping has gone out:
+            // while what it sent waits for the other side to take it (backpressure), the
+            // relay does not read it, and a ping still queued behind a frame was not sent.
+            let from = self.dir_from(side);
+            let backlogged = from.src == Src::Open && from.head < from.fwd_end;
+            let ping_queued = self.dir_to(side).ping.is_some();
             let state = match side {
                 Side::Client => &mut self.client_alive,
                 Side::Backend => &mut self.backend_alive,
             };
+            if backlogged {
+                state.heard = now;
+                state.pinged = None;
+                continue;
+            }
+            if ping_queued {
+                state.pinged = Some(now);
+                continue;
+            }
             match state.pinged {
                 Some(at) if state.heard >= at => state.pinged = None,
                 Some(at) => {
@@ -1722,6 +1737,27 @@ mod tests {
             out.close,
             Some(CloseFrame::new(1001, "client did not answer a ping"))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_side_held_back_by_a_slow_peer_is_not_taken_for_dead() {
+        // The backend streams and never reads (so never answers a ping); the client reads
+        // one message a second. The relay reads the backend only as fast as the client
+        // drains, which must not count as the backend being silent.
+        let (mut client, mut backend, running) = start_ws(keepalive(5, 5, 3600)).await;
+        let flood = tokio::spawn(async move {
+            let message = Message::binary(vec![7u8; 100]);
+            while backend.send(message.clone()).await.is_ok() {}
+        });
+        for _ in 0..60 {
+            assert!(next(&mut client).await.is_binary(), "still streaming");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert!(
+            !running.handle.is_finished(),
+            "a minute of slow reading later, still open"
+        );
+        flood.abort();
     }
 
     #[tokio::test(start_paused = true)]
