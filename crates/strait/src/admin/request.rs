@@ -10,6 +10,7 @@ use hyper::body::Body;
 use serde_json::Value;
 
 use super::error::{ApiError, ErrorKind};
+use crate::proxy::websocket::frame::MAX_CLOSE_REASON;
 
 /// Largest request body accepted (1 MiB).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -195,9 +196,9 @@ fn close_params(query: &str) -> Result<(u16, String), ApiError> {
         },
     };
     let reason = param(query, "reason")?.unwrap_or_else(|| "closed by the operator".into());
-    if reason.len() > 123 {
+    if reason.len() > MAX_CLOSE_REASON {
         return Err(ApiError::bad_request(format!(
-            "the query parameter reason is {} bytes; a close frame carries at most 123",
+            "the query parameter reason is {} bytes; a close frame carries at most {MAX_CLOSE_REASON}",
             reason.len()
         )));
     }

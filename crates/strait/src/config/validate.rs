@@ -422,9 +422,12 @@ impl Check<'_> {
         let connect = timeout("connect", defaults.connect);
         let response = timeout("response", defaults.response);
         let websocket_idle = timeout("websocket_idle", defaults.websocket_idle);
-        // These may be left out (off) but not zero: a zero interval would ping without end.
+        // These may be left out (off: `Some(None)`) but not zero: a zero interval would
+        // ping without end. `None`: reported.
         let mut positive = |key: &str| {
-            let node = fields.optional(key)?;
+            let Some(node) = fields.optional(key) else {
+                return Some(None);
+            };
             let label = fields.label(key);
             let d = self.duration(node, ctx, &label, &fields.field(key))?;
             if d.is_zero() {
@@ -433,36 +436,19 @@ impl Check<'_> {
                 self.report(node.at, &fields.field(key), why);
                 return None;
             }
-            Some(d)
+            Some(Some(d))
         };
         let websocket_ping = positive("websocket_ping");
         let websocket_pong_timeout = positive("websocket_pong_timeout");
         let websocket_max_lifetime = positive("websocket_max_lifetime");
-        let present = |key: &str| fields.optional(key).is_some();
-        let (ping_given, pong_given, lifetime_given) = (
-            present("websocket_ping"),
-            present("websocket_pong_timeout"),
-            present("websocket_max_lifetime"),
-        );
         Some(Timeouts {
             connect: connect?,
             response: response?,
             websocket_idle: websocket_idle?,
-            websocket_ping: if ping_given {
-                Some(websocket_ping?)
-            } else {
-                None
-            },
-            websocket_pong_timeout: if pong_given {
-                websocket_pong_timeout?
-            } else {
-                defaults.websocket_pong_timeout
-            },
-            websocket_max_lifetime: if lifetime_given {
-                Some(websocket_max_lifetime?)
-            } else {
-                None
-            },
+            websocket_ping: websocket_ping?,
+            websocket_pong_timeout: websocket_pong_timeout?
+                .unwrap_or(defaults.websocket_pong_timeout),
+            websocket_max_lifetime: websocket_max_lifetime?,
         })
     }
 
