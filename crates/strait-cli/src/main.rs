@@ -244,14 +244,7 @@ async fn serve_control(
     mut signals: Signals,
     file: Option<&Path>,
 ) -> ExitCode {
-    let admin: Option<AdminServer> = match admin.map(|a| a.serve(control.clone())).transpose() {
-        Ok(admin) => admin,
-        Err(error) => {
-            eprintln!("error: {error}");
-            control.gateway().shutdown().await;
-            return ExitCode::FAILURE;
-        }
-    };
+    let admin: Option<AdminServer> = admin.map(|a| a.serve(control.clone()));
     let mut seen = file.map(file_stamp);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

@@ -89,6 +89,7 @@ pub struct AdminServer {
 /// environment listens.
 pub struct AdminListener {
     tcp: TcpListener,
+    local_addr: SocketAddr,
     token: Option<String>,
 }
 
@@ -97,18 +98,19 @@ impl AdminListener {
     /// `None`, and a token that cannot travel in an `Authorization` header.
     pub async fn bind(addr: SocketAddr, token: Option<String>) -> Result<Self, AdminError> {
         start_checks(addr, token.as_deref())?;
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| AdminError::Bind { addr, source })?;
-        Ok(AdminListener { tcp, token })
+        let bind = |source| AdminError::Bind { addr, source };
+        let tcp = TcpListener::bind(addr).await.map_err(bind)?;
+        let local_addr = tcp.local_addr().map_err(bind)?;
+        Ok(AdminListener {
+            tcp,
+            local_addr,
+            token,
+        })
     }
 
     /// Starts answering calls on `control`.
-    pub fn serve(self, control: Arc<Control>) -> Result<AdminServer, AdminError> {
-        let local_addr = self.tcp.local_addr().map_err(|source| AdminError::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        })?;
+    pub fn serve(self, control: Arc<Control>) -> AdminServer {
+        let local_addr = self.local_addr;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let app = Arc::new(App {
@@ -118,11 +120,11 @@ impl AdminListener {
         tasks.spawn(serve(self.tcp, app, shutdown.clone()));
         tasks.close();
         tracing::info!("admin API listening on http://{local_addr}");
-        Ok(AdminServer {
+        AdminServer {
             local_addr,
             shutdown,
             tasks,
-        })
+        }
     }
 }
 
@@ -133,7 +135,7 @@ impl AdminServer {
         control: Arc<Control>,
         token: Option<String>,
     ) -> Result<AdminServer, AdminError> {
-        AdminListener::bind(addr, token).await?.serve(control)
+        Ok(AdminListener::bind(addr, token).await?.serve(control))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
