@@ -113,9 +113,11 @@ pub async fn forward(
             }
         };
         let (registration, close_requested) = registry.register(info);
+        // Boxed: a session without a lifetime limit carries no timer.
+        let limit = max_lifetime.map(|limit| Box::pin(tokio::time::sleep(limit)));
         let lifetime = async move {
-            match max_lifetime {
-                Some(limit) => tokio::time::sleep(limit).await,
+            match limit {
+                Some(sleep) => sleep.await,
                 None => std::future::pending().await,
             }
         };

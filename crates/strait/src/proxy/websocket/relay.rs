@@ -166,6 +166,8 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 pub const CLOSE_BAD_GATEWAY: u16 = 1014;
 
+/// What the gateway's keepalive pings carry.
+const PING_PAYLOAD: &[u8] = b"strait";
 /// Bytes buffered per direction.
 const BUF_SIZE: usize = 16 * 1024;
 /// The stack buffer an idle direction reads into before it allocates `BUF_SIZE`.
@@ -297,7 +299,9 @@ struct Direction {
     inject: Option<EncodedControl>,
     inject_pos: usize,
     /// The gateway's keepalive ping for `dst`, written at the next boundary; and how much of it is out.
-    ping: Option<EncodedControl>,
+    /// Only the mask key is kept (`None` inside: unmasked, toward the client); the 12-byte
+    /// frame is encoded again at each write, so an idle session holds no frame buffer.
+    ping: Option<Option<[u8; 4]>>,
     ping_pos: usize,
     need_flush: bool,
     /// Relayed something other than a pong since the session last looked (idle tracking).
@@ -503,10 +507,11 @@ impl Direction {
 
     /// Writes (more of) the pending ping.
     fn write_ping<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, dst: &mut W) -> Step {
-        let Some(ping) = &self.ping else {
+        let Some(mask) = self.ping else {
             self.ping_pos = 0;
             return Step::Progress;
         };
+        let ping = frame::encode_ping(PING_PAYLOAD, mask);
         let rest = ping.as_bytes().get(self.ping_pos..).unwrap_or_default();
         match Pin::new(&mut *dst).poll_write(cx, rest) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.dst_failed(),
@@ -889,7 +894,7 @@ where
                 let mask = (side == Side::Backend).then(|| self.rng.key());
                 let dir = self.dir_to(side);
                 if dir.dst == Dst::Open && dir.inject.is_none() && dir.ping.is_none() {
-                    dir.ping = Some(frame::encode_ping(b"strait", mask));
+                    dir.ping = Some(mask);
                     return true;
                 }
             }
@@ -1721,7 +1726,7 @@ mod tests {
             "ping at 30s, given up at 40s"
         );
         assert!(
-            seen.contains(&Message::Ping(Bytes::from_static(b"strait"))),
+            seen.contains(&Message::Ping(Bytes::from_static(PING_PAYLOAD))),
             "the backend was pinged too: {seen:?}"
         );
         assert_eq!(
