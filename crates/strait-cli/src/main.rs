@@ -1,6 +1,8 @@
 //! `strait`: the command line. Thin: parsing arguments, logging and signals live here;
 //! everything else is in the `strait` library.
 
+mod top;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,7 +14,8 @@ use strait::config::{self, ConfigError};
 
 use strait::admin::{AdminClient, AdminListener, AdminServer, apply_file};
 use strait::control::Control;
-use strait::{Gateway, GatewayHandle, echo};
+use strait::telemetry::access::Destination;
+use strait::{Gateway, GatewayHandle, GatewayOptions, echo};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 #[derive(Parser)]
@@ -55,6 +58,12 @@ enum Command {
     },
     /// Print a gateway's state as a configuration file.
     Dump {
+        #[arg(long)]
+        admin: String,
+    },
+    /// A live view of a running gateway, like top: proxies, request rates, WebSocket sessions.
+    Top {
+        /// The admin API, e.g. http://127.0.0.1:8001 (token from STRAIT_ADMIN_TOKEN).
         #[arg(long)]
         admin: String,
     },
@@ -120,6 +129,18 @@ fn main() -> ExitCode {
                         dry_run,
                     } => apply(&file, &admin, dry_run).await,
                     Command::Dump { admin } => dump(&admin).await,
+                    Command::Top { admin } => {
+                        let mut signals = signals;
+                        // A terminal program also ends when its terminal hangs up.
+                        let stop = async move {
+                            tokio::select! {
+                                _ = signals.term.recv() => {}
+                                _ = signals.int.recv() => {}
+                                _ = signals.hup.recv() => {}
+                            }
+                        };
+                        top::run(&admin, stop).await
+                    }
                     Command::Echo { listen } => run_echo(listen, signals).await,
                     Command::Demo { listen, backend } => demo(listen, backend, signals).await,
                     Command::Validate { .. } => ExitCode::SUCCESS,
@@ -211,7 +232,7 @@ async fn run_stateful(data: &Path, admin: Option<SocketAddr>, signals: Signals) 
         return ExitCode::FAILURE;
     };
     report_fd_limit();
-    let control = match Control::stateful(data).await {
+    let control = match Control::stateful(data, gateway_options()).await {
         Ok((control, _)) => Arc::new(control),
         Err(error) => {
             eprintln!("error: {}: {error}", data.display());
@@ -335,10 +356,17 @@ async fn dump(admin: &str) -> ExitCode {
 
 async fn start(config: &config::Config) -> Option<GatewayHandle> {
     report_fd_limit();
-    Gateway::start(config)
+    Gateway::start_with(config, gateway_options())
         .await
         .map_err(|error| eprintln!("error: {error}"))
         .ok()
+}
+
+/// Environments log requests to standard output unless their `access_log` says otherwise.
+fn gateway_options() -> GatewayOptions {
+    GatewayOptions {
+        access_log: Some(Destination::Stdout),
+    }
 }
 
 /// Waits for SIGTERM/SIGINT, then shuts the gateway down gracefully.

@@ -8,6 +8,7 @@
 //! - [`control`]: the desired state and applying each change live (declarative file or store).
 //! - [`store`]: SQLite persistence of the desired state and its history.
 //! - [`admin`]: the admin HTTP API over [`control`].
+//! - [`telemetry`]: metrics, access log and trace context the data plane records into.
 //! - [`echo`]: the built-in echo backend used by the demo, the tests and the benchmarks.
 //! - [`error`]: the JSON error every gateway-made response uses.
 
@@ -19,6 +20,7 @@ pub mod error;
 pub mod proxy;
 pub mod routing;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;
 
-pub use proxy::{Gateway, GatewayHandle, StartError};
+pub use proxy::{Gateway, GatewayHandle, GatewayOptions, StartError};

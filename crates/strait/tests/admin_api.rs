@@ -760,6 +760,7 @@ async fn openapi_json_is_a_valid_openapi_3_1_document_of_the_served_api() {
     let expected: BTreeSet<(String, String)> = [
         ("GET", "/health"),
         ("GET", "/openapi.json"),
+        ("GET", "/metrics"),
         ("GET", "/config"),
         ("GET", "/history"),
         ("GET", "/environments"),
@@ -839,7 +840,8 @@ async fn openapi_json_is_a_valid_openapi_3_1_document_of_the_served_api() {
         "websocket": true,
         "timeouts": {"connect": "1s", "response": "2s", "websocket_idle": "3s"},
         "shutdown_grace": "4s",
-        "undeploy_grace": "never"
+        "undeploy_grace": "never",
+        "access_log": {"format": "combined", "log_handshake": true}
     });
     api.put("/environments/full", &all_env_fields)
         .await

@@ -283,6 +283,18 @@ async fn a_client_that_stops_answering_pings_is_dropped() {
         }
     })
     .await;
+    // The active-session gauge dropped with it, and the answered pings were timed.
+    let metrics = api.get("/metrics").await.expect(200, "metrics").text();
+    let active = r#"strait_websocket_connections_active{environment="prod",proxy="chat"} 1"#;
+    assert!(metrics.lines().any(|l| l == active), "{metrics}");
+    let closes = r#"strait_websocket_closes_total{environment="prod",proxy="chat",code="1001",initiator="gateway"} 1"#;
+    assert!(metrics.lines().any(|l| l == closes), "{metrics}");
+    let rtt = r#"strait_websocket_ping_rtt_seconds_count{environment="prod",proxy="chat"} "#;
+    let timed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(rtt))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(timed.is_some_and(|n| n >= 1), "{metrics}");
 
     // The healthy one, open longer than ping + pong timeout, is still there.
     within("send", sink.send(Message::text("alive")))

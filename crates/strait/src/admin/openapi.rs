@@ -30,6 +30,7 @@ pub const BEARER: &str = "bearer";
     paths(
         routes::health,
         routes::openapi_json,
+        routes::metrics,
         routes::config,
         routes::history,
         routes::list_environments,
@@ -68,7 +69,7 @@ pub const BEARER: &str = "bearer";
     modifiers(&Auth),
     security(("bearer" = [])),
     tags(
-        (name = "status", description = "Health, this document, the whole configuration and the history"),
+        (name = "status", description = "Health, this document, metrics, the whole configuration and the history"),
         (name = "environments", description = "Listeners with their TLS and timeouts"),
         (name = "proxies", description = "Paths routed to backends"),
         (name = "deployments", description = "Which proxies an environment serves"),
@@ -153,7 +154,8 @@ pub fn document_json() -> Result<String, serde_json::Error> {
         "websocket_ping": "30s", "websocket_pong_timeout": "10s", "websocket_max_lifetime": "24h"
     },
     "shutdown_grace": "30s",
-    "undeploy_grace": "30s"
+    "undeploy_grace": "30s",
+    "access_log": {"format": "json", "file": "/var/log/strait/access.log", "log_handshake": false}
 })))]
 #[allow(
     dead_code,
@@ -182,6 +184,26 @@ pub struct Environment {
     /// before they are closed with 1001: a duration, `0` (at once) or `never`.
     #[schema(required = false, default = "30s")]
     undeploy_grace: String,
+    #[schema(required = false)]
+    access_log: AccessLog,
+}
+
+/// This environment's access log.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct AccessLog {
+    /// `json` (one object per line), `combined` (nginx's format) or `off`.
+    #[schema(required = false, default = "json")]
+    format: String,
+    /// Appended to; default: the gateway's standard output.
+    #[schema(required = false)]
+    file: String,
+    /// Also log each WebSocket handshake, not only the session's end.
+    #[schema(required = false, default = false)]
+    log_handshake: bool,
 }
 
 /// Certificate chain and private key, PEM files.
@@ -297,6 +319,7 @@ mod tests {
         let expected: &[(&str, &[&str])] = &[
             ("/health", &["get"]),
             ("/openapi.json", &["get"]),
+            ("/metrics", &["get"]),
             ("/config", &["get"]),
             ("/history", &["get"]),
             ("/environments", &["get"]),

@@ -23,6 +23,7 @@ pub const MAX_PER_PAGE: u64 = 500;
 pub enum Route {
     Health,
     OpenApi,
+    Metrics,
     Config,
     History,
     Environments,
@@ -52,6 +53,7 @@ impl Route {
         let route = match segments.as_slice() {
             ["health"] => Route::Health,
             ["openapi.json"] => Route::OpenApi,
+            ["metrics"] => Route::Metrics,
             ["config"] => Route::Config,
             ["history"] => Route::History,
             ["environments"] => Route::Environments,
@@ -87,6 +89,7 @@ impl Route {
             Route::Deployment { .. } => PUT_DELETE,
             Route::Health
             | Route::OpenApi
+            | Route::Metrics
             | Route::Config
             | Route::History
             | Route::Environments
@@ -113,6 +116,7 @@ impl Route {
 pub enum Call {
     Health,
     OpenApi,
+    Metrics,
     Config,
     History {
         page: u64,
@@ -243,6 +247,7 @@ where
     let call = match (route, method) {
         (Route::Health, _) => Call::Health,
         (Route::OpenApi, _) => Call::OpenApi,
+        (Route::Metrics, _) => Call::Metrics,
         (Route::Config, _) => Call::Config,
         (Route::History, _) => {
             let page = number_param(&query, "page", 1, u64::MAX)?.unwrap_or(1);
@@ -448,6 +453,7 @@ mod tests {
         let cases = [
             ("/health", Route::Health),
             ("/openapi.json", Route::OpenApi),
+            ("/metrics", Route::Metrics),
             ("/config", Route::Config),
             ("/history", Route::History),
             ("/environments", Route::Environments),
@@ -563,6 +569,7 @@ mod tests {
         let cases = [
             (Method::GET, "/health", Call::Health),
             (Method::GET, "/openapi.json", Call::OpenApi),
+            (Method::GET, "/metrics", Call::Metrics),
             (Method::GET, "/config", Call::Config),
             (Method::GET, "/environments", Call::ListEnvironments),
             (

@@ -23,6 +23,7 @@ pub async fn execute(control: &Control, call: Call) -> Reply {
     match call {
         Call::Health => health(control),
         Call::OpenApi => openapi_json(),
+        Call::Metrics => metrics(control),
         Call::Config => config(control).await,
         Call::History { page, per_page } => history(control, page, per_page).await,
         Call::ListEnvironments => list_environments(control).await,
@@ -162,6 +163,32 @@ impl From<crate::control::HistoryEntry> for HistoryEntry {
             after,
         }
     }
+}
+
+/// Prometheus metrics
+///
+/// Every metric of the gateway in the OpenMetrics text format (Prometheus reads it):
+/// HTTP requests, durations and bytes; WebSocket sessions, upgrades, messages, bytes,
+/// closes and keepalive round trips; process and runtime figures. Labels are bounded
+/// (environment, proxy, method, status class, direction, close code, initiator).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "status",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)),
+)]
+pub fn metrics(control: &Control) -> Reply {
+    let text = control.gateway().metrics().encode().map_err(|error| {
+        ApiError::new(
+            ErrorKind::Internal,
+            format!("the metrics could not be encoded: {error}"),
+        )
+    })?;
+    Ok(respond(
+        StatusCode::OK,
+        crate::telemetry::metrics::CONTENT_TYPE,
+        Bytes::from(text),
+    ))
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {

@@ -84,6 +84,7 @@ fn expected_config() -> Config {
                 timeouts: Timeouts::default(),
                 shutdown_grace: Duration::from_secs(30),
                 undeploy_grace: None,
+                access_log: Default::default(),
             },
             Environment {
                 name: "staging".into(),
@@ -93,6 +94,7 @@ fn expected_config() -> Config {
                 timeouts: Timeouts::default(),
                 shutdown_grace: Duration::from_secs(30),
                 undeploy_grace: Some(Duration::ZERO),
+                access_log: Default::default(),
             },
         ],
         proxies: vec![

@@ -21,5 +21,8 @@ mod tests;
 
 pub use document::{DOCUMENT_ORIGIN, document_from_yaml, document_to_yaml, validate_document};
 pub use duration::{format_duration, parse_duration};
-pub use model::{AdminConfig, BackendTls, Config, Environment, Proxy, Timeouts, TlsFiles};
+pub use model::{
+    AccessLogFormat, AccessLogSettings, AdminConfig, BackendTls, Config, Environment, Proxy,
+    Timeouts, TlsFiles,
+};
 pub use parse::{ConfigError, Problem, load, parse_str};

@@ -38,6 +38,36 @@ pub struct Environment {
     /// closed with 1001 after this long (default 30s; zero closes them at once). `None`
     /// (`never` in the file) lets them finish on their own.
     pub undeploy_grace: Option<Duration>,
+    pub access_log: AccessLogSettings,
+}
+
+/// An environment's access log (`access_log:` in the file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSettings {
+    /// `None` (`format: off`): nothing is logged.
+    pub format: Option<AccessLogFormat>,
+    /// `None`: the gateway's default destination (standard output for `strait run`).
+    pub file: Option<PathBuf>,
+    /// Also log each WebSocket handshake, not only the session's end.
+    pub log_handshake: bool,
+}
+
+impl Default for AccessLogSettings {
+    fn default() -> Self {
+        AccessLogSettings {
+            format: Some(AccessLogFormat::Json),
+            file: None,
+            log_handshake: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// nginx's `combined`.
+    Combined,
 }
 
 #[derive(Debug, Clone, PartialEq)]

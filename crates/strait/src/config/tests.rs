@@ -18,6 +18,7 @@ environments:
     tls: { cert: gw.pem, key: /abs/gw-key.pem }
     timeouts: { connect: 5s, response: 60s, websocket_idle: 1h }
     shutdown_grace: 30s
+    access_log: { format: combined, file: logs/access.log, log_handshake: true }
 proxies:
   - name: users
     path: /api/v1/*
@@ -84,6 +85,11 @@ fn the_example_round_trips_into_the_model() {
             },
             shutdown_grace: Duration::from_secs(30),
             undeploy_grace: Some(Duration::from_secs(30)),
+            access_log: AccessLogSettings {
+                format: Some(AccessLogFormat::Combined),
+                file: Some("/etc/strait/logs/access.log".into()),
+                log_handshake: true,
+            },
         }],
         proxies: vec![Proxy {
             name: "users".into(),
@@ -950,4 +956,29 @@ fn websocket_keepalive_and_lifetime_are_optional_and_never_zero() {
     assert_problem(&found, 4, &["websocket_ping", "more than 0s"]);
     assert_problem(&found, 4, &["websocket_pong_timeout", "more than 0s"]);
     assert_problem(&found, 4, &["websocket_max_lifetime"]);
+}
+
+#[test]
+fn access_log_settings_are_checked() {
+    let config = parse(&env("    access_log: { format: off }\n")).unwrap();
+    assert_eq!(config.environments[0].access_log.format, None);
+    let config = parse(&env("")).unwrap();
+    assert_eq!(
+        config.environments[0].access_log,
+        AccessLogSettings::default()
+    );
+    assert_one_problem(
+        &env("    access_log: { format: yaml }\n"),
+        4,
+        &[
+            "access_log.format must be json, combined or off",
+            "\"yaml\"",
+        ],
+    );
+    assert_one_problem(&env("    access_log: { path: a.log }\n"), 4, &["path"]);
+    assert_one_problem(
+        &env("    access_log: { log_handshake: yes please }\n"),
+        4,
+        &["log_handshake must be true or false"],
+    );
 }

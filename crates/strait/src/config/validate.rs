@@ -16,7 +16,10 @@ use http::Method;
 
 use super::duration::parse_duration;
 use super::tree::{Loc, Node, Value};
-use super::{AdminConfig, BackendTls, Config, Environment, Proxy, Timeouts, TlsFiles};
+use super::{
+    AccessLogFormat, AccessLogSettings, AdminConfig, BackendTls, Config, Environment, Proxy,
+    Timeouts, TlsFiles,
+};
 use crate::routing::{BackendUrl, ProxyPath};
 
 // The keys of each object, in the order the file format writes them (export keeps it).
@@ -29,7 +32,9 @@ pub(super) const ENVIRONMENT_KEYS: &[&str] = &[
     "timeouts",
     "shutdown_grace",
     "undeploy_grace",
+    "access_log",
 ];
+pub(super) const ACCESS_LOG_KEYS: &[&str] = &["format", "file", "log_handshake"];
 pub(super) const TLS_KEYS: &[&str] = &["cert", "key"];
 pub(super) const TIMEOUT_KEYS: &[&str] = &[
     "connect",
@@ -310,6 +315,11 @@ impl Check<'_> {
             Some(node) => self.undeploy_grace(node, &ctx, &fields.field("undeploy_grace")),
         };
 
+        let access_log = match fields.optional("access_log") {
+            None => Some(AccessLogSettings::default()),
+            Some(node) => self.access_log(node, &ctx, &fields.field("access_log")),
+        };
+
         let environment = (|| {
             Some(Environment {
                 name: name.clone()?.0,
@@ -319,6 +329,7 @@ impl Check<'_> {
                 timeouts: timeouts?,
                 shutdown_grace: shutdown_grace?,
                 undeploy_grace: undeploy_grace?,
+                access_log: access_log?,
             })
         })();
         EnvironmentDraft {
@@ -395,6 +406,43 @@ impl Check<'_> {
         Some(TlsFiles {
             cert: cert?,
             key: key?,
+        })
+    }
+
+    fn access_log(&mut self, node: &Node, ctx: &str, field: &str) -> Option<AccessLogSettings> {
+        let expected = "a mapping such as { format: json, file: access.log, log_handshake: false }";
+        let fields = self.section(node, ctx, "access_log", ACCESS_LOG_KEYS, expected, field)?;
+        let format = match fields.optional("format") {
+            None => Some(Some(AccessLogFormat::Json)),
+            Some(node) => {
+                let label = fields.label("format");
+                let field = fields.field("format");
+                match self.text(node, ctx, &label, &field)? {
+                    "json" => Some(Some(AccessLogFormat::Json)),
+                    "combined" => Some(Some(AccessLogFormat::Combined)),
+                    "off" => Some(None),
+                    other => {
+                        self.report(
+                            node.at,
+                            &field,
+                            format!(
+                                "{ctx}: {label} must be json, combined or off, but it is {other:?}"
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let file = match fields.optional("file") {
+            None => Some(None),
+            Some(_) => self.file(&fields, ctx, "file", "access.log").map(Some),
+        };
+        let log_handshake = self.flag(&fields, ctx, "log_handshake");
+        Some(AccessLogSettings {
+            format: format?,
+            file: file?,
+            log_handshake: log_handshake?,
         })
     }
 

@@ -120,12 +120,15 @@ impl Control {
     }
 
     /// Stateful mode: opens (or creates) the database and starts a gateway serving what it holds.
-    pub async fn stateful(db: &Path) -> Result<(Control, Arc<GatewayHandle>), ControlError> {
+    pub async fn stateful(
+        db: &Path,
+        options: crate::GatewayOptions,
+    ) -> Result<(Control, Arc<GatewayHandle>), ControlError> {
         let store = Store::open(db).await.map_err(storage)?;
         let state = store.load().await.map_err(storage)?;
         let base = db.parent().map(Path::to_path_buf).unwrap_or_default();
         let config = compile(&state, &base)?;
-        let gateway = crate::Gateway::start(&config)
+        let gateway = crate::Gateway::start_with(&config, options)
             .await
             .map_err(|e| ControlError::Conflict(e.to_string()))?;
         let gateway = Arc::new(gateway);

@@ -1,18 +1,23 @@
 //! Connect + relay phases for plain HTTP: stream the request to the backend through the
 //! pooled client and stream its response back. Bodies are never buffered whole.
 
+use std::time::Instant;
+
 use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use super::exchange::Exchange;
 use super::headers::{strip_hop_by_hop, to_backend};
 use super::pipeline::{Body, ConnInfo, Matched};
 use crate::error::{ErrorKind, GatewayError};
+use crate::telemetry::Counted;
 
 pub async fn forward(
     conn: &ConnInfo,
     matched: Matched,
-    req: Request<Incoming>,
+    req: Request<Counted<Incoming>>,
+    exchange: &mut Exchange,
 ) -> Result<Response<Body>, GatewayError> {
     let Matched { env, route, target } = matched;
     let (mut parts, body) = req.into_parts();
@@ -20,6 +25,7 @@ pub async fn forward(
     parts.uri = target;
     parts.version = Version::HTTP_11;
 
+    let asked = Instant::now();
     let sent = route
         .upstream
         .http()
@@ -37,6 +43,9 @@ pub async fn forward(
         Ok(Err(error)) => return Err(backend_error(&route.proxy, route.backend.as_str(), &error)),
         Ok(Ok(response)) => response,
     };
+    let took = asked.elapsed();
+    exchange.backend_took = Some(took);
+    route.metrics.backend_answered(took);
     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         // Only an upgrade request may be answered with 101, and this was not one.
         return Err(GatewayError::new(

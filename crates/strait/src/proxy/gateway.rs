@@ -19,10 +19,12 @@ use tokio_util::task::TaskTracker;
 
 use super::listener::Listener;
 use super::pipeline::Shared;
-use super::sessions::Session;
-use super::snapshot::{CompileError, Snapshot};
+use super::sessions::{Registry, Session};
+use super::snapshot::{CompileError, Snapshot, Telemetry};
 use super::websocket::relay::{CLOSE_GOING_AWAY, CloseFrame};
 use crate::config::Config;
+use crate::telemetry::Metrics;
+use crate::telemetry::access::{Destination, Sinks};
 use crate::upstream::UpstreamCache;
 
 /// How long a WebSocket close handshake may take before the connection is dropped.
@@ -43,14 +45,31 @@ pub enum StartError {
 /// Entry point of the data plane.
 pub struct Gateway;
 
+/// Settings of the process rather than of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayOptions {
+    /// Where environments without `access_log.file` write their access log (`strait run`:
+    /// standard output). `None`: they do not log.
+    pub access_log: Option<Destination>,
+}
+
 impl Gateway {
     /// Binds every environment's listener and starts serving. Returns once all listeners are bound.
     pub async fn start(config: &Config) -> Result<GatewayHandle, StartError> {
+        Self::start_with(config, GatewayOptions::default()).await
+    }
+
+    pub async fn start_with(
+        config: &Config,
+        options: GatewayOptions,
+    ) -> Result<GatewayHandle, StartError> {
+        let registry = Arc::new(Registry::default());
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
-            registry: Arc::default(),
+            metrics: Arc::new(Metrics::new(registry.clone())),
+            registry,
             close_timeout: CLOSE_TIMEOUT,
         });
         let handle = GatewayHandle {
@@ -58,6 +77,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             running: Mutex::new(Running::default()),
             addrs: std::sync::Mutex::default(),
+            options,
         };
         handle.apply(config).await?;
         Ok(handle)
@@ -80,6 +100,7 @@ struct Bound {
 struct Running {
     listeners: HashMap<String, Bound>,
     upstreams: UpstreamCache,
+    sinks: Sinks,
 }
 
 /// A running gateway.
@@ -89,6 +110,7 @@ pub struct GatewayHandle {
     running: Mutex<Running>,
     /// Each environment's bound address, readable without waiting for `apply`.
     addrs: std::sync::Mutex<HashMap<String, SocketAddr>>,
+    options: GatewayOptions,
 }
 
 impl GatewayHandle {
@@ -104,7 +126,15 @@ impl GatewayHandle {
     /// routed by the new configuration. On `Err` nothing changed.
     pub async fn apply(&self, config: &Config) -> Result<(), StartError> {
         let mut running = self.running.lock().await;
-        let snapshot = Snapshot::compile(config, &mut running.upstreams)?;
+        let Running {
+            upstreams, sinks, ..
+        } = &mut *running;
+        let telemetry = Telemetry {
+            metrics: &self.shared.metrics,
+            sinks,
+            default_log: self.options.access_log.as_ref(),
+        };
+        let snapshot = Snapshot::compile(config, upstreams, telemetry)?;
 
         // Bind what is new before changing anything, so a busy port refuses the whole change.
         let mut fresh = Vec::new();
@@ -201,6 +231,16 @@ impl GatewayHandle {
         }
     }
 
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Waits until every access-log line so far is written out.
+    pub async fn flush_access_logs(&self) {
+        self.running.lock().await.sinks.flush().await;
+    }
+
     /// Every live WebSocket session.
     pub fn sessions(&self) -> Vec<Arc<Session>> {
         self.shared.registry.list()
@@ -219,6 +259,7 @@ impl GatewayHandle {
         self.shared.sessions.close();
         self.tasks.wait().await;
         self.shared.sessions.wait().await;
+        self.flush_access_logs().await;
         tracing::info!("gateway stopped");
     }
 }

@@ -5,6 +5,7 @@
 //! atomic swap, so the data plane never locks per request or per frame. This module may use
 //! `routing` and `upstream`; it never parses configuration text.
 
+mod exchange;
 mod forward;
 mod gateway;
 mod headers;
@@ -15,6 +16,6 @@ mod snapshot;
 mod tls;
 pub mod websocket;
 
-pub use gateway::{Gateway, GatewayHandle, StartError};
+pub use gateway::{Gateway, GatewayHandle, GatewayOptions, StartError};
 pub use sessions::Session;
 pub use snapshot::{EnvRoutes, Route, Snapshot};

@@ -6,25 +6,32 @@
 //! 3. **policies** — (none yet; authentication and limits slot in here);
 //! 4. **connect + relay** — HTTP forwarding ([`super::forward`]) or the WebSocket
 //!    handshake and relay ([`super::websocket::handshake`]);
-//! 5. **log** — one line per request ([`log`]).
+//! 5. **log** — metrics and the access-log line, once the response body has ended
+//!    ([`super::exchange`]); a WebSocket session logs its own line when it ends.
+//!
+//! Every request carries an [`Exchange`]: its request id and trace context (forwarded to
+//! the backend, the id also returned to the client) and what each phase learnt.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::exchange::{Exchange, Logged};
 use super::sessions::Registry;
 use super::snapshot::{EnvRoutes, Route, Snapshot};
 use super::{forward, websocket};
 use crate::error::{ErrorKind, GatewayError};
 use crate::routing::{normalize_path, target_uri};
+use crate::telemetry::trace::X_REQUEST_ID;
+use crate::telemetry::{Metrics, Upgrade};
 
 /// Response bodies: streamed from a backend, or made by the gateway.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -37,6 +44,7 @@ pub struct Shared {
     pub sessions: TaskTracker,
     /// Who owns each live WebSocket session, and how to close it.
     pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
     /// How long a WebSocket close handshake may take.
     pub close_timeout: Duration,
 }
@@ -61,31 +69,35 @@ pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Response<Body> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let response = match serve(&shared, &conn, req).await {
+) -> Response<Logged<Body>> {
+    let mut exchange = Exchange::begin(&conn, &req);
+    let mut response = match serve(&shared, &conn, req, &mut exchange).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::debug!(env = %conn.env, %method, %path, kind = error.kind.as_str(), "{error}");
+            tracing::debug!(env = %conn.env, method = %exchange.method, path = exchange.path(), kind = error.kind.as_str(), "{error}");
             error.to_response().map(Either::Right)
         }
     };
-    log(&conn, &method, &path, response.status(), started);
+    exchange.status = response.status();
     response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), exchange.trace.request_id.clone());
+    response.map(|body| Logged::new(body, exchange))
 }
 
 async fn serve(
     shared: &Shared,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
+    exchange: &mut Exchange,
 ) -> Result<Response<Body>, GatewayError> {
     let websocket = is_websocket_upgrade(&req);
-    let matched = match_route(shared, conn, &req, websocket)?;
+    let matched = match_route(shared, conn, &req, websocket, exchange)?;
     // Policies phase: nothing yet.
+    exchange.trace.to_backend(req.headers_mut());
     if websocket {
         if !matched.env.websocket {
+            matched.route.metrics.upgrade(Upgrade::RefusedByPolicy);
             return Err(GatewayError::new(
                 ErrorKind::WebsocketDisabled,
                 format!(
@@ -94,18 +106,20 @@ async fn serve(
                 ),
             ));
         }
-        websocket::handshake::forward(shared, conn, matched, req).await
+        websocket::handshake::forward(shared, conn, matched, req, exchange).await
     } else {
-        forward::forward(conn, matched, req).await
+        let req = exchange.count_request(req);
+        forward::forward(conn, matched, req, exchange).await
     }
 }
 
 /// Match phase: normalise the path, find the longest matching proxy, check the method.
-pub fn match_route<B>(
+fn match_route<B>(
     shared: &Shared,
     conn: &ConnInfo,
     req: &Request<B>,
     websocket: bool,
+    exchange: &mut Exchange,
 ) -> Result<Matched, GatewayError> {
     let snapshot = shared.snapshot.load();
     let env = snapshot.env(&conn.env).cloned().ok_or_else(|| {
@@ -114,6 +128,7 @@ pub fn match_route<B>(
             format!("environment \"{}\" is not configured", conn.env),
         )
     })?;
+    exchange.env = Some(env.clone());
     let raw_path = req.uri().path();
     let path = normalize_path(raw_path).map_err(|e| {
         GatewayError::new(
@@ -128,6 +143,7 @@ pub fn match_route<B>(
         )
     })?;
     let route = found.value.clone();
+    exchange.route = Some(route.clone());
     if !route.allows(req.method()) {
         let allowed: Vec<&str> = route.methods.iter().flatten().map(Method::as_str).collect();
         let error = GatewayError::new(
@@ -156,6 +172,7 @@ pub fn match_route<B>(
             format!("the resolved target {target:?} is not a valid URI"),
         )
     })?;
+    exchange.matched(&route, &target);
     Ok(Matched { env, route, target })
 }
 
@@ -172,17 +189,4 @@ fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     req.method() == Method::GET
         && has_token(header::UPGRADE, "websocket")
         && has_token(header::CONNECTION, "upgrade")
-}
-
-/// Log phase.
-fn log(conn: &ConnInfo, method: &Method, path: &str, status: StatusCode, started: Instant) {
-    tracing::debug!(
-        target: "strait::access",
-        env = %conn.env,
-        client = %conn.client,
-        %method,
-        path,
-        status = status.as_u16(),
-        micros = started.elapsed().as_micros() as u64,
-    );
 }

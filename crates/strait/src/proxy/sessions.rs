@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use tokio::sync::oneshot;
 
 use super::websocket::relay::{CloseFrame, LiveStats};
+use crate::telemetry::{SessionSource, SessionTotals};
 
 /// Who a session belongs to and where it goes, as known at the handshake.
 #[derive(Debug, Clone)]
@@ -55,7 +56,36 @@ impl Session {
 #[derive(Debug, Default)]
 pub struct Registry {
     next_id: AtomicU64,
-    sessions: Mutex<HashMap<u64, Arc<Session>>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sessions: HashMap<u64, Arc<Session>>,
+    /// What ended sessions relayed, per environment and proxy, so the metrics' totals
+    /// (ended + open) only grow. Updated under the same lock as `sessions`.
+    ended: HashMap<(Arc<str>, Arc<str>), Traffic>,
+}
+
+/// Messages and bytes each way.
+#[derive(Debug, Default, Clone, Copy)]
+struct Traffic {
+    messages: [u64; 2],
+    bytes: [u64; 2],
+}
+
+impl Traffic {
+    fn add(&mut self, live: &LiveStats) {
+        for (i, stats) in [live.client_to_backend(), live.backend_to_client()]
+            .iter()
+            .enumerate()
+        {
+            if let (Some(m), Some(b)) = (self.messages.get_mut(i), self.bytes.get_mut(i)) {
+                *m += stats.messages;
+                *b += stats.bytes;
+            }
+        }
+    }
 }
 
 /// Removes its session from the registry when dropped (the relay ended, however it ended).
@@ -66,7 +96,12 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.with(|map| map.remove(&self.session.id));
+        let session = &self.session;
+        self.registry.with(|state| {
+            state.sessions.remove(&session.id);
+            let key = (session.info.env.clone(), session.info.proxy.clone());
+            state.ended.entry(key).or_default().add(&session.live);
+        });
     }
 }
 
@@ -85,7 +120,7 @@ impl Registry {
             live: LiveStats::default(),
             close: Mutex::new(Some(tx)),
         });
-        self.with(|map| map.insert(id, session.clone()));
+        self.with(|state| state.sessions.insert(id, session.clone()));
         (
             Registration {
                 registry: self.clone(),
@@ -97,26 +132,55 @@ impl Registry {
 
     /// Every live session, in no particular order.
     pub fn list(&self) -> Vec<Arc<Session>> {
-        self.with(|map| map.values().cloned().collect())
+        self.with(|state| state.sessions.values().cloned().collect())
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Session>> {
-        self.with(|map| map.get(&id).cloned())
+        self.with(|state| state.sessions.get(&id).cloned())
     }
 
     pub fn len(&self) -> usize {
-        self.with(|map| map.len())
+        self.with(|state| state.sessions.len())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<u64, Arc<Session>>) -> T) -> T {
-        match self.sessions.lock() {
-            Ok(mut map) => f(&mut map),
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        match self.state.lock() {
+            Ok(mut state) => f(&mut state),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
+    }
+}
+
+impl SessionSource for Registry {
+    /// Per environment and proxy: open sessions, and traffic of ended and open ones.
+    fn totals(&self) -> Vec<SessionTotals> {
+        self.with(|state| {
+            let mut totals: HashMap<(Arc<str>, Arc<str>), (u64, Traffic)> = state
+                .ended
+                .iter()
+                .map(|(key, traffic)| (key.clone(), (0, *traffic)))
+                .collect();
+            for session in state.sessions.values() {
+                let key = (session.info.env.clone(), session.info.proxy.clone());
+                let (active, traffic) = totals.entry(key).or_default();
+                *active += 1;
+                traffic.add(&session.live);
+            }
+            totals
+                .into_iter()
+                .map(|((env, proxy), (active, traffic))| SessionTotals {
+                    environment: env.to_string(),
+                    proxy: proxy.to_string(),
+                    active,
+                    messages: traffic.messages,
+                    bytes: traffic.bytes,
+                })
+                .collect()
+        })
     }
 }
 

@@ -11,6 +11,9 @@ use tokio_rustls::TlsAcceptor;
 use super::tls::{TlsError, acceptor};
 use crate::config::{Config, Timeouts};
 use crate::routing::{BackendUrl, RouteTable};
+use crate::telemetry::RouteMetrics;
+use crate::telemetry::access::{AccessLog, Destination, OpenError, Sinks};
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::{Upstream, UpstreamCache, UpstreamError};
 
 /// A proxy as the data plane needs it, in one environment.
@@ -22,6 +25,7 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     pub preserve_host: bool,
     pub upstream: Upstream,
+    pub metrics: RouteMetrics,
 }
 
 impl Route {
@@ -45,6 +49,18 @@ pub struct EnvRoutes {
     pub shutdown_grace: Duration,
     /// `None`: sessions of an undeployed proxy are left to finish on their own.
     pub undeploy_grace: Option<Duration>,
+    /// `None`: this environment does not log requests.
+    pub access_log: Option<AccessLog>,
+    /// Metrics of requests no proxy matched (proxy label `""`).
+    pub unmatched: RouteMetrics,
+}
+
+/// What a compiled snapshot records into: metrics, and the access-log writers.
+pub struct Telemetry<'a> {
+    pub metrics: &'a Arc<Metrics>,
+    pub sinks: &'a mut Sinks,
+    /// Where environments without `access_log.file` log (`None`: they do not).
+    pub default_log: Option<&'a Destination>,
 }
 
 /// Every environment's routes; swapped whole, never mutated.
@@ -64,14 +80,23 @@ pub enum CompileError {
     Routes { env: String, message: String },
     #[error("environment {env:?}: {source}")]
     Tls { env: String, source: TlsError },
+    #[error("environment {env:?}: {source}")]
+    AccessLog { env: String, source: OpenError },
 }
 
 impl Snapshot {
     pub fn compile(
         config: &Config,
         upstreams: &mut UpstreamCache,
+        telemetry: Telemetry<'_>,
     ) -> Result<Snapshot, CompileError> {
+        let Telemetry {
+            metrics,
+            sinks,
+            default_log,
+        } = telemetry;
         let mut envs = HashMap::new();
+        let mut destinations = HashSet::new();
         for env in &config.environments {
             let mut routes = RouteTable::default();
             let mut proxies = HashSet::new();
@@ -94,6 +119,7 @@ impl Snapshot {
                     methods: proxy.methods.clone(),
                     preserve_host: proxy.preserve_host,
                     upstream,
+                    metrics: RouteMetrics::new(metrics.clone(), &env.name, &proxy.name),
                 };
                 routes
                     .insert(&proxy.path, Arc::new(route))
@@ -110,6 +136,29 @@ impl Snapshot {
                 })?),
                 None => None,
             };
+            let settings = &env.access_log;
+            let destination = match &settings.file {
+                Some(path) => Some(Destination::File(path.clone())),
+                None => default_log.cloned(),
+            };
+            let access_log = match (settings.format, destination) {
+                (Some(format), Some(destination)) => {
+                    let log = sinks
+                        .get(
+                            &destination,
+                            format,
+                            settings.log_handshake,
+                            &metrics.access_log_dropped,
+                        )
+                        .map_err(|source| CompileError::AccessLog {
+                            env: env.name.clone(),
+                            source,
+                        })?;
+                    destinations.insert(destination);
+                    Some(log)
+                }
+                _ => None,
+            };
             let name: Arc<str> = Arc::from(env.name.as_str());
             let compiled = EnvRoutes {
                 name: name.clone(),
@@ -120,9 +169,12 @@ impl Snapshot {
                 tls,
                 shutdown_grace: env.shutdown_grace,
                 undeploy_grace: env.undeploy_grace,
+                access_log,
+                unmatched: RouteMetrics::new(metrics.clone(), &env.name, ""),
             };
             envs.insert(name, Arc::new(compiled));
         }
+        sinks.retain(&destinations);
         Ok(Snapshot { envs })
     }
 

@@ -22,6 +22,30 @@ pub(crate) fn rfc3339_millis(time: SystemTime) -> String {
     )
 }
 
+/// nginx's `$time_local` in UTC: `02/Dec/2026:01:52:46 +0000`.
+pub(crate) fn combined_time(time: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let seconds = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let days = i64::try_from(seconds / SECONDS_PER_DAY).unwrap_or(i64::MAX / 2);
+    let (year, month, day) = civil_from_days(days);
+    let month = usize::try_from(month - 1)
+        .ok()
+        .and_then(|m| MONTHS.get(m))
+        .unwrap_or(&"Jan");
+    let of_day = seconds % SECONDS_PER_DAY;
+    format!(
+        "{day:02}/{month}/{year:04}:{:02}:{:02}:{:02} +0000",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60,
+    )
+}
+
 /// (year, month 1..=12, day 1..=31) of the day `days` after 1970-01-01, after Howard
 /// Hinnant's `civil_from_days` (<https://howardhinnant.github.io/date_algorithms.html>).
 fn civil_from_days(days: i64) -> (i64, i64, i64) {

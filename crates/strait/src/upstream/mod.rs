@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::routing::{BackendUrl, Scheme};
+use crate::telemetry::Counted;
 
 /// Why a backend could not be reached or trusted.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +51,8 @@ pub enum UpstreamError {
 }
 
 /// The pooled HTTP client used for request/response traffic.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+/// Request bodies stream from the client to the backend, counted on the way.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Counted<Incoming>>;
 
 /// One way of reaching backends: a trust store, a connect timeout and the HTTP pool built on them.
 #[derive(Clone)]

@@ -58,7 +58,7 @@ pub struct Stack {
 /// `Control::stateful` on a fresh database in a temporary folder, with the admin API.
 pub async fn stateful(token: Option<&str>) -> Stack {
     let dir = tempfile::tempdir().expect("a temporary folder");
-    let (control, gateway) = Control::stateful(&dir.path().join("strait.db"))
+    let (control, gateway) = Control::stateful(&dir.path().join("strait.db"), Default::default())
         .await
         .expect("a stateful control plane starts on a fresh database");
     with_admin(Arc::new(control), gateway, token, dir).await

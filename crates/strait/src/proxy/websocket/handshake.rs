@@ -10,11 +10,18 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::relay::{CLOSE_GOING_AWAY, CloseFrame, RelayConfig, relay};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::relay::{CLOSE_GOING_AWAY, CloseFrame, DirectionStats, RelayConfig, relay};
 use crate::error::{ErrorKind, GatewayError};
+use crate::proxy::exchange::Exchange;
 use crate::proxy::headers::{strip_hop_by_hop, to_backend};
 use crate::proxy::pipeline::{Body, ConnInfo, Matched, Shared};
 use crate::proxy::sessions::SessionInfo;
+use crate::proxy::snapshot::{EnvRoutes, Route};
+use crate::telemetry::Upgrade;
+use crate::telemetry::access::{SessionRecord, Traffic};
 use crate::upstream::UpstreamError;
 
 pub async fn forward(
@@ -22,13 +29,33 @@ pub async fn forward(
     conn: &ConnInfo,
     matched: Matched,
     mut req: Request<Incoming>,
+    exchange: &mut Exchange,
 ) -> Result<Response<Body>, GatewayError> {
     let Matched { env, route, target } = matched;
-    let client_upgrade = hyper::upgrade::on(&mut req);
-    let (parts, _) = req.into_parts();
-    let mut headers = parts.headers;
+    let result = handshake(shared, conn, env, route.clone(), target, &mut req, exchange).await;
+    let outcome = match &result {
+        Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => Upgrade::Upgraded,
+        Ok(_) => Upgrade::RefusedByBackend,
+        Err(_) => Upgrade::BackendUnreachable,
+    };
+    route.metrics.upgrade(outcome);
+    exchange.upgraded = outcome == Upgrade::Upgraded;
+    result
+}
+
+async fn handshake(
+    shared: &Shared,
+    conn: &ConnInfo,
+    env: Arc<EnvRoutes>,
+    route: Arc<Route>,
+    target: Uri,
+    req: &mut Request<Incoming>,
+    exchange: &mut Exchange,
+) -> Result<Response<Body>, GatewayError> {
+    let client_upgrade = hyper::upgrade::on(&mut *req);
+    let mut headers = std::mem::take(req.headers_mut());
     let origin = text_header(&headers, header::ORIGIN);
-    to_backend(&mut headers, parts.uri.authority(), conn, &route)?;
+    to_backend(&mut headers, req.uri().authority(), conn, &route)?;
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 
@@ -54,6 +81,7 @@ pub async fn forward(
         }
     });
 
+    let asked = Instant::now();
     let sent = sender.send_request(backend_req);
     let mut response = match tokio::time::timeout(env.timeouts.response, sent).await {
         Err(_) => {
@@ -68,6 +96,9 @@ pub async fn forward(
         Ok(Err(error)) => return Err(bad_gateway(&route.proxy, &error)),
         Ok(Ok(response)) => response,
     };
+    let took = asked.elapsed();
+    exchange.backend_took = Some(took);
+    route.metrics.backend_answered(took);
 
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend refused: its answer reaches the client as it was.
@@ -89,10 +120,13 @@ pub async fn forward(
         close_timeout: shared.close_timeout,
         ping_interval: env.timeouts.websocket_ping,
         pong_timeout: env.timeouts.websocket_pong_timeout,
+        ping_rtt: env
+            .timeouts
+            .websocket_ping
+            .map(|_| route.metrics.ping_rtt()),
     };
     let max_lifetime = env.timeouts.websocket_max_lifetime;
     let shutdown = shared.shutdown.clone();
-    let registry = shared.registry.clone();
     let info = SessionInfo {
         env: env.name.clone(),
         proxy: route.proxy.clone(),
@@ -102,8 +136,18 @@ pub async fn forward(
         consumer: None,
         target: target.to_string(),
     };
+    let access_log = env.access_log.clone();
+    let log = SessionLog {
+        request_id: exchange.trace.request_id.clone(),
+        trace_id: exchange.trace.trace_id,
+        path: exchange.path().to_owned(),
+        referer: exchange.referer.clone(),
+        user_agent: exchange.user_agent.clone(),
+    };
     let proxy = route.proxy.clone();
     let client = conn.client;
+    // Listed from the moment the client is told 101; the record goes if the upgrade fails.
+    let (registration, close_requested) = shared.registry.register(info);
     shared.sessions.spawn(async move {
         let (client_io, backend_io) = match tokio::try_join!(client_upgrade, backend_upgrade) {
             Ok(both) => both,
@@ -112,7 +156,6 @@ pub async fn forward(
                 return;
             }
         };
-        let (registration, close_requested) = registry.register(info);
         // Boxed: a session without a lifetime limit carries no timer.
         let limit = max_lifetime.map(|limit| Box::pin(tokio::time::sleep(limit)));
         let lifetime = async move {
@@ -129,6 +172,7 @@ pub async fn forward(
             }
         };
         tracing::debug!(%proxy, %client, %target, "WebSocket session open");
+        let started = Instant::now();
         let outcome = relay(
             TokioIo::new(client_io),
             TokioIo::new(backend_io),
@@ -137,21 +181,56 @@ pub async fn forward(
             stop,
         )
         .await;
-        tracing::debug!(
-            target: "strait::access",
-            %proxy,
-            %client,
-            %target,
-            close_code = outcome.close.as_ref().map(|c| c.code),
-            close_reason = outcome.close.as_ref().map_or("", |c| c.reason.as_str()),
-            initiator = ?outcome.initiator,
-            messages_in = outcome.client_to_backend.messages,
-            messages_out = outcome.backend_to_client.messages,
-            "WebSocket session closed"
-        );
+        let lasted = started.elapsed();
+        let code = outcome.close.as_ref().map(|c| c.code);
+        let initiator = outcome.initiator.as_str();
+        let metrics = &route.metrics;
+        metrics
+            .metrics()
+            .session_closed(&metrics.labels, code, initiator, lasted);
+        let session = &registration.session;
+        tracing::debug!(%proxy, %client, %target, ?code, initiator, "WebSocket session closed");
+        if let Some(access_log) = access_log {
+            let info = &session.info;
+            let traffic = |stats: DirectionStats| Traffic {
+                messages: stats.messages,
+                bytes: stats.bytes,
+            };
+            access_log.session(&SessionRecord {
+                kind: "websocket_session",
+                time: SystemTime::now(),
+                request_id: log.request_id.to_str().unwrap_or("-"),
+                trace_id: format!("{:032x}", log.trace_id),
+                session_id: session.id,
+                environment: &info.env,
+                proxy: &info.proxy,
+                path: &log.path,
+                duration: lasted,
+                client_to_backend: traffic(outcome.client_to_backend),
+                backend_to_client: traffic(outcome.backend_to_client),
+                close_code: code,
+                close_reason: outcome.close.as_ref().map_or("", |c| c.reason.as_str()),
+                initiator,
+                client,
+                consumer: info.consumer.as_deref(),
+                backend: &info.target,
+                subprotocol: info.subprotocol.as_deref(),
+                referer: log.referer.as_ref().and_then(|v| v.to_str().ok()),
+                user_agent: log.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+            });
+        }
         drop(registration);
     });
     Ok(answer)
+}
+
+/// What the session's access-log line needs from its handshake.
+struct SessionLog {
+    request_id: HeaderValue,
+    trace_id: u128,
+    path: String,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
 }
 
 /// A header's value as text, if present and visible ASCII.

@@ -44,6 +44,8 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::telemetry::histogram::Histogram;
+
 use super::frame::{self, EncodedControl, FrameParser, MaskPolicy, OpCode, ProtocolError};
 
 /// A close frame's code and reason.
@@ -70,6 +72,16 @@ pub enum Initiator {
     Gateway,
 }
 
+impl Initiator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Initiator::Client => "client",
+            Initiator::Backend => "backend",
+            Initiator::Gateway => "gateway",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// No frame either way for this long: close 1001 to both sides. Pongs do not count, so
@@ -82,6 +94,8 @@ pub struct RelayConfig {
     pub pong_timeout: Duration,
     /// How long to wait for the close handshake (and for a frame in flight to finish) before dropping.
     pub close_timeout: Duration,
+    /// Where keepalive round trips are recorded (ping to the side's next frame).
+    pub ping_rtt: Option<Histogram>,
 }
 
 /// Counters a relay publishes as it runs, for the connection registry: one writer (the
@@ -876,7 +890,12 @@ where
                 continue;
             }
             match state.pinged {
-                Some(at) if state.heard >= at => state.pinged = None,
+                Some(at) if state.heard >= at => {
+                    if let Some(rtt) = &self.config.ping_rtt {
+                        rtt.observe(state.heard.duration_since(at));
+                    }
+                    state.pinged = None;
+                }
                 Some(at) => {
                     if now >= after(at, self.config.pong_timeout) {
                         tracing::debug!(?side, "websocket relay: ping unanswered");
@@ -1150,6 +1169,7 @@ mod tests {
             close_timeout: Duration::from_secs(5),
             ping_interval: None,
             pong_timeout: Duration::from_secs(10),
+            ping_rtt: None,
         }
     }
 
@@ -1668,6 +1688,7 @@ mod tests {
             close_timeout: Duration::from_secs(5),
             ping_interval: None,
             pong_timeout: Duration::from_secs(10),
+            ping_rtt: None,
         };
         let (mut client, backend, running) = start_ws(cfg).await;
         let echo = echo(backend);
@@ -1711,6 +1732,7 @@ mod tests {
             close_timeout: Duration::from_secs(5),
             ping_interval: Some(Duration::from_secs(ping)),
             pong_timeout: Duration::from_secs(pong),
+            ping_rtt: None,
         }
     }
 

@@ -1,0 +1,207 @@
+//! Log phase: what one request did, recorded once its response body has ended (or was
+//! dropped): the metrics, and the access-log line. Body wrappers count the bytes each way
+//! as they stream, so nothing is buffered to measure it.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, StatusCode, Uri, Version};
+use hyper::body::{Body, Frame, SizeHint};
+
+use super::pipeline::ConnInfo;
+use super::snapshot::{EnvRoutes, Route};
+use crate::telemetry::Counted;
+use crate::telemetry::access::RequestRecord;
+use crate::telemetry::metrics::InFlight;
+use crate::telemetry::trace::TraceContext;
+
+/// One request on its way through the phases; finished when dropped.
+pub struct Exchange {
+    started: Instant,
+    time: SystemTime,
+    pub trace: TraceContext,
+    pub method: Method,
+    version: Version,
+    /// Path and query as the client sent them.
+    pub uri: Uri,
+    pub client: SocketAddr,
+    pub referer: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
+    /// Set by the match phase once the environment is known.
+    pub env: Option<Arc<EnvRoutes>>,
+    /// Set by the match phase once a proxy matched.
+    pub route: Option<Arc<Route>>,
+    /// The backend URL the request went to.
+    pub target: Option<Uri>,
+    /// Until the backend's response head.
+    pub backend_took: Option<Duration>,
+    pub status: StatusCode,
+    /// The request became a WebSocket session (which logs its own line when it ends).
+    pub upgraded: bool,
+    bytes_in: Arc<AtomicU64>,
+    in_flight: Option<InFlight>,
+    finished: bool,
+}
+
+impl Exchange {
+    /// Accept phase: what the request is, before anything is decided.
+    pub fn begin<B>(conn: &ConnInfo, req: &Request<B>) -> Exchange {
+        let headers = req.headers();
+        Exchange {
+            started: Instant::now(),
+            time: SystemTime::now(),
+            trace: TraceContext::from_request(headers),
+            method: req.method().clone(),
+            version: req.version(),
+            uri: req.uri().clone(),
+            client: conn.client,
+            referer: headers.get(header::REFERER).cloned(),
+            user_agent: headers.get(header::USER_AGENT).cloned(),
+            env: None,
+            route: None,
+            target: None,
+            backend_took: None,
+            status: StatusCode::OK,
+            upgraded: false,
+            bytes_in: Arc::default(),
+            in_flight: None,
+            finished: false,
+        }
+    }
+
+    /// Match phase: the request belongs to `route` (counted in flight from now on).
+    pub fn matched(&mut self, route: &Arc<Route>, target: &Uri) {
+        self.in_flight = Some(route.metrics.in_flight());
+        self.route = Some(route.clone());
+        self.target = Some(target.clone());
+    }
+
+    /// The request body, counting its bytes as they stream to the backend.
+    pub fn count_request<B>(&self, req: Request<B>) -> Request<Counted<B>> {
+        let bytes = self.bytes_in.clone();
+        req.map(|inner| Counted::new(inner, bytes))
+    }
+
+    /// The path and query as the client sent them.
+    pub fn path(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |pq| pq.as_str())
+    }
+
+    fn finish(&mut self, bytes_out: u64) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        self.in_flight = None;
+        let Some(env) = &self.env else { return };
+        let took = self.started.elapsed();
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let metrics = self.route.as_ref().map_or(&env.unmatched, |r| &r.metrics);
+        metrics.request_done(&self.method, self.status, took, bytes_in, bytes_out);
+        let Some(log) = &env.access_log else { return };
+        if self.upgraded && !log.log_handshake {
+            return;
+        }
+        let target = self.target.as_ref().map(Uri::to_string);
+        log.request(&RequestRecord {
+            kind: if self.upgraded {
+                "websocket_handshake"
+            } else {
+                "http"
+            },
+            time: self.time,
+            request_id: self.trace.request_id(),
+            trace_id: format!("{:032x}", self.trace.trace_id),
+            environment: &env.name,
+            proxy: self.route.as_ref().map(|r| &*r.proxy),
+            method: self.method.as_str(),
+            path: self.path(),
+            version: version_text(self.version),
+            status: self.status.as_u16(),
+            duration: took,
+            backend_duration: self.backend_took,
+            bytes_in,
+            bytes_out,
+            client: self.client,
+            consumer: None,
+            backend: target.as_deref(),
+            referer: self.referer.as_ref().and_then(|v| v.to_str().ok()),
+            user_agent: self.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+        });
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.finish(0);
+    }
+}
+
+pub fn version_text(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// A response body that finishes its [`Exchange`] when it ends or is dropped.
+pub struct Logged<B> {
+    inner: B,
+    bytes: u64,
+    exchange: Exchange,
+}
+
+impl<B> Logged<B> {
+    pub fn new(inner: B, exchange: Exchange) -> Self {
+        Logged {
+            inner,
+            bytes: 0,
+            exchange,
+        }
+    }
+}
+
+impl<B> Drop for Logged<B> {
+    fn drop(&mut self) {
+        self.exchange.finish(self.bytes);
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Logged<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.exchange.finish(this.bytes),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,683 @@
+//! Prometheus metrics (OpenMetrics text at the admin API's `GET /metrics`).
+//!
+//! Labels are bounded: environment, proxy, method (eight values), status class, direction,
+//! close code (1000-1015 exactly, others by range) and initiator — never paths or addresses.
+//! The data plane records through [`RouteMetrics`], created per route when a snapshot
+//! compiles: each series handle is fetched from its family once and then updated with
+//! atomics only, so no lock is taken per request. WebSocket traffic and active sessions are
+//! read from the session registry at scrape time ([`SessionSource`]), so the relay pays
+//! nothing per frame for them.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+
+use super::histogram::Histogram;
+
+/// The content type of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub environment: String,
+    pub proxy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    environment: String,
+    proxy: String,
+    method: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpgradeLabels {
+    environment: String,
+    proxy: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    environment: String,
+    proxy: String,
+    code: &'static str,
+    initiator: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    environment: String,
+    proxy: String,
+    direction: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// How a WebSocket handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    Upgraded,
+    /// Refused by the gateway (WebSocket disabled here, later authentication and limits).
+    RefusedByPolicy,
+    /// The backend answered with something other than 101.
+    RefusedByBackend,
+    /// The backend could not be reached, timed out or broke the handshake.
+    BackendUnreachable,
+}
+
+impl Upgrade {
+    const ALL: [Upgrade; 4] = [
+        Upgrade::Upgraded,
+        Upgrade::RefusedByPolicy,
+        Upgrade::RefusedByBackend,
+        Upgrade::BackendUnreachable,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Upgrade::Upgraded => "upgraded",
+            Upgrade::RefusedByPolicy => "refused_by_policy",
+            Upgrade::RefusedByBackend => "refused_by_backend",
+            Upgrade::BackendUnreachable => "backend_unreachable",
+        }
+    }
+}
+
+/// What the session registry reports per environment and proxy at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionTotals {
+    pub environment: String,
+    pub proxy: String,
+    /// Sessions open now.
+    pub active: u64,
+    /// Messages and payload bytes since the gateway started, open and closed sessions
+    /// together: `[client_to_backend, backend_to_client]`.
+    pub messages: [u64; 2],
+    pub bytes: [u64; 2],
+}
+
+/// Where WebSocket session figures come from (the session registry).
+pub trait SessionSource: std::fmt::Debug + Send + Sync + 'static {
+    fn totals(&self) -> Vec<SessionTotals>;
+}
+
+/// Every metric family of one gateway.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RouteLabels>,
+    backend_duration: HistogramFamily<RouteLabels>,
+    in_flight: Family<RouteLabels, Gauge>,
+    request_bytes: Family<RouteLabels, Counter>,
+    response_bytes: Family<RouteLabels, Counter>,
+    upgrades: Family<UpgradeLabels, Counter>,
+    closes: Family<CloseLabels, Counter>,
+    session_duration: HistogramFamily<RouteLabels>,
+    ping_rtt: HistogramFamily<RouteLabels>,
+    /// Access-log lines dropped because the writer could not keep up.
+    pub access_log_dropped: Counter,
+}
+
+impl Metrics {
+    pub fn new(sessions: Arc<dyn SessionSource>) -> Metrics {
+        let histograms =
+            || HistogramFamily::new_with_constructor(Histogram::durations as fn() -> Histogram);
+        let mut metrics = Metrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            request_duration: histograms(),
+            backend_duration: histograms(),
+            in_flight: Family::default(),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
+            upgrades: Family::default(),
+            closes: Family::default(),
+            session_duration: histograms(),
+            ping_rtt: histograms(),
+            access_log_dropped: Counter::default(),
+        };
+        let r = &mut metrics.registry;
+        r.register(
+            "strait_http_requests",
+            "HTTP requests answered (WebSocket handshakes included), by status class",
+            metrics.requests.clone(),
+        );
+        r.register(
+            "strait_http_request_duration_seconds",
+            "From the request's arrival to the end of the response body",
+            metrics.request_duration.clone(),
+        );
+        r.register(
+            "strait_http_backend_duration_seconds",
+            "From sending the request to the backend to its response head",
+            metrics.backend_duration.clone(),
+        );
+        r.register(
+            "strait_http_requests_in_flight",
+            "Requests matched to a proxy whose response has not finished",
+            metrics.in_flight.clone(),
+        );
+        r.register(
+            "strait_http_request_bytes",
+            "Request body bytes received from clients",
+            metrics.request_bytes.clone(),
+        );
+        r.register(
+            "strait_http_response_bytes",
+            "Response body bytes sent to clients",
+            metrics.response_bytes.clone(),
+        );
+        r.register(
+            "strait_websocket_upgrades",
+            "WebSocket handshakes by outcome",
+            metrics.upgrades.clone(),
+        );
+        r.register(
+            "strait_websocket_closes",
+            "Ended WebSocket sessions by close code and by who started the closing",
+            metrics.closes.clone(),
+        );
+        r.register(
+            "strait_websocket_session_duration_seconds",
+            "How long ended WebSocket sessions lasted",
+            metrics.session_duration.clone(),
+        );
+        r.register(
+            "strait_websocket_ping_rtt_seconds",
+            "From a keepalive ping to the pinged side's next frame (its pong)",
+            metrics.ping_rtt.clone(),
+        );
+        r.register(
+            "strait_access_log_dropped",
+            "Access-log lines dropped because the writer could not keep up",
+            metrics.access_log_dropped.clone(),
+        );
+        r.register_collector(Box::new(SessionCollector(sessions)));
+        r.register_collector(Box::new(ProcessCollector));
+        metrics
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
+    /// Counts the end of a WebSocket session.
+    pub fn session_closed(
+        &self,
+        labels: &RouteLabels,
+        code: Option<u16>,
+        initiator: &'static str,
+        lasted: Duration,
+    ) {
+        let close = CloseLabels {
+            environment: labels.environment.clone(),
+            proxy: labels.proxy.clone(),
+            code: close_code_label(code),
+            initiator,
+        };
+        self.closes.get_or_create(&close).inc();
+        self.session_duration.get_or_create(labels).observe(lasted);
+    }
+}
+
+/// The handles of one route (or of an environment's unmatched requests, proxy `""`),
+/// each fetched from its family on first use and then updated without a lock.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    metrics: Arc<Metrics>,
+    pub labels: RouteLabels,
+    handles: OnceLock<Box<Handles>>,
+}
+
+#[derive(Debug)]
+struct Handles {
+    /// By method (then `OTHER`) and status class.
+    requests: [OnceLock<Counter>; (METHODS.len() + 1) * STATUS_CLASSES.len()],
+    request_duration: OnceLock<Histogram>,
+    backend_duration: OnceLock<Histogram>,
+    in_flight: OnceLock<Gauge>,
+    request_bytes: OnceLock<Counter>,
+    response_bytes: OnceLock<Counter>,
+    upgrades: [OnceLock<Counter>; Upgrade::ALL.len()],
+    ping_rtt: OnceLock<Histogram>,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles {
+            requests: std::array::from_fn(|_| OnceLock::new()),
+            request_duration: OnceLock::new(),
+            backend_duration: OnceLock::new(),
+            in_flight: OnceLock::new(),
+            request_bytes: OnceLock::new(),
+            response_bytes: OnceLock::new(),
+            upgrades: std::array::from_fn(|_| OnceLock::new()),
+            ping_rtt: OnceLock::new(),
+        }
+    }
+}
+
+/// The methods with their own label value; any other is `OTHER`.
+const METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl RouteMetrics {
+    pub fn new(metrics: Arc<Metrics>, environment: &str, proxy: &str) -> RouteMetrics {
+        RouteMetrics {
+            metrics,
+            labels: RouteLabels {
+                environment: environment.to_owned(),
+                proxy: proxy.to_owned(),
+            },
+            handles: OnceLock::new(),
+        }
+    }
+
+    fn handles(&self) -> &Handles {
+        self.handles.get_or_init(Box::default)
+    }
+
+    /// Counts a finished request and its traffic.
+    pub fn request_done(
+        &self,
+        method: &Method,
+        status: StatusCode,
+        took: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        let m = &*self.metrics;
+        let handles = self.handles();
+        let method_slot = METHODS.iter().position(|known| known == method);
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        let slot = method_slot.unwrap_or(METHODS.len()) * STATUS_CLASSES.len() + class;
+        if let Some(cell) = handles.requests.get(slot) {
+            let counter = cell.get_or_init(|| {
+                let labels = RequestLabels {
+                    environment: self.labels.environment.clone(),
+                    proxy: self.labels.proxy.clone(),
+                    method: method_slot
+                        .and_then(|i| METHODS.get(i))
+                        .map_or("OTHER", Method::as_str),
+                    status: STATUS_CLASSES.get(class).copied().unwrap_or("5xx"),
+                };
+                m.requests.get_or_create(&labels).clone()
+            });
+            counter.inc();
+        }
+        self.route(&handles.request_duration, &m.request_duration)
+            .observe(took);
+        if bytes_in > 0 {
+            self.route(&handles.request_bytes, &m.request_bytes)
+                .inc_by(bytes_in);
+        }
+        if bytes_out > 0 {
+            self.route(&handles.response_bytes, &m.response_bytes)
+                .inc_by(bytes_out);
+        }
+    }
+
+    pub fn backend_answered(&self, took: Duration) {
+        self.route(
+            &self.handles().backend_duration,
+            &self.metrics.backend_duration,
+        )
+        .observe(took);
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlight {
+        let gauge = self
+            .route(&self.handles().in_flight, &self.metrics.in_flight)
+            .clone();
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    pub fn upgrade(&self, outcome: Upgrade) {
+        let index = Upgrade::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        if let Some(cell) = self.handles().upgrades.get(index) {
+            let counter = cell.get_or_init(|| {
+                let labels = UpgradeLabels {
+                    environment: self.labels.environment.clone(),
+                    proxy: self.labels.proxy.clone(),
+                    outcome: outcome.label(),
+                };
+                self.metrics.upgrades.get_or_create(&labels).clone()
+            });
+            counter.inc();
+        }
+    }
+
+    /// The histogram the relay records keepalive round trips into.
+    pub fn ping_rtt(&self) -> Histogram {
+        self.route(&self.handles().ping_rtt, &self.metrics.ping_rtt)
+            .clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn route<'a, M, C>(&self, cell: &'a OnceLock<M>, family: &Family<RouteLabels, M, C>) -> &'a M
+    where
+        M: Clone,
+        C: prometheus_client::metrics::family::MetricConstructor<M>,
+    {
+        cell.get_or_init(|| family.get_or_create(&self.labels).clone())
+    }
+}
+
+/// Decrements the in-flight gauge when the request ends, however it ends.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Close codes as label values: the registered 1000-1015 as themselves, the rest by range.
+fn close_code_label(code: Option<u16>) -> &'static str {
+    const KNOWN: [&str; 16] = [
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
+        "1011", "1012", "1013", "1014", "1015",
+    ];
+    match code {
+        None => "none",
+        Some(code @ 1000..=1015) => KNOWN
+            .get(usize::from(code - 1000))
+            .copied()
+            .unwrap_or("other"),
+        Some(3000..=3999) => "3xxx",
+        Some(4000..=4999) => "4xxx",
+        Some(_) => "other",
+    }
+}
+
+/// Active sessions, messages and bytes per direction, read from the registry when scraped.
+#[derive(Debug)]
+struct SessionCollector(Arc<dyn SessionSource>);
+
+const DIRECTIONS: [&str; 2] = ["client_to_backend", "backend_to_client"];
+
+impl Collector for SessionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let totals = self.0.totals();
+        let labels = |t: &SessionTotals| RouteLabels {
+            environment: t.environment.clone(),
+            proxy: t.proxy.clone(),
+        };
+        let mut active = encoder.encode_descriptor(
+            "strait_websocket_connections_active",
+            "WebSocket sessions open now",
+            None,
+            MetricType::Gauge,
+        )?;
+        for t in &totals {
+            let gauge = ConstGauge::new(i64::try_from(t.active).unwrap_or(i64::MAX));
+            let route = labels(t);
+            gauge.encode(active.encode_family(&route)?)?;
+        }
+        type Pick = fn(&SessionTotals) -> &[u64; 2];
+        let counters: [(&str, &str, Pick); 2] = [
+            (
+                "strait_websocket_messages",
+                "WebSocket data messages relayed, by direction",
+                |t| &t.messages,
+            ),
+            (
+                "strait_websocket_bytes",
+                "WebSocket payload bytes relayed, by direction",
+                |t| &t.bytes,
+            ),
+        ];
+        for (name, help, pick) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for t in &totals {
+                for (direction, value) in DIRECTIONS.iter().zip(pick(t)) {
+                    let labels = DirectionLabels {
+                        environment: t.environment.clone(),
+                        proxy: t.proxy.clone(),
+                        direction,
+                    };
+                    ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Open descriptors, their limit, resident memory and the runtime's busy time, read from
+/// `/proc` and tokio when scraped (absent where they cannot be read).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauges = [
+            (
+                "strait_process_open_fds",
+                "Open file descriptors",
+                open_fds(),
+            ),
+            (
+                "strait_process_max_fds",
+                "The soft limit on open file descriptors",
+                max_fds(),
+            ),
+            (
+                "strait_process_resident_memory_bytes",
+                "Resident memory",
+                resident_bytes(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(value) = value {
+                let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+                gauge.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+            }
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let metrics = runtime.metrics();
+            let workers = metrics.num_workers();
+            let busy: f64 = (0..workers)
+                .map(|w| metrics.worker_total_busy_duration(w).as_secs_f64())
+                .sum();
+            let gauge = ConstGauge::new(i64::try_from(workers).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(
+                "strait_runtime_workers",
+                "Tokio worker threads",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            ConstCounter::new(busy).encode(encoder.encode_descriptor(
+                "strait_runtime_busy_seconds",
+                "Time the tokio workers spent busy, summed over workers (rate / workers = busy ratio)",
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+fn open_fds() -> Option<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
+    // One of them is the directory being read.
+    Some((entries.count() as u64).saturating_sub(1))
+}
+
+fn max_fds() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+fn lines_for(text: &str, name: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed(Vec<SessionTotals>);
+
+    impl SessionSource for Fixed {
+        fn totals(&self) -> Vec<SessionTotals> {
+            self.0.clone()
+        }
+    }
+
+    fn metrics(totals: Vec<SessionTotals>) -> Arc<Metrics> {
+        Arc::new(Metrics::new(Arc::new(Fixed(totals))))
+    }
+
+    #[test]
+    fn requests_are_counted_by_method_and_status_class() {
+        let metrics = metrics(Vec::new());
+        let route = RouteMetrics::new(metrics.clone(), "prod", "orders");
+        let ok = Duration::from_millis(3);
+        route.request_done(&Method::GET, StatusCode::OK, ok, 0, 10);
+        route.request_done(&Method::GET, StatusCode::NO_CONTENT, ok, 0, 0);
+        route.request_done(
+            &Method::from_bytes(b"PURGE").unwrap(),
+            StatusCode::BAD_GATEWAY,
+            ok,
+            5,
+            7,
+        );
+        let text = metrics.encode().unwrap();
+        let requests = lines_for(&text, "strait_http_requests_total");
+        assert!(requests.contains(&r#"strait_http_requests_total{environment="prod",proxy="orders",method="GET",status="2xx"} 2"#.to_owned()), "{text}");
+        assert!(requests.contains(&r#"strait_http_requests_total{environment="prod",proxy="orders",method="OTHER",status="5xx"} 1"#.to_owned()), "{text}");
+        assert!(
+            text.contains(
+                r#"strait_http_response_bytes_total{environment="prod",proxy="orders"} 17"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"strait_http_request_bytes_total{environment="prod",proxy="orders"} 5"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"strait_http_request_duration_seconds_count{environment="prod",proxy="orders"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn unused_series_are_not_exported() {
+        let metrics = metrics(Vec::new());
+        let _route = RouteMetrics::new(metrics.clone(), "prod", "orders");
+        let text = metrics.encode().unwrap();
+        assert!(!text.contains("orders"), "{text}");
+    }
+
+    #[test]
+    fn in_flight_drops_with_its_guard() {
+        let metrics = metrics(Vec::new());
+        let route = RouteMetrics::new(metrics.clone(), "e", "p");
+        let first = route.in_flight();
+        let second = route.in_flight();
+        let gauge = |m: &Metrics| {
+            let text = m.encode().unwrap();
+            lines_for(&text, "strait_http_requests_in_flight{")
+        };
+        assert_eq!(
+            gauge(&metrics),
+            [r#"strait_http_requests_in_flight{environment="e",proxy="p"} 2"#]
+        );
+        drop(first);
+        drop(second);
+        assert_eq!(
+            gauge(&metrics),
+            [r#"strait_http_requests_in_flight{environment="e",proxy="p"} 0"#]
+        );
+    }
+
+    #[test]
+    fn session_figures_come_from_the_source() {
+        let metrics = metrics(vec![SessionTotals {
+            environment: "e".into(),
+            proxy: "chat".into(),
+            active: 3,
+            messages: [10, 20],
+            bytes: [100, 200],
+        }]);
+        let text = metrics.encode().unwrap();
+        for line in [
+            r#"strait_websocket_connections_active{environment="e",proxy="chat"} 3"#,
+            r#"strait_websocket_messages_total{environment="e",proxy="chat",direction="client_to_backend"} 10"#,
+            r#"strait_websocket_bytes_total{environment="e",proxy="chat",direction="backend_to_client"} 200"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn close_codes_are_bounded() {
+        assert_eq!(close_code_label(Some(1000)), "1000");
+        assert_eq!(close_code_label(Some(1015)), "1015");
+        assert_eq!(close_code_label(Some(4321)), "4xxx");
+        assert_eq!(close_code_label(Some(3000)), "3xxx");
+        assert_eq!(close_code_label(Some(1016)), "other");
+        assert_eq!(close_code_label(None), "none");
+    }
+
+    #[test]
+    fn process_figures_are_read() {
+        let text = metrics(Vec::new()).encode().unwrap();
+        assert!(text.contains("strait_process_open_fds "), "{text}");
+        assert!(
+            text.contains("strait_process_resident_memory_bytes "),
+            "{text}"
+        );
+    }
+}

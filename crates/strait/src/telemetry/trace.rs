@@ -1,0 +1,214 @@
+//! Request ids and W3C trace context (<https://www.w3.org/TR/trace-context/>).
+//!
+//! A client's `X-Request-Id` is kept when it is reasonable (1 to 128 visible ASCII
+//! characters), otherwise one is generated. A valid `traceparent` continues its trace with
+//! a new span id for the gateway's hop; otherwise a new sampled trace starts. `tracestate`
+//! is forwarded as it came.
+
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Longest client-supplied request id kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The identity of one request through the gateway.
+#[derive(Debug, Clone)]
+pub struct TraceContext {
+    pub request_id: HeaderValue,
+    pub trace_id: u128,
+    /// The gateway's own span for this request.
+    pub span_id: u64,
+    /// The caller's span, when the request arrived with a trace.
+    pub parent_span_id: Option<u64>,
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// Reads the client's request id and trace context, or starts new ones.
+    pub fn from_request(headers: &HeaderMap) -> TraceContext {
+        let request_id = headers
+            .get(&X_REQUEST_ID)
+            .filter(|v| valid_request_id(v.as_bytes()))
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let parent = headers
+            .get(&TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent);
+        let span_id = nonzero_u64();
+        match parent {
+            Some((trace_id, parent_span_id, flags)) => TraceContext {
+                request_id,
+                trace_id,
+                span_id,
+                parent_span_id: Some(parent_span_id),
+                flags,
+            },
+            None => TraceContext {
+                request_id,
+                trace_id: u128::from(nonzero_u64()) << 64 | u128::from(random_u64()),
+                span_id,
+                parent_span_id: None,
+                flags: 1,
+            },
+        }
+    }
+
+    /// The id as text, for logs.
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
+    /// The `traceparent` the backend receives: this trace, the gateway's span as parent.
+    pub fn traceparent(&self) -> HeaderValue {
+        let text = format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.span_id, self.flags
+        );
+        // Only hex digits and dashes: always a valid header value.
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+
+    /// Sets `X-Request-Id` and `traceparent` on a request to the backend.
+    pub fn to_backend(&self, headers: &mut HeaderMap) {
+        headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        headers.insert(TRACEPARENT.clone(), self.traceparent());
+    }
+}
+
+fn valid_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len()) && id.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// `version-traceid-parentid-flags`, version 00 (or a later version's first four fields, as
+/// the spec asks). All-zero ids are invalid.
+fn parse_traceparent(text: &str) -> Option<(u128, u64, u8)> {
+    let text = text.trim();
+    let mut parts = text.split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    let rest = parts.next();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
+    {
+        return None;
+    }
+    if version == "00" && rest.is_some() {
+        return None;
+    }
+    let trace_id = u128::from_str_radix(trace, 16).ok().filter(|id| *id != 0)?;
+    let parent_id = u64::from_str_radix(parent, 16).ok().filter(|id| *id != 0)?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some((trace_id, parent_id, flags))
+}
+
+fn new_request_id() -> HeaderValue {
+    let text = format!("{:016x}{:016x}", random_u64(), random_u64());
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+thread_local! {
+    static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
+}
+
+/// A fast per-thread pseudo-random number (splitmix64), seeded from the OS via `RandomState`.
+/// Ids need to be unique and unguessable enough for correlation, not secret.
+pub fn random_u64() -> u64 {
+    STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+fn nonzero_u64() -> u64 {
+    random_u64().max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_clients_trace_continues_with_a_new_span() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ctx = TraceContext::from_request(&headers(&[("traceparent", incoming)]));
+        assert_eq!(ctx.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(ctx.parent_span_id, Some(0x00f067aa0ba902b7));
+        let out = ctx.traceparent();
+        let out = out.to_str().unwrap();
+        assert!(
+            out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{out}"
+        );
+        assert!(out.ends_with("-01"));
+        assert_ne!(&out[36..52], "00f067aa0ba902b7", "the gateway's own span");
+        assert_eq!(parse_traceparent(out).map(|t| t.0), Some(ctx.trace_id));
+    }
+
+    #[test]
+    fn invalid_trace_context_starts_a_new_trace() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "garbage",
+        ] {
+            let ctx = TraceContext::from_request(&headers(&[("traceparent", bad)]));
+            assert_eq!(ctx.parent_span_id, None, "{bad}");
+            assert_ne!(ctx.trace_id, 0);
+            let out = ctx.traceparent();
+            assert!(parse_traceparent(out.to_str().unwrap()).is_some());
+        }
+        // A later version may carry more fields.
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more";
+        assert!(parse_traceparent(later).is_some());
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_made() {
+        let kept = TraceContext::from_request(&headers(&[("x-request-id", "abc-123")]));
+        assert_eq!(kept.request_id(), "abc-123");
+        let long = "x".repeat(MAX_REQUEST_ID + 1);
+        for bad in ["", "has space", long.as_str()] {
+            let made = TraceContext::from_request(&headers(&[("x-request-id", bad)]));
+            assert_ne!(made.request_id(), bad);
+            assert_eq!(made.request_id().len(), 32);
+        }
+        let a = TraceContext::from_request(&HeaderMap::new());
+        let b = TraceContext::from_request(&HeaderMap::new());
+        assert_ne!(a.request_id(), b.request_id());
+        assert_ne!(a.trace_id, b.trace_id);
+    }
+}
