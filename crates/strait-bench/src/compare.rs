@@ -3,6 +3,7 @@
 //! modes (as pinned sub-processes, each with its own descriptor limit) for WebSocket. Collects
 //! every figure into [`Results`] and hands them to the report.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use tokio::process::Command;
 
 use crate::machine::Machine;
 use crate::procs::{FdLimits, raise_fd_limit, rss_tree_kib};
+use crate::registry::{self, Endpoint, Probe};
 use crate::results::{Better, Results};
 use crate::stack::{Side, Stack, Tools};
 use crate::wrk::{self, WrkReport};
@@ -42,6 +44,8 @@ pub struct Plan {
     pub idle_hold: Duration,
     /// Most idle connections one load-generator process holds.
     pub idle_per_proc: usize,
+    /// Requests timed per admin endpoint while Strait holds the idle connections.
+    pub registry_requests: usize,
     pub connect_workers: usize,
     pub stream_conns: usize,
     pub stream_size: usize,
@@ -59,10 +63,13 @@ impl Plan {
             http_conns: 64,
             echo_conns: vec![100, 1_000],
             echo_size: 64,
-            idle_conns: 5_000,
+            // The most one gateway holds under a 20,000-descriptor limit: 2 descriptors per
+            // proxied connection, ~15 of its own, 1 for the admin probe. Issue 5's figure.
+            idle_conns: 9_900,
             idle_rate: 2_000.0,
             idle_hold: Duration::from_secs(5),
             idle_per_proc: 4_000,
+            registry_requests: 50,
             connect_workers: 32,
             stream_conns: 1,
             stream_size: 1 << 20,
@@ -81,6 +88,7 @@ impl Plan {
             idle_rate: 1_000.0,
             idle_hold: Duration::from_secs(1),
             idle_per_proc: 100,
+            registry_requests: 20,
             connect_workers: 4,
             stream_size: 256 << 10,
             ..Plan::full()
@@ -286,7 +294,9 @@ impl Runner<'_> {
                 Ok(format!("{:.1} MB/s", r.mb_per_sec))
             }
             Scenario::Idle => {
-                let r = self.idle(&url("/bench/idle"), pid).await?;
+                // Only Strait has a connection registry to look at.
+                let admin = (side == Side::Strait).then_some(stack.strait_admin);
+                let (r, probe) = self.idle(&url("/bench/idle"), pid, admin).await?;
                 let s = format!("Idle WebSocket connections, {} held", plan.idle_conns);
                 let per_conn = r.bytes_per_conn().unwrap_or(f64::NAN) / 1024.0;
                 let total = r.rss_after_kib.unwrap_or(0) as f64 / 1024.0;
@@ -306,10 +316,27 @@ impl Runner<'_> {
                     total,
                 );
                 results.error(&s, side, r.first_error.as_deref());
-                Ok(format!(
+                let mut line = format!(
                     "{}/{} alive, {per_conn:.1} KiB per connection",
                     r.alive, r.requested
-                ))
+                );
+                match probe {
+                    Some(Ok(probe)) => {
+                        line.push_str(&probe_line(&probe));
+                        for mismatch in &probe.mismatches {
+                            results.note(format!("{s}, connection registry: {mismatch}"));
+                        }
+                        results.registry.push(probe);
+                    }
+                    Some(Err(error)) => {
+                        line.push_str(&format!("; admin probe FAILED: {error:#}"));
+                        results.note(format!(
+                            "{s}, connection registry: the admin probe failed: {error:#}"
+                        ));
+                    }
+                    None => {}
+                }
+                Ok(line)
             }
         }
     }
@@ -374,8 +401,15 @@ impl Runner<'_> {
     }
 
     /// Idle connections spread over several load-generator processes (each under its own
-    /// descriptor limit); this process reads the server's memory while all of them hold.
-    async fn idle(&self, url: &str, pid: u32) -> Result<IdleReport> {
+    /// descriptor limit); this process reads the server's memory while all of them hold, then
+    /// (with `admin`) times the gateway's admin API with all of them still held, and only then
+    /// has every connection prove itself alive.
+    async fn idle(
+        &self,
+        url: &str,
+        pid: u32,
+        admin: Option<SocketAddr>,
+    ) -> Result<(IdleReport, Option<Result<Probe>>)> {
         let plan = self.plan;
         let procs = plan.idle_conns.div_ceil(plan.idle_per_proc.max(1)).max(1);
         let rss_before_kib = rss_tree_kib(pid);
@@ -426,6 +460,11 @@ impl Runner<'_> {
         }
         tokio::time::sleep(plan.idle_hold).await;
         let rss_after_kib = rss_tree_kib(pid);
+        // After the memory reading, so the answers' allocations do not count in it.
+        let probe = match admin {
+            Some(admin) => Some(registry::probe(admin, opened, plan.registry_requests).await),
+            None => None,
+        };
         let mut report = IdleReport {
             requested: plan.idle_conns,
             opened,
@@ -450,8 +489,34 @@ impl Runner<'_> {
             report.first_error = report.first_error.or(part.first_error);
             let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         }
-        Ok(report)
+        Ok((report, probe))
     }
+}
+
+/// "; GET /connections p50 1.2 ms, ...": the probe's medians for the progress line.
+fn probe_line(probe: &Probe) -> String {
+    let mut line = format!("; with {} sessions held:", probe.held);
+    for endpoint in Endpoint::ALL {
+        if let Some((p50, _, max)) = probe
+            .timings(endpoint)
+            .and_then(|t| registry::summary(&t.micros))
+        {
+            line.push_str(&format!(
+                " GET {} p50 {:.2} ms max {:.2} ms,",
+                endpoint.path(),
+                p50 / 1000.0,
+                max / 1000.0
+            ));
+        }
+    }
+    line.pop();
+    if probe.mismatched > 0 {
+        line.push_str(&format!(
+            " — {} of {} answers did NOT count {} sessions",
+            probe.mismatched, probe.checked, probe.held
+        ));
+    }
+    line
 }
 
 /// The first line an idle load generator prints in `--wait-stdin` mode.

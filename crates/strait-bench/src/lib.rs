@@ -5,6 +5,7 @@
 //! - [`latency`]: HDR-histogram recording shared by many tasks;
 //! - [`wrk`]: parsing wrk's output for the HTTP load;
 //! - [`procs`]: child-process guards, /proc memory, the descriptor limit;
+//! - [`registry`]: timing the admin API's connection list and metrics while sessions are held;
 //! - [`stack`]: the echo backend, nginx and Strait as processes under test;
 //! - [`compare`]: the alternating direct → nginx → Strait rounds;
 //! - [`results`] and [`machine`]: the figures and where they were measured;
@@ -15,6 +16,7 @@ pub mod latency;
 pub mod machine;
 pub mod plot;
 pub mod procs;
+pub mod registry;
 pub mod report;
 pub mod results;
 pub mod stack;

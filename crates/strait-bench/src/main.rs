@@ -107,6 +107,10 @@ enum Cmd {
         /// Rounds per measurement (default 3, or 1 with --quick).
         #[arg(long)]
         rounds: Option<usize>,
+        /// Idle connections to hold (default 9900, or 200 with --quick); e.g. `--quick
+        /// --idle-conns 9900` checks the connection registry at full size in about a minute.
+        #[arg(long)]
+        idle_conns: Option<usize>,
         /// The strait binary (default: target/release/strait in this workspace).
         #[arg(long)]
         strait: Option<PathBuf>,
@@ -253,6 +257,7 @@ async fn run(command: Cmd) -> Result<()> {
         Cmd::Compare {
             quick,
             rounds,
+            idle_conns,
             strait,
             out,
             svg,
@@ -261,6 +266,13 @@ async fn run(command: Cmd) -> Result<()> {
             let mut plan = if quick { Plan::quick() } else { Plan::full() };
             if let Some(rounds) = rounds {
                 plan.rounds = rounds.clamp(1, 100);
+            }
+            if let Some(n) = idle_conns {
+                // The full plan's ramp and processes: quick's are sized for 200.
+                let full = Plan::full();
+                plan.idle_conns = count("idle-conns", n)?;
+                plan.idle_rate = full.idle_rate;
+                plan.idle_per_proc = full.idle_per_proc;
             }
             let root = workspace();
             compare::compare(Options {

@@ -9,8 +9,13 @@ use anyhow::{Context, Result};
 
 use crate::compare::Plan;
 use crate::machine::Machine;
+use crate::registry::{self as probe, Endpoint};
 use crate::results::{Better, Results};
 use crate::stack::Side;
+
+/// The criterion micro-benchmarks' section, written by hand after `cargo bench -p
+/// strait-bench` (the harness does not run criterion); copied into the report as it is.
+pub const MICRO_BENCHMARKS: &str = include_str!("../../../bench/micro-benchmarks.md");
 
 /// Writes BENCHMARKS.md and the SVG plot.
 pub fn write(
@@ -71,16 +76,26 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
     let mut out = String::new();
     let w = &mut out;
     let secs = plan.duration.as_secs_f64();
+    let default_idle = if plan.quick {
+        Plan::quick().idle_conns
+    } else {
+        Plan::full().idle_conns
+    };
     let _ = writeln!(w, "# Benchmarks\n");
     let _ = writeln!(
         w,
         "Strait against nginx, both in front of the same echo backend, and the backend on its own \
-         (\"direct\"). Written by `cargo run --release -p strait-bench -- compare{}` on {} (the \
+         (\"direct\"). Written by `cargo run --release -p strait-bench -- compare{}{}` on {} (the \
          measurements took {:.1} minutes); every figure is the **median of {} round(s)**. Ratios are Strait's median divided by the other's: \
          for ↑ metrics above 1 is better for Strait, for ↓ metrics below 1 is. \
          The per-round values are under \"Every round\" at the end: their spread is the noise to \
          read the ratios against.\n",
         if plan.quick { " --quick" } else { "" },
+        if plan.idle_conns != default_idle {
+            format!(" --idle-conns {}", plan.idle_conns)
+        } else {
+            String::new()
+        },
         m.date,
         results.took.as_secs_f64() / 60.0,
         plan.rounds
@@ -98,6 +113,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
          bash scripts/install-bench-tools.sh                    # nginx and wrk from Debian, idempotent\n\
          cargo build --release                                  # target/release/strait\n\
          cargo run --release -p strait-bench -- compare         # ~6 minutes; --quick takes ~20 s\n\
+         cargo run --release -p strait-bench -- compare --quick --idle-conns 9900  # the registry at full size, ~1 minute\n\
          ```\n\n\
          The load generator also runs on its own, e.g. `cargo run --release -p strait-bench -- echo \
          --url ws://127.0.0.1:8080/api/chat --conns 100 --duration 10` (modes `idle`, `echo`, \
@@ -172,6 +188,8 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
     }
     let _ = writeln!(w);
 
+    registry(w, plan, results);
+    micro(w);
     falls_short(w, results);
     settings(w, m);
     scaling(w, m, results, plan);
@@ -196,7 +214,8 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
     let _ = writeln!(
         w,
         "- **Topology**: load generator → (nothing | nginx | Strait) → `strait echo`, all over loopback. \
-         Strait runs `strait run` with one environment (`websocket: true`) and one proxy `/*` to the echo; \
+         Strait runs `strait run` with one environment (`websocket: true`, `access_log: {{format: off}}` as \
+         nginx's is off) and one proxy `/*` to the echo, and its admin API on another loopback port; \
          nginx runs [`bench/nginx.conf.template`](bench/nginx.conf.template) ({} workers, `worker_rlimit_nofile` \
          and `worker_connections` at the hard limit, upstream `keepalive 256`, HTTP/1.1 upstream, the \
          `$connection_upgrade` map, 1 h read timeout, `access_log off`, buffering left on). Strait's runtime has \
@@ -251,7 +270,9 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
          own descriptor limit), held {} s; then the server's resident memory (`VmRSS` from /proc; nginx = \
          master + workers; \"direct\" = the echo backend itself) is read, and every connection proves it is \
          alive with one echo round trip. Memory per connection = (RSS while holding − RSS before opening) / \
-         connections opened. The echo backend's own memory is not counted in nginx's or Strait's figure.",
+         connections opened. The echo backend's own memory is not counted in nginx's or Strait's figure. \
+         On Strait's turn its admin API is timed between the memory reading and the liveness check (see \
+         \"Connection registry\" below).",
         plan.idle_conns,
         plan.idle_rate,
         plan.idle_conns.div_ceil(plan.idle_per_proc.max(1)),
@@ -451,6 +472,148 @@ fn appendix(w: &mut String, results: &Results) {
             cell(Side::Nginx),
             cell(Side::Strait)
         );
+    }
+}
+
+/// `GET /connections` and `GET /metrics` while Strait held the idle run's sessions, every
+/// round's requests pooled, with the verdict against issue 5's target.
+fn registry(w: &mut String, plan: &Plan, results: &Results) {
+    let probes = &results.registry;
+    let held_min = probes.iter().map(|p| p.held).min();
+    let held_max = probes.iter().map(|p| p.held).max();
+    let held = match (held_min, held_max) {
+        (Some(a), Some(b)) if a == b => num(a as f64),
+        (Some(a), Some(b)) => format!("{}–{}", num(a as f64), num(b as f64)),
+        _ => num(plan.idle_conns as f64),
+    };
+    let _ = writeln!(w, "## Connection registry at {held} sessions\n");
+    if probes.is_empty() {
+        let _ = writeln!(
+            w,
+            "Not measured in this run: the admin API probe failed or the idle run did not reach \
+             it (see the errors under \"Where Strait falls short\").\n"
+        );
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "While Strait held the idle run's sessions (after the memory reading, before the liveness \
+         check), the harness sent {} requests to each of these admin API paths, one after another \
+         over one keep-alive HTTP/1.1 connection, in each of {} round(s); the times below pool every \
+         round and run from sending the request to the answer's last byte; p99 is the nearest rank, so \
+         with fewer than 100 answers it is the slowest. The admin API shares Strait's runtime with \
+         the held sessions, which are idle meanwhile.\n",
+        plan.registry_requests,
+        probes.len()
+    );
+    let _ = writeln!(
+        w,
+        "| request | answers | median (ms) | p99 (ms) | max (ms) | answer size |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|");
+    let mut list_max: Option<f64> = None;
+    let mut list_count = 0usize;
+    let mut list_over = 0usize;
+    let target_us = probe::TARGET.as_secs_f64() * 1e6;
+    for endpoint in Endpoint::ALL {
+        let timings: Vec<_> = probes.iter().filter_map(|p| p.timings(endpoint)).collect();
+        let micros: Vec<f64> = timings
+            .iter()
+            .flat_map(|t| t.micros.iter().copied())
+            .collect();
+        let bytes = timings.iter().map(|t| t.bytes).max().unwrap_or(0);
+        let label = match endpoint {
+            Endpoint::ConnectionsDefault => format!(
+                "`GET /connections` (first page, default {} per page)",
+                probe::DEFAULT_PER_PAGE
+            ),
+            Endpoint::ConnectionsMax => format!("`GET {}` (largest page)", endpoint.path()),
+            Endpoint::Metrics => "`GET /metrics`".into(),
+        };
+        let ms = |us: f64| num(us / 1000.0);
+        let (p50, p99, max) = probe::summary(&micros)
+            .map_or(("—".into(), "—".into(), "—".into()), |(a, b, c)| {
+                (ms(a), ms(b), ms(c))
+            });
+        let _ = writeln!(
+            w,
+            "| {label} | {} | {p50} | {p99} | {max} | {} KiB |",
+            micros.len(),
+            num(bytes as f64 / 1024.0)
+        );
+        if endpoint.is_list() {
+            list_count += micros.len();
+            list_over += micros.iter().filter(|&&us| us >= target_us).count();
+            if let Some((_, _, max)) = probe::summary(&micros) {
+                list_max = Some(list_max.map_or(max, |m: f64| m.max(max)));
+            }
+        }
+    }
+    let checked: usize = probes.iter().map(|p| p.checked).sum();
+    let mismatched: usize = probes.iter().map(|p| p.mismatched).sum();
+    if mismatched == 0 {
+        let _ = writeln!(
+            w,
+            "\nEvery one of the {} answers counted the sessions held (`total` of each list page, the \
+             sum of `strait_websocket_connections_active` in `/metrics`).",
+            num(checked as f64)
+        );
+    } else {
+        let _ = writeln!(
+            w,
+            "\n**Count mismatch: {} of {} answers did not count the sessions held**; the first ones:\n",
+            num(mismatched as f64),
+            num(checked as f64)
+        );
+        for probe in probes {
+            for mismatch in &probe.mismatches {
+                let _ = writeln!(
+                    w,
+                    "- with {} sessions held: {mismatch}",
+                    num(probe.held as f64)
+                );
+            }
+        }
+    }
+    let target_ms = probe::TARGET.as_millis();
+    let slowest = list_max.map_or("—".into(), |us| num(us / 1000.0));
+    let scale = held_min.unwrap_or(0);
+    let verdict = if list_count == 0 {
+        "not measured (no `GET /connections` answer was timed)".to_owned()
+    } else if scale < 9_000 {
+        format!(
+            "**not tested at that scale in this run**: only {held} sessions were held (the slowest of \
+             {list_count} `GET /connections` answers took {slowest} ms)"
+        )
+    } else if list_over == 0 && mismatched == 0 {
+        format!(
+            "**met** — the slowest of {list_count} `GET /connections` answers (both page sizes) took \
+             {slowest} ms with {held} sessions held, the most one gateway process holds under this \
+             machine's descriptor limit (2 per proxied connection)"
+        )
+    } else if list_over == 0 {
+        format!(
+            "**fast enough but not correct** — the slowest `GET /connections` took {slowest} ms, yet \
+             some answers miscounted the sessions (above)"
+        )
+    } else {
+        format!(
+            "**not met** — {list_over} of {list_count} `GET /connections` answers took {target_ms} ms \
+             or more (the slowest {slowest} ms) with {held} sessions held"
+        )
+    };
+    let _ = writeln!(
+        w,
+        "\nVerdict against issue 5 (\"`GET /connections` answering in under {target_ms} ms\" at 10,000 \
+         connections): {verdict}.\n"
+    );
+}
+
+/// The hand-written criterion section, when it has any text.
+fn micro(w: &mut String) {
+    let text = MICRO_BENCHMARKS.trim();
+    if !text.is_empty() {
+        let _ = writeln!(w, "{text}\n");
     }
 }
 

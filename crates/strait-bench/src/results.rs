@@ -32,6 +32,8 @@ impl Row {
 pub struct Results {
     pub rows: Vec<Row>,
     pub notes: Vec<String>,
+    /// The admin API timed while Strait held the idle connections, one probe per round.
+    pub registry: Vec<crate::registry::Probe>,
     /// How long all measurements took.
     pub took: std::time::Duration,
 }

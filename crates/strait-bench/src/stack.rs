@@ -99,6 +99,8 @@ pub struct Stack {
     pub echo_addr: SocketAddr,
     pub nginx_addr: SocketAddr,
     pub strait_addr: SocketAddr,
+    /// Strait's admin API (loopback, no token).
+    pub strait_admin: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -115,7 +117,8 @@ impl Stack {
         set_mode(dir.path(), 0o755)?;
         let path = dir.path();
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (echo_addr, nginx_addr, strait_addr) = (
+        let (echo_addr, nginx_addr, strait_addr, strait_admin) = (
+            loopback(free_port()?),
             loopback(free_port()?),
             loopback(free_port()?),
             loopback(free_port()?),
@@ -128,15 +131,20 @@ impl Stack {
         echo.wait_listening(echo_addr, START_LIMIT, &echo_log)
             .await?;
 
-        let yaml = strait_yaml(strait_addr, echo_addr);
+        let yaml = strait_yaml(strait_addr, echo_addr, Some(strait_admin));
         let yaml_path = path.join("strait.yaml");
         std::fs::write(&yaml_path, &yaml).context("cannot write strait.yaml")?;
         let mut strait_cmd = Command::new(&tools.strait);
         strait_cmd.arg("run").arg("--config").arg(&yaml_path);
+        // Its stdout and stderr go to a file, never to a pipe that could fill and stall it;
+        // the access log that `strait run` would write to stdout is off in the YAML anyway.
         let strait_log = path.join("strait.log");
         let mut strait = ChildGuard::spawn("strait run", strait_cmd, &strait_log)?;
         strait
             .wait_listening(strait_addr, START_LIMIT, &strait_log)
+            .await?;
+        strait
+            .wait_listening(strait_admin, START_LIMIT, &strait_log)
             .await?;
 
         let conf = render_nginx(path, nginx_addr, echo_addr, nofile, nginx_workers);
@@ -158,6 +166,7 @@ impl Stack {
             echo_addr,
             nginx_addr,
             strait_addr,
+            strait_admin,
             _dir: dir,
         })
     }
@@ -172,12 +181,26 @@ impl Stack {
     }
 }
 
-/// One environment with WebSocket on, one proxy `/*` to the echo backend.
-pub fn strait_yaml(listen: SocketAddr, echo: SocketAddr) -> String {
-    format!(
-        "environments:\n  - name: bench\n    listen: {listen}\n    websocket: true\n\
-         proxies:\n  - name: echo\n    path: /*\n    backend: http://{echo}\n    deploy: [bench]\n"
-    )
+/// One environment with WebSocket on and its access log off (as nginx's is), one proxy `/*`
+/// to the echo backend, and the admin API on `admin` when given.
+pub fn strait_yaml(listen: SocketAddr, echo: SocketAddr, admin: Option<SocketAddr>) -> String {
+    let mut lines = vec![
+        "environments:".to_owned(),
+        "  - name: bench".into(),
+        format!("    listen: {listen}"),
+        "    websocket: true".into(),
+        "    access_log:".into(),
+        "      format: off".into(),
+        "proxies:".into(),
+        "  - name: echo".into(),
+        "    path: /*".into(),
+        format!("    backend: http://{echo}"),
+        "    deploy: [bench]".into(),
+    ];
+    if let Some(admin) = admin {
+        lines.extend(["admin:".into(), format!("  listen: {admin}")]);
+    }
+    lines.join("\n") + "\n"
 }
 
 /// Fills in the nginx template.
@@ -218,10 +241,15 @@ mod tests {
     #[test]
     fn the_strait_yaml_is_valid() {
         let a = SocketAddr::from(([127, 0, 0, 1], 1));
-        let yaml = strait_yaml(a, a);
-        assert!(
-            strait::config::parse_str(&yaml, Path::new("bench.yaml")).is_ok(),
-            "{yaml}"
-        );
+        let admin = SocketAddr::from(([127, 0, 0, 1], 2));
+        for admin in [None, Some(admin)] {
+            let yaml = strait_yaml(a, a, admin);
+            let config = strait::config::parse_str(&yaml, Path::new("bench.yaml"))
+                .unwrap_or_else(|e| panic!("{yaml}\n{e}"));
+            assert_eq!(config.admin.map(|a| a.listen), admin, "{yaml}");
+            for env in &config.environments {
+                assert_eq!(env.access_log.format, None, "access log off in {yaml}");
+            }
+        }
     }
 }

@@ -1,12 +1,16 @@
-//! Smoke test of the load generator: the echo backend and a gateway in-process, each mode run
-//! briefly through the gateway, results checked for sanity. Needs no nginx, wrk or release
-//! build, and takes a few seconds.
+//! Smoke test of the load generator: the echo backend and a gateway (with its admin API)
+//! in-process, the admin probe run while sessions are held, each mode run briefly through the
+//! gateway, results checked for sanity. Needs no nginx, wrk or release build, and takes a few
+//! seconds.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use strait::Gateway;
+use strait::admin::AdminServer;
+use strait::control::Control;
+use strait_bench::registry::{self, Endpoint};
 use strait_bench::ws_load;
 use strait_bench::wsclient::Target;
 
@@ -15,14 +19,46 @@ async fn every_mode_runs_through_the_gateway() {
     let echo = strait::echo::spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .expect("echo backend binds");
-    let yaml =
-        strait_bench::stack::strait_yaml(SocketAddr::from(([127, 0, 0, 1], 0)), echo.local_addr());
-    let config = strait::config::parse_str(&yaml, Path::new("smoke.yaml")).expect("valid config");
-    let gateway = Gateway::start(&config).await.expect("gateway starts");
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let yaml = strait_bench::stack::strait_yaml(loopback, echo.local_addr(), None);
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let file = dir.path().join("smoke.yaml");
+    std::fs::write(&file, &yaml).expect("the config is written");
+    let config = strait::config::load(&file).expect("valid config");
+    let gateway = Arc::new(Gateway::start(&config).await.expect("gateway starts"));
+    let control = Control::declarative(&file, gateway.clone())
+        .await
+        .expect("declarative control");
+    let admin = AdminServer::start(loopback, Arc::new(control), None)
+        .await
+        .expect("the admin API starts");
     let addr = gateway
         .local_addr("bench")
         .expect("environment bench listens");
     let target = Target::parse(&format!("ws://{addr}/smoke"), 4).expect("valid URL");
+
+    // The admin probe as `compare` runs it on Strait's idle turn: sessions held, then checked.
+    let held = ws_load::open_many(&target, 30, 500.0).await;
+    assert_eq!(held.conns.len(), 30, "{:?}", held.first_error);
+    let probe = registry::probe(admin.local_addr(), 30, 3)
+        .await
+        .expect("the admin API answers");
+    assert_eq!(probe.mismatched, 0, "{:?}", probe.mismatches);
+    assert_eq!(probe.checked, 9);
+    for endpoint in Endpoint::ALL {
+        let timings = probe.timings(endpoint).expect("every endpoint timed");
+        assert_eq!(timings.micros.len(), 3, "{timings:?}");
+        assert!(timings.micros.iter().all(|&us| us > 0.0), "{timings:?}");
+    }
+    let miscounted = registry::probe(admin.local_addr(), 31, 1)
+        .await
+        .expect("the admin API answers");
+    assert_eq!(
+        miscounted.mismatched, 3,
+        "a wrong count is caught in every answer"
+    );
+    let (alive, error) = ws_load::check_and_close(held.conns, Duration::from_secs(10)).await;
+    assert_eq!(alive, 30, "{error:?}");
 
     let idle = ws_load::idle(
         &target,
@@ -84,6 +120,7 @@ async fn every_mode_runs_through_the_gateway() {
     assert_eq!(connected.failures, 0, "{connected:?}");
     assert!(connected.handshake.p50_us <= connected.handshake.p99_us);
 
+    admin.shutdown().await;
     gateway.shutdown().await;
     echo.shutdown().await;
 }
