@@ -362,10 +362,15 @@ async fn start(config: &config::Config) -> Option<GatewayHandle> {
         .ok()
 }
 
-/// Environments log requests to standard output unless their `access_log` says otherwise.
+/// Environments log requests to standard output unless their `access_log` says otherwise;
+/// spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` when it is set.
 fn gateway_options() -> GatewayOptions {
     GatewayOptions {
         access_log: Some(Destination::Stdout),
+        // The standard OpenTelemetry variable, e.g. http://127.0.0.1:4318.
+        otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|v| !v.is_empty()),
     }
 }
 

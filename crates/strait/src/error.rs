@@ -18,6 +18,11 @@ pub enum ErrorKind {
     BadRequest,
     /// A WebSocket upgrade arrived on an environment with `websocket: false`.
     WebsocketDisabled,
+    /// No valid credentials: missing or wrong (deliberately not told apart; with
+    /// `WWW-Authenticate`).
+    Unauthorized,
+    /// The authenticated consumer may not use this proxy.
+    Forbidden,
     /// The backend refused, reset or failed TLS.
     BadGateway,
     /// The backend did not answer within the `response` timeout.
@@ -33,6 +38,8 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::WebsocketDisabled => "websocket_disabled",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
             ErrorKind::BadGateway => "bad_gateway",
             ErrorKind::GatewayTimeout => "gateway_timeout",
             ErrorKind::Unavailable => "unavailable",
@@ -44,6 +51,8 @@ impl ErrorKind {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::BadRequest | ErrorKind::WebsocketDisabled => StatusCode::BAD_REQUEST,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

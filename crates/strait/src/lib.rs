@@ -3,6 +3,8 @@
 //! Layout (each module's own comment says what it owns and what it may not touch):
 //! - [`config`]: the YAML model, its parsing and validation. Pure; reads files only to load them.
 //! - [`routing`]: path normalisation, the route table and target resolution. Pure, no I/O.
+//! - [`policy`]: consumers and the policies a request must satisfy (authentication,
+//!   authorization...), compiled per route. Decides; no I/O but argon2 verification.
 //! - [`proxy`]: listeners, the request phases, HTTP forwarding and the WebSocket relay.
 //! - [`upstream`]: connections to backends (pooled HTTP clients, TLS, raw connects for upgrades).
 //! - [`control`]: the desired state and applying each change live (declarative file or store).
@@ -17,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod echo;
 pub mod error;
+pub mod policy;
 pub mod proxy;
 pub mod routing;
 pub mod store;

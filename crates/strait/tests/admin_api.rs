@@ -774,6 +774,10 @@ async fn openapi_json_is_a_valid_openapi_3_1_document_of_the_served_api() {
         ("GET", "/proxies/{name}/deployments"),
         ("PUT", "/proxies/{name}/deployments/{environment}"),
         ("DELETE", "/proxies/{name}/deployments/{environment}"),
+        ("GET", "/consumers"),
+        ("GET", "/consumers/{name}"),
+        ("PUT", "/consumers/{name}"),
+        ("DELETE", "/consumers/{name}"),
         ("GET", "/connections"),
         ("DELETE", "/connections"),
         ("GET", "/connections/{id}"),
@@ -841,7 +845,8 @@ async fn openapi_json_is_a_valid_openapi_3_1_document_of_the_served_api() {
         "timeouts": {"connect": "1s", "response": "2s", "websocket_idle": "3s"},
         "shutdown_grace": "4s",
         "undeploy_grace": "never",
-        "access_log": {"format": "combined", "log_handshake": true}
+        "access_log": {"format": "combined", "log_handshake": true},
+        "policies": [{"type": "api_key"}]
     });
     api.put("/environments/full", &all_env_fields)
         .await
@@ -862,7 +867,8 @@ async fn openapi_json_is_a_valid_openapi_3_1_document_of_the_served_api() {
         "path": "/full/*",
         "backend": "http://127.0.0.1:9/",
         "methods": ["GET"],
-        "preserve_host": true
+        "preserve_host": true,
+        "policies": [{"type": "acl", "allow": ["admins"]}]
     });
     api.put("/proxies/full", &all_proxy_fields)
         .await

@@ -1,6 +1,9 @@
 //! A small client of the admin API, for `strait apply` and `strait dump`: reads the current
-//! state, plans the steps to a file's state, and runs them.
+//! state, plans the steps to a file's state, and runs them. Consumers' secrets are sealed
+//! here, before anything is sent: a key travels as its digest, a password as an argon2id
+//! hash (the gateway's own hash when the password still matches it, so nothing changes).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -13,6 +16,7 @@ use serde_json::Value;
 
 use crate::config::{self, ConfigError};
 use crate::control::{Step, plan, state_from_document};
+use crate::policy::consumers;
 use crate::store::State;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +34,8 @@ pub enum ClientError {
     },
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("the consumers' credentials could not be sealed: {0}")]
+    Seal(String),
 }
 
 pub struct AdminClient {
@@ -125,12 +131,24 @@ impl AdminClient {
             }
             state.proxies.insert(name.to_owned(), proxy.clone());
         }
+        // `GET /consumers` shows no hash; the configuration export has them.
+        let yaml = self.call(Method::GET, "/config", None).await?;
+        let exported = config::document_from_yaml(&String::from_utf8_lossy(&yaml))?;
+        state.consumers = state_from_document(&exported).consumers;
         Ok(state)
     }
 
     /// Runs one step of a plan.
     pub async fn run(&self, step: &Step) -> Result<(), ClientError> {
         let (method, path, body) = match step {
+            Step::PutConsumer { name, body, .. } => (
+                Method::PUT,
+                format!("/consumers/{}", encode(name)),
+                Some(body),
+            ),
+            Step::DeleteConsumer { name } => {
+                (Method::DELETE, format!("/consumers/{}", encode(name)), None)
+            }
             Step::PutEnvironment { name, body, .. } => (
                 Method::PUT,
                 format!("/environments/{}", encode(name)),
@@ -194,13 +212,39 @@ pub async fn apply_file(
     for proxy in desired.proxies.values_mut() {
         absolutize(proxy, &["backend_tls", "ca_file"], base);
     }
-    let steps = plan(&client.state().await?, &desired);
+    let current = client.state().await?;
+    desired.consumers = seal_consumers(
+        std::mem::take(&mut desired.consumers),
+        current.consumers.clone(),
+    )
+    .await?;
+    let steps = plan(&current, &desired);
     if !dry_run {
         for step in &steps {
             client.run(step).await?;
         }
     }
     Ok(steps)
+}
+
+/// Seals every consumer against the gateway's current one (off the async workers: it may
+/// hash passwords).
+async fn seal_consumers(
+    desired: BTreeMap<String, Value>,
+    current: BTreeMap<String, Value>,
+) -> Result<BTreeMap<String, Value>, ClientError> {
+    tokio::task::spawn_blocking(move || {
+        desired
+            .into_iter()
+            .map(|(name, body)| {
+                let sealed = consumers::seal(&body, current.get(&name))
+                    .map_err(|e| ClientError::Seal(e.to_string()))?;
+                Ok((name, sealed))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ClientError::Seal(e.to_string()))?
 }
 
 fn absolutize(object: &mut Value, path: &[&str], base: &Path) {

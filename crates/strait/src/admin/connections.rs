@@ -30,7 +30,7 @@ pub struct Connection {
     pub client: String,
     /// The handshake's `Origin` header.
     pub origin: Option<String>,
-    /// The authenticated consumer, once authentication policies apply.
+    /// The consumer an authentication policy identified at the handshake (`null`: none ran).
     pub consumer: Option<String>,
     /// The subprotocol the backend chose.
     pub subprotocol: Option<String>,

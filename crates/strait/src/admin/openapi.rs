@@ -1,18 +1,25 @@
 //! The OpenAPI document of the admin API, derived from the handlers' `#[utoipa::path]`
 //! attributes and the response types, so it cannot drift from what is served.
 //!
-//! The environment and proxy bodies reach `Control` as JSON values (the configuration
-//! validator is their schema); the types here only describe them, with the YAML file's
-//! field names. A test feeds their examples through the validator, so an example or a field
-//! the validator does not know fails the build's tests.
+//! The environment, proxy and consumer bodies reach `Control` as JSON values (the
+//! configuration validator is their schema); the types here only describe them, with the
+//! YAML file's field names. A test feeds their examples through the validator, so an example
+//! or a field the validator does not know fails the build's tests. The `Policy` schema is
+//! generated from the policy registry, so a new policy type is documented by its own file.
 
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ResponseBuilder, content::ContentBuilder};
+use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::connections::{self, Closed, Connection, ConnectionList, Traffic};
 use super::error::{ErrorBody, ErrorKind, Problem};
-use super::routes::{self, Deployment, Deployments, EnvironmentList, Health, History, ProxyList};
+use super::routes::{
+    self, ConsumerList, Deployment, Deployments, EnvironmentList, Health, History, ProxyList,
+};
+use crate::policy::{self, Shape};
 
 /// The name of the bearer security scheme in the document (spelled out in `security(...)` too).
 pub const BEARER: &str = "bearer";
@@ -44,6 +51,10 @@ pub const BEARER: &str = "bearer";
         routes::list_deployments,
         routes::deploy,
         routes::undeploy,
+        routes::list_consumers,
+        routes::get_consumer,
+        routes::put_consumer,
+        routes::delete_consumer,
         connections::list,
         connections::get,
         connections::close,
@@ -52,6 +63,14 @@ pub const BEARER: &str = "bearer";
     components(schemas(
         Environment,
         Proxy,
+        Policy,
+        Consumer,
+        ConsumerCredentials,
+        BasicAuthCredentials,
+        ConsumerSummary,
+        CredentialSummary,
+        UsernameOnly,
+        ConsumerList,
         EnvironmentList,
         ProxyList,
         Deployments,
@@ -66,13 +85,14 @@ pub const BEARER: &str = "bearer";
         Traffic,
         Closed,
     )),
-    modifiers(&Auth),
+    modifiers(&Auth, &Policies),
     security(("bearer" = [])),
     tags(
         (name = "status", description = "Health, this document, metrics, the whole configuration and the history"),
         (name = "environments", description = "Listeners with their TLS and timeouts"),
         (name = "proxies", description = "Paths routed to backends"),
         (name = "deployments", description = "Which proxies an environment serves"),
+        (name = "consumers", description = "Identities with groups and hashed credentials, for authentication policies"),
         (name = "connections", description = "Live WebSocket sessions: who holds them, their traffic, closing them"),
     ),
 )]
@@ -137,6 +157,51 @@ impl Modify for Auth {
     }
 }
 
+/// Replaces the `Policy` placeholder with one schema per registered policy type.
+struct Policies;
+
+impl Modify for Policies {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let one_of = policy::REGISTRY
+            .iter()
+            .fold(OneOfBuilder::new(), |one_of, kind| {
+                one_of.item(policy_schema(kind))
+            })
+            .description(Some(
+                "One policy: `type` names it, the other fields are its settings. Policies run \
+                 phase by phase (authentication → authorization → limits → transforms), the \
+                 environment's before the proxy's within a phase.",
+            ));
+        components
+            .schemas
+            .insert("Policy".into(), RefOr::T(Schema::OneOf(one_of.build())));
+    }
+}
+
+fn policy_schema(kind: &policy::Kind) -> ObjectBuilder {
+    let string = || ObjectBuilder::new().schema_type(Type::String);
+    let schema = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .title(Some(kind.name))
+        .description(Some(format!("{} (phase: {:?})", kind.doc, kind.phase)))
+        .property("type", string().enum_values(Some([kind.name])))
+        .required("type")
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
+    kind.fields.iter().fold(schema, |schema, field| {
+        let doc = Some(field.doc);
+        let property: RefOr<Schema> = match field.shape {
+            Shape::Text => string().description(doc).into(),
+            Shape::Flag => ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .description(doc)
+                .into(),
+            Shape::Texts => ArrayBuilder::new().items(string()).description(doc).into(),
+        };
+        schema.property(field.name, property)
+    })
+}
+
 /// The document as JSON text.
 pub fn document_json() -> Result<String, serde_json::Error> {
     AdminApi::openapi().to_json()
@@ -155,7 +220,8 @@ pub fn document_json() -> Result<String, serde_json::Error> {
     },
     "shutdown_grace": "30s",
     "undeploy_grace": "30s",
-    "access_log": {"format": "json", "file": "/var/log/strait/access.log", "log_handshake": false}
+    "access_log": {"format": "json", "file": "/var/log/strait/access.log", "log_handshake": false},
+    "policies": [{"type": "api_key", "header": "X-API-Key", "query": "api_key", "keep": false}]
 })))]
 #[allow(
     dead_code,
@@ -186,6 +252,19 @@ pub struct Environment {
     undeploy_grace: String,
     #[schema(required = false)]
     access_log: AccessLog,
+    /// Run for every proxy deployed here, before the proxy's own.
+    #[schema(required = false)]
+    policies: Vec<Policy>,
+}
+
+/// Placeholder: replaced by one schema per policy type (see `Policies`).
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct Policy {
+    r#type: String,
 }
 
 /// This environment's access log.
@@ -255,7 +334,11 @@ pub struct Timeouts {
     "backend": "https://users.internal:8443/v1",
     "methods": ["GET", "POST"],
     "preserve_host": false,
-    "backend_tls": {"ca_file": "certs/internal-ca.pem"}
+    "backend_tls": {"ca_file": "certs/internal-ca.pem"},
+    "policies": [
+        {"type": "basic_auth", "realm": "users", "keep": false},
+        {"type": "acl", "allow": ["admins"]}
+    ]
 })))]
 #[allow(
     dead_code,
@@ -279,7 +362,118 @@ pub struct Proxy {
     preserve_host: bool,
     #[schema(required = false)]
     backend_tls: BackendTls,
+    /// Run after the environment's policies, phase by phase.
+    #[schema(required = false)]
+    policies: Vec<Policy>,
 }
+
+/// A consumer, with the fields of the YAML file. Secrets may be given in plaintext
+/// (`api_keys`, `password`) or already hashed (`api_key_digests`, `password_hash`); only
+/// hashes are stored.
+#[derive(ToSchema)]
+#[schema(examples(
+    json!({
+        "name": "alice",
+        "groups": ["admins", "beta"],
+        "credentials": {
+            "api_keys": ["alice-key-1"],
+            "basic_auth": {"username": "alice", "password": "correct horse"},
+            "jwt_subject": "alice@example.com"
+        }
+    }),
+    json!({
+        "name": "alice",
+        "groups": ["admins", "beta"],
+        "credentials": {
+            "api_key_digests": ["sha256:440ed3c8f64f49e986bac593bf8994573908b53f67f0edf23db400d18673795c"],
+            "basic_auth": {"username": "alice", "password_hash": PASSWORD_HASH_EXAMPLE},
+            "jwt_subject": "alice@example.com"
+        }
+    })
+))]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct Consumer {
+    /// Optional in a PUT body (the URL names it); when given it must match the URL.
+    #[schema(required = false, example = "alice")]
+    name: String,
+    /// What `acl` policies allow or deny.
+    #[schema(required = false, example = json!(["admins", "beta"]))]
+    groups: Vec<String>,
+    #[schema(required = false)]
+    credentials: ConsumerCredentials,
+}
+
+/// How the consumer authenticates. Each key, username and subject belongs to one consumer.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct ConsumerCredentials {
+    /// API keys in plaintext; stored as their SHA-256 digests.
+    #[schema(required = false)]
+    api_keys: Vec<String>,
+    /// API keys already digested: `sha256:<64 hex digits>`.
+    #[schema(required = false)]
+    api_key_digests: Vec<String>,
+    #[schema(required = false)]
+    basic_auth: BasicAuthCredentials,
+    /// The JWT subject that maps to this consumer.
+    #[schema(required = false)]
+    jwt_subject: String,
+}
+
+/// A basic-auth login: `password` or `password_hash`, not both.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct BasicAuthCredentials {
+    /// Without a colon.
+    username: String,
+    /// Plaintext; stored as an argon2id hash.
+    #[schema(required = false)]
+    password: String,
+    /// An argon2id PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`).
+    #[schema(required = false)]
+    password_hash: String,
+}
+
+/// A consumer as the API shows it: which credentials it has, never a secret or a hash.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "documentation only: answers are JSON values")]
+pub struct ConsumerSummary {
+    #[schema(example = "alice")]
+    name: String,
+    #[schema(example = json!(["admins", "beta"]))]
+    groups: Vec<String>,
+    credentials: CredentialSummary,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "documentation only: answers are JSON values")]
+pub struct CredentialSummary {
+    /// How many API keys the consumer has.
+    api_keys: u64,
+    /// Present when the consumer has a basic-auth login.
+    #[schema(required = false)]
+    basic_auth: UsernameOnly,
+    #[schema(required = false)]
+    jwt_subject: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "documentation only: answers are JSON values")]
+pub struct UsernameOnly {
+    username: String,
+}
+
+/// A real hash of `correct horse` (argon2id, default parameters), for the example.
+const PASSWORD_HASH_EXAMPLE: &str = "$argon2id$v=19$m=19456,t=2,p=1$YeFDHOh0RnMg4qduFRrF1Q$xhCHQslnBDihY2eijCpAgfnfMI0mSmQ/K9dF9CYvPMk";
 
 /// Trust for an https backend, on top of the system roots.
 #[derive(ToSchema)]
@@ -327,6 +521,8 @@ mod tests {
             ("/proxies", &["get"]),
             ("/proxies/{name}", &["delete", "get", "put"]),
             ("/proxies/{name}/deployments", &["get"]),
+            ("/consumers", &["get"]),
+            ("/consumers/{name}", &["delete", "get", "put"]),
             (
                 "/proxies/{name}/deployments/{environment}",
                 &["delete", "put"],
@@ -366,6 +562,8 @@ mod tests {
             ("/proxies", "/proxies"),
             ("/proxies/{name}", "/proxies/p"),
             ("/proxies/{name}/deployments", "/proxies/p/deployments"),
+            ("/consumers", "/consumers"),
+            ("/consumers/{name}", "/consumers/c"),
             (
                 "/proxies/{name}/deployments/{environment}",
                 "/proxies/p/deployments/e",
@@ -483,5 +681,50 @@ mod tests {
         // JSON is YAML.
         let parsed = crate::config::parse_str(&file.to_string(), Path::new("/etc/strait/x.yaml"));
         assert!(parsed.is_ok(), "{parsed:?}");
+
+        // The consumer's examples (plaintext and hashed secrets) together use every field,
+        // and each one validates; the hashed one holds the plaintext one's secrets.
+        let examples = schemas["Consumer"]["examples"].as_array().unwrap();
+        let (mut documented, mut used) = (BTreeSet::new(), BTreeSet::new());
+        properties(&doc, &schemas["Consumer"], "", &mut documented);
+        for example in examples {
+            keys(example, "", &mut used);
+            let file = json!({"environments": [environment], "consumers": [example]});
+            let parsed =
+                crate::config::parse_str(&file.to_string(), Path::new("/etc/strait/x.yaml"));
+            assert!(parsed.is_ok(), "{parsed:?}");
+        }
+        assert_eq!(documented, used, "Consumer: schema properties vs examples");
+        let [plain, hashed] = examples.as_slice() else {
+            panic!("two consumer examples")
+        };
+        assert_eq!(
+            crate::policy::consumers::seal(plain, Some(hashed)).unwrap(),
+            *hashed,
+            "the hashed example is the plaintext one sealed"
+        );
+    }
+
+    #[test]
+    fn every_policy_type_is_documented_with_its_fields() {
+        let doc = document();
+        let variants = doc["components"]["schemas"]["Policy"]["oneOf"]
+            .as_array()
+            .unwrap();
+        assert_eq!(variants.len(), crate::policy::REGISTRY.len());
+        for (variant, kind) in variants.iter().zip(crate::policy::REGISTRY) {
+            assert_eq!(variant["properties"]["type"]["enum"], json!([kind.name]));
+            let mut fields: Vec<&str> = variant["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            fields.sort_unstable();
+            let mut expected: Vec<&str> = kind.fields.iter().map(|f| f.name).collect();
+            expected.push("type");
+            expected.sort_unstable();
+            assert_eq!(fields, expected, "{}", kind.name);
+        }
     }
 }

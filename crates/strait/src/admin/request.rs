@@ -32,6 +32,8 @@ pub enum Route {
     Proxy(String),
     Deployments(String),
     Deployment { proxy: String, environment: String },
+    Consumers,
+    Consumer(String),
     Connections,
     Connection(u64),
 }
@@ -65,6 +67,8 @@ impl Route {
                 proxy: name_segment(name, "proxy")?,
                 environment: name_segment(environment, "environment")?,
             },
+            ["consumers"] => Route::Consumers,
+            ["consumers", name] => Route::Consumer(name_segment(name, "consumer")?),
             ["connections"] => Route::Connections,
             ["connections", id] => Route::Connection(id.parse().map_err(|_| {
                 ApiError::new(
@@ -84,7 +88,7 @@ impl Route {
         const PUT_DELETE: &[Method] = &[Method::PUT, Method::DELETE];
         const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
         match self {
-            Route::Environment(_) | Route::Proxy(_) => GET_PUT_DELETE,
+            Route::Environment(_) | Route::Proxy(_) | Route::Consumer(_) => GET_PUT_DELETE,
             Route::Connections | Route::Connection(_) => GET_DELETE,
             Route::Deployment { .. } => PUT_DELETE,
             Route::Health
@@ -94,6 +98,7 @@ impl Route {
             | Route::History
             | Route::Environments
             | Route::Proxies
+            | Route::Consumers
             | Route::Deployments(_) => GET,
         }
     }
@@ -142,6 +147,10 @@ pub enum Call {
         proxy: String,
         environment: String,
     },
+    ListConsumers,
+    GetConsumer(String),
+    PutConsumer(String, Value),
+    DeleteConsumer(String),
     ListConnections {
         filter: ConnectionFilter,
         page: u64,
@@ -220,6 +229,8 @@ impl Call {
                 | Call::DeleteProxy(_)
                 | Call::Deploy { .. }
                 | Call::Undeploy { .. }
+                | Call::PutConsumer(..)
+                | Call::DeleteConsumer(_)
         )
     }
 }
@@ -277,6 +288,13 @@ where
             Call::Undeploy { proxy, environment }
         }
         (Route::Deployment { proxy, environment }, _) => Call::Deploy { proxy, environment },
+        (Route::Consumers, _) => Call::ListConsumers,
+        (Route::Consumer(name), Method::PUT) => {
+            let (parts, body) = request.into_parts();
+            Call::PutConsumer(name, read_json(&parts.headers, body).await?)
+        }
+        (Route::Consumer(name), Method::DELETE) => Call::DeleteConsumer(name),
+        (Route::Consumer(name), _) => Call::GetConsumer(name),
         (Route::Connections, Method::DELETE) => {
             let filter = ConnectionFilter::from_query(&query)?;
             if filter.is_empty() {
@@ -460,6 +478,8 @@ mod tests {
             ("/environments/prod", Route::Environment("prod".into())),
             ("/proxies", Route::Proxies),
             ("/proxies/users", Route::Proxy("users".into())),
+            ("/consumers", Route::Consumers),
+            ("/consumers/alice", Route::Consumer("alice".into())),
             (
                 "/proxies/users/deployments",
                 Route::Deployments("users".into()),
@@ -595,6 +615,13 @@ mod tests {
             ),
             (Method::GET, "/proxies", Call::ListProxies),
             (Method::GET, "/proxies/u", Call::GetProxy("u".into())),
+            (Method::GET, "/consumers", Call::ListConsumers),
+            (Method::GET, "/consumers/a", Call::GetConsumer("a".into())),
+            (
+                Method::DELETE,
+                "/consumers/a",
+                Call::DeleteConsumer("a".into()),
+            ),
             (Method::DELETE, "/proxies/u", Call::DeleteProxy("u".into())),
             (
                 Method::GET,
@@ -641,6 +668,12 @@ mod tests {
                 .await
                 .unwrap(),
             Call::PutProxy("u".into(), json!({"path": "/u/*"}))
+        );
+        assert_eq!(
+            call_of(Method::PUT, "/consumers/a", r#"{"groups": ["g"]}"#)
+                .await
+                .unwrap(),
+            Call::PutConsumer("a".into(), json!({"groups": ["g"]}))
         );
     }
 

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::connections;
 use super::error::{ApiError, ErrorBody, ErrorKind};
-use super::openapi::{self, Environment, Proxy};
+use super::openapi::{self, Consumer, ConsumerSummary, Environment, Proxy};
 use super::request::Call;
 use crate::control::{Control, HistoryPage, Mode, Written};
 
@@ -37,6 +37,10 @@ pub async fn execute(control: &Control, call: Call) -> Reply {
         Call::ListDeployments(proxy) => list_deployments(control, &proxy).await,
         Call::Deploy { proxy, environment } => deploy(control, &proxy, &environment).await,
         Call::Undeploy { proxy, environment } => undeploy(control, &proxy, &environment).await,
+        Call::ListConsumers => list_consumers(control).await,
+        Call::GetConsumer(name) => get_consumer(control, &name).await,
+        Call::PutConsumer(name, body) => put_consumer(control, &name, body).await,
+        Call::DeleteConsumer(name) => delete_consumer(control, &name).await,
         Call::ListConnections {
             filter,
             page,
@@ -93,6 +97,13 @@ pub struct ProxyList {
     pub proxies: Vec<Value>,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerList {
+    /// Sorted by name; credentials summarised (never a secret or a hash).
+    #[schema(value_type = Vec<ConsumerSummary>)]
+    pub consumers: Vec<Value>,
+}
+
 /// The environments one proxy is deployed to.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Deployments {
@@ -131,7 +142,8 @@ pub struct HistoryEntry {
     #[schema(example = "2026-05-04T10:15:00Z")]
     pub time: String,
     /// `put_environment`, `delete_environment`, `put_proxy`, `delete_proxy`, `deploy`,
-    /// `undeploy` or `reload`.
+    /// `undeploy`, `put_consumer`, `delete_consumer` or `reload`. Consumers appear with
+    /// their credentials hashed.
     #[schema(example = "put_environment")]
     pub action: String,
     /// What changed, e.g. `environments/production`, `proxies/users/deployments/production`.
@@ -553,6 +565,88 @@ pub async fn deploy(control: &Control, proxy: &str, environment: &str) -> Reply 
 )]
 pub async fn undeploy(control: &Control, proxy: &str, environment: &str) -> Reply {
     control.undeploy(proxy, environment).await?;
+    no_content()
+}
+
+/// List consumers
+///
+/// Each with its groups and which credentials it has: the number of API keys, the
+/// basic-auth username, the JWT subject. Secrets and their hashes are never shown.
+#[utoipa::path(
+    get,
+    path = "/consumers",
+    tag = "consumers",
+    responses((status = 200, description = "Every consumer, sorted by name", body = ConsumerList)),
+)]
+pub async fn list_consumers(control: &Control) -> Reply {
+    let consumers = control.consumers().await;
+    json(StatusCode::OK, &ConsumerList { consumers })
+}
+
+/// Get one consumer
+#[utoipa::path(
+    get,
+    path = "/consumers/{name}",
+    tag = "consumers",
+    params(("name" = String, Path, description = "Consumer name (percent-encoded)")),
+    responses(
+        (status = 200, description = "The consumer, credentials summarised", body = ConsumerSummary),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ),
+)]
+pub async fn get_consumer(control: &Control, name: &str) -> Reply {
+    match control.consumer(name).await {
+        Some(consumer) => json(StatusCode::OK, &consumer),
+        None => Err(missing("consumer", name)),
+    }
+}
+
+/// Create or replace a consumer
+///
+/// The body holds the consumer's fields as in the YAML file. Secrets may be plaintext
+/// (`api_keys`, `basic_auth.password`) or already hashed (`api_key_digests`,
+/// `basic_auth.password_hash`); only hashes are stored — API keys as SHA-256 digests,
+/// passwords as argon2id — and the answer shows none of them.
+#[utoipa::path(
+    put,
+    path = "/consumers/{name}",
+    tag = "consumers",
+    params(("name" = String, Path, description = "Consumer name (percent-encoded)")),
+    request_body = Consumer,
+    responses(
+        (status = 200, description = "Replaced, or unchanged", body = ConsumerSummary),
+        (status = 201, description = "Created", body = ConsumerSummary),
+        (status = 400, description = "`bad_request`: the body is not JSON", body = ErrorBody),
+        (status = 405, description = "`read_only`: declarative mode", body = ErrorBody),
+        (status = 409, description = "`conflict`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 1 MiB", body = ErrorBody),
+        (status = 422, description = "`invalid`: see `problems` (e.g. a key or username another consumer has)", body = ErrorBody),
+        (status = 500, description = "`storage`", body = ErrorBody),
+    ),
+)]
+pub async fn put_consumer(control: &Control, name: &str, body: Value) -> Reply {
+    let (written, shown) = control.put_consumer(name, body).await?;
+    json(written_status(written), &shown)
+}
+
+/// Delete a consumer
+///
+/// Its credentials stop working for new requests at once; its open WebSocket sessions
+/// carry on (close them with `DELETE /connections?consumer=`).
+#[utoipa::path(
+    delete,
+    path = "/consumers/{name}",
+    tag = "consumers",
+    params(("name" = String, Path, description = "Consumer name (percent-encoded)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 405, description = "`read_only`: declarative mode", body = ErrorBody),
+        (status = 500, description = "`storage`", body = ErrorBody),
+    ),
+)]
+pub async fn delete_consumer(control: &Control, name: &str) -> Reply {
+    control.delete_consumer(name).await?;
     no_content()
 }
 

@@ -13,11 +13,12 @@ use serde_json::{Map, Number, Value as Json};
 use serde_saphyr::{FlowMap, FlowSeq, SerializerOptions};
 
 use super::Config;
+use super::interpolate::{self, escape, interpolate};
 use super::parse::{ConfigError, Problem, problems, yaml_problem};
 use super::tree::{Loc, Node, Value, parse_yaml};
 use super::validate::{
-    ADMIN_KEYS, BACKEND_TLS_KEYS, ENVIRONMENT_KEYS, PROXY_KEYS, TIMEOUT_KEYS, TLS_KEYS, TOP_KEYS,
-    validate,
+    ADMIN_KEYS, BACKEND_TLS_KEYS, BASIC_AUTH_KEYS, CONSUMER_KEYS, CREDENTIAL_KEYS,
+    ENVIRONMENT_KEYS, PROXY_KEYS, TIMEOUT_KEYS, TLS_KEYS, TOP_KEYS, validate,
 };
 
 /// The `file` of problems found in a JSON document.
@@ -38,11 +39,23 @@ pub fn validate_document(doc: &Json, base: &Path) -> Result<Config, Vec<Problem>
 }
 
 /// The YAML text as the same JSON document, values as written (relative paths stay
-/// relative). Meant for text that has already been validated; only broken YAML is an error.
-/// An empty file gives an empty object.
+/// relative) but with `${NAME}` replaced by the environment variable. Meant for text that
+/// has already been validated; only broken YAML is an error (a variable that is not set is
+/// left as written). An empty file gives an empty object.
 pub fn document_from_yaml(text: &str) -> Result<Json, ConfigError> {
+    document_from_yaml_with(text, &interpolate::environment)
+}
+
+/// [`document_from_yaml`] with variables from `lookup` instead of the process environment.
+pub fn document_from_yaml_with(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Json, ConfigError> {
     match parse_yaml(text) {
-        Ok(Some(root)) => Ok(json_from_node(&root)),
+        Ok(Some(mut root)) => {
+            interpolate(&mut root, lookup);
+            Ok(json_from_node(&root))
+        }
         Ok(None) => Ok(Json::Object(Map::new())),
         Err(problem) => Err(ConfigError::Invalid(vec![yaml_problem(
             problem,
@@ -51,9 +64,11 @@ pub fn document_from_yaml(text: &str) -> Result<Json, ConfigError> {
     }
 }
 
-/// The document as YAML in the file format: environments, then proxies, then admin; within
-/// each object the keys in the order the format documents them (`name` first), and small
-/// sections (`tls`, `timeouts`, `deploy`, `methods`, `backend_tls`) on one line.
+/// The document as YAML in the file format: environments, proxies, consumers, then admin;
+/// within each object the keys in the order the format documents them (`name` first), small
+/// sections (`tls`, `timeouts`, `deploy`, `methods`, `backend_tls`, `groups`, `basic_auth`)
+/// and each policy on one line. A literal `${` in a value is written `$${`, so reading the
+/// file back gives the same text.
 pub fn document_to_yaml(doc: &Json) -> String {
     let ordered = Ordered {
         value: doc,
@@ -160,6 +175,11 @@ enum Kind {
     Proxy,
     BackendTls,
     Admin,
+    Consumer,
+    Credentials,
+    BasicAuth,
+    /// A policy entry: `type` first, then its fields.
+    Policy,
     Other,
 }
 
@@ -173,6 +193,10 @@ impl Kind {
             Kind::Proxy => PROXY_KEYS,
             Kind::BackendTls => BACKEND_TLS_KEYS,
             Kind::Admin => ADMIN_KEYS,
+            Kind::Consumer => CONSUMER_KEYS,
+            Kind::Credentials => CREDENTIAL_KEYS,
+            Kind::BasicAuth => BASIC_AUTH_KEYS,
+            Kind::Policy => &["type"],
             Kind::Other => &[],
         }
     }
@@ -186,6 +210,10 @@ impl Kind {
             (Kind::Environment, "tls") => Kind::Tls,
             (Kind::Environment, "timeouts") => Kind::Timeouts,
             (Kind::Proxy, "backend_tls") => Kind::BackendTls,
+            (Kind::Document, "consumers") => Kind::Consumer,
+            (Kind::Consumer, "credentials") => Kind::Credentials,
+            (Kind::Credentials, "basic_auth") => Kind::BasicAuth,
+            (Kind::Environment | Kind::Proxy, "policies") => Kind::Policy,
             _ => Kind::Other,
         }
     }
@@ -196,7 +224,14 @@ impl Kind {
             (self, key),
             (Kind::Environment, "tls" | "timeouts")
                 | (Kind::Proxy, "deploy" | "methods" | "backend_tls")
+                | (Kind::Consumer, "groups")
+                | (Kind::Credentials, "basic_auth")
         )
+    }
+
+    /// Whether each item of the list under `key` is written on one line.
+    fn flow_items(self, key: &str) -> bool {
+        matches!((self, key), (Kind::Environment | Kind::Proxy, "policies"))
     }
 }
 
@@ -233,6 +268,18 @@ impl Serialize for Ordered<'_> {
                         Json::Array(_) if self.kind.flow(key) => {
                             out.serialize_entry(key, &FlowSeq(child))?;
                         }
+                        Json::Array(items) if self.kind.flow_items(key) => {
+                            let items: Vec<FlowMap<Ordered<'_>>> = items
+                                .iter()
+                                .map(|value| {
+                                    FlowMap(Ordered {
+                                        value,
+                                        kind: child.kind,
+                                    })
+                                })
+                                .collect();
+                            out.serialize_entry(key, &items)?;
+                        }
                         _ => out.serialize_entry(key, &child)?,
                     }
                 }
@@ -248,6 +295,7 @@ impl Serialize for Ordered<'_> {
                 }
                 out.end()
             }
+            Json::String(text) if text.contains("${") => escape(text).serialize(serializer),
             scalar => scalar.serialize(serializer),
         }
     }

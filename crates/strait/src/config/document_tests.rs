@@ -85,6 +85,7 @@ fn expected_config() -> Config {
                 shutdown_grace: Duration::from_secs(30),
                 undeploy_grace: None,
                 access_log: Default::default(),
+                policies: Vec::new(),
             },
             Environment {
                 name: "staging".into(),
@@ -95,6 +96,7 @@ fn expected_config() -> Config {
                 shutdown_grace: Duration::from_secs(30),
                 undeploy_grace: Some(Duration::ZERO),
                 access_log: Default::default(),
+                policies: Vec::new(),
             },
         ],
         proxies: vec![
@@ -112,6 +114,7 @@ fn expected_config() -> Config {
                 backend_tls: Some(BackendTls {
                     ca_file: "/etc/strait/certs/ca.pem".into(),
                 }),
+                policies: Vec::new(),
             },
             Proxy {
                 name: "echo".into(),
@@ -121,8 +124,10 @@ fn expected_config() -> Config {
                 methods: None,
                 preserve_host: false,
                 backend_tls: None,
+                policies: Vec::new(),
             },
         ],
+        consumers: Vec::new(),
         admin: Some(AdminConfig {
             listen: "127.0.0.1:8001".parse().unwrap(),
         }),
@@ -563,4 +568,57 @@ environments:
         }
         other => panic!("expected a YAML problem, got {other:?}"),
     }
+}
+
+#[test]
+fn consumers_and_policies_export_in_the_file_format() {
+    let doc = json!({
+        "environments": [{
+            "policies": [{"query": "k", "type": "api_key"}],
+            "listen": "127.0.0.1:8080",
+            "name": "prod"
+        }],
+        "proxies": [],
+        "consumers": [{
+            "credentials": {
+                "basic_auth": {"password_hash": "$argon2id$v=19$x", "username": "al"},
+                "api_key_digests": ["sha256:ab"]
+            },
+            "groups": ["admins", "beta"],
+            "name": "alice"
+        }, {"name": "literal", "credentials": {"jwt_subject": "${NOT_A_VARIABLE}"}}]
+    });
+    let expected = "\
+environments:
+  - name: prod
+    listen: 127.0.0.1:8080
+    policies:
+      - {type: api_key, query: k}
+proxies: []
+consumers:
+  - name: alice
+    groups: [admins, beta]
+    credentials:
+      api_key_digests:
+        - sha256:ab
+      basic_auth: {username: al, password_hash: $argon2id$v=19$x}
+  - name: literal
+    credentials:
+      jwt_subject: $${NOT_A_VARIABLE}
+";
+    let yaml = document_to_yaml(&doc);
+    assert_eq!(yaml, expected);
+    assert_eq!(document_from_yaml(&yaml).unwrap(), doc, "{yaml}");
+}
+
+#[test]
+fn documents_from_files_are_interpolated() {
+    let text =
+        "consumers:\n  - {name: a, credentials: {api_keys: [\"${K}\", \"$${K}\", \"${UNSET}\"]}}\n";
+    let lookup = |name: &str| (name == "K").then(|| "v".to_owned());
+    let doc = document_from_yaml_with(text, &lookup).unwrap();
+    assert_eq!(
+        doc["consumers"][0]["credentials"]["api_keys"],
+        json!(["v", "${K}", "${UNSET}"])
+    );
 }

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::policy::PolicyEntry;
+pub use crate::policy::consumers::{Consumer, KeyDigest, Login, Password};
 use crate::routing::{BackendUrl, ProxyPath};
 
 /// An empty `Config` (no environments, no proxies, no admin API) is what a gateway with
@@ -13,6 +15,8 @@ use crate::routing::{BackendUrl, ProxyPath};
 pub struct Config {
     pub environments: Vec<Environment>,
     pub proxies: Vec<Proxy>,
+    /// Named identities with groups and (hashed) credentials, for authentication policies.
+    pub consumers: Vec<Consumer>,
     /// The admin API's listener; `None` when the file has no `admin` section.
     pub admin: Option<AdminConfig>,
 }
@@ -39,6 +43,8 @@ pub struct Environment {
     /// (`never` in the file) lets them finish on their own.
     pub undeploy_grace: Option<Duration>,
     pub access_log: AccessLogSettings,
+    /// Run for every proxy deployed here, before the proxy's own.
+    pub policies: Vec<PolicyEntry>,
 }
 
 /// An environment's access log (`access_log:` in the file).
@@ -117,6 +123,7 @@ pub struct Proxy {
     pub methods: Option<Vec<http::Method>>,
     pub preserve_host: bool,
     pub backend_tls: Option<BackendTls>,
+    pub policies: Vec<PolicyEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::Config;
+use super::interpolate;
 use super::tree::{Loc, parse_yaml};
 use super::validate::{Found, validate};
 
@@ -66,18 +67,39 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Validates configuration text; `origin` names the file in problems and its folder anchors
-/// relative paths.
+/// relative paths. `${NAME}` in text values is replaced by the environment variable `NAME`.
 ///
 /// Reports every problem at once, in file order. The exception is broken YAML (a syntax
 /// error, a duplicate key, a document over the parser's resource limits): that one problem
 /// is reported alone, since nothing after it can be read reliably.
 pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    parse_str_with(text, origin, &interpolate::environment)
+}
+
+/// [`parse_str`] with variables from `lookup` instead of the process environment.
+pub fn parse_str_with(
+    text: &str,
+    origin: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let base = origin.parent().unwrap_or(Path::new(""));
     let mut problems = match parse_yaml(text) {
-        Ok(root) => match validate(root.as_ref(), base, "the file") {
-            Ok(config) => return Ok(config),
-            Err(found) => problems(found, origin),
-        },
+        Ok(mut root) => {
+            let unresolved = root
+                .as_mut()
+                .map(|node| interpolate::interpolate(node, lookup))
+                .unwrap_or_default();
+            match validate(root.as_ref(), base, "the file") {
+                Ok(config) if unresolved.is_empty() => return Ok(config),
+                Ok(_) => problems(unresolved, origin),
+                Err(mut found) => {
+                    // A value left unresolved is reported once, for its variable.
+                    found.retain(|f| !unresolved.iter().any(|u| u.field == f.field));
+                    found.extend(unresolved);
+                    problems(found, origin)
+                }
+            }
+        }
         Err(problem) => vec![yaml_problem(problem, origin)],
     };
     problems.sort_by_key(|p| (p.line.unwrap_or(u64::MAX), p.column.unwrap_or(0)));

@@ -90,6 +90,7 @@ fn the_example_round_trips_into_the_model() {
                 file: Some("/etc/strait/logs/access.log".into()),
                 log_handshake: true,
             },
+            policies: Vec::new(),
         }],
         proxies: vec![Proxy {
             name: "users".into(),
@@ -101,7 +102,9 @@ fn the_example_round_trips_into_the_model() {
             backend_tls: Some(BackendTls {
                 ca_file: "/etc/strait/certs/ca.pem".into(),
             }),
+            policies: Vec::new(),
         }],
+        consumers: Vec::new(),
         admin: None,
     };
     assert_eq!(config, expected);
@@ -981,4 +984,242 @@ fn access_log_settings_are_checked() {
         4,
         &["log_handshake must be true or false"],
     );
+}
+
+// ---- consumers, policies and ${VAR} interpolation ----
+
+/// Variables the interpolation tests see instead of the process environment.
+fn vars(name: &str) -> Option<String> {
+    match name {
+        "ALICE_KEY" => Some("alice-key".to_owned()),
+        "ALICE_PW" => Some("alice-pw".to_owned()),
+        _ => None,
+    }
+}
+
+fn parse_with_vars(text: &str) -> Result<Config, ConfigError> {
+    parse_str_with(text, Path::new(ORIGIN), &vars)
+}
+
+const CONSUMERS: &str = "\
+environments:
+  - name: a
+    listen: 127.0.0.1:9000
+    policies:
+      - {type: api_key, query: api_key}
+proxies:
+  - name: p
+    path: /p
+    backend: http://b
+    deploy: [a]
+    policies:
+      - {type: acl, allow: [admins]}
+      - {type: basic_auth, realm: p, keep: true}
+consumers:
+  - name: alice
+    groups: [admins, beta]
+    credentials:
+      api_keys: [\"${ALICE_KEY}\"]
+      basic_auth: {username: alice, password: \"${ALICE_PW}\"}
+      jwt_subject: alice@example.com
+  - name: bob
+    credentials:
+      api_key_digests: [\"sha256:440ED3C8F64F49E986BAC593BF8994573908B53F67F0EDF23DB400D18673795C\"]
+";
+
+#[test]
+fn consumers_and_policies_are_read_with_secrets_interpolated_and_hashed() {
+    let config = parse_with_vars(CONSUMERS).unwrap_or_else(|e| panic!("{e}"));
+    let alice = &config.consumers[0];
+    assert_eq!(alice.name, "alice");
+    assert_eq!(alice.groups, ["admins", "beta"]);
+    assert_eq!(alice.api_keys, [KeyDigest::of(b"alice-key")]);
+    assert_eq!(
+        alice.basic_auth,
+        Some(Login {
+            username: "alice".into(),
+            password: Password::Digest(KeyDigest::of(b"alice-pw")),
+        })
+    );
+    assert_eq!(alice.jwt_subject.as_deref(), Some("alice@example.com"));
+    let bob = &config.consumers[1];
+    assert_eq!(bob.api_keys, [KeyDigest::of(b"alice-key-1")]);
+    assert_eq!(bob.groups, Vec::<String>::new());
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("alice-key\"") && !debug.contains("alice-pw"),
+        "{debug}"
+    );
+
+    let kinds = |policies: &[PolicyEntry]| -> Vec<&str> {
+        policies.iter().map(|p| p.0.kind().name).collect()
+    };
+    assert_eq!(kinds(&config.environments[0].policies), ["api_key"]);
+    assert_eq!(kinds(&config.proxies[0].policies), ["acl", "basic_auth"]);
+}
+
+#[test]
+fn an_unset_variable_is_one_problem_on_its_line() {
+    let text = CONSUMERS.replace("${ALICE_PW}", "${NOT_SET_ANYWHERE}");
+    let found = match parse_with_vars(&text) {
+        Err(ConfigError::Invalid(found)) => found,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_problem(
+        &found,
+        19,
+        &["environment variable NOT_SET_ANYWHERE is not set"],
+    );
+    assert_eq!(
+        found[0].field.as_deref(),
+        Some("consumers[0].credentials.basic_auth.password")
+    );
+    // Escaped, it is literal text.
+    let text = CONSUMERS.replace("${ALICE_PW}", "$${ALICE_PW}");
+    let config = parse_with_vars(&text).unwrap();
+    assert_eq!(
+        config.consumers[0].basic_auth.as_ref().unwrap().password,
+        Password::Digest(KeyDigest::of(b"${ALICE_PW}"))
+    );
+}
+
+#[test]
+fn policy_problems_have_their_lines() {
+    let text = env("    policies:
+      - {type: api_kee}
+      - {type: api_key, header: 'x y', extra: 1}
+      - {type: acl}
+      - {type: acl, allow: [a], deny: [b]}
+      - {type: basic_auth, realm: 3}
+      - {header: X}
+      - api_key
+");
+    let found = problems(&text);
+    assert_problem(
+        &found,
+        5,
+        &[
+            "unknown policy type \"api_kee\"",
+            "api_key, basic_auth, acl",
+        ],
+    );
+    assert_problem(
+        &found,
+        6,
+        &[
+            "unknown key \"extra\" in the api_key policy",
+            "type, header, query, keep",
+        ],
+    );
+    assert_problem(
+        &found,
+        6,
+        &["environment \"a\": api_key policy: header \"x y\" is not a header name"],
+    );
+    assert_problem(&found, 7, &["acl policy: needs allow", "or deny"]);
+    assert_problem(&found, 8, &["give either allow or deny, not both"]);
+    assert_problem(&found, 9, &["realm must be text, but it is the number 3"]);
+    assert_problem(&found, 10, &["policy #6: the required key type is missing"]);
+    assert_problem(
+        &found,
+        11,
+        &["policy #7 must be a mapping such as {type: api_key}"],
+    );
+    assert_eq!(found.len(), 8, "{found:#?}");
+    let fields: Vec<_> = found.iter().filter_map(|p| p.field.as_deref()).collect();
+    assert!(
+        fields.contains(&"environments[0].policies[1].header"),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"environments[0].policies[3].deny"),
+        "{fields:?}"
+    );
+}
+
+#[test]
+fn consumer_problems_have_their_lines_and_never_show_a_secret() {
+    let text = env("consumers:
+  - name: alice
+    groups: [a, a]
+    credentials:
+      api_keys: [k1, '', 12345]
+      api_key_digests: [sha256:abc]
+      basic_auth: {username: 'a:b', password: p, password_hash: x}
+  - name: bob
+    credentials:
+      api_keys: [k1]
+      basic_auth: {username: carol}
+      tokens: []
+  - name: carol
+    credentials:
+      basic_auth: {username: dave, password_hash: hunter2}
+  - name: alice
+");
+    let found = problems(&text);
+    assert_problem(&found, 6, &["consumer \"alice\": groups lists \"a\" twice"]);
+    assert_problem(&found, 8, &["credentials.api_keys[1] is empty"]);
+    assert_problem(
+        &found,
+        8,
+        &["credentials.api_keys[2] must be text; write it in quotes"],
+    );
+    assert_problem(
+        &found,
+        9,
+        &["credentials.api_key_digests[0]: a SHA-256 digest has 64 hex digits"],
+    );
+    assert_problem(
+        &found,
+        10,
+        &["a basic-auth username cannot contain a colon"],
+    );
+    assert_problem(&found, 10, &["give password or password_hash, not both"]);
+    assert_problem(
+        &found,
+        13,
+        &["consumer \"bob\": an API key here is also consumer \"alice\"'s"],
+    );
+    assert_problem(
+        &found,
+        14,
+        &["credentials.basic_auth needs password", "or password_hash"],
+    );
+    assert_problem(&found, 15, &["unknown key \"tokens\" in credentials"]);
+    assert_problem(
+        &found,
+        18,
+        &["password_hash must be an argon2id PHC string"],
+    );
+    assert_problem(
+        &found,
+        19,
+        &["consumer \"alice\" is defined twice (first at line 5)"],
+    );
+    assert_eq!(found.len(), 11, "{found:#?}");
+    for problem in &found {
+        assert!(!problem.message.contains("12345"), "{problem}");
+        assert!(!problem.message.contains("hunter2"), "{problem}");
+    }
+}
+
+#[test]
+fn usernames_and_subjects_belong_to_one_consumer() {
+    let text = env("consumers:
+  - {name: a, credentials: {basic_auth: {username: u, password: p}, jwt_subject: s}}
+  - {name: b, credentials: {basic_auth: {username: u, password: q}, jwt_subject: s}}
+");
+    let found = problems(&text);
+    assert_problem(
+        &found,
+        6,
+        &["the basic-auth username \"u\" already belongs to consumer \"a\""],
+    );
+    assert_problem(
+        &found,
+        6,
+        &["the JWT subject \"s\" already belongs to consumer \"a\""],
+    );
+    assert_eq!(found.len(), 2, "{found:#?}");
 }

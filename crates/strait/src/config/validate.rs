@@ -17,13 +17,14 @@ use http::Method;
 use super::duration::parse_duration;
 use super::tree::{Loc, Node, Value};
 use super::{
-    AccessLogFormat, AccessLogSettings, AdminConfig, BackendTls, Config, Environment, Proxy,
-    Timeouts, TlsFiles,
+    AccessLogFormat, AccessLogSettings, AdminConfig, BackendTls, Config, Consumer, Environment,
+    KeyDigest, Login, Password, PolicyEntry, Proxy, Timeouts, TlsFiles,
 };
+use crate::policy::{self, Reported};
 use crate::routing::{BackendUrl, ProxyPath};
 
 // The keys of each object, in the order the file format writes them (export keeps it).
-pub(super) const TOP_KEYS: &[&str] = &["environments", "proxies", "admin"];
+pub(super) const TOP_KEYS: &[&str] = &["environments", "proxies", "consumers", "admin"];
 pub(super) const ENVIRONMENT_KEYS: &[&str] = &[
     "name",
     "listen",
@@ -33,6 +34,7 @@ pub(super) const ENVIRONMENT_KEYS: &[&str] = &[
     "shutdown_grace",
     "undeploy_grace",
     "access_log",
+    "policies",
 ];
 pub(super) const ACCESS_LOG_KEYS: &[&str] = &["format", "file", "log_handshake"];
 pub(super) const TLS_KEYS: &[&str] = &["cert", "key"];
@@ -52,9 +54,14 @@ pub(super) const PROXY_KEYS: &[&str] = &[
     "methods",
     "preserve_host",
     "backend_tls",
+    "policies",
 ];
 pub(super) const BACKEND_TLS_KEYS: &[&str] = &["ca_file"];
 pub(super) const ADMIN_KEYS: &[&str] = &["listen"];
+pub(super) const CONSUMER_KEYS: &[&str] = &["name", "groups", "credentials"];
+pub(super) const CREDENTIAL_KEYS: &[&str] =
+    &["api_keys", "api_key_digests", "basic_auth", "jwt_subject"];
+pub(super) const BASIC_AUTH_KEYS: &[&str] = &["username", "password", "password_hash"];
 const METHODS: [Method; 9] = [
     Method::GET,
     Method::HEAD,
@@ -162,6 +169,75 @@ struct ProxyDraft {
     proxy: Option<Proxy>,
 }
 
+struct ConsumerDraft {
+    /// `consumers[i]`.
+    field: String,
+    name: Option<(String, Loc)>,
+    /// The basic-auth username, where it was written and its field.
+    username: Option<(String, Loc, String)>,
+    /// Every API key's digest, where it was written and its field.
+    keys: Vec<(KeyDigest, Loc, String)>,
+    subject: Option<(String, Loc, String)>,
+    consumer: Option<Consumer>,
+}
+
+#[derive(Default)]
+struct Credentials {
+    api_keys: Vec<KeyDigest>,
+    basic_auth: Option<Login>,
+    jwt_subject: Option<String>,
+}
+
+/// A policy entry's fields as the policy reads them: wrong types are reported here with the
+/// entry's place, as everywhere else in the file.
+struct PolicyReader<'c, 'b, 'n> {
+    check: &'c mut Check<'b>,
+    fields: Fields<'n>,
+    /// `proxy "users": api_key policy`.
+    ctx: String,
+}
+
+impl policy::Fields for PolicyReader<'_, '_, '_> {
+    fn text(&mut self, key: &str) -> Result<Option<String>, Reported> {
+        let Some(node) = self.fields.optional(key) else {
+            return Ok(None);
+        };
+        let field = self.fields.field(key);
+        match self.check.text(node, &self.ctx, key, &field) {
+            Some(text) => Ok(Some(text.to_owned())),
+            None => Err(Reported),
+        }
+    }
+
+    fn flag(&mut self, key: &str) -> Result<Option<bool>, Reported> {
+        if self.fields.optional(key).is_none() {
+            return Ok(None);
+        }
+        self.check
+            .flag(&self.fields, &self.ctx, key)
+            .map(Some)
+            .ok_or(Reported)
+    }
+
+    fn texts(&mut self, key: &str) -> Result<Option<Vec<String>>, Reported> {
+        let Some(node) = self.fields.optional(key) else {
+            return Ok(None);
+        };
+        let field = self.fields.field(key);
+        match self.check.names(node, &self.ctx, key, &field) {
+            Some(items) => Ok(Some(items)),
+            None => Err(Reported),
+        }
+    }
+
+    fn problem(&mut self, key: &str, message: String) -> Reported {
+        let at = self.fields.entry(key).map_or(self.fields.at, |(_, v)| v.at);
+        let message = format!("{}: {message}", self.ctx);
+        self.check.report(at, &self.fields.field(key), message);
+        Reported
+    }
+}
+
 struct DeployEntry {
     environment: String,
     at: Loc,
@@ -253,6 +329,24 @@ impl Check<'_> {
             .collect();
         self.check_proxies(&proxies, &environments);
 
+        let consumer_nodes = match fields.optional("consumers") {
+            None => &[],
+            Some(node) => self
+                .list(
+                    node,
+                    &format!("{whole}: consumers"),
+                    "a list of consumers",
+                    "consumers",
+                )
+                .unwrap_or_default(),
+        };
+        let consumers: Vec<_> = consumer_nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| self.consumer(i, node))
+            .collect();
+        self.check_consumers(&consumers);
+
         let admin = match fields.optional("admin") {
             None => Some(None),
             Some(node) => self.admin(node, &environments).map(Some),
@@ -266,6 +360,10 @@ impl Check<'_> {
             proxies: proxies
                 .into_iter()
                 .map(|p| p.proxy)
+                .collect::<Option<_>>()?,
+            consumers: consumers
+                .into_iter()
+                .map(|c| c.consumer)
                 .collect::<Option<_>>()?,
             admin: admin?,
         })
@@ -319,6 +417,7 @@ impl Check<'_> {
             None => Some(AccessLogSettings::default()),
             Some(node) => self.access_log(node, &ctx, &fields.field("access_log")),
         };
+        let policies = self.policies(&fields, &ctx);
 
         let environment = (|| {
             Some(Environment {
@@ -330,6 +429,7 @@ impl Check<'_> {
                 shutdown_grace: shutdown_grace?,
                 undeploy_grace: undeploy_grace?,
                 access_log: access_log?,
+                policies: policies?,
             })
         })();
         EnvironmentDraft {
@@ -612,6 +712,8 @@ impl Check<'_> {
                 .map(Some),
         };
 
+        let policies = self.policies(&fields, &ctx);
+
         let proxy = (|| {
             Some(Proxy {
                 name: name.clone()?.0,
@@ -622,6 +724,7 @@ impl Check<'_> {
                 methods: methods?,
                 preserve_host: preserve_host?,
                 backend_tls: backend_tls?,
+                policies: policies?,
             })
         })();
         ProxyDraft {
@@ -804,6 +907,336 @@ impl Check<'_> {
         }
     }
 
+    // ---- policies ----
+
+    /// The optional `policies` list of an environment or a proxy.
+    fn policies(&mut self, fields: &Fields, ctx: &str) -> Option<Vec<PolicyEntry>> {
+        let Some(node) = fields.optional("policies") else {
+            return Some(Vec::new());
+        };
+        let field = fields.field("policies");
+        let expected = "a list of policies, such as [{type: api_key}]";
+        let items = self.list(node, &format!("{ctx}: policies"), expected, &field)?;
+        let mut policies = Vec::new();
+        let mut complete = true;
+        for (index, item) in items.iter().enumerate() {
+            match self.policy(item, ctx, index, &format!("{field}[{index}]")) {
+                Some(policy) => policies.push(policy),
+                None => complete = false,
+            }
+        }
+        complete.then_some(policies)
+    }
+
+    /// One `{type: ..., ...}` entry: its type from the registry, which reads the rest.
+    fn policy(&mut self, node: &Node, ctx: &str, index: usize, field: &str) -> Option<PolicyEntry> {
+        let numbered = format!("{ctx}: policy #{}", index + 1);
+        let expected = "a mapping such as {type: api_key}";
+        let fields = self.mapping(node, &numbered, expected, field)?;
+        let type_node = self.required(&fields, &numbered, "type", "api_key")?;
+        let name = self.text(type_node, &numbered, "type", &fields.field("type"))?;
+        let Some(kind) = policy::kind(name) else {
+            let message = format!(
+                "{numbered}: unknown policy type {name:?}; the types are {}",
+                policy::kind_names()
+            );
+            self.report(type_node.at, &fields.field("type"), message);
+            return None;
+        };
+        let keys: Vec<&str> = std::iter::once("type")
+            .chain(kind.fields.iter().map(|f| f.name))
+            .collect();
+        let section = format!("the {name} policy");
+        self.known_keys(&fields, Some(ctx), Some(&section), &keys);
+        let mut reader = PolicyReader {
+            check: self,
+            fields,
+            ctx: format!("{ctx}: {name} policy"),
+        };
+        (kind.parse)(&mut reader).ok().map(PolicyEntry)
+    }
+
+    // ---- consumers ----
+
+    fn consumer(&mut self, index: usize, node: &Node) -> ConsumerDraft {
+        let numbered = format!("consumer #{}", index + 1);
+        let field = format!("consumers[{index}]");
+        let mut draft = ConsumerDraft {
+            field: field.clone(),
+            name: None,
+            username: None,
+            keys: Vec::new(),
+            subject: None,
+            consumer: None,
+        };
+        let expected = "a mapping with name, groups and credentials";
+        let Some(fields) = self.mapping(node, &numbered, expected, &field) else {
+            return draft;
+        };
+        let (ctx, name) = self.name(&fields, "consumer", numbered, "alice");
+        draft.name = name.clone();
+        self.known_keys(&fields, Some(&ctx), None, CONSUMER_KEYS);
+        let groups = match fields.optional("groups") {
+            None => Some(Vec::new()),
+            Some(node) => self.names(node, &ctx, "groups", &fields.field("groups")),
+        };
+        let credentials = match fields.optional("credentials") {
+            None => Some(Credentials::default()),
+            Some(node) => self.credentials(node, &ctx, &fields.field("credentials"), &mut draft),
+        };
+        draft.consumer = (|| {
+            let credentials = credentials?;
+            Some(Consumer {
+                name: name?.0,
+                groups: groups?,
+                api_keys: credentials.api_keys,
+                basic_auth: credentials.basic_auth,
+                jwt_subject: credentials.jwt_subject,
+            })
+        })();
+        draft
+    }
+
+    /// A list of distinct non-empty names (`groups`).
+    fn names(&mut self, node: &Node, ctx: &str, key: &str, field: &str) -> Option<Vec<String>> {
+        let expected = "a list of names, such as [admins, beta]";
+        let items = self.list(node, &format!("{ctx}: {key}"), expected, field)?;
+        let mut names: Vec<String> = Vec::new();
+        let mut complete = true;
+        for (index, item) in items.iter().enumerate() {
+            let item_field = format!("{field}[{index}]");
+            match self.text(item, ctx, &format!("each entry of {key}"), &item_field) {
+                Some(name) if names.iter().any(|n| n == name) => {
+                    let message = format!("{ctx}: {key} lists {name:?} twice");
+                    self.report(item.at, &item_field, message);
+                    complete = false;
+                }
+                Some(name) => names.push(name.to_owned()),
+                None => complete = false,
+            }
+        }
+        complete.then_some(names)
+    }
+
+    fn credentials(
+        &mut self,
+        node: &Node,
+        ctx: &str,
+        field: &str,
+        draft: &mut ConsumerDraft,
+    ) -> Option<Credentials> {
+        let expected = "a mapping such as { api_keys: [\"${ALICE_KEY}\"] }";
+        let fields = self.section(node, ctx, "credentials", CREDENTIAL_KEYS, expected, field)?;
+        let mut complete = true;
+        let mut api_keys = Vec::new();
+        if let Some(node) = fields.optional("api_keys") {
+            let field = fields.field("api_keys");
+            let label = fields.label("api_keys");
+            let expected = "a list of keys, such as [\"${ALICE_KEY}\"]";
+            match self.list(node, &format!("{ctx}: {label}"), expected, &field) {
+                Some(items) => {
+                    for (index, item) in items.iter().enumerate() {
+                        let item_field = format!("{field}[{index}]");
+                        match self.secret(item, ctx, &format!("{label}[{index}]"), &item_field) {
+                            Some(key) => {
+                                let digest = KeyDigest::of(key.as_bytes());
+                                draft.keys.push((digest, item.at, item_field));
+                                api_keys.push(digest);
+                            }
+                            None => complete = false,
+                        }
+                    }
+                }
+                None => complete = false,
+            }
+        }
+        if let Some(node) = fields.optional("api_key_digests") {
+            let field = fields.field("api_key_digests");
+            let label = fields.label("api_key_digests");
+            let expected = "a list of digests, such as [\"sha256:<64 hex digits>\"]";
+            match self.list(node, &format!("{ctx}: {label}"), expected, &field) {
+                Some(items) => {
+                    for (index, item) in items.iter().enumerate() {
+                        let item_field = format!("{field}[{index}]");
+                        let item_label = format!("{label}[{index}]");
+                        let Some(text) = self.text(item, ctx, &item_label, &item_field) else {
+                            complete = false;
+                            continue;
+                        };
+                        match KeyDigest::parse(text) {
+                            Ok(digest) => {
+                                draft.keys.push((digest, item.at, item_field));
+                                api_keys.push(digest);
+                            }
+                            Err(why) => {
+                                let message = format!("{ctx}: {item_label}: {why}");
+                                self.report(item.at, &item_field, message);
+                                complete = false;
+                            }
+                        }
+                    }
+                }
+                None => complete = false,
+            }
+        }
+        api_keys.sort_by_key(ToString::to_string);
+        api_keys.dedup();
+        let basic_auth = match fields.optional("basic_auth") {
+            None => Some(None),
+            Some(node) => self
+                .login(node, ctx, &fields.field("basic_auth"), draft)
+                .map(Some),
+        };
+        let jwt_subject = match fields.optional("jwt_subject") {
+            None => Some(None),
+            Some(node) => {
+                let field = fields.field("jwt_subject");
+                let subject = self.text(node, ctx, &fields.label("jwt_subject"), &field);
+                if let Some(subject) = subject {
+                    draft.subject = Some((subject.to_owned(), node.at, field));
+                }
+                subject.map(|s| Some(s.to_owned()))
+            }
+        };
+        Some(Credentials {
+            api_keys: complete.then_some(api_keys)?,
+            basic_auth: basic_auth?,
+            jwt_subject: jwt_subject?,
+        })
+    }
+
+    /// `basic_auth: {username, password | password_hash}`.
+    fn login(
+        &mut self,
+        node: &Node,
+        ctx: &str,
+        field: &str,
+        draft: &mut ConsumerDraft,
+    ) -> Option<Login> {
+        let expected = "a mapping such as { username: alice, password: \"${ALICE_PW}\" }";
+        let name = "credentials.basic_auth";
+        let fields = self.section(node, ctx, name, BASIC_AUTH_KEYS, expected, field)?;
+        let username = self
+            .required(&fields, ctx, "username", "alice")
+            .and_then(|node| {
+                let field = fields.field("username");
+                let username = self.text(node, ctx, &fields.label("username"), &field)?;
+                if username.contains(':') {
+                    let message = format!(
+                        "{ctx}: {}: a basic-auth username cannot contain a colon",
+                        fields.label("username")
+                    );
+                    self.report(node.at, &field, message);
+                    return None;
+                }
+                draft.username = Some((username.to_owned(), node.at, field));
+                Some(username.to_owned())
+            });
+        let password = match (
+            fields.optional("password"),
+            fields.optional("password_hash"),
+        ) {
+            (Some(node), None) => {
+                let label = fields.label("password");
+                self.secret(node, ctx, &label, &fields.field("password"))
+                    .map(|p| Password::Digest(KeyDigest::of(p.as_bytes())))
+            }
+            (None, Some(node)) => {
+                let field = fields.field("password_hash");
+                let label = fields.label("password_hash");
+                let text = self.text(node, ctx, &label, &field)?;
+                match policy::consumers::check_password_hash(text) {
+                    Ok(()) => Some(Password::Argon2(text.to_owned())),
+                    Err(why) => {
+                        self.report(node.at, &field, format!("{ctx}: {why}"));
+                        None
+                    }
+                }
+            }
+            (Some(_), Some(node)) => {
+                let message = format!(
+                    "{ctx}: {}: give password or password_hash, not both",
+                    fields.label("password_hash")
+                );
+                self.report(node.at, &fields.field("password_hash"), message);
+                None
+            }
+            (None, None) => {
+                let message = format!(
+                    "{ctx}: {name} needs password (for example password: \"${{ALICE_PW}}\") or password_hash (an argon2id PHC string)"
+                );
+                self.report(fields.at, &fields.field("password"), message);
+                None
+            }
+        };
+        Some(Login {
+            username: username?,
+            password: password?,
+        })
+    }
+
+    /// Names, usernames, API keys and JWT subjects each belong to one consumer. Messages
+    /// never show a key, only who holds it.
+    fn check_consumers(&mut self, consumers: &[ConsumerDraft]) {
+        let mut names: HashMap<&str, Loc> = HashMap::new();
+        let mut usernames: HashMap<&str, &str> = HashMap::new();
+        let mut keys: HashMap<KeyDigest, &str> = HashMap::new();
+        let mut subjects: HashMap<&str, &str> = HashMap::new();
+        for consumer in consumers {
+            let Some((name, at)) = &consumer.name else {
+                continue;
+            };
+            if let Some(first) = names.get(name.as_str()) {
+                let message = format!(
+                    "consumer {name:?} is defined twice{}; consumer names must be unique",
+                    first_at(*first)
+                );
+                self.report(*at, &consumer.field, message);
+                continue;
+            }
+            names.insert(name, *at);
+            if let Some((username, at, field)) = &consumer.username {
+                match usernames.get(username.as_str()) {
+                    Some(other) => {
+                        let message = format!(
+                            "consumer {name:?}: the basic-auth username {username:?} already belongs to consumer {other:?}"
+                        );
+                        self.report(*at, field, message);
+                    }
+                    None => {
+                        usernames.insert(username, name);
+                    }
+                }
+            }
+            for (digest, at, field) in &consumer.keys {
+                match keys.get(digest) {
+                    Some(other) if other != name => {
+                        let message = format!(
+                            "consumer {name:?}: an API key here is also consumer {other:?}'s; each key identifies one consumer"
+                        );
+                        self.report(*at, field, message);
+                    }
+                    _ => {
+                        keys.insert(*digest, name);
+                    }
+                }
+            }
+            if let Some((subject, at, field)) = &consumer.subject {
+                match subjects.get(subject.as_str()) {
+                    Some(other) => {
+                        let message = format!(
+                            "consumer {name:?}: the JWT subject {subject:?} already belongs to consumer {other:?}"
+                        );
+                        self.report(*at, field, message);
+                    }
+                    None => {
+                        subjects.insert(subject, name);
+                    }
+                }
+            }
+        }
+    }
+
     // ---- shapes and scalar types ----
 
     /// `node` (at `field`) as a mapping, or a problem naming `subject`.
@@ -964,6 +1397,30 @@ impl Check<'_> {
                 None
             }
         }
+    }
+
+    /// Non-empty text holding a secret: problems never repeat the value.
+    fn secret<'n>(
+        &mut self,
+        node: &'n Node,
+        ctx: &str,
+        label: &str,
+        field: &str,
+    ) -> Option<&'n str> {
+        let message = match &node.value {
+            Value::Text(t) if !t.is_empty() => return Some(t),
+            Value::Text(_) => format!("{ctx}: {label} is empty"),
+            Value::Number(_) => format!("{ctx}: {label} must be text; write it in quotes"),
+            other => format!(
+                "{ctx}: {label} must be text, but it is {}",
+                match other {
+                    Value::Bool(_) => "a boolean".to_owned(),
+                    other => other.describe(),
+                }
+            ),
+        };
+        self.report(node.at, field, message);
+        None
     }
 
     /// Text or a number as text, for values whose own parser explains a bad spelling best

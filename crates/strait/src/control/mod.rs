@@ -1,7 +1,11 @@
-//! The control plane: the desired state (environments, proxies, deployments), where it is
-//! kept (a declarative file or the SQLite store), and turning each change into a live
-//! gateway. Owns validation of changes (through `config`), persistence (through `store`)
-//! and applying (through `proxy::GatewayHandle::apply`). Knows nothing of HTTP.
+//! The control plane: the desired state (environments, proxies, deployments, consumers),
+//! where it is kept (a declarative file or the SQLite store), and turning each change into a
+//! live gateway. Owns validation of changes (through `config`), persistence (through
+//! `store`) and applying (through `proxy::GatewayHandle::apply`). Knows nothing of HTTP.
+//!
+//! Consumers' secrets are sealed (`policy::consumers::seal`: API keys to SHA-256 digests,
+//! passwords to argon2id hashes) before the state keeps them, so plaintext never reaches
+//! the store, the history, `GET /config` or a log.
 
 mod plan;
 mod state;
@@ -17,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::config::{self, Config, ConfigError, Problem};
+use crate::policy::consumers;
 use crate::proxy::GatewayHandle;
 use crate::store::{Change, Record, State, Store};
 use state::{document, object_problems, precheck_conflicts};
@@ -109,11 +114,12 @@ impl Control {
             .map_err(|e| ControlError::Storage(format!("cannot read {}: {e}", file.display())))?;
         let doc = config::document_from_yaml(&text).map_err(|e| invalid_file(&e))?;
         let store = Store::memory().await.map_err(storage)?;
+        let state = sealed(state_from_document(&doc), State::default()).await?;
         Ok(Control {
             mode: Mode::Declarative,
             gateway,
             store,
-            state: Mutex::new(state_from_document(&doc)),
+            state: Mutex::new(state),
             base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
             file: Some(file.to_path_buf()),
         })
@@ -285,6 +291,68 @@ impl Control {
         .await
     }
 
+    /// Every consumer as the admin API shows it (name, groups, which credentials — never a
+    /// secret or a hash), sorted by name.
+    pub async fn consumers(&self) -> Vec<Value> {
+        let state = self.state.lock().await;
+        state.consumers.values().map(consumers::summary).collect()
+    }
+
+    /// One consumer as the admin API shows it.
+    pub async fn consumer(&self, name: &str) -> Option<Value> {
+        let state = self.state.lock().await;
+        state.consumers.get(name).map(consumers::summary)
+    }
+
+    /// Creates or replaces a consumer (fields as in the YAML; secrets in plaintext or already
+    /// hashed). The body is checked, then sealed — keys digested, a password hashed with
+    /// argon2id unless it matches the stored hash — and only the sealed form is kept.
+    /// Returns what the admin API shows of it.
+    pub async fn put_consumer(
+        &self,
+        name: &str,
+        body: Value,
+    ) -> Result<(Written, Value), ControlError> {
+        if self.mode == Mode::Declarative {
+            return Err(ControlError::ReadOnly);
+        }
+        let body = named(name, body)?;
+        check_consumer(name, &body, &self.base)?;
+        let previous = self.state.lock().await.consumers.get(name).cloned();
+        let body = seal(body, previous).await?;
+        let object = format!("consumers/{name}");
+        self.change(|state| {
+            let before = state.consumers.insert(name.to_owned(), body.clone());
+            let written = written(before.as_ref(), &body);
+            if written == Written::Unchanged {
+                return Ok((written, Vec::new(), Vec::new()));
+            }
+            let change = Change::PutConsumer {
+                name: name.to_owned(),
+                body: body.clone(),
+            };
+            let record = record("put_consumer", &object, before, Some(body.clone()));
+            Ok((written, vec![change], vec![record]))
+        })
+        .await
+        .map(|written| (written, consumers::summary(&body)))
+    }
+
+    pub async fn delete_consumer(&self, name: &str) -> Result<(), ControlError> {
+        self.change(|state| {
+            let Some(before) = state.consumers.remove(name) else {
+                return Err(not_found("consumer", name));
+            };
+            let change = Change::DeleteConsumer {
+                name: name.to_owned(),
+            };
+            let object = format!("consumers/{name}");
+            let record = record("delete_consumer", &object, Some(before), None);
+            Ok(((), vec![change], vec![record]))
+        })
+        .await
+    }
+
     /// The environments a proxy is deployed to, sorted.
     pub async fn deployments(&self, proxy: &str) -> Result<Vec<String>, ControlError> {
         let state = self.state.lock().await;
@@ -387,7 +455,7 @@ impl Control {
             }
         };
         let mut state = self.state.lock().await;
-        let next = state_from_document(&doc);
+        let next = sealed(state_from_document(&doc), state.clone()).await?;
         if next == *state {
             return Ok(false);
         }
@@ -399,7 +467,7 @@ impl Control {
             "reload",
             &file.display().to_string(),
             Some(document(&state)),
-            Some(doc),
+            Some(document(&next)),
         );
         let change = Change::Replace {
             state: next.clone(),
@@ -452,7 +520,7 @@ impl Control {
 /// environment: their rules are then checked against a placeholder environment that is
 /// never served.
 fn compile(state: &State, base: &Path) -> Result<Config, ControlError> {
-    if state.environments.is_empty() && state.proxies.is_empty() {
+    if state.environments.is_empty() && state.proxies.is_empty() && state.consumers.is_empty() {
         return Ok(Config::default());
     }
     let mut doc = document(state);
@@ -466,6 +534,56 @@ fn compile(state: &State, base: &Path) -> Result<Config, ControlError> {
         config.environments.clear();
     }
     Ok(config)
+}
+
+/// Checks one consumer body on its own (the whole state is checked again once it is sealed),
+/// so a bad body is refused before any hashing and sealing always removes every plaintext.
+fn check_consumer(name: &str, body: &Value, base: &Path) -> Result<(), ControlError> {
+    let doc = serde_json::json!({
+        "environments": [{"name": "strait-placeholder", "listen": "127.0.0.1:0"}],
+        "consumers": [body],
+    });
+    config::validate_document(&doc, base)
+        .map(drop)
+        .map_err(|problems| {
+            let mut state = State::default();
+            state.consumers.insert(name.to_owned(), body.clone());
+            ControlError::Invalid(object_problems(&state, &problems))
+        })
+}
+
+/// [`consumers::seal`] off the async workers (it may hash a password).
+async fn seal(body: Value, previous: Option<Value>) -> Result<Value, ControlError> {
+    let sealed = tokio::task::spawn_blocking(move || consumers::seal(&body, previous.as_ref()))
+        .await
+        .map_err(|e| ControlError::Storage(format!("sealing the credentials failed: {e}")))?
+        .map_err(|e| ControlError::Storage(e.to_string()))?;
+    if consumers::has_plaintext(&sealed) {
+        return Err(ControlError::Invalid(vec![FieldProblem {
+            field: "credentials".into(),
+            message: "the credentials could not be sealed; check api_keys and basic_auth.password"
+                .into(),
+        }]));
+    }
+    Ok(sealed)
+}
+
+/// Every consumer of `state` sealed, reusing `previous`'s hashes where passwords match.
+async fn sealed(mut state: State, previous: State) -> Result<State, ControlError> {
+    let consumers = std::mem::take(&mut state.consumers);
+    state.consumers = tokio::task::spawn_blocking(move || {
+        consumers
+            .into_iter()
+            .map(|(name, body)| {
+                let sealed = consumers::seal(&body, previous.consumers.get(&name))?;
+                Ok((name, sealed))
+            })
+            .collect::<Result<_, consumers::SealError>>()
+    })
+    .await
+    .map_err(|e| ControlError::Storage(format!("sealing the credentials failed: {e}")))?
+    .map_err(|e| ControlError::Storage(e.to_string()))?;
+    Ok(state)
 }
 
 fn invalid_file(error: &ConfigError) -> ControlError {

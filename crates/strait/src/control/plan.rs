@@ -1,6 +1,8 @@
 //! `strait apply`: the steps that take a gateway's current state to a desired one, in an
 //! order that never references something missing — environments and proxies are written
 //! before deployments are added, deployments are removed before what they reference.
+//! Consumers are written first (a proxy that starts asking for credentials finds them) and
+//! deleted last.
 
 use std::fmt;
 
@@ -11,6 +13,11 @@ use crate::store::State;
 /// One admin API call of a plan.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
+    PutConsumer {
+        name: String,
+        body: Value,
+        create: bool,
+    },
     PutEnvironment {
         name: String,
         body: Value,
@@ -35,11 +42,21 @@ pub enum Step {
     DeleteEnvironment {
         name: String,
     },
+    DeleteConsumer {
+        name: String,
+    },
 }
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Step::PutConsumer { name, create, .. } => {
+                write!(
+                    f,
+                    "{} consumer {name}",
+                    if *create { "create" } else { "update" }
+                )
+            }
             Step::PutEnvironment { name, create, .. } => {
                 write!(
                     f,
@@ -60,6 +77,7 @@ impl fmt::Display for Step {
             }
             Step::DeleteProxy { name } => write!(f, "delete proxy {name}"),
             Step::DeleteEnvironment { name } => write!(f, "delete environment {name}"),
+            Step::DeleteConsumer { name } => write!(f, "delete consumer {name}"),
         }
     }
 }
@@ -67,6 +85,16 @@ impl fmt::Display for Step {
 /// The steps from `current` to `desired`; empty when they are equal.
 pub fn plan(current: &State, desired: &State) -> Vec<Step> {
     let mut steps = Vec::new();
+    for (name, body) in &desired.consumers {
+        let before = current.consumers.get(name);
+        if before != Some(body) {
+            steps.push(Step::PutConsumer {
+                name: name.clone(),
+                body: body.clone(),
+                create: before.is_none(),
+            });
+        }
+    }
     for (name, body) in &desired.environments {
         let before = current.environments.get(name);
         if before != Some(body) {
@@ -113,6 +141,13 @@ pub fn plan(current: &State, desired: &State) -> Vec<Step> {
     {
         steps.push(Step::DeleteEnvironment { name: name.clone() });
     }
+    for name in current
+        .consumers
+        .keys()
+        .filter(|c| !desired.consumers.contains_key(*c))
+    {
+        steps.push(Step::DeleteConsumer { name: name.clone() });
+    }
     steps
 }
 
@@ -156,6 +191,37 @@ mod tests {
         assert_eq!(
             steps,
             ["create environment a", "create proxy p", "deploy p to a"]
+        );
+    }
+
+    #[test]
+    fn consumers_are_written_first_and_deleted_last() {
+        let mut current = state(&["a"], &[], &[]);
+        current
+            .consumers
+            .insert("old".into(), json!({"name": "old"}));
+        current
+            .consumers
+            .insert("same".into(), json!({"name": "same"}));
+        let mut desired = state(&["b"], &[], &[]);
+        desired
+            .consumers
+            .insert("new".into(), json!({"name": "new"}));
+        desired
+            .consumers
+            .insert("same".into(), json!({"name": "same"}));
+        let steps: Vec<String> = plan(&current, &desired)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "create consumer new",
+                "create environment b",
+                "delete environment a",
+                "delete consumer old"
+            ]
         );
     }
 

@@ -1,6 +1,6 @@
 //! Conversions between the stored state (objects by name plus deployment pairs) and the
-//! configuration document (`{environments, proxies}` as in the YAML file), and the checks
-//! that answer 409 rather than 422.
+//! configuration document (`{environments, proxies, consumers}` as in the YAML file), and
+//! the checks that answer 409 rather than 422.
 
 use std::collections::HashMap;
 
@@ -35,6 +35,13 @@ pub fn document(state: &State) -> Value {
         Value::Array(state.environments.values().cloned().collect()),
     );
     doc.insert("proxies".into(), Value::Array(proxies));
+    // Left out when empty, so a state without consumers exports as it always did.
+    if !state.consumers.is_empty() {
+        doc.insert(
+            "consumers".into(),
+            Value::Array(state.consumers.values().cloned().collect()),
+        );
+    }
     Value::Object(doc)
 }
 
@@ -65,6 +72,11 @@ pub fn state_from_document(doc: &Value) -> State {
         }
         state.proxies.insert(name, proxy);
     }
+    for consumer in list("consumers") {
+        if let Some(name) = consumer.get("name").and_then(Value::as_str) {
+            state.consumers.insert(name.to_owned(), consumer.clone());
+        }
+    }
     state
 }
 
@@ -74,6 +86,7 @@ pub fn object_problems(state: &State, problems: &[Problem]) -> Vec<FieldProblem>
     let names = |key: &str| -> Vec<&String> {
         match key {
             "environments" => state.environments.keys().collect(),
+            "consumers" => state.consumers.keys().collect(),
             _ => state.proxies.keys().collect(),
         }
     };
@@ -81,7 +94,7 @@ pub fn object_problems(state: &State, problems: &[Problem]) -> Vec<FieldProblem>
         .iter()
         .map(|problem| {
             let field = problem.field.clone().unwrap_or_default();
-            let field = ["environments", "proxies"]
+            let field = ["environments", "proxies", "consumers"]
                 .iter()
                 .find_map(|key| {
                     let rest = field.strip_prefix(key)?.strip_prefix('[')?;
@@ -155,6 +168,10 @@ mod tests {
             json!({"name": "users", "path": "/u/*", "backend": "http://b"}),
         );
         state.deployments.insert(("users".into(), "prod".into()));
+        state.consumers.insert(
+            "alice".into(),
+            json!({"name": "alice", "groups": ["admins"]}),
+        );
         state
     }
 
@@ -163,7 +180,11 @@ mod tests {
         let state = sample();
         let doc = document(&state);
         assert_eq!(doc["proxies"][0]["deploy"], json!(["prod"]));
+        assert_eq!(doc["consumers"][0]["name"], "alice");
         assert_eq!(state_from_document(&doc), state);
+        let mut without = state.clone();
+        without.consumers.clear();
+        assert!(document(&without).get("consumers").is_none());
     }
 
     #[test]
@@ -176,8 +197,14 @@ mod tests {
             field: Some("proxies[0].path".into()),
             message: "bad".into(),
         };
-        let found = object_problems(&state, &[problem]);
+        let found = object_problems(&state, std::slice::from_ref(&problem));
         assert_eq!(found[0].field, "proxies/users: path");
+        let problem = Problem {
+            field: Some("consumers[0].credentials.api_keys[1]".into()),
+            ..problem
+        };
+        let found = object_problems(&state, &[problem]);
+        assert_eq!(found[0].field, "consumers/alice: credentials.api_keys[1]");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! dropped): the metrics, and the access-log line. Body wrappers count the bytes each way
 //! as they stream, so nothing is buffered to measure it.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,10 +17,10 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use super::pipeline::ConnInfo;
 use super::snapshot::{EnvRoutes, Route};
-use crate::telemetry::Counted;
 use crate::telemetry::access::RequestRecord;
 use crate::telemetry::metrics::InFlight;
 use crate::telemetry::trace::TraceContext;
+use crate::telemetry::{Counted, Tracer};
 
 /// One request on its way through the phases; finished when dropped.
 pub struct Exchange {
@@ -39,11 +40,15 @@ pub struct Exchange {
     pub route: Option<Arc<Route>>,
     /// The backend URL the request went to.
     pub target: Option<Uri>,
+    /// The consumer an authentication policy identified.
+    pub consumer: Option<Arc<str>>,
     /// Until the backend's response head.
     pub backend_took: Option<Duration>,
     pub status: StatusCode,
     /// The request became a WebSocket session (which logs its own line when it ends).
     pub upgraded: bool,
+    /// Where this request's span goes.
+    pub tracer: Option<Tracer>,
     bytes_in: Arc<AtomicU64>,
     in_flight: Option<InFlight>,
     finished: bool,
@@ -66,9 +71,11 @@ impl Exchange {
             env: None,
             route: None,
             target: None,
+            consumer: None,
             backend_took: None,
             status: StatusCode::OK,
             upgraded: false,
+            tracer: None,
             bytes_in: Arc::default(),
             in_flight: None,
             finished: false,
@@ -82,10 +89,35 @@ impl Exchange {
         self.target = Some(target.clone());
     }
 
+    /// Policies phase: the request passed, sent as `target`, on behalf of `consumer`.
+    pub fn admitted(&mut self, consumer: Option<Arc<str>>, target: &Uri) {
+        self.consumer = consumer;
+        self.target = Some(target.clone());
+    }
+
+    /// `uri` as logs may show it: the values of query parameters that carry credentials
+    /// masked.
+    pub fn shown<'u>(&self, uri: &'u str) -> Cow<'u, str> {
+        match &self.route {
+            Some(route) => route.policies.redact(uri),
+            None => Cow::Borrowed(uri),
+        }
+    }
+
+    /// The path and query as the client sent them, as logs may show them.
+    pub fn logged_path(&self) -> Cow<'_, str> {
+        self.shown(self.path())
+    }
+
     /// The request body, counting its bytes as they stream to the backend.
     pub fn count_request<B>(&self, req: Request<B>) -> Request<Counted<B>> {
         let bytes = self.bytes_in.clone();
         req.map(|inner| Counted::new(inner, bytes))
+    }
+
+    /// When the request arrived.
+    pub fn arrived(&self) -> SystemTime {
+        self.time
     }
 
     /// The path and query as the client sent them.
@@ -103,11 +135,19 @@ impl Exchange {
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
         let metrics = self.route.as_ref().map_or(&env.unmatched, |r| &r.metrics);
         metrics.request_done(&self.method, self.status, took, bytes_in, bytes_out);
+        #[cfg(feature = "otlp")]
+        if let Some(tracer) = &self.tracer
+            && !self.upgraded
+        {
+            tracer.send(self.span(env, took));
+        }
         let Some(log) = &env.access_log else { return };
         if self.upgraded && !log.log_handshake {
             return;
         }
         let target = self.target.as_ref().map(Uri::to_string);
+        let target = target.as_deref().map(|t| self.shown(t));
+        let path = self.logged_path();
         log.request(&RequestRecord {
             kind: if self.upgraded {
                 "websocket_handshake"
@@ -120,7 +160,7 @@ impl Exchange {
             environment: &env.name,
             proxy: self.route.as_ref().map(|r| &*r.proxy),
             method: self.method.as_str(),
-            path: self.path(),
+            path: &path,
             version: version_text(self.version),
             status: self.status.as_u16(),
             duration: took,
@@ -128,11 +168,64 @@ impl Exchange {
             bytes_in,
             bytes_out,
             client: self.client,
-            consumer: None,
+            consumer: self.consumer.as_deref(),
             backend: target.as_deref(),
             referer: self.referer.as_ref().and_then(|v| v.to_str().ok()),
             user_agent: self.user_agent.as_ref().and_then(|v| v.to_str().ok()),
         });
+    }
+}
+
+#[cfg(feature = "otlp")]
+impl Exchange {
+    /// The request's span: the gateway's hop in the client's trace (or a new one).
+    fn span(&self, env: &EnvRoutes, took: Duration) -> crate::telemetry::otlp::Span {
+        use crate::telemetry::otlp::{Attr, Span};
+        let text = |s: &str| Attr::Text(s.to_owned());
+        let mut attributes = vec![
+            ("http.request.method", text(self.method.as_str())),
+            ("url.path", text(self.uri.path())),
+            (
+                "http.response.status_code",
+                Attr::Int(i64::from(self.status.as_u16())),
+            ),
+            ("client.address", text(&self.client.ip().to_string())),
+            ("strait.environment", text(&env.name)),
+            ("strait.request_id", text(self.trace.request_id())),
+        ];
+        if let Some(route) = &self.route {
+            attributes.push(("http.route", text(&route.path)));
+            attributes.push(("strait.proxy", text(&route.proxy)));
+        }
+        if let Some(consumer) = &self.consumer {
+            attributes.push(("enduser.id", text(consumer)));
+        }
+        Span {
+            trace_id: self.trace.trace_id,
+            span_id: self.trace.span_id,
+            parent_span_id: self.trace.parent_span_id,
+            name: self.span_name("HTTP"),
+            start: self.time,
+            end: self.time.checked_add(took).unwrap_or(self.time),
+            attributes,
+            events: Vec::new(),
+            error: self.status.is_server_error(),
+        }
+    }
+}
+
+impl Exchange {
+    /// `GET /api/*` (method and proxy path), or the method alone when no proxy matched.
+    pub fn span_name(&self, what: &str) -> String {
+        let what = if what == "HTTP" {
+            self.method.as_str()
+        } else {
+            what
+        };
+        match &self.route {
+            Some(route) => format!("{what} {}", route.path),
+            None => what.to_owned(),
+        }
     }
 }
 

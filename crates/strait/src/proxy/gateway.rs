@@ -34,6 +34,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum StartError {
     #[error(transparent)]
     Compile(#[from] CompileError),
+    #[cfg(feature = "otlp")]
+    #[error(transparent)]
+    Otlp(crate::telemetry::otlp::EndpointError),
     #[error("environment {env:?}: cannot listen on {addr}: {source}")]
     Bind {
         env: String,
@@ -51,6 +54,9 @@ pub struct GatewayOptions {
     /// Where environments without `access_log.file` write their access log (`strait run`:
     /// standard output). `None`: they do not log.
     pub access_log: Option<Destination>,
+    /// An OTLP/HTTP collector (`http://host:4318`) to export spans to (needs the `otlp`
+    /// feature, on by default).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Gateway {
@@ -64,11 +70,28 @@ impl Gateway {
         options: GatewayOptions,
     ) -> Result<GatewayHandle, StartError> {
         let registry = Arc::new(Registry::default());
+        let tracer = match &options.otlp_endpoint {
+            None => None,
+            #[cfg(feature = "otlp")]
+            Some(endpoint) => Some(
+                crate::telemetry::otlp::Exporter::start(endpoint, "strait")
+                    .map_err(StartError::Otlp)?,
+            ),
+            #[cfg(not(feature = "otlp"))]
+            Some(endpoint) => {
+                tracing::warn!(
+                    endpoint,
+                    "built without the otlp feature: spans are not exported"
+                );
+                None
+            }
+        };
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             metrics: Arc::new(Metrics::new(registry.clone())),
+            tracer,
             registry,
             close_timeout: CLOSE_TIMEOUT,
         });

@@ -3,7 +3,9 @@
 //!
 //! 1. **accept** — the listener hands over a request with its [`ConnInfo`];
 //! 2. **match** — normalise the path, find the route, check the method ([`match_route`]);
-//! 3. **policies** — (none yet; authentication and limits slot in here);
+//! 3. **policies** — the route's chain ([`crate::policy::Chain`]): authentication →
+//!    authorization → limits → transforms, once per HTTP request and once per WebSocket
+//!    handshake; the consumer it authenticates stays with the request (and the session);
 //! 4. **connect + relay** — HTTP forwarding ([`super::forward`]) or the WebSocket
 //!    handshake and relay ([`super::websocket::handshake`]);
 //! 5. **log** — metrics and the access-log line, once the response body has ended
@@ -31,7 +33,7 @@ use super::{forward, websocket};
 use crate::error::{ErrorKind, GatewayError};
 use crate::routing::{normalize_path, target_uri};
 use crate::telemetry::trace::X_REQUEST_ID;
-use crate::telemetry::{Metrics, Upgrade};
+use crate::telemetry::{Metrics, Tracer, Upgrade};
 
 /// Response bodies: streamed from a backend, or made by the gateway.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -45,6 +47,8 @@ pub struct Shared {
     /// Who owns each live WebSocket session, and how to close it.
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// Exports a span per request and per WebSocket session.
+    pub tracer: Option<Tracer>,
     /// How long a WebSocket close handshake may take.
     pub close_timeout: Duration,
 }
@@ -71,10 +75,11 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Logged<Body>> {
     let mut exchange = Exchange::begin(&conn, &req);
+    exchange.tracer = shared.tracer.clone();
     let mut response = match serve(&shared, &conn, req, &mut exchange).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::debug!(env = %conn.env, method = %exchange.method, path = exchange.path(), kind = error.kind.as_str(), "{error}");
+            tracing::debug!(env = %conn.env, method = %exchange.method, path = %exchange.logged_path(), kind = error.kind.as_str(), "{error}");
             error.to_response().map(Either::Right)
         }
     };
@@ -92,24 +97,57 @@ async fn serve(
     exchange: &mut Exchange,
 ) -> Result<Response<Body>, GatewayError> {
     let websocket = is_websocket_upgrade(&req);
-    let matched = match_route(shared, conn, &req, websocket, exchange)?;
-    // Policies phase: nothing yet.
+    let mut matched = match_route(shared, conn, &req, websocket, exchange)?;
+    if websocket && !matched.env.websocket {
+        matched.route.metrics.upgrade(Upgrade::RefusedByPolicy);
+        return Err(GatewayError::new(
+            ErrorKind::WebsocketDisabled,
+            format!(
+                "WebSocket is not enabled in environment \"{}\"; set `websocket: true` on that environment to allow upgrades",
+                matched.env.name
+            ),
+        ));
+    }
+    policies(conn, &mut matched, &mut req, websocket, exchange).await?;
     exchange.trace.to_backend(req.headers_mut());
     if websocket {
-        if !matched.env.websocket {
-            matched.route.metrics.upgrade(Upgrade::RefusedByPolicy);
-            return Err(GatewayError::new(
-                ErrorKind::WebsocketDisabled,
-                format!(
-                    "WebSocket is not enabled in environment \"{}\"; set `websocket: true` on that environment to allow upgrades",
-                    matched.env.name
-                ),
-            ));
-        }
         websocket::handshake::forward(shared, conn, matched, req, exchange).await
     } else {
         let req = exchange.count_request(req);
         forward::forward(conn, matched, req, exchange).await
+    }
+}
+
+/// Policies phase: the route's chain on the request head. It may remove credentials from
+/// the headers and the target; the consumer it authenticates is recorded on the exchange
+/// (the access log, and a WebSocket session's owner). A refused handshake counts as
+/// refused by policy.
+async fn policies<B>(
+    conn: &ConnInfo,
+    matched: &mut Matched,
+    req: &mut Request<B>,
+    websocket: bool,
+    exchange: &mut Exchange,
+) -> Result<(), GatewayError> {
+    let Matched { route, target, .. } = matched;
+    if route.policies.is_empty() {
+        return Ok(());
+    }
+    let chain = &route.policies;
+    match chain
+        .run(req.headers_mut(), target, conn.client, websocket)
+        .await
+    {
+        Ok(consumer) => {
+            exchange.admitted(consumer.map(|c| c.name.clone()), target);
+            Ok(())
+        }
+        Err(error) => {
+            if websocket {
+                route.metrics.upgrade(Upgrade::RefusedByPolicy);
+            }
+            Err(error)
+        }
     }
 }
 

@@ -25,7 +25,7 @@ pub struct SessionInfo {
     pub origin: Option<String>,
     /// The subprotocol the backend chose.
     pub subprotocol: Option<String>,
-    /// The authenticated consumer (policies fill it in).
+    /// The consumer an authentication policy identified at the handshake.
     pub consumer: Option<String>,
     /// The backend URL the session was opened to (`ws://` or `wss://`).
     pub target: String,

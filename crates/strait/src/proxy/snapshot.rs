@@ -1,5 +1,6 @@
 //! The compiled, immutable routing state the data plane reads: one route table per
-//! environment. A new configuration compiles into a new snapshot that is swapped whole.
+//! environment, each route with its policy chain, and the consumers those policies look
+//! credentials up in. A new configuration compiles into a new snapshot that is swapped whole.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -10,6 +11,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::tls::{TlsError, acceptor};
 use crate::config::{Config, Timeouts};
+use crate::policy::Chain;
+use crate::policy::consumers::Directory;
 use crate::routing::{BackendUrl, RouteTable};
 use crate::telemetry::RouteMetrics;
 use crate::telemetry::access::{AccessLog, Destination, OpenError, Sinks};
@@ -20,12 +23,16 @@ use crate::upstream::{Upstream, UpstreamCache, UpstreamError};
 #[derive(Debug)]
 pub struct Route {
     pub proxy: Arc<str>,
+    /// The proxy's path as written (`/api/v1/*`), for span names.
+    pub path: Arc<str>,
     pub backend: BackendUrl,
     /// `None`: any method.
     pub methods: Option<Vec<Method>>,
     pub preserve_host: bool,
     pub upstream: Upstream,
     pub metrics: RouteMetrics,
+    /// The environment's policies, then the proxy's, run phase by phase.
+    pub policies: Chain,
 }
 
 impl Route {
@@ -97,6 +104,7 @@ impl Snapshot {
         } = telemetry;
         let mut envs = HashMap::new();
         let mut destinations = HashSet::new();
+        let consumers = Arc::new(Directory::new(&config.consumers));
         for env in &config.environments {
             let mut routes = RouteTable::default();
             let mut proxies = HashSet::new();
@@ -115,11 +123,16 @@ impl Snapshot {
                 let name: Arc<str> = Arc::from(proxy.name.as_str());
                 let route = Route {
                     proxy: name.clone(),
+                    path: Arc::from(proxy.path.as_str()),
                     backend: proxy.backend.clone(),
                     methods: proxy.methods.clone(),
                     preserve_host: proxy.preserve_host,
                     upstream,
                     metrics: RouteMetrics::new(metrics.clone(), &env.name, &proxy.name),
+                    policies: Chain::new(
+                        env.policies.iter().chain(&proxy.policies),
+                        consumers.clone(),
+                    ),
                 };
                 routes
                     .insert(&proxy.path, Arc::new(route))

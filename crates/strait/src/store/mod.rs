@@ -1,4 +1,4 @@
-//! Persistence of the desired state (environments, proxies, deployments) and of its change
+//! Persistence of the desired state (environments, proxies, deployments, consumers) and of its change
 //! history, behind [`Store`]. Owns the schema, every SQL statement and the durability
 //! settings; objects are kept exactly as given (validation belongs to `control`). It may not
 //! know about HTTP, the gateway or the configuration model: its only tie to the rest of the
@@ -40,6 +40,8 @@ pub struct State {
     pub proxies: BTreeMap<String, Value>,
     /// (proxy, environment).
     pub deployments: BTreeSet<(String, String)>,
+    /// Consumers as in the YAML file, their credentials sealed (hashed) by the control plane.
+    pub consumers: BTreeMap<String, Value>,
 }
 
 /// One edit of the stored state.
@@ -71,6 +73,14 @@ pub enum Change {
     Undeploy {
         proxy: String,
         environment: String,
+    },
+    /// Creates or replaces.
+    PutConsumer {
+        name: String,
+        body: Value,
+    },
+    DeleteConsumer {
+        name: String,
     },
     /// Swaps everything (a declarative reload, `apply`).
     Replace {
@@ -196,6 +206,7 @@ impl Store {
             .objects(&mut tx, schema::ENVIRONMENTS, "environment")
             .await?;
         let proxies = self.objects(&mut tx, schema::PROXIES, "proxy").await?;
+        let consumers = self.objects(&mut tx, schema::CONSUMERS, "consumer").await?;
         let deployments: Vec<(String, String)> = sqlx::query_as(schema::DEPLOYMENTS)
             .fetch_all(&mut *tx)
             .await
@@ -205,6 +216,7 @@ impl Store {
             environments,
             proxies,
             deployments: deployments.into_iter().collect(),
+            consumers,
         })
     }
 
@@ -318,7 +330,14 @@ impl Store {
                     supported: schema::CURRENT,
                 });
             }
-            // Migrations from older versions go here once there is more than one.
+            // Version 1 lacked the consumers table, which TABLES has just created.
+            Some(found) if found < schema::CURRENT => {
+                sqlx::query(schema::UPGRADE_VERSION)
+                    .bind(schema::CURRENT)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(schema)?;
+            }
             Some(_) => {}
         }
         tx.commit().await.map_err(schema)
@@ -402,6 +421,12 @@ async fn apply(tx: &mut Transaction<'static, Sqlite>, change: &Change) -> Result
             run(tx, schema::UNDEPLOY_PROXY, &[name]).await?;
             run(tx, schema::DELETE_PROXY, &[name]).await?;
         }
+        Change::PutConsumer { name, body } => {
+            put(tx, schema::PUT_CONSUMER, name, body).await?;
+        }
+        Change::DeleteConsumer { name } => {
+            run(tx, schema::DELETE_CONSUMER, &[name]).await?;
+        }
         Change::Deploy { proxy, environment } => {
             run(tx, schema::DEPLOY, &[proxy, environment]).await?;
         }
@@ -420,6 +445,9 @@ async fn apply(tx: &mut Transaction<'static, Sqlite>, change: &Change) -> Result
             }
             for (proxy, environment) in &state.deployments {
                 run(tx, schema::DEPLOY, &[proxy, environment]).await?;
+            }
+            for (name, body) in &state.consumers {
+                put(tx, schema::PUT_CONSUMER, name, body).await?;
             }
         }
     }

@@ -3,13 +3,16 @@
 //! are SQLite's own.
 
 /// The schema version this code writes and reads.
-pub(super) const CURRENT: i64 = 1;
+/// Version 2 added the `consumers` table (created on open; nothing else changed).
+pub(super) const CURRENT: i64 = 2;
 
 /// Run in order when a database is opened; each is a no-op when the table exists.
 pub(super) const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS environments (name TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS proxies (name TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)",
+    // Bodies hold only hashed credentials: the control plane seals them before writing.
+    "CREATE TABLE IF NOT EXISTS consumers (name TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS deployments (\
         proxy TEXT NOT NULL, \
         environment TEXT NOT NULL, \
@@ -30,9 +33,11 @@ pub(super) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 pub(super) const VERSION: &str = "SELECT MAX(version) FROM schema_version";
 pub(super) const SET_VERSION: &str = "INSERT INTO schema_version (version) VALUES ($1)";
+pub(super) const UPGRADE_VERSION: &str = "UPDATE schema_version SET version = $1";
 
 pub(super) const ENVIRONMENTS: &str = "SELECT name, body FROM environments ORDER BY name";
 pub(super) const PROXIES: &str = "SELECT name, body FROM proxies ORDER BY name";
+pub(super) const CONSUMERS: &str = "SELECT name, body FROM consumers ORDER BY name";
 pub(super) const DEPLOYMENTS: &str =
     "SELECT proxy, environment FROM deployments ORDER BY proxy, environment";
 
@@ -42,6 +47,9 @@ pub(super) const DELETE_ENVIRONMENT: &str = "DELETE FROM environments WHERE name
 pub(super) const PUT_PROXY: &str = "INSERT INTO proxies (name, body) VALUES ($1, $2) \
      ON CONFLICT (name) DO UPDATE SET body = excluded.body";
 pub(super) const DELETE_PROXY: &str = "DELETE FROM proxies WHERE name = $1";
+pub(super) const PUT_CONSUMER: &str = "INSERT INTO consumers (name, body) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET body = excluded.body";
+pub(super) const DELETE_CONSUMER: &str = "DELETE FROM consumers WHERE name = $1";
 
 /// Idempotent: deploying twice keeps one row.
 pub(super) const DEPLOY: &str =
@@ -54,6 +62,7 @@ pub(super) const CLEAR: &[&str] = &[
     "DELETE FROM deployments",
     "DELETE FROM proxies",
     "DELETE FROM environments",
+    "DELETE FROM consumers",
 ];
 
 pub(super) const APPEND_HISTORY: &str = "INSERT INTO history \

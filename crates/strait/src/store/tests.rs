@@ -768,3 +768,82 @@ async fn a_writer_killed_mid_burst_leaves_a_working_database() {
     assert!(load(&store).await.proxies.contains_key("after"));
     assert_eq!(history(&store, 0, 1).await.1, kept + 1);
 }
+
+#[tokio::test]
+async fn consumers_are_kept_replaced_and_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("strait.db");
+    let store = open(&path).await;
+    let alice = json!({"name": "alice", "groups": ["admins"],
+        "credentials": {"api_key_digests": [format!("sha256:{}", "a".repeat(64))]}});
+    let put = |name: &str, body: &Value| Change::PutConsumer {
+        name: name.into(),
+        body: body.clone(),
+    };
+    commit(
+        &store,
+        &[put("alice", &alice), put("bob", &json!({"name": "bob"}))],
+        &[],
+    )
+    .await;
+    drop(store);
+    let store = open(&path).await;
+    let state = load(&store).await;
+    assert_eq!(state.consumers.len(), 2);
+    assert_eq!(state.consumers["alice"], alice, "kept exactly as given");
+
+    commit(
+        &store,
+        &[Change::DeleteConsumer { name: "bob".into() }],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        load(&store).await.consumers.keys().collect::<Vec<_>>(),
+        ["alice"]
+    );
+
+    let mut next = State::default();
+    next.consumers
+        .insert("carol".into(), json!({"name": "carol"}));
+    commit(
+        &store,
+        &[Change::Replace {
+            state: next.clone(),
+        }],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        load(&store).await,
+        next,
+        "a replace swaps the consumers too"
+    );
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("strait.db");
+    let store = open(&path).await;
+    commit(&store, &[put_env("prod", 8080)], &[]).await;
+    for statement in [
+        "DROP TABLE consumers",
+        "UPDATE schema_version SET version = 1",
+    ] {
+        sqlx::query(statement)
+            .execute(&store.pool)
+            .await
+            .expect("make it a version 1 database");
+    }
+    drop(store);
+    let store = open(&path).await;
+    let rows: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_version")
+        .fetch_all(&store.pool)
+        .await
+        .expect("select");
+    assert_eq!(rows, vec![schema::CURRENT]);
+    let state = load(&store).await;
+    assert_eq!(state.environments["prod"], env("prod", 8080));
+    assert!(state.consumers.is_empty());
+}

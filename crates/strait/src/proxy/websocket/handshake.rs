@@ -10,6 +10,7 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -20,8 +21,8 @@ use crate::proxy::headers::{strip_hop_by_hop, to_backend};
 use crate::proxy::pipeline::{Body, ConnInfo, Matched, Shared};
 use crate::proxy::sessions::SessionInfo;
 use crate::proxy::snapshot::{EnvRoutes, Route};
-use crate::telemetry::Upgrade;
 use crate::telemetry::access::{SessionRecord, Traffic};
+use crate::telemetry::{Tracer, Upgrade};
 use crate::upstream::UpstreamError;
 
 pub async fn forward(
@@ -102,7 +103,7 @@ async fn handshake(
 
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend refused: its answer reaches the client as it was.
-        tracing::debug!(proxy = %route.proxy, status = %response.status(), %target, "backend refused the WebSocket upgrade");
+        tracing::debug!(proxy = %route.proxy, status = %response.status(), target = %exchange.shown(&target.to_string()), "backend refused the WebSocket upgrade");
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         return Ok(Response::from_parts(parts, Either::Left(body)));
@@ -127,20 +128,32 @@ async fn handshake(
     };
     let max_lifetime = env.timeouts.websocket_max_lifetime;
     let shutdown = shared.shutdown.clone();
+    // Shown in the connection list and logs: a credential kept in the query is masked.
+    let target = target.to_string();
+    let target = match exchange.shown(&target) {
+        Cow::Borrowed(_) => target,
+        Cow::Owned(masked) => masked,
+    };
     let info = SessionInfo {
         env: env.name.clone(),
         proxy: route.proxy.clone(),
         client: conn.client,
         origin,
         subprotocol,
-        consumer: None,
-        target: target.to_string(),
+        consumer: exchange.consumer.as_deref().map(str::to_owned),
+        target: target.clone(),
     };
     let access_log = env.access_log.clone();
     let log = SessionLog {
         request_id: exchange.trace.request_id.clone(),
         trace_id: exchange.trace.trace_id,
-        path: exchange.path().to_owned(),
+        span_id: exchange.trace.span_id,
+        parent_span_id: exchange.trace.parent_span_id,
+        span_name: exchange.span_name("WebSocket"),
+        began: exchange.arrived(),
+        upgraded: SystemTime::now(),
+        tracer: exchange.tracer.clone(),
+        path: exchange.logged_path().into_owned(),
         referer: exchange.referer.clone(),
         user_agent: exchange.user_agent.clone(),
     };
@@ -190,6 +203,10 @@ async fn handshake(
             .session_closed(&metrics.labels, code, initiator, lasted);
         let session = &registration.session;
         tracing::debug!(%proxy, %client, %target, ?code, initiator, "WebSocket session closed");
+        #[cfg(feature = "otlp")]
+        if let Some(tracer) = &log.tracer {
+            tracer.send(session_span(&log, &registration.session, &outcome));
+        }
         if let Some(access_log) = access_log {
             let info = &session.info;
             let traffic = |stats: DirectionStats| Traffic {
@@ -225,12 +242,104 @@ async fn handshake(
 }
 
 /// What the session's access-log line needs from its handshake.
+#[cfg_attr(
+    not(feature = "otlp"),
+    allow(dead_code, reason = "the span fields serve the otlp feature")
+)]
 struct SessionLog {
     request_id: HeaderValue,
     trace_id: u128,
+    span_id: u64,
+    parent_span_id: Option<u64>,
+    span_name: String,
+    /// When the handshake arrived, and when the 101 went out.
+    began: SystemTime,
+    upgraded: SystemTime,
+    tracer: Option<Tracer>,
     path: String,
     referer: Option<HeaderValue>,
     user_agent: Option<HeaderValue>,
+}
+
+/// The session as one span from handshake to close, with both as events.
+#[cfg(feature = "otlp")]
+fn session_span(
+    log: &SessionLog,
+    session: &crate::proxy::Session,
+    outcome: &super::relay::RelayOutcome,
+) -> crate::telemetry::otlp::Span {
+    use crate::telemetry::otlp::{Attr, Event, Span};
+    let int = |n: u64| Attr::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    let text = |s: &str| Attr::Text(s.to_owned());
+    let info = &session.info;
+    let mut attributes = vec![
+        ("strait.environment", text(&info.env)),
+        ("strait.proxy", text(&info.proxy)),
+        (
+            "strait.request_id",
+            text(log.request_id.to_str().unwrap_or("-")),
+        ),
+        ("strait.session_id", int(session.id)),
+        ("url.path", text(&log.path)),
+        ("client.address", text(&info.client.ip().to_string())),
+        (
+            "websocket.messages.client_to_backend",
+            int(outcome.client_to_backend.messages),
+        ),
+        (
+            "websocket.messages.backend_to_client",
+            int(outcome.backend_to_client.messages),
+        ),
+        (
+            "websocket.bytes.client_to_backend",
+            int(outcome.client_to_backend.bytes),
+        ),
+        (
+            "websocket.bytes.backend_to_client",
+            int(outcome.backend_to_client.bytes),
+        ),
+        (
+            "websocket.close.initiator",
+            text(outcome.initiator.as_str()),
+        ),
+    ];
+    if let Some(close) = &outcome.close {
+        attributes.push(("websocket.close.code", Attr::Int(i64::from(close.code))));
+    }
+    if let Some(consumer) = &info.consumer {
+        attributes.push(("enduser.id", text(consumer)));
+    }
+    let mut closed = vec![(
+        "websocket.close.initiator",
+        text(outcome.initiator.as_str()),
+    )];
+    if let Some(close) = &outcome.close {
+        closed.push(("websocket.close.code", Attr::Int(i64::from(close.code))));
+        closed.push(("websocket.close.reason", text(&close.reason)));
+    }
+    let end = SystemTime::now();
+    Span {
+        trace_id: log.trace_id,
+        span_id: log.span_id,
+        parent_span_id: log.parent_span_id,
+        name: log.span_name.clone(),
+        start: log.began,
+        end,
+        attributes,
+        events: vec![
+            Event {
+                name: "handshake",
+                time: log.upgraded,
+                attributes: vec![("http.response.status_code", Attr::Int(101))],
+            },
+            Event {
+                name: "close",
+                time: end,
+                attributes: closed,
+            },
+        ],
+        error: outcome.close.is_none() || outcome.initiator.as_str() == "gateway",
+    }
 }
 
 /// A header's value as text, if present and visible ASCII.
