@@ -6,10 +6,9 @@
 //!   session under the registry's lock; `GatewayHandle::sessions`, the snapshot `GET
 //!   /connections` starts from (it then sorts it and serialises one page); and counting
 //!   `/proc/self/fd`, which `encode` also does, to tell that part from the registry's walk
-//!   (this process holds 4 descriptors per session, a gateway alone 2).
-//!
-//! Registering and dropping one session record cannot be timed from here: the registry
-//! (`strait::proxy`'s private `sessions` module) is not exported.
+//!   (this process holds 4 descriptors per session, a gateway alone 2);
+//! - `registry/*/N`: registering and dropping one session record, and the per-(environment,
+//!   proxy) totals the metrics read, with N other sessions registered.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -143,5 +142,33 @@ fn live_sessions(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, encode_fake, live_sessions);
+/// One session's registration and removal (what each WebSocket session pays at its start
+/// and end), and the totals a scrape reads, beside `live` other sessions.
+fn register_drop(c: &mut Criterion) {
+    use strait::proxy::{Registry, SessionInfo};
+    let info = SessionInfo {
+        env: "bench".into(),
+        proxy: "echo".into(),
+        client: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        origin: None,
+        subprotocol: None,
+        consumer: None,
+        target: "ws://127.0.0.1:9000/bench".into(),
+    };
+    let mut group = c.benchmark_group("registry");
+    for live in [0usize, 10_000] {
+        let registry = Arc::new(Registry::default());
+        let held: Vec<_> = (0..live).map(|_| registry.register(info.clone())).collect();
+        group.bench_function(BenchmarkId::new("register_drop", live), |b| {
+            b.iter(|| drop(black_box(registry.register(info.clone()))))
+        });
+        group.bench_function(BenchmarkId::new("totals", live), |b| {
+            b.iter(|| black_box(registry.totals().len()))
+        });
+        drop(held);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, encode_fake, live_sessions, register_drop);
 criterion_main!(benches);

@@ -17,5 +17,5 @@ mod tls;
 pub mod websocket;
 
 pub use gateway::{Gateway, GatewayHandle, GatewayOptions, StartError};
-pub use sessions::Session;
+pub use sessions::{Registration, Registry, Session, SessionInfo};
 pub use snapshot::{EnvRoutes, Route, Snapshot};
