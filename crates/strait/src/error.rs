@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Unauthorized,
     /// The authenticated consumer may not use this proxy.
     Forbidden,
+    /// Over a rate or connection limit (with `Retry-After` when waiting helps).
+    TooManyRequests,
     /// The backend refused, reset or failed TLS.
     BadGateway,
     /// The backend did not answer within the `response` timeout.
@@ -40,6 +42,7 @@ impl ErrorKind {
             ErrorKind::WebsocketDisabled => "websocket_disabled",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::TooManyRequests => "too_many_requests",
             ErrorKind::BadGateway => "bad_gateway",
             ErrorKind::GatewayTimeout => "gateway_timeout",
             ErrorKind::Unavailable => "unavailable",
@@ -53,6 +56,7 @@ impl ErrorKind {
             ErrorKind::BadRequest | ErrorKind::WebsocketDisabled => StatusCode::BAD_REQUEST,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -170,7 +170,7 @@ impl Modify for Policies {
             })
             .description(Some(
                 "One policy: `type` names it, the other fields are its settings. Policies run \
-                 phase by phase (authentication → authorization → limits → transforms), the \
+                 phase by phase (access → authentication → authorization → limits → transforms), the \
                  environment's before the proxy's within a phase.",
             ));
         components
@@ -197,6 +197,12 @@ fn policy_schema(kind: &policy::Kind) -> ObjectBuilder {
                 .description(doc)
                 .into(),
             Shape::Texts => ArrayBuilder::new().items(string()).description(doc).into(),
+            Shape::Number => ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .description(doc)
+                .into(),
+            Shape::Duration => string().description(doc).into(),
         };
         schema.property(field.name, property)
     })

@@ -230,6 +230,34 @@ impl policy::Fields for PolicyReader<'_, '_, '_> {
         }
     }
 
+    fn number(&mut self, key: &str) -> Result<Option<u64>, Reported> {
+        let Some(node) = self.fields.optional(key) else {
+            return Ok(None);
+        };
+        let field = self.fields.field(key);
+        let expected = "a whole number such as 100";
+        let text = self
+            .check
+            .scalar_text(node, &self.ctx, key, expected, &field)
+            .ok_or(Reported)?;
+        text.parse().map(Some).map_err(|_| {
+            let message = format!("{}: {key} must be {expected}, but it is {text:?}", self.ctx);
+            self.check.report(node.at, &field, message);
+            Reported
+        })
+    }
+
+    fn duration(&mut self, key: &str) -> Result<Option<Duration>, Reported> {
+        let Some(node) = self.fields.optional(key) else {
+            return Ok(None);
+        };
+        let field = self.fields.field(key);
+        self.check
+            .duration(node, &self.ctx, key, &field)
+            .map(Some)
+            .ok_or(Reported)
+    }
+
     fn problem(&mut self, key: &str, message: String) -> Reported {
         let at = self.fields.entry(key).map_or(self.fields.at, |(_, v)| v.at);
         let message = format!("{}: {message}", self.ctx);

@@ -17,12 +17,17 @@ mod acl;
 mod api_key;
 mod basic_auth;
 pub mod consumers;
+mod ip_filter;
+mod origin;
+mod rate_limit;
+mod ws_connections;
 
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Uri;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -31,12 +36,23 @@ use crate::error::{ErrorKind, GatewayError};
 use consumers::{Directory, Identity};
 
 /// Every policy type. A new policy is one file and one line here.
-pub const REGISTRY: &[&Kind] = &[&api_key::KIND, &basic_auth::KIND, &acl::KIND];
+pub const REGISTRY: &[&Kind] = &[
+    &api_key::KIND,
+    &basic_auth::KIND,
+    &acl::KIND,
+    &rate_limit::KIND,
+    &ws_connections::KIND,
+    &origin::KIND,
+    &ip_filter::KIND,
+];
 
 /// The phases, in the order they run whatever order the policies are listed in. Within a
 /// phase, the environment's policies run before the proxy's, each in listed order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
+    /// Where the request comes from: client address and `Origin` rules, before anyone is
+    /// asked for credentials (as nginx's allow/deny); every policy must agree (403).
+    Access,
     /// Who is calling: any one policy admitting is enough; none → 401.
     Authentication,
     /// Whether that consumer may: every policy must agree (403).
@@ -54,6 +70,10 @@ pub enum Shape {
     Flag,
     /// A list of text.
     Texts,
+    /// A whole number.
+    Number,
+    /// A duration such as `1m`.
+    Duration,
 }
 
 /// One field of a policy entry, besides `type`.
@@ -112,6 +132,10 @@ pub trait Fields {
     fn flag(&mut self, key: &str) -> Result<Option<bool>, Reported>;
     /// A list of non-empty text; `Ok(None)` when absent.
     fn texts(&mut self, key: &str) -> Result<Option<Vec<String>>, Reported>;
+    /// A whole number (0 or more); `Ok(None)` when absent.
+    fn number(&mut self, key: &str) -> Result<Option<u64>, Reported>;
+    /// A duration such as `1m` or `500ms`; `Ok(None)` when absent.
+    fn duration(&mut self, key: &str) -> Result<Option<Duration>, Reported>;
     /// Reports `message` about the value under `key` (or the entry, when `key` is absent).
     fn problem(&mut self, key: &str, message: String) -> Reported;
 }
@@ -140,6 +164,37 @@ pub struct Head<'a> {
     /// Set once an authentication policy admitted the request.
     pub consumer: Option<Arc<Identity>>,
     pub consumers: &'a Arc<Directory>,
+    /// Headers for the response to this request, whatever answers it (`RateLimit-*`).
+    pub response_headers: HeaderMap,
+    /// What must live as long as the request or the WebSocket session it becomes.
+    pub held: Vec<Held>,
+}
+
+/// Something a policy hands the request to keep until it ends — for a WebSocket handshake,
+/// until the session ends however it ends (a `ws_connections` slot, released on drop).
+pub struct Held(#[allow(dead_code, reason = "held for its drop")] Box<dyn Send + Sync>);
+
+impl Held {
+    pub fn new(value: impl Send + Sync + 'static) -> Held {
+        Held(Box::new(value))
+    }
+}
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Held")
+    }
+}
+
+/// What the chain admitted a request with.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// The consumer an authentication policy found.
+    pub consumer: Option<Arc<Identity>>,
+    /// Headers to add to the response (the backend's, or the gateway's own).
+    pub response_headers: HeaderMap,
+    /// To keep for the request's life, and a WebSocket session's.
+    pub held: Vec<Held>,
 }
 
 /// One configured policy, ready to run. Built by its [`Kind`]'s parser; immutable.
@@ -239,11 +294,19 @@ impl Chain {
 
     /// The policy types in the order they run (for tests and logs).
     pub fn order(&self) -> Vec<&'static str> {
-        self.authentication
+        let (access, rest) = self.rest.split_at(self.access_len());
+        access
             .iter()
-            .chain(&self.rest)
+            .chain(&self.authentication)
+            .chain(rest)
             .map(|p| p.kind().name)
             .collect()
+    }
+
+    /// How many access-phase policies `rest` starts with (it is in phase order).
+    fn access_len(&self) -> usize {
+        self.rest
+            .partition_point(|p| p.kind().phase == Phase::Access)
     }
 
     /// Runs every policy on the head. `Ok` with the authenticated consumer (if any policy
@@ -255,6 +318,19 @@ impl Chain {
         client: SocketAddr,
         websocket: bool,
     ) -> Result<Option<Arc<Identity>>, GatewayError> {
+        let admission = self.admit(headers, target, client, websocket).await?;
+        Ok(admission.consumer)
+    }
+
+    /// [`Chain::run`], with what the admission carries besides the consumer: response
+    /// headers and what must be held for the request's (or the session's) life.
+    pub async fn admit(
+        &self,
+        headers: &mut HeaderMap,
+        target: &mut Uri,
+        client: SocketAddr,
+        websocket: bool,
+    ) -> Result<Admission, GatewayError> {
         let mut head = Head {
             headers,
             target,
@@ -262,7 +338,15 @@ impl Chain {
             websocket,
             consumer: None,
             consumers: &self.consumers,
+            response_headers: HeaderMap::new(),
+            held: Vec::new(),
         };
+        let (access, rest) = self.rest.split_at(self.access_len());
+        for policy in access {
+            if let Verdict::Refuse(error) = settle(policy.apply(&mut head)).await {
+                return Err(error);
+            }
+        }
         if !self.authentication.is_empty() {
             for policy in &self.authentication {
                 match settle(policy.apply(&mut head)).await {
@@ -279,14 +363,18 @@ impl Chain {
                 return Err(self.unauthorized());
             }
         }
-        for policy in &self.rest {
+        for policy in rest {
             match settle(policy.apply(&mut head)).await {
                 Verdict::Pass | Verdict::Admit(_) | Verdict::Later(_) => {}
                 Verdict::Unauthenticated => return Err(self.unauthorized()),
                 Verdict::Refuse(error) => return Err(error),
             }
         }
-        Ok(head.consumer)
+        Ok(Admission {
+            consumer: head.consumer,
+            response_headers: head.response_headers,
+            held: head.held,
+        })
     }
 
     fn unauthorized(&self) -> GatewayError {
@@ -352,6 +440,22 @@ mod tests {
                         .collect(),
                 )),
                 Some(_) => Err(self.problem(key, "not a list".into())),
+            }
+        }
+        fn number(&mut self, key: &str) -> Result<Option<u64>, Reported> {
+            match self.values.get(key) {
+                None => Ok(None),
+                Some(serde_json::Value::Number(n)) if n.is_u64() => Ok(n.as_u64()),
+                Some(_) => Err(self.problem(key, "not a whole number".into())),
+            }
+        }
+        fn duration(&mut self, key: &str) -> Result<Option<Duration>, Reported> {
+            match self.values.get(key) {
+                None => Ok(None),
+                Some(serde_json::Value::String(s)) => crate::config::parse_duration(s)
+                    .map(Some)
+                    .map_err(|why| self.problem(key, why)),
+                Some(_) => Err(self.problem(key, "not a duration".into())),
             }
         }
         fn problem(&mut self, key: &str, message: String) -> Reported {

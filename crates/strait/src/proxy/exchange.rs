@@ -11,12 +11,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::pipeline::ConnInfo;
 use super::snapshot::{EnvRoutes, Route};
+use crate::policy::{Admission, Held};
 use crate::telemetry::access::RequestRecord;
 use crate::telemetry::metrics::InFlight;
 use crate::telemetry::trace::TraceContext;
@@ -42,6 +43,10 @@ pub struct Exchange {
     pub target: Option<Uri>,
     /// The consumer an authentication policy identified.
     pub consumer: Option<Arc<str>>,
+    /// Headers the policies add to the response (`RateLimit-*`).
+    pub response_headers: HeaderMap,
+    /// What the policies handed the request to keep (a WebSocket session takes it along).
+    pub held: Vec<Held>,
     /// Until the backend's response head.
     pub backend_took: Option<Duration>,
     pub status: StatusCode,
@@ -72,6 +77,8 @@ impl Exchange {
             route: None,
             target: None,
             consumer: None,
+            response_headers: HeaderMap::new(),
+            held: Vec::new(),
             backend_took: None,
             status: StatusCode::OK,
             upgraded: false,
@@ -89,9 +96,12 @@ impl Exchange {
         self.target = Some(target.clone());
     }
 
-    /// Policies phase: the request passed, sent as `target`, on behalf of `consumer`.
-    pub fn admitted(&mut self, consumer: Option<Arc<str>>, target: &Uri) {
-        self.consumer = consumer;
+    /// Policies phase: the request passed, sent as `target`, on behalf of its consumer, with
+    /// the headers for its response and what to hold while it lasts.
+    pub fn admitted(&mut self, admission: Admission, target: &Uri) {
+        self.consumer = admission.consumer.map(|c| c.name.clone());
+        self.response_headers = admission.response_headers;
+        self.held = admission.held;
         self.target = Some(target.clone());
     }
 

@@ -84,6 +84,12 @@ pub async fn handle(
         }
     };
     exchange.status = response.status();
+    // The policies' own headers (`RateLimit-*`) win over the backend's of the same name.
+    let added = std::mem::take(&mut exchange.response_headers);
+    for name in added.keys() {
+        response.headers_mut().remove(name);
+    }
+    response.headers_mut().extend(added);
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), exchange.trace.request_id.clone());
@@ -135,11 +141,11 @@ async fn policies<B>(
     }
     let chain = &route.policies;
     match chain
-        .run(req.headers_mut(), target, conn.client, websocket)
+        .admit(req.headers_mut(), target, conn.client, websocket)
         .await
     {
-        Ok(consumer) => {
-            exchange.admitted(consumer.map(|c| c.name.clone()), target);
+        Ok(admission) => {
+            exchange.admitted(admission, target);
             Ok(())
         }
         Err(error) => {

@@ -161,7 +161,11 @@ async fn handshake(
     let client = conn.client;
     // Listed from the moment the client is told 101; the record goes if the upgrade fails.
     let (registration, close_requested) = shared.registry.register(info);
+    // What the policies handed the handshake (a `ws_connections` slot) lives as long as the
+    // session task, however it ends.
+    let held = std::mem::take(&mut exchange.held);
     shared.sessions.spawn(async move {
+        let held = held;
         let (client_io, backend_io) = match tokio::try_join!(client_upgrade, backend_upgrade) {
             Ok(both) => both,
             Err(error) => {
@@ -236,6 +240,8 @@ async fn handshake(
                 user_agent: log.user_agent.as_ref().and_then(|v| v.to_str().ok()),
             });
         }
+        // The slots first: once the session has left the list, its places are free.
+        drop(held);
         drop(registration);
     });
     Ok(answer)
