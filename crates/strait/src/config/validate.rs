@@ -258,6 +258,27 @@ impl policy::Fields for PolicyReader<'_, '_, '_> {
             .ok_or(Reported)
     }
 
+    fn file(&mut self, key: &str) -> Result<Option<Vec<u8>>, Reported> {
+        let Some(node) = self.fields.optional(key) else {
+            return Ok(None);
+        };
+        let field = self.fields.field(key);
+        let text = self
+            .check
+            .text(node, &self.ctx, key, &field)
+            .ok_or(Reported)?;
+        let path = self.check.base.join(text);
+        std::fs::read(&path).map(Some).map_err(|why| {
+            let message = format!(
+                "{}: {key} {} cannot be read: {why}",
+                self.ctx,
+                path.display()
+            );
+            self.check.report(node.at, &field, message);
+            Reported
+        })
+    }
+
     fn problem(&mut self, key: &str, message: String) -> Reported {
         let at = self.fields.entry(key).map_or(self.fields.at, |(_, v)| v.at);
         let message = format!("{}: {message}", self.ctx);

@@ -17,7 +17,10 @@ mod acl;
 mod api_key;
 mod basic_auth;
 pub mod consumers;
+mod cors;
+mod headers;
 mod ip_filter;
+mod jwt;
 mod origin;
 mod rate_limit;
 mod ws_connections;
@@ -29,8 +32,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri};
 
 use crate::error::{ErrorKind, GatewayError};
 use consumers::{Directory, Identity};
@@ -44,6 +47,9 @@ pub const REGISTRY: &[&Kind] = &[
     &ws_connections::KIND,
     &origin::KIND,
     &ip_filter::KIND,
+    &jwt::KIND,
+    &cors::KIND,
+    &headers::KIND,
 ];
 
 /// The phases, in the order they run whatever order the policies are listed in. Within a
@@ -136,6 +142,9 @@ pub trait Fields {
     fn number(&mut self, key: &str) -> Result<Option<u64>, Reported>;
     /// A duration such as `1m` or `500ms`; `Ok(None)` when absent.
     fn duration(&mut self, key: &str) -> Result<Option<Duration>, Reported>;
+    /// The contents of the file named under `key` (relative to the configuration file's
+    /// folder), read by the checker; an unreadable file is reported. `Ok(None)` when absent.
+    fn file(&mut self, key: &str) -> Result<Option<Vec<u8>>, Reported>;
     /// Reports `message` about the value under `key` (or the entry, when `key` is absent).
     fn problem(&mut self, key: &str, message: String) -> Reported;
 }
@@ -146,16 +155,32 @@ pub enum Verdict {
     Pass,
     /// Authentication: these credentials belong to this consumer.
     Admit(Arc<Identity>),
+    /// Authentication: valid credentials that name no consumer, admitted without one (a
+    /// `jwt` policy with `anonymous: true`).
+    Anonymous,
     /// No valid credentials — missing or wrong, deliberately not told apart.
     Unauthenticated,
+    /// Authentication: credentials were presented and are not valid. Answered as
+    /// [`Verdict::Unauthenticated`], with the policy's [`Policy::invalid_challenge`].
+    Invalid,
     /// Refused with this error.
     Refuse(GatewayError),
+    /// Answered by the gateway itself, not forwarded (a CORS preflight).
+    Respond(Answer),
     /// The verdict needs work off the async workers (an argon2 verification).
     Later(Pin<Box<dyn Future<Output = Verdict> + Send>>),
 }
 
+/// A response the gateway gives itself instead of forwarding: a status and headers, no body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+}
+
 /// The request head as policies see it, once per HTTP request or WebSocket handshake.
 pub struct Head<'a> {
+    pub method: &'a Method,
     pub headers: &'a mut HeaderMap,
     /// The backend target; its query is the client's, byte for byte.
     pub target: &'a mut Uri,
@@ -164,19 +189,77 @@ pub struct Head<'a> {
     /// Set once an authentication policy admitted the request.
     pub consumer: Option<Arc<Identity>>,
     pub consumers: &'a Arc<Directory>,
-    /// Headers for the response to this request, whatever answers it (`RateLimit-*`).
+    /// Headers for the response to this request, whatever answers it (`RateLimit-*`); they
+    /// replace the backend's of the same name.
     pub response_headers: HeaderMap,
+    /// Headers added to the response besides the backend's of the same name (`Vary`).
+    pub response_appended: HeaderMap,
+    /// Headers removed from the backend's response (before the two above are added).
+    pub response_removed: Vec<HeaderName>,
     /// What must live as long as the request or the WebSocket session it becomes.
     pub held: Vec<Held>,
 }
 
 /// Something a policy hands the request to keep until it ends — for a WebSocket handshake,
-/// until the session ends however it ends (a `ws_connections` slot, released on drop).
-pub struct Held(#[allow(dead_code, reason = "held for its drop")] Box<dyn Send + Sync>);
+/// until the session ends however it ends (a `ws_connections` slot, released on drop), or
+/// a deadline for that session ([`Held::expiry`]).
+pub struct Held(
+    #[allow(dead_code, reason = "held for its drop")] Box<dyn Send + Sync>,
+    Option<Expiry>,
+);
+
+/// When a WebSocket session must end — its credential expires — and the close it gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    pub at: std::time::SystemTime,
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl Head<'_> {
+    /// What the chain admitted the request with, answered by the gateway when `answer` is set.
+    fn admission(self, answer: Option<Answer>) -> Admission {
+        Admission {
+            consumer: self.consumer,
+            response_headers: self.response_headers,
+            response_appended: self.response_appended,
+            response_removed: self.response_removed,
+            answer,
+            held: self.held,
+        }
+    }
+
+    fn answer(self, answer: Answer) -> Admission {
+        self.admission(Some(answer))
+    }
+
+    /// `error` with the response headers earlier policies added (CORS, `RateLimit-*`), so a
+    /// browser can read a 401; the error's own headers of the same name win.
+    fn refused(&self, mut error: GatewayError) -> GatewayError {
+        let own: Vec<HeaderName> = error.headers.iter().map(|(n, _)| n.clone()).collect();
+        let added = self
+            .response_headers
+            .iter()
+            .filter(|(n, _)| !own.contains(n));
+        for (name, value) in added.chain(&self.response_appended) {
+            error.headers.push((name.clone(), value.clone()));
+        }
+        error
+    }
+}
 
 impl Held {
     pub fn new(value: impl Send + Sync + 'static) -> Held {
-        Held(Box::new(value))
+        Held(Box::new(value), None)
+    }
+
+    /// A deadline for the WebSocket session the handshake becomes (nothing for HTTP).
+    pub fn expiry(expiry: Expiry) -> Held {
+        Held(Box::new(()), Some(expiry))
+    }
+
+    pub fn expires(&self) -> Option<&Expiry> {
+        self.1.as_ref()
     }
 }
 
@@ -191,8 +274,14 @@ impl fmt::Debug for Held {
 pub struct Admission {
     /// The consumer an authentication policy found.
     pub consumer: Option<Arc<Identity>>,
-    /// Headers to add to the response (the backend's, or the gateway's own).
+    /// Headers to add to the response (the backend's, or the gateway's own), replacing.
     pub response_headers: HeaderMap,
+    /// Headers to add to the response, keeping the backend's of the same name.
+    pub response_appended: HeaderMap,
+    /// Headers to remove from the backend's response first.
+    pub response_removed: Vec<HeaderName>,
+    /// A policy answered the request itself: send this, forward nothing.
+    pub answer: Option<Answer>,
     /// To keep for the request's life, and a WebSocket session's.
     pub held: Vec<Held>,
 }
@@ -210,6 +299,12 @@ pub trait Policy: fmt::Debug + Send + Sync {
     /// The `WWW-Authenticate` challenge of an authentication policy.
     fn challenge(&self) -> Option<HeaderValue> {
         None
+    }
+
+    /// The challenge after this policy refused the credentials presented to it (RFC 6750's
+    /// `error="invalid_token"`); by default the same as [`Policy::challenge`].
+    fn invalid_challenge(&self) -> Option<HeaderValue> {
+        self.challenge()
     }
 
     /// A query parameter that carries a secret, masked in the access log.
@@ -323,7 +418,8 @@ impl Chain {
     }
 
     /// [`Chain::run`], with what the admission carries besides the consumer: response
-    /// headers and what must be held for the request's (or the session's) life.
+    /// headers and what must be held for the request's (or the session's) life. The request
+    /// is taken as a GET; [`Chain::admit_as`] gives its method.
     pub async fn admit(
         &self,
         headers: &mut HeaderMap,
@@ -331,7 +427,21 @@ impl Chain {
         client: SocketAddr,
         websocket: bool,
     ) -> Result<Admission, GatewayError> {
+        self.admit_as(&Method::GET, headers, target, client, websocket)
+            .await
+    }
+
+    /// [`Chain::admit`] for a request with this method.
+    pub async fn admit_as(
+        &self,
+        method: &Method,
+        headers: &mut HeaderMap,
+        target: &mut Uri,
+        client: SocketAddr,
+        websocket: bool,
+    ) -> Result<Admission, GatewayError> {
         let mut head = Head {
+            method,
             headers,
             target,
             client,
@@ -339,15 +449,26 @@ impl Chain {
             consumer: None,
             consumers: &self.consumers,
             response_headers: HeaderMap::new(),
+            response_appended: HeaderMap::new(),
+            response_removed: Vec::new(),
             held: Vec::new(),
         };
         let (access, rest) = self.rest.split_at(self.access_len());
         for policy in access {
-            if let Verdict::Refuse(error) = settle(policy.apply(&mut head)).await {
-                return Err(error);
+            match settle(policy.apply(&mut head)).await {
+                Verdict::Refuse(error) => return Err(head.refused(error)),
+                Verdict::Respond(answer) => return Ok(head.answer(answer)),
+                Verdict::Pass
+                | Verdict::Admit(_)
+                | Verdict::Anonymous
+                | Verdict::Unauthenticated
+                | Verdict::Invalid
+                | Verdict::Later(_) => {}
             }
         }
         if !self.authentication.is_empty() {
+            let mut anonymous = false;
+            let mut invalid = Vec::new();
             for policy in &self.authentication {
                 match settle(policy.apply(&mut head)).await {
                     Verdict::Admit(identity) => {
@@ -355,26 +476,32 @@ impl Chain {
                         head.consumer = Some(identity);
                         break;
                     }
-                    Verdict::Refuse(error) => return Err(error),
+                    Verdict::Anonymous => {
+                        policy.admitted(&mut head);
+                        anonymous = true;
+                        break;
+                    }
+                    Verdict::Refuse(error) => return Err(head.refused(error)),
+                    Verdict::Respond(answer) => return Ok(head.answer(answer)),
+                    Verdict::Invalid => invalid.push(policy),
                     Verdict::Pass | Verdict::Unauthenticated | Verdict::Later(_) => {}
                 }
             }
-            if head.consumer.is_none() {
-                return Err(self.unauthorized());
+            if head.consumer.is_none() && !anonymous {
+                return Err(head.refused(self.unauthorized_after(&invalid)));
             }
         }
         for policy in rest {
             match settle(policy.apply(&mut head)).await {
-                Verdict::Pass | Verdict::Admit(_) | Verdict::Later(_) => {}
-                Verdict::Unauthenticated => return Err(self.unauthorized()),
-                Verdict::Refuse(error) => return Err(error),
+                Verdict::Pass | Verdict::Admit(_) | Verdict::Anonymous | Verdict::Later(_) => {}
+                Verdict::Unauthenticated | Verdict::Invalid => {
+                    return Err(head.refused(self.unauthorized()));
+                }
+                Verdict::Refuse(error) => return Err(head.refused(error)),
+                Verdict::Respond(answer) => return Ok(head.answer(answer)),
             }
         }
-        Ok(Admission {
-            consumer: head.consumer,
-            response_headers: head.response_headers,
-            held: head.held,
-        })
+        Ok(head.admission(None))
     }
 
     fn unauthorized(&self) -> GatewayError {
@@ -382,6 +509,27 @@ impl Chain {
             GatewayError::new(ErrorKind::Unauthorized, UNAUTHORIZED_MESSAGE),
             |error, challenge| error.with_header(header::WWW_AUTHENTICATE, challenge.clone()),
         )
+    }
+
+    /// The 401 after the `invalid` policies refused the credentials shown to them: their
+    /// challenges say so.
+    fn unauthorized_after(&self, invalid: &[&Arc<dyn Policy>]) -> GatewayError {
+        if invalid.is_empty() {
+            return self.unauthorized();
+        }
+        self.authentication
+            .iter()
+            .filter_map(|policy| {
+                if invalid.iter().any(|i| Arc::ptr_eq(i, policy)) {
+                    policy.invalid_challenge()
+                } else {
+                    policy.challenge()
+                }
+            })
+            .fold(
+                GatewayError::new(ErrorKind::Unauthorized, UNAUTHORIZED_MESSAGE),
+                |error, challenge| error.with_header(header::WWW_AUTHENTICATE, challenge),
+            )
     }
 }
 
@@ -457,6 +605,14 @@ mod tests {
                     .map_err(|why| self.problem(key, why)),
                 Some(_) => Err(self.problem(key, "not a duration".into())),
             }
+        }
+        fn file(&mut self, key: &str) -> Result<Option<Vec<u8>>, Reported> {
+            let Some(path) = self.text(key)? else {
+                return Ok(None);
+            };
+            std::fs::read(&path)
+                .map(Some)
+                .map_err(|why| self.problem(key, format!("{path}: {why}")))
         }
         fn problem(&mut self, key: &str, message: String) -> Reported {
             self.problems.push(format!("{key}: {message}"));

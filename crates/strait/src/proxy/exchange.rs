@@ -43,8 +43,12 @@ pub struct Exchange {
     pub target: Option<Uri>,
     /// The consumer an authentication policy identified.
     pub consumer: Option<Arc<str>>,
-    /// Headers the policies add to the response (`RateLimit-*`).
+    /// Headers the policies add to the response (`RateLimit-*`), replacing the backend's.
     pub response_headers: HeaderMap,
+    /// Headers the policies add to the response besides the backend's (`Vary`).
+    pub response_appended: HeaderMap,
+    /// Headers the policies remove from the backend's response.
+    pub response_removed: Vec<http::HeaderName>,
     /// What the policies handed the request to keep (a WebSocket session takes it along).
     pub held: Vec<Held>,
     /// Until the backend's response head.
@@ -78,6 +82,8 @@ impl Exchange {
             target: None,
             consumer: None,
             response_headers: HeaderMap::new(),
+            response_appended: HeaderMap::new(),
+            response_removed: Vec::new(),
             held: Vec::new(),
             backend_took: None,
             status: StatusCode::OK,
@@ -101,6 +107,8 @@ impl Exchange {
     pub fn admitted(&mut self, admission: Admission, target: &Uri) {
         self.consumer = admission.consumer.map(|c| c.name.clone());
         self.response_headers = admission.response_headers;
+        self.response_appended = admission.response_appended;
+        self.response_removed = admission.response_removed;
         self.held = admission.held;
         self.target = Some(target.clone());
     }

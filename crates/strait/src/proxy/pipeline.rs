@@ -31,6 +31,7 @@ use super::sessions::Registry;
 use super::snapshot::{EnvRoutes, Route, Snapshot};
 use super::{forward, websocket};
 use crate::error::{ErrorKind, GatewayError};
+use crate::policy::Answer;
 use crate::routing::{normalize_path, target_uri};
 use crate::telemetry::trace::X_REQUEST_ID;
 use crate::telemetry::{Metrics, Tracer, Upgrade};
@@ -84,12 +85,19 @@ pub async fn handle(
         }
     };
     exchange.status = response.status();
-    // The policies' own headers (`RateLimit-*`) win over the backend's of the same name.
+    // The policies' removals first; then their own headers (`RateLimit-*`) win over the
+    // backend's of the same name, and appended ones (`Vary`) join them.
+    for name in std::mem::take(&mut exchange.response_removed) {
+        response.headers_mut().remove(name);
+    }
     let added = std::mem::take(&mut exchange.response_headers);
     for name in added.keys() {
         response.headers_mut().remove(name);
     }
     response.headers_mut().extend(added);
+    for (name, value) in &std::mem::take(&mut exchange.response_appended) {
+        response.headers_mut().append(name, value.clone());
+    }
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), exchange.trace.request_id.clone());
@@ -114,8 +122,14 @@ async fn serve(
             ),
         ));
     }
-    policies(conn, &mut matched, &mut req, websocket, exchange).await?;
+    // Before the policies, so `$request_id` in a `headers` policy sees it.
     exchange.trace.to_backend(req.headers_mut());
+    if let Some(answer) = policies(conn, &mut matched, &mut req, websocket, exchange).await? {
+        let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+        *response.status_mut() = answer.status;
+        *response.headers_mut() = answer.headers;
+        return Ok(response);
+    }
     if websocket {
         websocket::handshake::forward(shared, conn, matched, req, exchange).await
     } else {
@@ -127,26 +141,28 @@ async fn serve(
 /// Policies phase: the route's chain on the request head. It may remove credentials from
 /// the headers and the target; the consumer it authenticates is recorded on the exchange
 /// (the access log, and a WebSocket session's owner). A refused handshake counts as
-/// refused by policy.
+/// refused by policy. `Some` when a policy answered the request itself (a CORS preflight).
 async fn policies<B>(
     conn: &ConnInfo,
     matched: &mut Matched,
     req: &mut Request<B>,
     websocket: bool,
     exchange: &mut Exchange,
-) -> Result<(), GatewayError> {
+) -> Result<Option<Answer>, GatewayError> {
     let Matched { route, target, .. } = matched;
     if route.policies.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let chain = &route.policies;
+    let method = req.method().clone();
     match chain
-        .admit(req.headers_mut(), target, conn.client, websocket)
+        .admit_as(&method, req.headers_mut(), target, conn.client, websocket)
         .await
     {
-        Ok(admission) => {
+        Ok(mut admission) => {
+            let answer = admission.answer.take();
             exchange.admitted(admission, target);
-            Ok(())
+            Ok(answer)
         }
         Err(error) => {
             if websocket {

@@ -164,6 +164,12 @@ async fn handshake(
     // What the policies handed the handshake (a `ws_connections` slot) lives as long as the
     // session task, however it ends.
     let held = std::mem::take(&mut exchange.held);
+    // The earliest deadline a policy set (a `jwt` with `close_on_expiry`).
+    let expiry = held
+        .iter()
+        .filter_map(|h| h.expires())
+        .min_by_key(|e| e.at)
+        .cloned();
     shared.sessions.spawn(async move {
         let held = held;
         let (client_io, backend_io) = match tokio::try_join!(client_upgrade, backend_upgrade) {
@@ -181,8 +187,19 @@ async fn handshake(
                 None => std::future::pending().await,
             }
         };
+        let expired = async move {
+            match expiry {
+                Some(expiry) => {
+                    let left = expiry.at.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(left).await;
+                    CloseFrame::new(expiry.code, expiry.reason)
+                }
+                None => std::future::pending().await,
+            }
+        };
         let stop = async move {
             tokio::select! {
+                frame = expired => frame,
                 _ = shutdown.cancelled() => CloseFrame::new(CLOSE_GOING_AWAY, "gateway shutting down"),
                 Ok(frame) = close_requested => frame,
                 _ = lifetime => CloseFrame::new(CLOSE_GOING_AWAY, "maximum session lifetime reached"),
