@@ -15,12 +15,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, Method, Request, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde_json::{Value, json};
 use strait::admin::{AdminClient, apply_file};
 use strait::control::Control;
 use strait::echo;
-use support::{Stack, declarative, expect_close, round_trip, stateful, within};
+use support::{Stack, declarative, expect_close, json_of, round_trip, stateful, within};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -171,27 +171,8 @@ async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, HeaderMap, Bytes) {
-    let mut request = Request::builder()
-        .method(Method::GET)
-        .uri(format!("http://{}{path}", api.gw(env)));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(Full::new(Bytes::new())).expect("request");
-    let response = within("the gateway's answer", api.http.request(request))
+    api.request(Method::GET, env, path, headers, Bytes::new())
         .await
-        .expect("the gateway answers");
-    let (parts, body) = response.into_parts();
-    let body = within("the body", body.collect())
-        .await
-        .expect("body")
-        .to_bytes();
-    (parts.status.as_u16(), parts.headers, body)
-}
-
-fn json_of(body: &Bytes) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 fn basic(username: &str, password: &str) -> String {

@@ -8,11 +8,10 @@
 mod support;
 
 use bytes::Bytes;
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
+use http::Method;
 use serde_json::{Value, json};
 use strait::echo;
-use support::{Stack, round_trip, stateful, within};
+use support::{Stack, json_of, round_trip, stateful, within};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -76,27 +75,10 @@ async fn fixture() -> (Stack, echo::EchoHandle) {
 
 /// One HTTP GET through `prod`: status and body.
 async fn send(api: &Stack, path: &str, headers: &[(&str, &str)]) -> (u16, Bytes) {
-    let mut request = Request::builder()
-        .method(Method::GET)
-        .uri(format!("http://{}{path}", api.gw("prod")));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(Full::new(Bytes::new())).expect("request");
-    let response = within("the gateway's answer", api.http.request(request))
-        .await
-        .expect("the gateway answers");
-    let (parts, body) = response.into_parts();
-    let body = within("the body", body.collect())
-        .await
-        .expect("body")
-        .to_bytes();
-    (parts.status.as_u16(), body)
-}
-
-fn json_of(body: &Bytes) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+    let (status, _, body) = api
+        .request(Method::GET, "prod", path, headers, Bytes::new())
+        .await;
+    (status, body)
 }
 
 /// Asserts a 403 `forbidden` JSON error; returns its message.

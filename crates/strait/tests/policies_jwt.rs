@@ -13,12 +13,11 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, header};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, Method, header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
 use strait::echo;
-use support::{Stack, expect_close, round_trip, stateful, within};
+use support::{Stack, expect_close, json_of, round_trip, stateful, within};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -167,27 +166,8 @@ async fn setup() -> Fixture {
 }
 
 async fn send(api: &Stack, path: &str, headers: &[(&str, &str)]) -> (u16, HeaderMap, Bytes) {
-    let mut request = Request::builder()
-        .method(Method::GET)
-        .uri(format!("http://{}{path}", api.gw("prod")));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(Full::new(Bytes::new())).expect("request");
-    let response = within("the gateway's answer", api.http.request(request))
+    api.request(Method::GET, "prod", path, headers, Bytes::new())
         .await
-        .expect("the gateway answers");
-    let (parts, body) = response.into_parts();
-    let body = within("the body", body.collect())
-        .await
-        .expect("body")
-        .to_bytes();
-    (parts.status.as_u16(), parts.headers, body)
-}
-
-fn json_of(body: &Bytes) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 /// Asserts the one 401 for a refused token: JSON error, the one message, the Bearer

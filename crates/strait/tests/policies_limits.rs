@@ -10,11 +10,10 @@
 mod support;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, header};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, Method, header};
 use serde_json::{Value, json};
 use strait::echo;
-use support::{Stack, declarative, round_trip, stateful, within};
+use support::{Stack, declarative, json_of, round_trip, stateful, within};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -79,22 +78,8 @@ async fn fixture() -> Fixture {
 
 /// One HTTP GET through `prod`: status, headers, body.
 async fn send(api: &Stack, path: &str, headers: &[(&str, &str)]) -> (u16, HeaderMap, Bytes) {
-    let mut request = Request::builder()
-        .method(Method::GET)
-        .uri(format!("http://{}{path}", api.gw("prod")));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(Full::new(Bytes::new())).expect("request");
-    let response = within("the gateway's answer", api.http.request(request))
+    api.request(Method::GET, "prod", path, headers, Bytes::new())
         .await
-        .expect("the gateway answers");
-    let (parts, body) = response.into_parts();
-    let body = within("the body", body.collect())
-        .await
-        .expect("body")
-        .to_bytes();
-    (parts.status.as_u16(), parts.headers, body)
 }
 
 /// A WebSocket handshake through `prod`: the session with its 101, or the refusal.
@@ -165,11 +150,6 @@ fn assert_limited(status: u16, headers: &HeaderMap, body: &Value, limit: u64, wi
         retry <= reset && reset <= window,
         "Retry-After {retry}s ≤ RateLimit-Reset {reset}s ≤ the window {window}s"
     );
-}
-
-fn json_of(body: &Bytes) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,11 +11,10 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, Method, Request};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, Method};
 use serde_json::{Value, json};
 use strait::echo;
-use support::{Stack, round_trip, stateful, within};
+use support::{Stack, json_of, round_trip, stateful, within};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -140,27 +139,8 @@ async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, HeaderMap, Bytes) {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", api.gw("prod")));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(Full::new(Bytes::new())).expect("request");
-    let response = within("the gateway's answer", api.http.request(request))
+    api.request(method, "prod", path, headers, Bytes::new())
         .await
-        .expect("the gateway answers");
-    let (parts, body) = response.into_parts();
-    let body = within("the body", body.collect())
-        .await
-        .expect("body")
-        .to_bytes();
-    (parts.status.as_u16(), parts.headers, body)
-}
-
-fn json_of(body: &Bytes) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 fn cors_headers(headers: &HeaderMap) -> Vec<String> {

@@ -8,8 +8,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
+use http::Method;
 use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::{Value, json};
 use strait::echo;
@@ -52,24 +51,8 @@ async fn send(
     headers: &[(&str, &str)],
     body: &'static [u8],
 ) -> (u16, http::HeaderMap, Bytes) {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", api.gw("prod")));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request
-        .body(Full::new(Bytes::from_static(body)))
-        .expect("request");
-    let response = within("the gateway's answer", api.http.request(request))
+    api.request(method, "prod", path, headers, Bytes::from_static(body))
         .await
-        .expect("the gateway answers");
-    let (parts, body) = response.into_parts();
-    let body = within("the body", body.collect())
-        .await
-        .expect("body")
-        .to_bytes();
-    (parts.status.as_u16(), parts.headers, body)
 }
 
 /// Every sample of `GET /metrics`, keyed by name and sorted labels.

@@ -238,6 +238,33 @@ impl Stack {
             .expect(204, &format!("undeploy {proxy} from {env}"));
     }
 
+    /// A request through the gateway's `env` listener: status, headers and body.
+    pub async fn request(
+        &self,
+        method: Method,
+        env: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> (u16, HeaderMap, Bytes) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.gw(env)));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(body)).expect("a valid request");
+        let response = within("the gateway's answer", self.http.request(request))
+            .await
+            .expect("the gateway answers");
+        let (parts, body) = response.into_parts();
+        let body = within("the gateway's body", body.collect())
+            .await
+            .expect("the gateway's body arrives")
+            .to_bytes();
+        (parts.status.as_u16(), parts.headers, body)
+    }
+
     /// A GET through the gateway's `env` listener: status and body.
     pub async fn through(&self, env: &str, path: &str) -> (StatusCode, Bytes) {
         let url = format!("http://{}{path}", self.gw(env));
@@ -306,4 +333,10 @@ pub async fn expect_close(ws: &mut Ws) -> CloseFrame {
             None => panic!("the stream ended without a close frame"),
         }
     }
+}
+
+/// A body parsed as JSON, or a failure showing what it was.
+pub fn json_of(body: &Bytes) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
