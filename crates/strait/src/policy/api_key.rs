@@ -110,23 +110,8 @@ impl Policy for ApiKey {
             return;
         }
         head.headers.remove(&self.header);
-        if let Some(param) = &self.query
-            && let Some(query) = head.target.query()
-            && let Some(rest) = without_param(query, param)
-        {
-            let path = head.target.path();
-            let pq = if rest.is_empty() {
-                Cow::Borrowed(path)
-            } else {
-                Cow::Owned(format!("{path}?{rest}"))
-            };
-            let mut parts = head.target.clone().into_parts();
-            if let Ok(pq) = PathAndQuery::try_from(pq.as_ref()) {
-                parts.path_and_query = Some(pq);
-                if let Ok(uri) = Uri::from_parts(parts) {
-                    *head.target = uri;
-                }
-            }
+        if let Some(param) = &self.query {
+            remove_param(head.target, param);
         }
     }
 
@@ -150,6 +135,27 @@ pub(super) fn query_value<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>
 
 /// `query` without every parameter named `name`, the others byte for byte in their order;
 /// `None` when no parameter had that name.
+/// Removes the query parameter `name` from `target`, the other parameters byte for byte.
+pub(super) fn remove_param(target: &mut Uri, name: &str) {
+    let Some(rest) = target.query().and_then(|query| without_param(query, name)) else {
+        return;
+    };
+    let path = target.path();
+    let pq = if rest.is_empty() {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(format!("{path}?{rest}"))
+    };
+    let Ok(pq) = PathAndQuery::try_from(pq.as_ref()) else {
+        return;
+    };
+    let mut parts = target.clone().into_parts();
+    parts.path_and_query = Some(pq);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *target = uri;
+    }
+}
+
 pub(super) fn without_param(query: &str, name: &str) -> Option<String> {
     let named = |pair: &str| {
         let key = pair.split_once('=').map_or(pair, |(key, _)| key);

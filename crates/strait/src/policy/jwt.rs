@@ -21,12 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Uri};
+use http::uri::Uri;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use super::api_key::{query_value, without_param};
+use super::api_key::{query_value, remove_param};
 use super::consumers::{Directory, Identity, KeyDigest};
 use super::{Expiry, Field, Fields, Head, Held, Kind, Phase, Policy, Reported, Shape, Verdict};
 
@@ -489,23 +489,8 @@ impl Policy for Jwt {
         if self.keep {
             return;
         }
-        if let Some(param) = &self.query
-            && let Some(query) = head.target.query()
-            && let Some(rest) = without_param(query, param)
-        {
-            let path = head.target.path();
-            let pq = if rest.is_empty() {
-                Cow::Borrowed(path)
-            } else {
-                Cow::Owned(format!("{path}?{rest}"))
-            };
-            let mut parts = head.target.clone().into_parts();
-            if let Ok(pq) = PathAndQuery::try_from(pq.as_ref()) {
-                parts.path_and_query = Some(pq);
-                if let Ok(uri) = Uri::from_parts(parts) {
-                    *head.target = uri;
-                }
-            }
+        if let Some(param) = &self.query {
+            remove_param(head.target, param);
         }
     }
 
