@@ -4,6 +4,8 @@
 //! backends (system roots plus an optional `ca_file`) and dedicated connections for
 //! WebSocket upgrades. Knows nothing of routes or client connections.
 
+pub mod settings;
+
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
