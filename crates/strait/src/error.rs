@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Unauthorized,
     /// The authenticated consumer may not use this proxy.
     Forbidden,
+    /// The request body is larger than a `request_size` policy allows.
+    PayloadTooLarge,
     /// Over a rate or connection limit (with `Retry-After` when waiting helps).
     TooManyRequests,
     /// The backend refused, reset or failed TLS.
@@ -42,6 +44,7 @@ impl ErrorKind {
             ErrorKind::WebsocketDisabled => "websocket_disabled",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::TooManyRequests => "too_many_requests",
             ErrorKind::BadGateway => "bad_gateway",
             ErrorKind::GatewayTimeout => "gateway_timeout",
@@ -56,6 +59,7 @@ impl ErrorKind {
             ErrorKind::BadRequest | ErrorKind::WebsocketDisabled => StatusCode::BAD_REQUEST,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,

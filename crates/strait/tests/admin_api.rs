@@ -772,6 +772,7 @@ async fn openapi_json_is_a_valid_openapi_3_1_document_of_the_served_api() {
         ("PUT", "/proxies/{name}"),
         ("DELETE", "/proxies/{name}"),
         ("GET", "/proxies/{name}/deployments"),
+        ("GET", "/proxies/{name}/targets"),
         ("PUT", "/proxies/{name}/deployments/{environment}"),
         ("DELETE", "/proxies/{name}/deployments/{environment}"),
         ("GET", "/consumers"),

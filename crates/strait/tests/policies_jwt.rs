@@ -435,3 +435,235 @@ fn key_files_are_read_relative_to_the_configuration_and_checked() {
         assert!(problem.contains(needle), "{file}: {problem}");
     }
 }
+
+/// A JWKS server on 127.0.0.1:0: serves the document it holds now, counting the fetches.
+struct JwksServer {
+    addr: std::net::SocketAddr,
+    document: std::sync::Arc<std::sync::Mutex<Value>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start(document: Value) -> JwksServer {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let document = std::sync::Arc::new(std::sync::Mutex::new(document));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (served, counted) = (document.clone(), fetches.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (served, counted) = (served.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let text = served.lock().expect("not poisoned").to_string();
+                        async move {
+                            let response = http::Response::builder()
+                                .header(header::CONTENT_TYPE, "application/json")
+                                .body(http_body_util::Full::new(Bytes::from(text)))
+                                .expect("a response");
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        JwksServer {
+            addr,
+            document,
+            fetches,
+        }
+    }
+
+    fn serve(&self, document: Value) {
+        *self.document.lock().expect("not poisoned") = document;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The fixture RSA public key as a JWK set of one key named `kid`.
+fn rsa_set(kid: &str) -> Value {
+    let mut jwk: Value = serde_json::from_slice(
+        &std::fs::read(fixture("jwt-rsa.jwk.json")).expect("the fixture JWK"),
+    )
+    .expect("JSON");
+    jwk["kid"] = json!(kid);
+    json!({"keys": [jwk]})
+}
+
+/// A gateway with `/remote/*` to the echo backend: `jwt` with `jwks_url` (token also from
+/// `?access_token=`) and `headers` handing `$jwt.email` to the client.
+async fn remote_setup(jwks_url: &str) -> (Stack, echo::EchoHandle) {
+    let echo = echo::spawn("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("the echo backend starts");
+    let api = stateful(None).await;
+    api.put(
+        "/environments/prod",
+        &json!({"listen": "127.0.0.1:0", "websocket": true}),
+    )
+    .await
+    .expect(201, "environment");
+    api.put(
+        "/consumers/carol",
+        &json!({"groups": ["users"], "credentials": {"jwt_subject": SUBJECT}}),
+    )
+    .await
+    .expect(201, "consumer");
+    let policies = json!([
+        {"type": "jwt", "jwks_url": jwks_url, "query": "access_token"},
+        {"type": "headers", "response_set": ["X-Email: $jwt.email"]},
+    ]);
+    api.put(
+        "/proxies/remote",
+        &json!({"path": "/remote/*", "backend": format!("http://{}/svc", echo.local_addr()),
+                "policies": policies}),
+    )
+    .await
+    .expect(201, "proxy");
+    api.deploy("remote", "prod").await;
+    (api, echo)
+}
+
+fn rsa_token(kid: &str) -> String {
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(fixture("jwt-rsa.pem")).expect("key"))
+        .expect("an RSA signing key");
+    let mut claims = claims(SUBJECT, 300, "any");
+    claims["email"] = json!("carol@mail.example");
+    sign(Algorithm::RS256, Some(kid), &key, &claims)
+}
+
+/// A WebSocket handshake with the token in the query: the 101's headers, or the refusal.
+async fn ws_handshake(
+    api: &Stack,
+    token: &str,
+) -> Result<(support::Ws, tokio_tungstenite::tungstenite::http::HeaderMap), u16> {
+    let url = format!("ws://{}/remote/room?access_token={token}", api.gw("prod"));
+    match within("the handshake", connect_async(url)).await {
+        Ok((ws, response)) => Ok((ws, response.headers().clone())),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(other) => panic!("the handshake failed without an answer: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_is_fetched_on_first_use_and_again_once_for_an_unknown_kid() {
+    let jwks = JwksServer::start(rsa_set("key-a")).await;
+    let (api, _echo) = remote_setup(&format!("http://{}/jwks.json", jwks.addr)).await;
+    assert_eq!(jwks.fetches(), 0, "fetched on first use");
+
+    let a = rsa_token("key-a");
+    for _ in 0..2 {
+        let (status, headers, body) =
+            send(&api, "/remote/x", &[("authorization", &bearer(&a))]).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(headers["x-email"], "carol@mail.example", "$jwt.email");
+    }
+    assert_eq!(jwks.fetches(), 1, "fetched once, then cached");
+
+    // The server rotates to kid key-b: its token fetches the set once more and passes.
+    jwks.serve(rsa_set("key-b"));
+    let b = rsa_token("key-b");
+    let (status, _, body) = send(&api, "/remote/x", &[("authorization", &bearer(&b))]).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(jwks.fetches(), 2, "exactly one fetch for the unknown kid");
+    let (status, _, _) = send(&api, "/remote/x", &[("authorization", &bearer(&b))]).await;
+    assert_eq!(status, 200);
+    assert_eq!(jwks.fetches(), 2, "key-b is now cached");
+
+    // Unknown kids within the window: refused, without fetching.
+    for kid in ["key-c", "key-d", "key-c", "key-a"] {
+        let token = rsa_token(kid);
+        let answer = send(&api, "/remote/x", &[("authorization", &bearer(&token))]).await;
+        assert_unauthorized(&answer, kid);
+    }
+    assert_eq!(
+        jwks.fetches(),
+        2,
+        "unknown kids do not hammer the JWKS server"
+    );
+
+    // A WebSocket handshake: the cached key admits it; an unknown kid is refused, unfetched.
+    let (mut ws, headers) = ws_handshake(&api, &b).await.expect("a 101");
+    assert_eq!(
+        headers["x-email"], "carol@mail.example",
+        "$jwt.email on the 101"
+    );
+    round_trip(&mut ws, "hello").await;
+    assert_eq!(
+        ws_handshake(&api, &rsa_token("key-e")).await.err(),
+        Some(401)
+    );
+    assert_eq!(jwks.fetches(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_handshake_fetches_the_jwks_on_first_use() {
+    let jwks = JwksServer::start(rsa_set("key-a")).await;
+    let (api, _echo) = remote_setup(&format!("http://{}/jwks.json", jwks.addr)).await;
+    let (mut ws, headers) = ws_handshake(&api, &rsa_token("key-a"))
+        .await
+        .expect("a 101");
+    assert_eq!(headers["x-email"], "carol@mail.example");
+    round_trip(&mut ws, "hello").await;
+    assert_eq!(jwks.fetches(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_server_that_is_down_gets_tokens_refused_with_401() {
+    // A port nobody listens on any more.
+    let closed = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let (api, _echo) = remote_setup(&format!("http://{closed}/jwks.json")).await;
+    let token = rsa_token("key-a");
+    for _ in 0..3 {
+        let answer = send(&api, "/remote/x", &[("authorization", &bearer(&token))]).await;
+        assert_unauthorized(&answer, "no JWK set could be fetched");
+    }
+    assert_eq!(ws_handshake(&api, &token).await.err(), Some(401));
+}
+
+#[test]
+fn a_jwks_url_must_be_http_or_https() {
+    let dir = tempfile::tempdir().expect("a folder");
+    let config = dir.path().join("strait.yaml");
+    let yaml = |fields: &str| {
+        format!(
+            "environments:\n  - name: prod\n    listen: 127.0.0.1:0\nproxies:\n  - name: api\n    path: /api/*\n    backend: http://127.0.0.1:9/\n    policies:\n      - {{type: jwt, {fields}}}\n    deploy: [prod]\n"
+        )
+    };
+    std::fs::write(
+        &config,
+        yaml("jwks_url: \"https://id.example/.well-known/jwks.json\", jwks_refresh: 1m"),
+    )
+    .expect("write");
+    strait::config::load(&config).expect("an https JWKS URL");
+    for (fields, needle) in [
+        ("jwks_url: \"ftp://id.example/jwks\"", "http:// or https://"),
+        ("jwks_url: \"/jwks.json\"", "http:// or https://"),
+        ("secret: s, jwks_refresh: 1m", "jwks_refresh"),
+        (
+            "jwks_url: \"https://id.example/jwks\", secret: s",
+            "exactly one key",
+        ),
+    ] {
+        std::fs::write(&config, yaml(fields)).expect("write");
+        let problem = strait::config::load(&config).expect_err(fields).to_string();
+        assert!(problem.contains(needle), "{fields}: {problem}");
+    }
+}

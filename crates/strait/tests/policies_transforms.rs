@@ -328,8 +328,8 @@ async fn bad_entries_are_refused_with_the_value_named() {
         ),
         (json!({"type": "cors"}), "needs origins"),
         (
-            json!({"type": "headers", "request_set": ["X-A: $jwt.sub"]}),
-            "$jwt.sub",
+            json!({"type": "headers", "request_set": ["X-A: $jwt."]}),
+            "$jwt. needs a claim name",
         ),
         (
             json!({"type": "headers", "response_add": ["X-A: $nope"]}),
@@ -349,4 +349,102 @@ async fn bad_entries_are_refused_with_the_value_named() {
             .expect_error(422, "invalid", needle);
         assert!(refused.to_string().contains(needle), "{needle}: {refused}");
     }
+}
+
+/// A gateway with a `jwt` (HS256) and a `headers` policy using `$jwt.<claim>` on `/claims/*`
+/// (to the echo backend) and `/wsclaims/*` (to [`reporting_backend`]).
+async fn claims_fixture() -> (Stack, echo::EchoHandle) {
+    let echo = echo::spawn("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("the echo backend starts");
+    let reporting = reporting_backend().await;
+    let api = stateful(None).await;
+    api.put(
+        "/environments/prod",
+        &json!({"listen": "127.0.0.1:0", "websocket": true}),
+    )
+    .await
+    .expect(201, "environment");
+    let policies = json!([
+        {"type": "headers",
+         "request_set": ["X-User-Email: $jwt.email", "X-Level: level=$jwt.level",
+                         "X-Admin: $jwt.admin", "X-Team: $jwt.team"],
+         "response_set": ["X-Sub: $jwt.sub"]},
+        {"type": "jwt", "secret": CLAIMS_SECRET, "anonymous": true},
+    ]);
+    for (name, backend) in [
+        ("claims", format!("http://{}/svc", echo.local_addr())),
+        ("wsclaims", format!("http://{reporting}/svc")),
+    ] {
+        api.put(
+            &format!("/proxies/{name}"),
+            &json!({"path": format!("/{name}/*"), "backend": backend, "policies": policies}),
+        )
+        .await
+        .expect(201, &format!("proxy {name}"));
+        api.deploy(name, "prod").await;
+    }
+    (api, echo)
+}
+
+const CLAIMS_SECRET: &str = "a-secret-for-the-claims-tests";
+
+/// `Bearer <token>` with a text, a number and a flag claim, and no `team`.
+fn claims_bearer() -> String {
+    let exp = jsonwebtoken::get_current_timestamp() + 300;
+    let claims = json!({"sub": "user-7", "email": "dana@example.com", "level": 3,
+                        "admin": false, "exp": exp});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(CLAIMS_SECRET.as_bytes()),
+    )
+    .expect("a token");
+    format!("Bearer {token}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_claims_fill_header_values_over_http() {
+    let (api, _echo) = claims_fixture().await;
+    let bearer = claims_bearer();
+    let (status, headers, body) = send(
+        &api,
+        Method::GET,
+        "/claims/a",
+        &[("authorization", &bearer), ("x-team", "spoofed")],
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let seen = &json_of(&body)["headers"];
+    assert_eq!(seen["x-user-email"], "dana@example.com", "{seen}");
+    assert_eq!(seen["x-level"], "level=3", "a number as its JSON text");
+    assert_eq!(seen["x-admin"], "false", "a flag as its JSON text");
+    assert!(
+        seen.get("x-team").is_none(),
+        "an absent claim sets nothing, and the client's value is removed: {seen}"
+    );
+    assert_eq!(headers["x-sub"], "user-7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_claims_fill_header_values_on_a_websocket_handshake() {
+    let (api, _echo) = claims_fixture().await;
+    let bearer = claims_bearer();
+    let (mut session, headers) = ws(
+        &api,
+        "/wsclaims/room",
+        &[("authorization", &bearer), ("x-team", "spoofed")],
+    )
+    .await;
+    assert_eq!(headers["x-sub"], "user-7", "on the 101");
+    let report = within("the backend's report", session.next())
+        .await
+        .expect("a message")
+        .expect("no error");
+    let seen: Value = serde_json::from_str(report.to_text().expect("text")).expect("JSON");
+    assert_eq!(seen["x-user-email"], "dana@example.com", "{seen}");
+    assert_eq!(seen["x-level"], "level=3");
+    assert_eq!(seen["x-admin"], "false");
+    assert!(seen.get("x-team").is_none(), "{seen}");
+    round_trip(&mut session, "hello").await;
 }

@@ -212,6 +212,7 @@ pub async fn apply_file(
     for proxy in desired.proxies.values_mut() {
         absolutize(proxy, &["backend_tls", "ca_file"], base);
     }
+    inline_upstreams(&mut desired);
     let current = client.state().await?;
     desired.consumers = seal_consumers(
         std::mem::take(&mut desired.consumers),
@@ -245,6 +246,26 @@ async fn seal_consumers(
     })
     .await
     .map_err(|e| ClientError::Seal(e.to_string()))?
+}
+
+/// The admin API has no upstreams yet: each `backend: {upstream: NAME}` gets a copy of that
+/// upstream's settings (the file was validated, so every name exists).
+fn inline_upstreams(state: &mut State) {
+    let upstreams = std::mem::take(&mut state.upstreams);
+    for proxy in state.proxies.values_mut() {
+        let Some(backend) = proxy.get_mut("backend") else {
+            continue;
+        };
+        let settings = backend
+            .get("upstream")
+            .and_then(Value::as_str)
+            .and_then(|name| upstreams.get(name));
+        if let Some(Value::Object(settings)) = settings {
+            let mut settings = settings.clone();
+            settings.remove("name");
+            *backend = Value::Object(settings);
+        }
+    }
 }
 
 fn absolutize(object: &mut Value, path: &[&str], base: &Path) {
@@ -291,6 +312,34 @@ mod tests {
         absolutize(&mut env, &["tls", "key"], Path::new("/etc/strait"));
         assert_eq!(env["tls"]["cert"], "/etc/strait/gw.pem");
         assert_eq!(env["tls"]["key"], "/abs/key.pem");
+    }
+
+    #[test]
+    fn named_upstreams_are_copied_into_the_proxies_using_them() {
+        let doc = serde_json::json!({
+            "environments": [{"name": "a", "listen": "127.0.0.1:0"}],
+            "upstreams": [{"name": "pool", "targets": ["http://a"], "retries": 1}],
+            "proxies": [
+                {"name": "p", "path": "/p", "backend": {"upstream": "pool"}},
+                {"name": "q", "path": "/q", "backend": "http://b"}
+            ]
+        });
+        let mut state = state_from_document(&doc);
+        inline_upstreams(&mut state);
+        assert!(state.upstreams.is_empty());
+        assert_eq!(
+            state.proxies["p"]["backend"],
+            serde_json::json!({"targets": ["http://a"], "retries": 1})
+        );
+        assert_eq!(state.proxies["q"]["backend"], "http://b");
+        // The same backend settings as the file's.
+        let before = config::validate_document(&doc, Path::new("/")).unwrap();
+        let mut inlined = doc.clone();
+        inlined["proxies"][0]["backend"] = state.proxies["p"]["backend"].clone();
+        let after = config::validate_document(&inlined, Path::new("/")).unwrap();
+        let mut expected = before.proxies[0].backend.clone();
+        expected.upstream = None;
+        assert_eq!(after.proxies[0].backend, expected);
     }
 
     #[test]

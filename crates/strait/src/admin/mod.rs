@@ -21,6 +21,7 @@ mod error;
 mod openapi;
 mod request;
 mod routes;
+mod targets;
 
 pub use client::{AdminClient, ClientError, apply_file};
 

@@ -19,6 +19,7 @@ use super::error::{ErrorBody, ErrorKind, Problem};
 use super::routes::{
     self, ConsumerList, Deployment, Deployments, EnvironmentList, Health, History, ProxyList,
 };
+use super::targets::{self, BreakerStatus, TargetHealth, TargetList, TargetStatus};
 use crate::policy::{self, Shape};
 
 /// The name of the bearer security scheme in the document (spelled out in `security(...)` too).
@@ -48,6 +49,7 @@ pub const BEARER: &str = "bearer";
         routes::get_proxy,
         routes::put_proxy,
         routes::delete_proxy,
+        targets::list,
         routes::list_deployments,
         routes::deploy,
         routes::undeploy,
@@ -63,6 +65,17 @@ pub const BEARER: &str = "bearer";
     components(schemas(
         Environment,
         Proxy,
+        Backend,
+        BackendTargets,
+        UpstreamRef,
+        Target,
+        WeightedTarget,
+        BalanceMode,
+        RebalanceMode,
+        HealthChecks,
+        ActiveHealthCheck,
+        PassiveHealthCheck,
+        CircuitBreaker,
         Policy,
         Consumer,
         ConsumerCredentials,
@@ -84,6 +97,10 @@ pub const BEARER: &str = "bearer";
         ConnectionList,
         Traffic,
         Closed,
+        TargetList,
+        TargetStatus,
+        TargetHealth,
+        BreakerStatus,
     )),
     modifiers(&Auth, &Policies),
     security(("bearer" = [])),
@@ -357,9 +374,7 @@ pub struct Proxy {
     /// The path it serves; a trailing `/*` serves everything under it.
     #[schema(example = "/api/v1/users/*")]
     path: String,
-    /// `http://` or `https://` URL requests are forwarded to.
-    #[schema(example = "http://localhost:9000")]
-    backend: String,
+    backend: Backend,
     /// The methods allowed; absent means any.
     #[schema(required = false, example = json!(["GET", "POST"]))]
     methods: Vec<String>,
@@ -371,6 +386,200 @@ pub struct Proxy {
     /// Run after the environment's policies, phase by phase.
     #[schema(required = false)]
     policies: Vec<Policy>,
+}
+
+/// Where a proxy forwards requests: one `http://` or `https://` URL, several targets with
+/// how to share and watch them, or `{"upstream": NAME}` for a named upstream (`upstreams:`
+/// of a configuration file).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub enum Backend {
+    /// One URL: a single target with every default.
+    Url(String),
+    Targets(BackendTargets),
+    Upstream(UpstreamRef),
+}
+
+/// A backend with one or more targets. `backend_tls` applies to every target.
+#[derive(ToSchema)]
+#[schema(examples(json!({
+    "targets": [{"url": "http://10.0.0.1:8080/service", "weight": 2}, "http://10.0.0.2:8080/service"],
+    "balance": "consistent_hash",
+    "hash_on": "header:X-User-Id",
+    "health": {
+        "active": {"path": "/health", "interval": "5s", "timeout": "1s", "healthy_after": 2, "unhealthy_after": 3},
+        "passive": {"unhealthy_after": 5, "cool_down": "10s"}
+    },
+    "retries": 2,
+    "circuit_breaker": {"failure_ratio": 0.5, "min_requests": 20, "open_for": "30s"},
+    "rebalance": "keep"
+})))]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct BackendTargets {
+    /// At least one; each URL once.
+    targets: Vec<Target>,
+    /// Default `round_robin`.
+    #[schema(required = false)]
+    balance: BalanceMode,
+    /// What `consistent_hash` hashes (required with it, refused otherwise):
+    /// `header:NAME`, `cookie:NAME`, `query:NAME` or `client_ip`.
+    #[schema(required = false, example = "header:X-User-Id")]
+    hash_on: String,
+    /// Off unless given.
+    #[schema(required = false)]
+    health: HealthChecks,
+    /// Further attempts after the first, each on another target when there is one: only
+    /// after a failed connect, or a 502/503/504 to an idempotent request without a streamed
+    /// body.
+    #[schema(required = false, default = 0, minimum = 0, maximum = 10)]
+    retries: u32,
+    /// Off unless given; opens per target.
+    #[schema(required = false)]
+    circuit_breaker: CircuitBreaker,
+    /// Default `keep`.
+    #[schema(required = false)]
+    rebalance: RebalanceMode,
+}
+
+/// A named upstream, used by name alone.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct UpstreamRef {
+    #[schema(example = "users-pool")]
+    upstream: String,
+}
+
+/// A target: a URL (weight 1) or a URL with a weight.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub enum Target {
+    Url(String),
+    Weighted(WeightedTarget),
+}
+
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct WeightedTarget {
+    /// `http://` or `https://`, as a single backend URL.
+    #[schema(example = "http://10.0.0.1:8080/service")]
+    url: String,
+    /// Its share of requests relative to the others.
+    #[schema(required = false, default = 1, minimum = 1, maximum = 1000)]
+    weight: u32,
+}
+
+/// How requests are shared among the targets that are up.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub enum BalanceMode {
+    /// Weighted and smooth.
+    RoundRobin,
+    /// Fewest open WebSocket sessions plus in-flight requests, relative to weight.
+    LeastConnections,
+    /// The same `hash_on` key lands on the same target while it is up.
+    ConsistentHash,
+}
+
+/// What happens to WebSocket sessions on a target removed from the list.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub enum RebalanceMode {
+    /// They stay open until they end.
+    Keep,
+    /// They are closed with 1001 after the environment's `undeploy_grace`.
+    Drain,
+}
+
+/// Each check is off unless given; `{}` turns it on with the defaults.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct HealthChecks {
+    #[schema(required = false)]
+    active: ActiveHealthCheck,
+    #[schema(required = false)]
+    passive: PassiveHealthCheck,
+}
+
+/// Probes each target with `GET <target path><path>`; a 2xx or 3xx within `timeout` is healthy.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct ActiveHealthCheck {
+    #[schema(required = false, default = "/")]
+    path: String,
+    #[schema(required = false, default = "5s")]
+    interval: String,
+    /// Shorter than `interval`.
+    #[schema(required = false, default = "1s")]
+    timeout: String,
+    /// Consecutive good probes to mark a down target up.
+    #[schema(required = false, default = 2, minimum = 1, maximum = 1000)]
+    healthy_after: u32,
+    /// Consecutive bad probes to mark an up target down.
+    #[schema(required = false, default = 3, minimum = 1, maximum = 1000)]
+    unhealthy_after: u32,
+}
+
+/// Marks a target down after consecutive connect failures or 5xx answers from live traffic.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct PassiveHealthCheck {
+    #[schema(required = false, default = 5, minimum = 1, maximum = 1000)]
+    unhealthy_after: u32,
+    /// Without an active check, a target marked down is tried again after this long.
+    #[schema(required = false, default = "10s")]
+    cool_down: String,
+}
+
+/// Opens per target when too many of its recent requests failed; after `open_for` one trial
+/// request goes through.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct CircuitBreaker {
+    /// Above 0, at most 1.
+    #[schema(required = false, default = 0.5)]
+    failure_ratio: f64,
+    /// Requests in the window before the ratio counts.
+    #[schema(required = false, default = 20, minimum = 1)]
+    min_requests: u32,
+    #[schema(required = false, default = "30s")]
+    open_for: String,
 }
 
 /// A consumer, with the fields of the YAML file. Secrets may be given in plaintext
@@ -527,6 +736,7 @@ mod tests {
             ("/proxies", &["get"]),
             ("/proxies/{name}", &["delete", "get", "put"]),
             ("/proxies/{name}/deployments", &["get"]),
+            ("/proxies/{name}/targets", &["get"]),
             ("/consumers", &["get"]),
             ("/consumers/{name}", &["delete", "get", "put"]),
             (
@@ -568,6 +778,7 @@ mod tests {
             ("/proxies", "/proxies"),
             ("/proxies/{name}", "/proxies/p"),
             ("/proxies/{name}/deployments", "/proxies/p/deployments"),
+            ("/proxies/{name}/targets", "/proxies/p/targets"),
             ("/consumers", "/consumers"),
             ("/consumers/{name}", "/consumers/c"),
             (
@@ -709,6 +920,33 @@ mod tests {
             *hashed,
             "the hashed example is the plaintext one sealed"
         );
+    }
+
+    /// A backend with targets: the example uses every documented field and is a valid
+    /// backend; `backend` is a URL, that mapping or `{upstream: NAME}`.
+    #[test]
+    fn the_backend_schema_matches_the_configuration_format() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["Backend"]["oneOf"].as_array().unwrap().len(), 3);
+        let example = schemas["BackendTargets"]["examples"][0].clone();
+        let (mut documented, mut used) = (BTreeSet::new(), BTreeSet::new());
+        properties(&doc, &schemas["BackendTargets"], "", &mut documented);
+        keys(&example, "", &mut used);
+        assert_eq!(
+            documented, used,
+            "BackendTargets: schema properties vs example"
+        );
+        let file = json!({
+            "environments": [{"name": "a", "listen": "127.0.0.1:0"}],
+            "upstreams": [{"name": "pool", "targets": ["http://b"]}],
+            "proxies": [
+                {"name": "p", "path": "/p", "backend": example},
+                {"name": "q", "path": "/q", "backend": {"upstream": "pool"}}
+            ]
+        });
+        let parsed = crate::config::parse_str(&file.to_string(), Path::new("/etc/strait/x.yaml"));
+        assert!(parsed.is_ok(), "{parsed:?}");
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub enum Route {
     Proxy(String),
     Deployments(String),
     Deployment { proxy: String, environment: String },
+    Targets(String),
     Consumers,
     Consumer(String),
     Connections,
@@ -63,6 +64,7 @@ impl Route {
             ["proxies"] => Route::Proxies,
             ["proxies", name] => Route::Proxy(name_segment(name, "proxy")?),
             ["proxies", name, "deployments"] => Route::Deployments(name_segment(name, "proxy")?),
+            ["proxies", name, "targets"] => Route::Targets(name_segment(name, "proxy")?),
             ["proxies", name, "deployments", environment] => Route::Deployment {
                 proxy: name_segment(name, "proxy")?,
                 environment: name_segment(environment, "environment")?,
@@ -99,7 +101,8 @@ impl Route {
             | Route::Environments
             | Route::Proxies
             | Route::Consumers
-            | Route::Deployments(_) => GET,
+            | Route::Deployments(_)
+            | Route::Targets(_) => GET,
         }
     }
 
@@ -139,6 +142,7 @@ pub enum Call {
     PutProxy(String, Value),
     DeleteProxy(String),
     ListDeployments(String),
+    ListTargets(String),
     Deploy {
         proxy: String,
         environment: String,
@@ -284,6 +288,7 @@ where
         (Route::Proxy(name), Method::DELETE) => Call::DeleteProxy(name),
         (Route::Proxy(name), _) => Call::GetProxy(name),
         (Route::Deployments(proxy), _) => Call::ListDeployments(proxy),
+        (Route::Targets(proxy), _) => Call::ListTargets(proxy),
         (Route::Deployment { proxy, environment }, Method::DELETE) => {
             Call::Undeploy { proxy, environment }
         }
@@ -484,6 +489,7 @@ mod tests {
                 "/proxies/users/deployments",
                 Route::Deployments("users".into()),
             ),
+            ("/proxies/users/targets", Route::Targets("users".into())),
             (
                 "/proxies/users/deployments/prod",
                 Route::Deployment {
@@ -526,6 +532,7 @@ mod tests {
             "/environments/a/b",
             "/proxies/a/deployments/b/c",
             "/proxies/a/other",
+            "/proxies/a/targets/x",
             "//environments",
             "*",
         ] {
@@ -541,6 +548,7 @@ mod tests {
             "/environments/",
             "/proxies/",
             "/proxies//deployments",
+            "/proxies//targets",
             "/proxies/a/deployments/",
             "/environments/%",
             "/environments/%4",
@@ -629,6 +637,11 @@ mod tests {
                 Call::ListDeployments("u".into()),
             ),
             (
+                Method::GET,
+                "/proxies/a%20b/targets",
+                Call::ListTargets("a b".into()),
+            ),
+            (
                 Method::PUT,
                 "/proxies/u/deployments/prod",
                 Call::Deploy {
@@ -705,6 +718,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(error.to_response().headers()[header::ALLOW], "PUT, DELETE");
+        let error = call_of(Method::PUT, "/proxies/u/targets", "")
+            .await
+            .unwrap_err();
+        assert_eq!(error.to_response().headers()[header::ALLOW], "GET");
         let error = call_of(Method::DELETE, "/history", "").await.unwrap_err();
         assert_eq!(error.to_response().headers()[header::ALLOW], "GET");
     }

@@ -14,6 +14,7 @@ use super::connections;
 use super::error::{ApiError, ErrorBody, ErrorKind};
 use super::openapi::{self, Consumer, ConsumerSummary, Environment, Proxy};
 use super::request::Call;
+use super::targets;
 use crate::control::{Control, HistoryPage, Mode, Written};
 
 pub type Reply = Result<Response<Full<Bytes>>, ApiError>;
@@ -35,6 +36,7 @@ pub async fn execute(control: &Control, call: Call) -> Reply {
         Call::PutProxy(name, body) => put_proxy(control, &name, body).await,
         Call::DeleteProxy(name) => delete_proxy(control, &name).await,
         Call::ListDeployments(proxy) => list_deployments(control, &proxy).await,
+        Call::ListTargets(proxy) => targets::list(control, &proxy),
         Call::Deploy { proxy, environment } => deploy(control, &proxy, &environment).await,
         Call::Undeploy { proxy, environment } => undeploy(control, &proxy, &environment).await,
         Call::ListConsumers => list_consumers(control).await,

@@ -17,8 +17,9 @@ use super::interpolate::{self, escape, interpolate};
 use super::parse::{ConfigError, Problem, problems, yaml_problem};
 use super::tree::{Loc, Node, Value, parse_yaml};
 use super::validate::{
-    ADMIN_KEYS, BACKEND_TLS_KEYS, BASIC_AUTH_KEYS, CONSUMER_KEYS, CREDENTIAL_KEYS,
-    ENVIRONMENT_KEYS, PROXY_KEYS, TIMEOUT_KEYS, TLS_KEYS, TOP_KEYS, validate,
+    ACTIVE_CHECK_KEYS, ADMIN_KEYS, BACKEND_KEYS, BACKEND_TLS_KEYS, BASIC_AUTH_KEYS, BREAKER_KEYS,
+    CONSUMER_KEYS, CREDENTIAL_KEYS, ENVIRONMENT_KEYS, HEALTH_KEYS, PASSIVE_CHECK_KEYS, PROXY_KEYS,
+    TARGET_KEYS, TIMEOUT_KEYS, TLS_KEYS, TOP_KEYS, UPSTREAM_KEYS, validate,
 };
 
 /// The `file` of problems found in a JSON document.
@@ -64,10 +65,11 @@ pub fn document_from_yaml_with(
     }
 }
 
-/// The document as YAML in the file format: environments, proxies, consumers, then admin;
-/// within each object the keys in the order the format documents them (`name` first), small
-/// sections (`tls`, `timeouts`, `deploy`, `methods`, `backend_tls`, `groups`, `basic_auth`)
-/// and each policy on one line. A literal `${` in a value is written `$${`, so reading the
+/// The document as YAML in the file format: environments, upstreams, proxies, consumers, then
+/// admin; within each object the keys in the order the format documents them (`name` first),
+/// small sections (`tls`, `timeouts`, `deploy`, `methods`, `backend_tls`, `groups`,
+/// `basic_auth`, `circuit_breaker`, each health check, `backend: {upstream: NAME}`), each
+/// policy and each target on one line. A literal `${` in a value is written `$${`, so reading the
 /// file back gives the same text.
 pub fn document_to_yaml(doc: &Json) -> String {
     let ordered = Ordered {
@@ -173,6 +175,15 @@ enum Kind {
     Tls,
     Timeouts,
     Proxy,
+    /// A proxy's `backend` written as a mapping.
+    Backend,
+    /// An entry of `upstreams`.
+    Upstream,
+    Target,
+    Health,
+    ActiveCheck,
+    PassiveCheck,
+    Breaker,
     BackendTls,
     Admin,
     Consumer,
@@ -191,6 +202,13 @@ impl Kind {
             Kind::Tls => TLS_KEYS,
             Kind::Timeouts => TIMEOUT_KEYS,
             Kind::Proxy => PROXY_KEYS,
+            Kind::Backend => BACKEND_KEYS,
+            Kind::Upstream => UPSTREAM_KEYS,
+            Kind::Target => TARGET_KEYS,
+            Kind::Health => HEALTH_KEYS,
+            Kind::ActiveCheck => ACTIVE_CHECK_KEYS,
+            Kind::PassiveCheck => PASSIVE_CHECK_KEYS,
+            Kind::Breaker => BREAKER_KEYS,
             Kind::BackendTls => BACKEND_TLS_KEYS,
             Kind::Admin => ADMIN_KEYS,
             Kind::Consumer => CONSUMER_KEYS,
@@ -206,6 +224,13 @@ impl Kind {
         match (self, key) {
             (Kind::Document, "environments") => Kind::Environment,
             (Kind::Document, "proxies") => Kind::Proxy,
+            (Kind::Document, "upstreams") => Kind::Upstream,
+            (Kind::Proxy, "backend") => Kind::Backend,
+            (Kind::Backend | Kind::Upstream, "targets") => Kind::Target,
+            (Kind::Backend | Kind::Upstream, "health") => Kind::Health,
+            (Kind::Backend | Kind::Upstream, "circuit_breaker") => Kind::Breaker,
+            (Kind::Health, "active") => Kind::ActiveCheck,
+            (Kind::Health, "passive") => Kind::PassiveCheck,
             (Kind::Document, "admin") => Kind::Admin,
             (Kind::Environment, "tls") => Kind::Tls,
             (Kind::Environment, "timeouts") => Kind::Timeouts,
@@ -218,20 +243,32 @@ impl Kind {
         }
     }
 
-    /// Whether the value under `key` is written on one line, as in the documentation.
-    fn flow(self, key: &str) -> bool {
+    /// Whether `value` under `key` is written on one line, as in the documentation.
+    fn flow(self, key: &str, value: &Json) -> bool {
+        // `backend: { upstream: users }`, but a backend with targets as a block.
+        let upstream_only = |value: &Json| {
+            value
+                .as_object()
+                .is_some_and(|map| map.len() == 1 && map.contains_key("upstream"))
+        };
         matches!(
             (self, key),
             (Kind::Environment, "tls" | "timeouts")
                 | (Kind::Proxy, "deploy" | "methods" | "backend_tls")
                 | (Kind::Consumer, "groups")
                 | (Kind::Credentials, "basic_auth")
-        )
+                | (Kind::Backend | Kind::Upstream, "circuit_breaker")
+                | (Kind::Health, "active" | "passive")
+        ) || (self == Kind::Proxy && key == "backend" && upstream_only(value))
     }
 
     /// Whether each item of the list under `key` is written on one line.
     fn flow_items(self, key: &str) -> bool {
-        matches!((self, key), (Kind::Environment | Kind::Proxy, "policies"))
+        matches!(
+            (self, key),
+            (Kind::Environment | Kind::Proxy, "policies")
+                | (Kind::Backend | Kind::Upstream, "targets")
+        )
     }
 }
 
@@ -262,20 +299,24 @@ impl Serialize for Ordered<'_> {
                         kind: self.kind.child(key),
                     };
                     match value {
-                        Json::Object(_) if self.kind.flow(key) => {
+                        Json::Object(_) if self.kind.flow(key, value) => {
                             out.serialize_entry(key, &FlowMap(child))?;
                         }
-                        Json::Array(_) if self.kind.flow(key) => {
+                        Json::Array(_) if self.kind.flow(key, value) => {
                             out.serialize_entry(key, &FlowSeq(child))?;
                         }
                         Json::Array(items) if self.kind.flow_items(key) => {
-                            let items: Vec<FlowMap<Ordered<'_>>> = items
+                            let items: Vec<FlowItem<'_>> = items
                                 .iter()
                                 .map(|value| {
-                                    FlowMap(Ordered {
+                                    let item = Ordered {
                                         value,
                                         kind: child.kind,
-                                    })
+                                    };
+                                    match value {
+                                        Json::Object(_) => FlowItem::Map(FlowMap(item)),
+                                        _ => FlowItem::Plain(item),
+                                    }
                                 })
                                 .collect();
                             out.serialize_entry(key, &items)?;
@@ -297,6 +338,22 @@ impl Serialize for Ordered<'_> {
             }
             Json::String(text) if text.contains("${") => escape(text).serialize(serializer),
             scalar => scalar.serialize(serializer),
+        }
+    }
+}
+
+/// An item of a list written one item per line: a mapping in flow style, anything else
+/// (a target written as a plain URL) as it is.
+enum FlowItem<'a> {
+    Map(FlowMap<Ordered<'a>>),
+    Plain(Ordered<'a>),
+}
+
+impl Serialize for FlowItem<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            FlowItem::Map(map) => map.serialize(serializer),
+            FlowItem::Plain(value) => value.serialize(serializer),
         }
     }
 }

@@ -99,11 +99,14 @@ fn expected_config() -> Config {
                 policies: Vec::new(),
             },
         ],
+        upstreams: Vec::new(),
         proxies: vec![
             Proxy {
                 name: "users".into(),
                 path: ProxyPath::parse("/api/v1/*").unwrap(),
-                backend: BackendUrl::parse("http://localhost:8080/service").unwrap(),
+                backend: BackendSpec::single(
+                    BackendUrl::parse("http://localhost:8080/service").unwrap(),
+                ),
                 deploy: vec!["production".into(), "staging".into()],
                 methods: Some(vec![
                     http::Method::GET,
@@ -119,7 +122,7 @@ fn expected_config() -> Config {
             Proxy {
                 name: "echo".into(),
                 path: ProxyPath::parse("/echo").unwrap(),
-                backend: BackendUrl::parse("https://example.com").unwrap(),
+                backend: BackendSpec::single(BackendUrl::parse("https://example.com").unwrap()),
                 deploy: Vec::new(),
                 methods: None,
                 preserve_host: false,

@@ -18,6 +18,8 @@ mod tree;
 mod validate;
 
 #[cfg(test)]
+mod backend_tests;
+#[cfg(test)]
 mod document_tests;
 #[cfg(test)]
 mod tests;
@@ -28,7 +30,9 @@ pub use document::{
 };
 pub use duration::{format_duration, parse_duration};
 pub use model::{
-    AccessLogFormat, AccessLogSettings, AdminConfig, BackendTls, Config, Consumer, Environment,
-    KeyDigest, Login, Password, PolicyEntry, Proxy, Timeouts, TlsFiles,
+    AccessLogFormat, AccessLogSettings, ActiveCheck, AdminConfig, BackendSpec, BackendTls, Balance,
+    BreakerSpec, Config, Consumer, Environment, HashOn, HealthSpec, KeyDigest, Login,
+    NamedUpstream, PassiveCheck, Password, PolicyEntry, Proxy, Rebalance, TargetSpec, Targets,
+    Timeouts, TlsFiles,
 };
 pub use parse::{ConfigError, Problem, load, parse_str, parse_str_with};

@@ -7,13 +7,19 @@ use std::time::Duration;
 
 pub use crate::policy::PolicyEntry;
 pub use crate::policy::consumers::{Consumer, KeyDigest, Login, Password};
-use crate::routing::{BackendUrl, ProxyPath};
+use crate::routing::ProxyPath;
+pub use crate::upstream::settings::{
+    ActiveCheck, BackendSpec, Balance, BreakerSpec, HashOn, HealthSpec, PassiveCheck, Rebalance,
+    TargetSpec, Targets,
+};
 
 /// An empty `Config` (no environments, no proxies, no admin API) is what a gateway with
 /// nothing configured yet serves; a file or document always has at least one environment.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub environments: Vec<Environment>,
+    /// Named backends (`upstreams:`) that proxies may use with `backend: {upstream: NAME}`.
+    pub upstreams: Vec<NamedUpstream>,
     pub proxies: Vec<Proxy>,
     /// Named identities with groups and (hashed) credentials, for authentication policies.
     pub consumers: Vec<Consumer>,
@@ -116,7 +122,9 @@ impl Default for Timeouts {
 pub struct Proxy {
     pub name: String,
     pub path: ProxyPath,
-    pub backend: BackendUrl,
+    /// Fully resolved: a `backend: {upstream: NAME}` holds a copy of that upstream's
+    /// settings, with `upstream: Some(NAME)`.
+    pub backend: BackendSpec,
     /// Names of environments this proxy is deployed to (each one exists).
     pub deploy: Vec<String>,
     /// `None`: any method.
@@ -124,6 +132,14 @@ pub struct Proxy {
     pub preserve_host: bool,
     pub backend_tls: Option<BackendTls>,
     pub policies: Vec<PolicyEntry>,
+}
+
+/// One entry of `upstreams:`: a backend with a name, shared by the proxies that name it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedUpstream {
+    pub name: String,
+    /// Its `upstream` is `Some(name)`.
+    pub backend: BackendSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -92,10 +92,13 @@ fn the_example_round_trips_into_the_model() {
             },
             policies: Vec::new(),
         }],
+        upstreams: Vec::new(),
         proxies: vec![Proxy {
             name: "users".into(),
             path: ProxyPath::parse("/api/v1/*").unwrap(),
-            backend: BackendUrl::parse("http://localhost:8080/service").unwrap(),
+            backend: BackendSpec::single(
+                BackendUrl::parse("http://localhost:8080/service").unwrap(),
+            ),
             deploy: vec!["production".into()],
             methods: Some(vec![http::Method::GET, http::Method::POST]),
             preserve_host: false,

@@ -24,6 +24,7 @@ use crate::config::{self, Config, ConfigError, Problem};
 use crate::policy::consumers;
 use crate::proxy::GatewayHandle;
 use crate::store::{Change, Record, State, Store};
+use crate::upstream::pool::Pool;
 use state::{document, object_problems, precheck_conflicts};
 
 /// Where the configuration comes from.
@@ -362,6 +363,14 @@ impl Control {
         Ok(deployed_to(&state, proxy))
     }
 
+    /// A proxy's backend pool in the live configuration (deployed or not): its targets
+    /// with their health and counts.
+    pub fn targets(&self, proxy: &str) -> Result<Arc<Pool>, ControlError> {
+        self.gateway
+            .pool(proxy)
+            .ok_or_else(|| not_found("proxy", proxy))
+    }
+
     /// Idempotent.
     pub async fn deploy(&self, proxy: &str, environment: &str) -> Result<Written, ControlError> {
         self.change(|state| {
@@ -520,7 +529,11 @@ impl Control {
 /// environment: their rules are then checked against a placeholder environment that is
 /// never served.
 fn compile(state: &State, base: &Path) -> Result<Config, ControlError> {
-    if state.environments.is_empty() && state.proxies.is_empty() && state.consumers.is_empty() {
+    if state.environments.is_empty()
+        && state.proxies.is_empty()
+        && state.consumers.is_empty()
+        && state.upstreams.is_empty()
+    {
         return Ok(Config::default());
     }
     let mut doc = document(state);

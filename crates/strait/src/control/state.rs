@@ -35,6 +35,13 @@ pub fn document(state: &State) -> Value {
         Value::Array(state.environments.values().cloned().collect()),
     );
     doc.insert("proxies".into(), Value::Array(proxies));
+    // Left out when empty, as consumers.
+    if !state.upstreams.is_empty() {
+        doc.insert(
+            "upstreams".into(),
+            Value::Array(state.upstreams.values().cloned().collect()),
+        );
+    }
     // Left out when empty, so a state without consumers exports as it always did.
     if !state.consumers.is_empty() {
         doc.insert(
@@ -72,6 +79,11 @@ pub fn state_from_document(doc: &Value) -> State {
         }
         state.proxies.insert(name, proxy);
     }
+    for upstream in list("upstreams") {
+        if let Some(name) = upstream.get("name").and_then(Value::as_str) {
+            state.upstreams.insert(name.to_owned(), upstream.clone());
+        }
+    }
     for consumer in list("consumers") {
         if let Some(name) = consumer.get("name").and_then(Value::as_str) {
             state.consumers.insert(name.to_owned(), consumer.clone());
@@ -87,6 +99,7 @@ pub fn object_problems(state: &State, problems: &[Problem]) -> Vec<FieldProblem>
         match key {
             "environments" => state.environments.keys().collect(),
             "consumers" => state.consumers.keys().collect(),
+            "upstreams" => state.upstreams.keys().collect(),
             _ => state.proxies.keys().collect(),
         }
     };
@@ -94,7 +107,7 @@ pub fn object_problems(state: &State, problems: &[Problem]) -> Vec<FieldProblem>
         .iter()
         .map(|problem| {
             let field = problem.field.clone().unwrap_or_default();
-            let field = ["environments", "proxies", "consumers"]
+            let field = ["environments", "proxies", "upstreams", "consumers"]
                 .iter()
                 .find_map(|key| {
                     let rest = field.strip_prefix(key)?.strip_prefix('[')?;
@@ -185,6 +198,32 @@ mod tests {
         let mut without = state.clone();
         without.consumers.clear();
         assert!(document(&without).get("consumers").is_none());
+    }
+
+    #[test]
+    fn upstreams_round_trip_and_name_their_problems() {
+        let mut state = sample();
+        state.upstreams.insert(
+            "pool".into(),
+            json!({"name": "pool", "targets": ["http://a", {"url": "http://b", "weight": 2}]}),
+        );
+        state.proxies.insert(
+            "pooled".into(),
+            json!({"name": "pooled", "path": "/p/*", "backend": {"upstream": "pool"}}),
+        );
+        let doc = document(&state);
+        assert_eq!(doc["upstreams"][0]["name"], "pool");
+        assert_eq!(state_from_document(&doc), state);
+        assert!(document(&sample()).get("upstreams").is_none());
+        let problem = Problem {
+            file: "admin API".into(),
+            line: None,
+            column: None,
+            field: Some("upstreams[0].targets[1].weight".into()),
+            message: "bad".into(),
+        };
+        let found = object_problems(&state, &[problem]);
+        assert_eq!(found[0].field, "upstreams/pool: targets[1].weight");
     }
 
     #[test]

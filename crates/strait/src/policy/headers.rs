@@ -8,10 +8,12 @@
 //! (another value beside those there). Response changes apply to the backend's headers; a
 //! response `remove` does not reach headers another policy adds (`RateLimit-*`, CORS).
 //!
-//! Values may use `$client_ip`, `$consumer` (empty without one) and `$request_id`; `$$` is
-//! a `$`. Any other `$name` is a problem (`$jwt.<claim>` comes with the `jwt` policy). A
-//! value that comes out empty is not added, and `set` to an empty value removes the header
-//! — a client cannot smuggle its own `X-Consumer` through a `set` that has no consumer.
+//! Values may use `$client_ip`, `$consumer` (empty without one), `$request_id` and
+//! `$jwt.<claim>` (a claim of the token a `jwt` policy admitted: text as it is, other values
+//! as their JSON text); `$$` is a `$`. Any other `$name` is a problem. A value that comes
+//! out empty, or names a claim the token lacks (or `null`), is not added, and `set` to such
+//! a value removes the header — a client cannot smuggle its own `X-Consumer` through a
+//! `set` that has no consumer.
 //! Headers the gateway manages (`Host`, `Connection`, `Upgrade`, `Content-Length`,
 //! `Transfer-Encoding`, `Sec-WebSocket-*`) cannot be changed.
 
@@ -25,7 +27,7 @@ use crate::telemetry::trace::X_REQUEST_ID;
 pub const KIND: Kind = Kind {
     name: "headers",
     phase: Phase::Transforms,
-    doc: "Sets, adds and removes request headers (to the backend, the WebSocket handshake included) and response headers (to the client, the 101 included); values may use $client_ip, $consumer and $request_id.",
+    doc: "Sets, adds and removes request headers (to the backend, the WebSocket handshake included) and response headers (to the client, the 101 included); values may use $client_ip, $consumer, $request_id and $jwt.<claim>.",
     fields: &[
         Field {
             name: "request_set",
@@ -80,6 +82,8 @@ enum Piece {
     ClientIp,
     Consumer,
     RequestId,
+    /// `$jwt.<claim>`: a claim of the admitted token.
+    Claim(String),
 }
 
 /// A value with its variables.
@@ -107,11 +111,12 @@ impl Template {
                 "client_ip" => Piece::ClientIp,
                 "consumer" => Piece::Consumer,
                 "request_id" => Piece::RequestId,
-                _ if name.starts_with("jwt.") => {
-                    return Err(format!(
-                        "${name}: JWT claims are not available in header values yet; use $client_ip, $consumer or $request_id"
-                    ));
-                }
+                _ if name.starts_with("jwt.") => match name.strip_prefix("jwt.") {
+                    Some(claim) if !claim.is_empty() => Piece::Claim(claim.to_owned()),
+                    _ => {
+                        return Err("$jwt. needs a claim name, as in $jwt.email".to_owned());
+                    }
+                },
                 "" => {
                     return Err(
                         "a lone $ starts no variable; write $$ for a dollar sign".to_owned()
@@ -119,7 +124,7 @@ impl Template {
                 }
                 _ => {
                     return Err(format!(
-                        "${name} is not a variable; use $client_ip, $consumer or $request_id ($$ for a dollar sign)"
+                        "${name} is not a variable; use $client_ip, $consumer, $request_id or $jwt.<claim> ($$ for a dollar sign)"
                     ));
                 }
             };
@@ -136,7 +141,8 @@ impl Template {
         Ok(Template(pieces))
     }
 
-    /// The value for this request; `None` when it comes out empty or is not a header value.
+    /// The value for this request; `None` when it comes out empty, names a claim the token
+    /// lacks, or is not a header value.
     fn render(&self, head: &Head<'_>) -> Option<HeaderValue> {
         let mut out = String::new();
         for piece in &self.0 {
@@ -157,6 +163,11 @@ impl Template {
                         out.push_str(id);
                     }
                 }
+                Piece::Claim(claim) => match head.claims.as_ref()?.get(claim)? {
+                    serde_json::Value::Null => return None,
+                    serde_json::Value::String(text) => out.push_str(text),
+                    other => out.push_str(&other.to_string()),
+                },
             }
         }
         let out = out.trim();
@@ -330,10 +341,18 @@ mod tests {
             ])
         );
         assert_eq!(Template::parse("plain").unwrap().0.len(), 1);
+        assert_eq!(
+            Template::parse("<$jwt.email>").unwrap(),
+            Template(vec![
+                Piece::Text("<".into()),
+                Piece::Claim("email".into()),
+                Piece::Text(">".into()),
+            ])
+        );
         assert!(
-            Template::parse("$jwt.sub")
+            Template::parse("$jwt.")
                 .unwrap_err()
-                .contains("not available")
+                .contains("needs a claim name")
         );
         assert!(
             Template::parse("$nope")
@@ -462,5 +481,65 @@ mod tests {
         assert!(!headers.contains_key("x-consumer"));
         assert!(!admission.response_headers.contains_key("x-who"));
         assert_eq!(admission.response_removed, ["x-who"]);
+    }
+
+    #[tokio::test]
+    async fn jwt_claims_fill_values_and_an_absent_claim_sets_nothing() {
+        let secret = "a-long-enough-test-secret";
+        let chain = Chain::new(
+            [
+                &policy(
+                    "headers",
+                    &[
+                        (
+                            "request_set",
+                            json!([
+                                "X-Email: $jwt.email",
+                                "X-Level: $jwt.level",
+                                "X-Admin: admin=$jwt.admin",
+                                "X-Missing: $jwt.missing",
+                                "X-Null: $jwt.nothing",
+                            ]),
+                        ),
+                        ("response_add", json!(["X-Sub: $jwt.sub"])),
+                    ],
+                ),
+                &policy(
+                    "jwt",
+                    &[("secret", json!(secret)), ("anonymous", json!(true))],
+                ),
+            ],
+            directory(),
+        );
+        let claims = json!({"sub": "s-1", "email": "a@example.com", "level": 3,
+            "admin": true, "nothing": null, "exp": jsonwebtoken::get_current_timestamp() + 60});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        headers.insert("x-missing", HeaderValue::from_static("spoofed"));
+        let mut target: Uri = "http://b/".parse().unwrap();
+        let admission = chain
+            .admit(
+                &mut headers,
+                &mut target,
+                "127.0.0.1:1".parse().unwrap(),
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(headers["x-email"], "a@example.com");
+        assert_eq!(headers["x-level"], "3");
+        assert_eq!(headers["x-admin"], "admin=true");
+        assert!(!headers.contains_key("x-missing"), "removed, not set");
+        assert!(!headers.contains_key("x-null"));
+        assert_eq!(admission.response_appended["x-sub"], "s-1");
     }
 }

@@ -1,13 +1,15 @@
 //! `jwt`: a JSON Web Token (RFC 7519) signed with one of the configured algorithms (never
 //! `none`), from `Authorization: Bearer`, else a query parameter, else a cookie (browsers
 //! cannot set headers on a WebSocket handshake). The key is an inline HMAC `secret`, a PEM
-//! public key (`public_key_file`) or a JWK set (`jwks_file`, the key chosen by the token's
-//! `kid`; a token without one is checked against a set of exactly one key). Key files are
-//! read and checked with the configuration. `exp` is required; `exp` and `nbf` are checked
+//! public key (`public_key_file`) or a JWK set (`jwks_file`, or `jwks_url` fetched and
+//! refreshed as [`super::jwks`] says; the key chosen by the token's `kid`, a token without
+//! one checked against a set of exactly one key). Key files are read and checked with the
+//! configuration; a URL is fetched on first use. `exp` is required; `exp` and `nbf` are checked
 //! with `clock_skew`, `iss` and `aud` when configured. The consumer is the one whose
 //! `jwt_subject` equals the `claim` (default `sub`); with `anonymous: true` a valid token
 //! naming no consumer is admitted without one. Every refused token gets the same answer,
-//! with `error="invalid_token"` in the challenge (RFC 6750); a missing one, without.
+//! with `error="invalid_token"` in the challenge (RFC 6750); a missing one, without. An
+//! admitted token's claims are handed on for `headers`' `$jwt.<claim>`.
 //!
 //! A token taken from the query is removed before forwarding unless `keep: true`; the
 //! `Authorization` header and cookies are forwarded (backends commonly read the claims).
@@ -28,6 +30,7 @@ use serde_json::{Map, Value};
 
 use super::api_key::{query_value, remove_param};
 use super::consumers::{Directory, Identity, KeyDigest};
+use super::jwks::Remote;
 use super::{Expiry, Field, Fields, Head, Held, Kind, Phase, Policy, Reported, Shape, Verdict};
 
 pub const KIND: Kind = Kind {
@@ -54,6 +57,16 @@ pub const KIND: Kind = Kind {
             name: "jwks_file",
             shape: Shape::Text,
             doc: "A JWK set (JSON), relative to the configuration file; the key is chosen by the token's `kid`.",
+        },
+        Field {
+            name: "jwks_url",
+            shape: Shape::Text,
+            doc: "An http:// or https:// URL serving a JWK set, fetched on first use and again on a `kid` it lacks (at most once per 10s).",
+        },
+        Field {
+            name: "jwks_refresh",
+            shape: Shape::Duration,
+            doc: "How often the `jwks_url` set is fetched again (default 5m, at least 10s).",
         },
         Field {
             name: "issuer",
@@ -112,12 +125,29 @@ pub const KIND: Kind = Kind {
 const DEFAULT_HEADER: &str = "Authorization";
 const DEFAULT_CLAIM: &str = "sub";
 const DEFAULT_SKEW: Duration = Duration::from_secs(30);
+const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 /// RFC 6455 §7.4.1: the close code for a session whose token expired.
 const POLICY_VIOLATION: u16 = 1008;
 const EXPIRED_REASON: &str = "token expired";
 const CHALLENGE: &str = "Bearer realm=\"strait\"";
 /// RFC 6750 §3.1: a token was presented and refused (expired, forged, wrong audience...).
 const INVALID_CHALLENGE: &str = "Bearer realm=\"strait\", error=\"invalid_token\"";
+
+/// Where the keys are.
+enum Source {
+    /// Given with the configuration.
+    Fixed(Keys),
+    /// Fetched from `jwks_url`.
+    Remote(Arc<Remote<Keys>>),
+}
+
+/// What checking a token found.
+enum Checked {
+    Valid(Map<String, Value>),
+    Invalid,
+    /// Its `kid` names no key of the fetched set (or no set could be fetched yet).
+    UnknownKey(Option<String>),
+}
 
 /// The verification keys.
 enum Keys {
@@ -145,7 +175,7 @@ impl Keys {
 }
 
 struct Jwt {
-    keys: Keys,
+    keys: Source,
     /// The SHA-256 of the key material, so `Debug` (which compares configurations) changes
     /// when the key does without showing it.
     key_digest: KeyDigest,
@@ -205,6 +235,8 @@ fn parse(fields: &mut dyn Fields) -> Result<Arc<dyn Policy>, Reported> {
     let secret = fields.text("secret");
     let pem = fields.file("public_key_file");
     let jwks = fields.file("jwks_file");
+    let jwks_url = fields.text("jwks_url");
+    let refresh = fields.duration("jwks_refresh");
     let issuer = fields.text("issuer");
     let audience = fields.text("audience");
     let claim = fields.text("claim");
@@ -215,13 +247,31 @@ fn parse(fields: &mut dyn Fields) -> Result<Arc<dyn Policy>, Reported> {
     let cookie = fields.text("cookie");
     let keep = fields.flag("keep");
     let close_on_expiry = fields.flag("close_on_expiry");
-    let (secret, pem, jwks) = (secret?, pem?, jwks?);
+    let (secret, pem, jwks, jwks_url, refresh) = (secret?, pem?, jwks?, jwks_url?, refresh?);
 
-    let given = [secret.is_some(), pem.is_some(), jwks.is_some()];
+    let given = [
+        secret.is_some(),
+        pem.is_some(),
+        jwks.is_some(),
+        jwks_url.is_some(),
+    ];
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(fields.problem(
             "",
-            "give exactly one key: secret, public_key_file or jwks_file".into(),
+            "give exactly one key: secret, public_key_file, jwks_file or jwks_url".into(),
+        ));
+    }
+    if refresh.is_some() && jwks_url.is_none() {
+        return Err(fields.problem(
+            "jwks_refresh",
+            "jwks_refresh is for a JWK set from jwks_url".into(),
+        ));
+    }
+    let refresh = refresh.unwrap_or(DEFAULT_REFRESH);
+    if refresh < super::jwks::ON_DEMAND_EVERY {
+        return Err(fields.problem(
+            "jwks_refresh",
+            format!("jwks_refresh {refresh:?} is too short; give 10s or more"),
         ));
     }
     let default = if secret.is_some() { "HS256" } else { "RS256" };
@@ -253,7 +303,7 @@ fn parse(fields: &mut dyn Fields) -> Result<Arc<dyn Policy>, Reported> {
             ));
         }
         let key = DecodingKey::from_secret(secret.as_bytes());
-        (Keys::One(key), secret.into_bytes())
+        (Source::Fixed(Keys::One(key)), secret.into_bytes())
     } else if let Some(pem) = pem {
         if families.contains(&Family::Hmac) {
             return Err(fields.problem(
@@ -278,7 +328,7 @@ fn parse(fields: &mut dyn Fields) -> Result<Arc<dyn Policy>, Reported> {
                 format!("not a PEM public key for {first:?}: {why}"),
             )
         })?;
-        (Keys::One(key), pem)
+        (Source::Fixed(Keys::One(key)), pem)
     } else if let Some(jwks) = jwks {
         if families.contains(&Family::Hmac) {
             return Err(fields.problem(
@@ -287,9 +337,24 @@ fn parse(fields: &mut dyn Fields) -> Result<Arc<dyn Policy>, Reported> {
             ));
         }
         let keys = jwk_set(&jwks).map_err(|why| fields.problem("jwks_file", why))?;
-        (keys, jwks)
+        (Source::Fixed(keys), jwks)
+    } else if let Some(written) = jwks_url {
+        if families.contains(&Family::Hmac) {
+            return Err(fields.problem(
+                "algorithms",
+                "HS256/384/512 need a secret, not a JWK set".into(),
+            ));
+        }
+        let url = jwks_url_of(&written).map_err(|why| fields.problem("jwks_url", why))?;
+        let remote = Remote::new(url, refresh, usable_jwk_set);
+        // The URL and the period stand for the keys in `Debug`.
+        let material = format!("{written} {refresh:?}").into_bytes();
+        (Source::Remote(Arc::new(remote)), material)
     } else {
-        return Err(fields.problem("", "give a secret, public_key_file or jwks_file".into()));
+        return Err(fields.problem(
+            "",
+            "give a secret, public_key_file, jwks_file or jwks_url".into(),
+        ));
     };
 
     let skew = skew?.unwrap_or(DEFAULT_SKEW);
@@ -362,6 +427,38 @@ fn plain_name(name: &str) -> bool {
         .any(|b| b"&=#?+% ".contains(&b) || !b.is_ascii_graphic())
 }
 
+/// `jwks_url` as a URL: http or https, with a host.
+fn jwks_url_of(written: &str) -> Result<Uri, String> {
+    let url: Uri = written
+        .parse()
+        .map_err(|why| format!("{written:?} is not a URL: {why}"))?;
+    if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+        return Err(format!(
+            "{written:?} is not an http:// or https:// URL with a host"
+        ));
+    }
+    Ok(url)
+}
+
+/// The keys of a fetched JWK set that can verify signatures: others (encryption keys,
+/// unsupported types) are left out; a set with none is refused.
+fn usable_jwk_set(text: &[u8]) -> Result<Keys, String> {
+    let set: JwkSet =
+        serde_json::from_slice(text).map_err(|why| format!("not a JWK set: {why}"))?;
+    let keys: Vec<_> = set
+        .keys
+        .iter()
+        .filter_map(|jwk| {
+            let key = DecodingKey::from_jwk(jwk).ok()?;
+            Some((jwk.common.key_id.clone(), key))
+        })
+        .collect();
+    if keys.is_empty() {
+        return Err("the JWK set has no key that can verify signatures".into());
+    }
+    Ok(Keys::Set(keys))
+}
+
 /// The keys of a JWK set; a set without keys, or with a key that cannot verify, is refused.
 fn jwk_set(text: &[u8]) -> Result<Keys, String> {
     let set: JwkSet =
@@ -410,17 +507,62 @@ impl Jwt {
             .checked_add(Duration::from_secs(self.validations.first()?.1.leeway))
     }
 
-    /// The verified claims, or `None` whatever was wrong.
-    fn verify(&self, token: &str) -> Option<Map<String, Value>> {
-        let head = jsonwebtoken::decode_header(token).ok()?;
-        let key = self.keys.pick(head.kid.as_deref())?;
-        let (_, validation) = self
+    /// The verified claims, or what was wrong.
+    fn verify(&self, token: &str) -> Checked {
+        let Ok(head) = jsonwebtoken::decode_header(token) else {
+            return Checked::Invalid;
+        };
+        let Some((_, validation)) = self
             .validations
             .iter()
-            .find(|(known, _)| *known == family(head.alg))?;
-        jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
-            .ok()
-            .map(|data| data.claims)
+            .find(|(known, _)| *known == family(head.alg))
+        else {
+            return Checked::Invalid;
+        };
+        let fetched;
+        let key = match &self.keys {
+            Source::Fixed(keys) => keys.pick(head.kid.as_deref()),
+            Source::Remote(remote) => {
+                fetched = remote.current();
+                let key = fetched
+                    .as_ref()
+                    .and_then(|set| set.keys.pick(head.kid.as_deref()));
+                if key.is_none() {
+                    return Checked::UnknownKey(head.kid);
+                }
+                key
+            }
+        };
+        let Some(key) = key else {
+            return Checked::Invalid;
+        };
+        match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
+            Ok(data) => Checked::Valid(data.claims),
+            Err(_) => Checked::Invalid,
+        }
+    }
+
+    /// For a token whose key the fetched set lacks: fetch the set again (unless that was
+    /// done too recently), then ask again if the key came.
+    fn fetch_for(&self, kid: Option<String>) -> Verdict {
+        let Source::Remote(remote) = &self.keys else {
+            return Verdict::Invalid;
+        };
+        let Some(fetch) = remote.on_demand() else {
+            return Verdict::Invalid;
+        };
+        let remote = remote.clone();
+        Verdict::Later(Box::pin(async move {
+            fetch.await;
+            let found = remote
+                .current()
+                .is_some_and(|set| set.keys.pick(kid.as_deref()).is_some());
+            if found {
+                Verdict::Retry
+            } else {
+                Verdict::Invalid
+            }
+        }))
     }
 }
 
@@ -463,8 +605,13 @@ impl Policy for Jwt {
         let Some(token) = self.token(head.headers, head.target) else {
             return Verdict::Unauthenticated;
         };
-        let Some(claims) = self.verify(&token) else {
-            return Verdict::Invalid;
+        if let Source::Remote(remote) = &self.keys {
+            remote.refresh_if_stale();
+        }
+        let claims = match self.verify(&token) {
+            Checked::Valid(claims) => claims,
+            Checked::Invalid => return Verdict::Invalid,
+            Checked::UnknownKey(kid) => return self.fetch_for(kid),
         };
         let verdict = match consumer(head.consumers, &claims, &self.claim) {
             Some(identity) => Verdict::Admit(identity.clone()),
@@ -482,6 +629,7 @@ impl Policy for Jwt {
                 reason: EXPIRED_REASON,
             }));
         }
+        head.claims = Some(Arc::new(claims));
         verdict
     }
 
@@ -825,6 +973,29 @@ mod tests {
             (
                 vec![("secret", json!("s")), ("header", json!("a b"))],
                 "header",
+            ),
+            (
+                vec![("jwks_url", json!("ftp://id.example/jwks"))],
+                "jwks_url",
+            ),
+            (vec![("jwks_url", json!("jwks.json"))], "jwks_url"),
+            (
+                vec![("secret", json!("s")), ("jwks_refresh", json!("1m"))],
+                "jwks_refresh",
+            ),
+            (
+                vec![
+                    ("jwks_url", json!("https://id.example/jwks")),
+                    ("jwks_refresh", json!("10ms")),
+                ],
+                "jwks_refresh",
+            ),
+            (
+                vec![
+                    ("jwks_url", json!("https://id.example/jwks")),
+                    ("algorithms", json!(["HS256"])),
+                ],
+                "algorithms",
             ),
         ] {
             let mut given = Given::new(&values);

@@ -6,7 +6,7 @@
 //! [`Chain`] compiled for each route (the environment's policies, then the proxy's), and the
 //! consumers with their hashed credentials ([`consumers`]). It decides; it never does I/O —
 //! no sockets, files or store — except verifying argon2 password hashes, which it runs off
-//! the async workers. It may not touch routing, connections or configuration text: the
+//! the async workers, and fetching a `jwt` policy's JWK set from its `jwks_url`. It may not touch routing, connections or configuration text: the
 //! configuration checker reads a policy's fields through [`Fields`], and the proxy runs the
 //! chain on a request head ([`Head`]).
 //!
@@ -20,10 +20,16 @@ pub mod consumers;
 mod cors;
 mod headers;
 mod ip_filter;
+mod jwks;
 mod jwt;
 mod origin;
 mod rate_limit;
+mod request_size;
 mod ws_connections;
+mod ws_message_rate;
+mod ws_message_size;
+
+pub use ws_message_rate::MessageGate;
 
 use std::fmt;
 use std::future::Future;
@@ -45,6 +51,9 @@ pub const REGISTRY: &[&Kind] = &[
     &acl::KIND,
     &rate_limit::KIND,
     &ws_connections::KIND,
+    &request_size::KIND,
+    &ws_message_size::KIND,
+    &ws_message_rate::KIND,
     &origin::KIND,
     &ip_filter::KIND,
     &jwt::KIND,
@@ -169,6 +178,9 @@ pub enum Verdict {
     Respond(Answer),
     /// The verdict needs work off the async workers (an argon2 verification).
     Later(Pin<Box<dyn Future<Output = Verdict> + Send>>),
+    /// The policy's state changed while it waited (a JWK set was fetched): it is asked
+    /// again, once; a second `Retry` counts as [`Verdict::Invalid`].
+    Retry,
 }
 
 /// A response the gateway gives itself instead of forwarding: a status and headers, no body.
@@ -198,15 +210,46 @@ pub struct Head<'a> {
     pub response_removed: Vec<HeaderName>,
     /// What must live as long as the request or the WebSocket session it becomes.
     pub held: Vec<Held>,
+    /// The most request body bytes the backend may receive (`request_size`).
+    pub body_limit: Option<u64>,
+    /// The verified claims of the token a `jwt` policy admitted, for `$jwt.<claim>`.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// Something a policy hands the request to keep until it ends — for a WebSocket handshake,
 /// until the session ends however it ends (a `ws_connections` slot, released on drop), or
 /// a deadline for that session ([`Held::expiry`]).
-pub struct Held(
-    #[allow(dead_code, reason = "held for its drop")] Box<dyn Send + Sync>,
-    Option<Expiry>,
-);
+pub struct Held {
+    #[allow(dead_code, reason = "held for its drop")]
+    value: Box<dyn Send + Sync>,
+    expiry: Option<Expiry>,
+    messages: Option<MessageLimit>,
+}
+
+/// Whose messages a message limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    Client,
+    Backend,
+}
+
+/// A limit on the messages one side of a WebSocket session sends, enforced by the relay
+/// as each frame header passes (HTTP requests have none).
+#[derive(Debug, Clone)]
+pub struct MessageLimit {
+    pub from: Sender,
+    pub rule: MessageRule,
+}
+
+#[derive(Debug, Clone)]
+pub enum MessageRule {
+    /// A message larger than this many bytes closes the session: 1009 to the sender, 1001
+    /// to the other side.
+    MaxSize(u64),
+    /// Each message must pass the gate; one that does not closes the session (1008 to the
+    /// sender, 1001 to the other side), or with `drop` is left out silently.
+    Rate { gate: Arc<MessageGate>, drop: bool },
+}
 
 /// When a WebSocket session must end — its credential expires — and the close it gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +269,7 @@ impl Head<'_> {
             response_removed: self.response_removed,
             answer,
             held: self.held,
+            body_limit: self.body_limit,
         }
     }
 
@@ -250,16 +294,35 @@ impl Head<'_> {
 
 impl Held {
     pub fn new(value: impl Send + Sync + 'static) -> Held {
-        Held(Box::new(value), None)
+        Held {
+            value: Box::new(value),
+            expiry: None,
+            messages: None,
+        }
     }
 
     /// A deadline for the WebSocket session the handshake becomes (nothing for HTTP).
     pub fn expiry(expiry: Expiry) -> Held {
-        Held(Box::new(()), Some(expiry))
+        Held {
+            expiry: Some(expiry),
+            ..Held::new(())
+        }
+    }
+
+    /// A limit on the messages of the WebSocket session the handshake becomes.
+    pub fn messages(limit: MessageLimit) -> Held {
+        Held {
+            messages: Some(limit),
+            ..Held::new(())
+        }
     }
 
     pub fn expires(&self) -> Option<&Expiry> {
-        self.1.as_ref()
+        self.expiry.as_ref()
+    }
+
+    pub fn message_limit(&self) -> Option<&MessageLimit> {
+        self.messages.as_ref()
     }
 }
 
@@ -284,6 +347,8 @@ pub struct Admission {
     pub answer: Option<Answer>,
     /// To keep for the request's life, and a WebSocket session's.
     pub held: Vec<Held>,
+    /// The most request body bytes to forward; beyond them the request fails with 413.
+    pub body_limit: Option<u64>,
 }
 
 /// One configured policy, ready to run. Built by its [`Kind`]'s parser; immutable.
@@ -452,10 +517,12 @@ impl Chain {
             response_appended: HeaderMap::new(),
             response_removed: Vec::new(),
             held: Vec::new(),
+            body_limit: None,
+            claims: None,
         };
         let (access, rest) = self.rest.split_at(self.access_len());
         for policy in access {
-            match settle(policy.apply(&mut head)).await {
+            match decide(policy.as_ref(), &mut head).await {
                 Verdict::Refuse(error) => return Err(head.refused(error)),
                 Verdict::Respond(answer) => return Ok(head.answer(answer)),
                 Verdict::Pass
@@ -463,14 +530,15 @@ impl Chain {
                 | Verdict::Anonymous
                 | Verdict::Unauthenticated
                 | Verdict::Invalid
-                | Verdict::Later(_) => {}
+                | Verdict::Later(_)
+                | Verdict::Retry => {}
             }
         }
         if !self.authentication.is_empty() {
             let mut anonymous = false;
             let mut invalid = Vec::new();
             for policy in &self.authentication {
-                match settle(policy.apply(&mut head)).await {
+                match decide(policy.as_ref(), &mut head).await {
                     Verdict::Admit(identity) => {
                         policy.admitted(&mut head);
                         head.consumer = Some(identity);
@@ -484,7 +552,10 @@ impl Chain {
                     Verdict::Refuse(error) => return Err(head.refused(error)),
                     Verdict::Respond(answer) => return Ok(head.answer(answer)),
                     Verdict::Invalid => invalid.push(policy),
-                    Verdict::Pass | Verdict::Unauthenticated | Verdict::Later(_) => {}
+                    Verdict::Pass
+                    | Verdict::Unauthenticated
+                    | Verdict::Later(_)
+                    | Verdict::Retry => {}
                 }
             }
             if head.consumer.is_none() && !anonymous {
@@ -492,9 +563,9 @@ impl Chain {
             }
         }
         for policy in rest {
-            match settle(policy.apply(&mut head)).await {
+            match decide(policy.as_ref(), &mut head).await {
                 Verdict::Pass | Verdict::Admit(_) | Verdict::Anonymous | Verdict::Later(_) => {}
-                Verdict::Unauthenticated | Verdict::Invalid => {
+                Verdict::Unauthenticated | Verdict::Invalid | Verdict::Retry => {
                     return Err(head.refused(self.unauthorized()));
                 }
                 Verdict::Refuse(error) => return Err(head.refused(error)),
@@ -539,6 +610,17 @@ async fn settle(mut verdict: Verdict) -> Verdict {
         verdict = pending.await;
     }
     verdict
+}
+
+/// The policy's settled verdict on the head, asking it once more after a [`Verdict::Retry`].
+async fn decide(policy: &dyn Policy, head: &mut Head<'_>) -> Verdict {
+    match settle(policy.apply(head)).await {
+        Verdict::Retry => match settle(policy.apply(head)).await {
+            Verdict::Retry => Verdict::Invalid,
+            verdict => verdict,
+        },
+        verdict => verdict,
+    }
 }
 
 #[cfg(test)]

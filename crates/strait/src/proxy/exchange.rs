@@ -18,6 +18,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use super::pipeline::ConnInfo;
 use super::snapshot::{EnvRoutes, Route};
 use crate::policy::{Admission, Held};
+use crate::upstream::pool::Lease;
 use crate::telemetry::access::RequestRecord;
 use crate::telemetry::metrics::InFlight;
 use crate::telemetry::trace::TraceContext;
@@ -41,6 +42,9 @@ pub struct Exchange {
     pub route: Option<Arc<Route>>,
     /// The backend URL the request went to.
     pub target: Option<Uri>,
+    /// The backend target serving the request, held (counted active there) until the
+    /// response body ends.
+    pub lease: Option<Lease>,
     /// The consumer an authentication policy identified.
     pub consumer: Option<Arc<str>>,
     /// Headers the policies add to the response (`RateLimit-*`), replacing the backend's.
@@ -51,6 +55,8 @@ pub struct Exchange {
     pub response_removed: Vec<http::HeaderName>,
     /// What the policies handed the request to keep (a WebSocket session takes it along).
     pub held: Vec<Held>,
+    /// The most request body bytes to forward (`request_size`).
+    pub body_limit: Option<u64>,
     /// Until the backend's response head.
     pub backend_took: Option<Duration>,
     pub status: StatusCode,
@@ -80,11 +86,13 @@ impl Exchange {
             env: None,
             route: None,
             target: None,
+            lease: None,
             consumer: None,
             response_headers: HeaderMap::new(),
             response_appended: HeaderMap::new(),
             response_removed: Vec::new(),
             held: Vec::new(),
+            body_limit: None,
             backend_took: None,
             status: StatusCode::OK,
             upgraded: false,
@@ -110,6 +118,7 @@ impl Exchange {
         self.response_appended = admission.response_appended;
         self.response_removed = admission.response_removed;
         self.held = admission.held;
+        self.body_limit = admission.body_limit;
         self.target = Some(target.clone());
     }
 
@@ -127,10 +136,11 @@ impl Exchange {
         self.shown(self.path())
     }
 
-    /// The request body, counting its bytes as they stream to the backend.
+    /// The request body, counting its bytes as they stream to the backend and failing it
+    /// past the policies' limit.
     pub fn count_request<B>(&self, req: Request<B>) -> Request<Counted<B>> {
         let bytes = self.bytes_in.clone();
-        req.map(|inner| Counted::new(inner, bytes))
+        req.map(|inner| Counted::new(inner, bytes).with_limit(self.body_limit))
     }
 
     /// When the request arrived.
@@ -174,7 +184,7 @@ impl Exchange {
             },
             time: self.time,
             request_id: self.trace.request_id(),
-            trace_id: format!("{:032x}", self.trace.trace_id),
+            trace_id: self.trace.trace_id_hex(),
             environment: &env.name,
             proxy: self.route.as_ref().map(|r| &*r.proxy),
             method: self.method.as_str(),

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -25,7 +25,10 @@ use super::websocket::relay::{CLOSE_GOING_AWAY, CloseFrame};
 use crate::config::Config;
 use crate::telemetry::Metrics;
 use crate::telemetry::access::{Destination, Sinks};
+use crate::telemetry::metrics::{TargetSource, TargetTotals};
 use crate::upstream::UpstreamCache;
+use crate::upstream::health::{ActiveChecks, HealthState, start_active_checks};
+use crate::upstream::pool::{Pool, PoolCache};
 
 /// How long a WebSocket close handshake may take before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,11 +89,13 @@ impl Gateway {
                 None
             }
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
-            metrics: Arc::new(Metrics::new(registry.clone())),
+            metrics: Arc::new(
+                Metrics::new(registry.clone()).with_targets(Arc::new(LiveTargets(weak.clone()))),
+            ),
             tracer,
             registry,
             close_timeout: CLOSE_TIMEOUT,
@@ -104,6 +109,42 @@ impl Gateway {
         };
         handle.apply(config).await?;
         Ok(handle)
+    }
+}
+
+/// Every proxy's backend targets in the live snapshot, for the metrics (read when scraped).
+struct LiveTargets(Weak<Shared>);
+
+impl std::fmt::Debug for LiveTargets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveTargets")
+    }
+}
+
+impl TargetSource for LiveTargets {
+    fn targets(&self) -> Vec<TargetTotals> {
+        let Some(shared) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let snapshot = shared.snapshot.load();
+        let mut pools: Vec<_> = snapshot.pools().collect();
+        pools.sort_by(|a, b| a.0.cmp(b.0));
+        pools
+            .into_iter()
+            .flat_map(|(proxy, pool)| {
+                pool.targets().iter().map(move |target| {
+                    let stats = target.stats();
+                    TargetTotals {
+                        proxy: proxy.to_string(),
+                        target: stats.url,
+                        up: stats.health == HealthState::Up,
+                        active: u64::try_from(stats.active).unwrap_or(u64::MAX),
+                        requests: stats.requests,
+                        failures: stats.failures,
+                    }
+                })
+            })
+            .collect()
     }
 }
 
@@ -123,6 +164,10 @@ struct Bound {
 struct Running {
     listeners: HashMap<String, Bound>,
     upstreams: UpstreamCache,
+    /// Backend targets' state (open sessions, health), kept across configurations.
+    pools: PoolCache,
+    /// The active health checkers of the live configuration; dropping one stops it.
+    checks: Vec<ActiveChecks>,
     sinks: Sinks,
 }
 
@@ -150,14 +195,23 @@ impl GatewayHandle {
     pub async fn apply(&self, config: &Config) -> Result<(), StartError> {
         let mut running = self.running.lock().await;
         let Running {
-            upstreams, sinks, ..
+            upstreams,
+            pools,
+            sinks,
+            ..
         } = &mut *running;
         let telemetry = Telemetry {
             metrics: &self.shared.metrics,
             sinks,
             default_log: self.options.access_log.as_ref(),
         };
-        let snapshot = Snapshot::compile(config, upstreams, telemetry)?;
+        let snapshot = match Snapshot::compile(config, upstreams, pools, telemetry) {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                pools.rollback();
+                return Err(error.into());
+            }
+        };
 
         // Bind what is new before changing anything, so a busy port refuses the whole change.
         let mut fresh = Vec::new();
@@ -169,17 +223,38 @@ impl GatewayHandle {
             if unchanged {
                 continue;
             }
-            let bind_error = |source| StartError::Bind {
-                env: env.name.clone(),
-                addr: env.listen,
-                source,
+            let bound = match TcpListener::bind(env.listen).await {
+                Ok(tcp) => tcp.local_addr().map(|local| (tcp, local)),
+                Err(error) => Err(error),
             };
-            let tcp = TcpListener::bind(env.listen).await.map_err(bind_error)?;
-            let local = tcp.local_addr().map_err(bind_error)?;
-            fresh.push((env, tcp, local));
+            match bound {
+                Ok((tcp, local)) => fresh.push((env, tcp, local)),
+                Err(source) => {
+                    running.pools.rollback();
+                    return Err(StartError::Bind {
+                        env: env.name.clone(),
+                        addr: env.listen,
+                        source,
+                    });
+                }
+            }
         }
 
-        let old = self.shared.snapshot.swap(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        let old = self.shared.snapshot.swap(snapshot.clone());
+        // Targets no longer listed are retired: sessions on them under `rebalance: drain`
+        // start their grace. The new checkers replace the old ones.
+        running.pools.commit();
+        running.checks = snapshot
+            .checked()
+            .iter()
+            .filter_map(|(pool, upstream)| {
+                start_active_checks(pool, upstream.clone())
+                    .inspect_err(|error| tracing::warn!(%error, "health checks not started"))
+                    .ok()
+                    .flatten()
+            })
+            .collect();
 
         // Retire listeners whose environment moved or went away.
         let (kept, retired): (HashMap<_, _>, HashMap<_, _>) =
@@ -252,6 +327,21 @@ impl GatewayHandle {
             let shared = self.shared.clone();
             tokio::spawn(close_after(shared, session, grace));
         }
+    }
+
+    /// The backend pool of `proxy` in the live configuration: its targets with their
+    /// health and counts.
+    pub fn pool(&self, proxy: &str) -> Option<Arc<Pool>> {
+        self.shared.snapshot.load().pool(proxy).cloned()
+    }
+
+    /// Every proxy's backend pool in the live configuration, by proxy name.
+    pub fn pools(&self) -> Vec<(Arc<str>, Arc<Pool>)> {
+        let snapshot = self.shared.snapshot.load();
+        snapshot
+            .pools()
+            .map(|(name, pool)| (name.clone(), pool.clone()))
+            .collect()
     }
 
     /// The gateway's metrics.

@@ -103,8 +103,10 @@ async fn serve_connection(
     watcher: Watcher,
 ) {
     let tls: Option<TlsAcceptor> = shared.snapshot.load().env(&env).and_then(|e| e.tls.clone());
+    let client_ip = http::HeaderValue::from_str(&client.ip().to_string()).ok();
     let conn = Arc::new(ConnInfo {
         client,
+        client_ip,
         tls: tls.is_some(),
         env,
     });

@@ -5,6 +5,7 @@
 //! atomic swap, so the data plane never locks per request or per frame. This module may use
 //! `routing` and `upstream`; it never parses configuration text.
 
+mod connect;
 mod exchange;
 mod forward;
 mod gateway;

@@ -58,6 +58,8 @@ pub struct Shared {
 #[derive(Debug)]
 pub struct ConnInfo {
     pub client: SocketAddr,
+    /// `client`'s IP address as header text (`X-Forwarded-For`), made once per connection.
+    pub client_ip: Option<http::HeaderValue>,
     pub tls: bool,
     pub env: Arc<str>,
 }
@@ -66,8 +68,12 @@ pub struct ConnInfo {
 pub struct Matched {
     pub env: Arc<EnvRoutes>,
     pub route: Arc<Route>,
-    /// The resolved backend target (`ws://`/`wss://` for WebSocket upgrades).
+    /// The resolved backend target (`ws://`/`wss://` for WebSocket upgrades), on the first
+    /// of the backend's targets.
     pub target: http::Uri,
+    /// The remaining path, kept when the backend has several targets: the connect phase
+    /// resolves it again on the target it picks.
+    pub remaining: Option<String>,
 }
 
 pub async fn handle(
@@ -220,20 +226,29 @@ fn match_route<B>(
             Err(_) => error,
         });
     }
-    let target = target_uri(
-        &route.backend,
-        found.remaining,
-        req.uri().query(),
-        websocket,
-    );
-    let target = target.parse().map_err(|_| {
+    let target = || {
+        target_uri(
+            &route.backend,
+            found.remaining,
+            req.uri().query(),
+            websocket,
+        )
+    };
+    // Takes the `String` itself (parsing a `&str` would copy it); rebuilt for the error.
+    let target = http::Uri::try_from(target()).map_err(|_| {
         GatewayError::new(
             ErrorKind::BadRequest,
-            format!("the resolved target {target:?} is not a valid URI"),
+            format!("the resolved target {:?} is not a valid URI", target()),
         )
     })?;
     exchange.matched(&route, &target);
-    Ok(Matched { env, route, target })
+    let remaining = (route.pool.targets().len() > 1).then(|| found.remaining.to_owned());
+    Ok(Matched {
+        env,
+        route,
+        target,
+        remaining,
+    })
 }
 
 /// An upgrade request in the RFC 6455 sense: GET with `Upgrade: websocket` and `Connection: upgrade`.

@@ -17,6 +17,7 @@ use crate::routing::{BackendUrl, RouteTable};
 use crate::telemetry::RouteMetrics;
 use crate::telemetry::access::{AccessLog, Destination, OpenError, Sinks};
 use crate::telemetry::metrics::Metrics;
+use crate::upstream::pool::{Pool, PoolCache};
 use crate::upstream::{Upstream, UpstreamCache, UpstreamError};
 
 /// A proxy as the data plane needs it, in one environment.
@@ -25,7 +26,11 @@ pub struct Route {
     pub proxy: Arc<str>,
     /// The proxy's path as written (`/api/v1/*`), for span names.
     pub path: Arc<str>,
+    /// The first target's URL: the target a request resolves to before the balancer picks
+    /// one (policies see it; with one target it is the one).
     pub backend: BackendUrl,
+    /// The backend's targets, their health and how requests are shared among them.
+    pub pool: Arc<Pool>,
     /// `None`: any method.
     pub methods: Option<Vec<Method>>,
     pub preserve_host: bool,
@@ -74,6 +79,11 @@ pub struct Telemetry<'a> {
 #[derive(Default)]
 pub struct Snapshot {
     envs: HashMap<Arc<str>, Arc<EnvRoutes>>,
+    /// Each proxy's backend pool, shared by its routes in every environment.
+    pools: HashMap<Arc<str>, Arc<Pool>>,
+    /// The pools with an active health check (one per pool key), with the way to reach
+    /// their targets.
+    checked: Vec<(Arc<Pool>, Upstream)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,9 +102,12 @@ pub enum CompileError {
 }
 
 impl Snapshot {
+    /// Compiles `config`. Target state comes from `pools` (call [`PoolCache::commit`] once
+    /// the snapshot is live, [`PoolCache::rollback`] if it is not used).
     pub fn compile(
         config: &Config,
         upstreams: &mut UpstreamCache,
+        pools: &mut PoolCache,
         telemetry: Telemetry<'_>,
     ) -> Result<Snapshot, CompileError> {
         let Telemetry {
@@ -105,6 +118,30 @@ impl Snapshot {
         let mut envs = HashMap::new();
         let mut destinations = HashSet::new();
         let consumers = Arc::new(Directory::new(&config.consumers));
+        // A named upstream's targets are one state whichever proxies use it.
+        let mut backends: HashMap<Arc<str>, Arc<Pool>> = HashMap::new();
+        let mut checked = Vec::new();
+        let mut checked_keys = HashSet::new();
+        for proxy in &config.proxies {
+            let key = match &proxy.backend.upstream {
+                Some(upstream) => format!("upstream:{upstream}"),
+                None => format!("proxy:{}", proxy.name),
+            };
+            let pool = pools.pool(&key, &proxy.backend);
+            if let Some(check) = &proxy.backend.health.active
+                && checked_keys.insert(key)
+            {
+                let ca_file = proxy.backend_tls.as_ref().map(|t| t.ca_file.as_path());
+                let upstream = upstreams.get(ca_file, check.timeout).map_err(|source| {
+                    CompileError::Upstream {
+                        proxy: proxy.name.clone(),
+                        source,
+                    }
+                })?;
+                checked.push((pool.clone(), upstream));
+            }
+            backends.insert(Arc::from(proxy.name.as_str()), pool);
+        }
         for env in &config.environments {
             let mut routes = RouteTable::default();
             let mut proxies = HashSet::new();
@@ -121,10 +158,14 @@ impl Snapshot {
                         source,
                     })?;
                 let name: Arc<str> = Arc::from(proxy.name.as_str());
+                let Some(pool) = backends.get(&name).cloned() else {
+                    continue;
+                };
                 let route = Route {
                     proxy: name.clone(),
                     path: Arc::from(proxy.path.as_str()),
-                    backend: proxy.backend.clone(),
+                    backend: proxy.backend.primary().clone(),
+                    pool,
                     methods: proxy.methods.clone(),
                     preserve_host: proxy.preserve_host,
                     upstream,
@@ -188,7 +229,26 @@ impl Snapshot {
             envs.insert(name, Arc::new(compiled));
         }
         sinks.retain(&destinations);
-        Ok(Snapshot { envs })
+        Ok(Snapshot {
+            envs,
+            pools: backends,
+            checked,
+        })
+    }
+
+    /// The backend pool of `proxy`.
+    pub fn pool(&self, proxy: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(proxy)
+    }
+
+    /// Every proxy's pool.
+    pub fn pools(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<Pool>)> {
+        self.pools.iter()
+    }
+
+    /// The pools to health-check actively, each with the way to reach its targets.
+    pub fn checked(&self) -> &[(Arc<Pool>, Upstream)] {
+        &self.checked
     }
 
     pub fn env(&self, name: &str) -> Option<&Arc<EnvRoutes>> {

@@ -42,6 +42,8 @@ pub struct State {
     pub deployments: BTreeSet<(String, String)>,
     /// Consumers as in the YAML file, their credentials sealed (hashed) by the control plane.
     pub consumers: BTreeMap<String, Value>,
+    /// Named upstreams (`upstreams:` in the YAML file) that proxies use by name.
+    pub upstreams: BTreeMap<String, Value>,
 }
 
 /// One edit of the stored state.
@@ -207,6 +209,7 @@ impl Store {
             .await?;
         let proxies = self.objects(&mut tx, schema::PROXIES, "proxy").await?;
         let consumers = self.objects(&mut tx, schema::CONSUMERS, "consumer").await?;
+        let upstreams = self.objects(&mut tx, schema::UPSTREAMS, "upstream").await?;
         let deployments: Vec<(String, String)> = sqlx::query_as(schema::DEPLOYMENTS)
             .fetch_all(&mut *tx)
             .await
@@ -217,6 +220,7 @@ impl Store {
             proxies,
             deployments: deployments.into_iter().collect(),
             consumers,
+            upstreams,
         })
     }
 
@@ -330,7 +334,8 @@ impl Store {
                     supported: schema::CURRENT,
                 });
             }
-            // Version 1 lacked the consumers table, which TABLES has just created.
+            // Version 1 lacked the consumers table and version 2 the upstreams table, which
+            // TABLES has just created.
             Some(found) if found < schema::CURRENT => {
                 sqlx::query(schema::UPGRADE_VERSION)
                     .bind(schema::CURRENT)
@@ -448,6 +453,9 @@ async fn apply(tx: &mut Transaction<'static, Sqlite>, change: &Change) -> Result
             }
             for (name, body) in &state.consumers {
                 put(tx, schema::PUT_CONSUMER, name, body).await?;
+            }
+            for (name, body) in &state.upstreams {
+                put(tx, schema::PUT_UPSTREAM, name, body).await?;
             }
         }
     }

@@ -3,8 +3,9 @@
 //! are SQLite's own.
 
 /// The schema version this code writes and reads.
-/// Version 2 added the `consumers` table (created on open; nothing else changed).
-pub(super) const CURRENT: i64 = 2;
+/// Version 2 added the `consumers` table, version 3 the `upstreams` table (each created on
+/// open; nothing else changed).
+pub(super) const CURRENT: i64 = 3;
 
 /// Run in order when a database is opened; each is a no-op when the table exists.
 pub(super) const TABLES: &[&str] = &[
@@ -13,6 +14,7 @@ pub(super) const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS proxies (name TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)",
     // Bodies hold only hashed credentials: the control plane seals them before writing.
     "CREATE TABLE IF NOT EXISTS consumers (name TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS upstreams (name TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS deployments (\
         proxy TEXT NOT NULL, \
         environment TEXT NOT NULL, \
@@ -38,6 +40,7 @@ pub(super) const UPGRADE_VERSION: &str = "UPDATE schema_version SET version = $1
 pub(super) const ENVIRONMENTS: &str = "SELECT name, body FROM environments ORDER BY name";
 pub(super) const PROXIES: &str = "SELECT name, body FROM proxies ORDER BY name";
 pub(super) const CONSUMERS: &str = "SELECT name, body FROM consumers ORDER BY name";
+pub(super) const UPSTREAMS: &str = "SELECT name, body FROM upstreams ORDER BY name";
 pub(super) const DEPLOYMENTS: &str =
     "SELECT proxy, environment FROM deployments ORDER BY proxy, environment";
 
@@ -50,6 +53,8 @@ pub(super) const DELETE_PROXY: &str = "DELETE FROM proxies WHERE name = $1";
 pub(super) const PUT_CONSUMER: &str = "INSERT INTO consumers (name, body) VALUES ($1, $2) \
      ON CONFLICT (name) DO UPDATE SET body = excluded.body";
 pub(super) const DELETE_CONSUMER: &str = "DELETE FROM consumers WHERE name = $1";
+pub(super) const PUT_UPSTREAM: &str = "INSERT INTO upstreams (name, body) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET body = excluded.body";
 
 /// Idempotent: deploying twice keeps one row.
 pub(super) const DEPLOY: &str =
@@ -63,6 +68,7 @@ pub(super) const CLEAR: &[&str] = &[
     "DELETE FROM proxies",
     "DELETE FROM environments",
     "DELETE FROM consumers",
+    "DELETE FROM upstreams",
 ];
 
 pub(super) const APPEND_HISTORY: &str = "INSERT INTO history \

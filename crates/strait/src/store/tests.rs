@@ -302,6 +302,10 @@ async fn replace_swaps_everything_but_the_history() {
         .insert("search".into(), proxy("search", "/search"));
     next.proxies.insert("users".into(), proxy("users", "/u"));
     next.deployments = pairs(&[("search", "edge")]);
+    next.upstreams.insert(
+        "pool".into(),
+        json!({"name": "pool", "targets": ["http://a", {"url": "http://b", "weight": 2}]}),
+    );
     commit(
         &store,
         &[Change::Replace {
@@ -846,4 +850,26 @@ async fn a_version_1_database_is_upgraded_in_place() {
     let state = load(&store).await;
     assert_eq!(state.environments["prod"], env("prod", 8080));
     assert!(state.consumers.is_empty());
+}
+
+#[tokio::test]
+async fn a_version_2_database_gains_the_upstreams_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("strait.db");
+    let store = open(&path).await;
+    commit(&store, &[put_env("prod", 8080)], &[]).await;
+    for statement in [
+        "DROP TABLE upstreams",
+        "UPDATE schema_version SET version = 2",
+    ] {
+        sqlx::query(statement)
+            .execute(&store.pool)
+            .await
+            .expect("make it a version 2 database");
+    }
+    drop(store);
+    let store = open(&path).await;
+    let state = load(&store).await;
+    assert_eq!(state.environments["prod"], env("prod", 8080));
+    assert!(state.upstreams.is_empty());
 }

@@ -1,5 +1,7 @@
-//! A request body that counts the bytes passing through it, as they stream.
+//! A request body that counts the bytes passing through it, as they stream, and may stop
+//! them at a limit.
 
+use std::error::Error;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,23 +14,63 @@ use hyper::body::{Body, Frame, SizeHint};
 pub struct Counted<B> {
     inner: B,
     bytes: Arc<AtomicU64>,
+    /// Bytes passed so far.
+    passed: u64,
+    /// Beyond this many bytes the body fails with [`TooLarge`].
+    limit: Option<u64>,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+/// The body went past its limit; the frame that crossed it was not passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request body is larger than this API proxy accepts ({limit} bytes)")]
+pub struct TooLarge {
+    pub limit: u64,
+}
+
+impl TooLarge {
+    /// `error` or one of its sources is a [`TooLarge`].
+    pub fn within(error: &(dyn Error + 'static)) -> Option<TooLarge> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(found) = error.downcast_ref::<TooLarge>() {
+                return Some(*found);
+            }
+            next = error.source();
+        }
+        None
+    }
+}
+
+impl<B> Body for Counted<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn Error + Send + Sync>>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = Box<dyn Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            this.passed = this.passed.saturating_add(len);
+            if let Some(limit) = this.limit
+                && this.passed > limit
+            {
+                return Poll::Ready(Some(Err(Box::new(TooLarge { limit }))));
+            }
+            this.bytes.fetch_add(len, Ordering::Relaxed);
         }
-        polled
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -42,6 +84,48 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
 
 impl<B> Counted<B> {
     pub fn new(inner: B, bytes: Arc<AtomicU64>) -> Self {
-        Counted { inner, bytes }
+        Counted {
+            inner,
+            bytes,
+            passed: 0,
+            limit: None,
+        }
+    }
+
+    /// Fails the body once more than `limit` bytes have passed (none: no limit).
+    pub fn with_limit(mut self, limit: Option<u64>) -> Self {
+        self.limit = limit;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+    use std::convert::Infallible;
+
+    fn chunks(sizes: &[usize]) -> impl Body<Data = Bytes, Error = Infallible> + Unpin {
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = sizes
+            .iter()
+            .map(|n| Ok(Frame::data(Bytes::from(vec![b'x'; *n]))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn the_frame_crossing_the_limit_fails_the_body() {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let mut body = Counted::new(chunks(&[4, 4, 4]), bytes.clone()).with_limit(Some(9));
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(body.frame().await.unwrap().is_ok());
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(TooLarge::within(&*error), Some(TooLarge { limit: 9 }));
+        assert_eq!(bytes.load(Ordering::Relaxed), 8, "only what passed");
+
+        let exact = Counted::new(chunks(&[4, 5]), Arc::default()).with_limit(Some(9));
+        assert_eq!(exact.collect().await.unwrap().to_bytes().len(), 9);
+        let unlimited = Counted::new(chunks(&[4, 5]), Arc::default());
+        assert_eq!(unlimited.collect().await.unwrap().to_bytes().len(), 9);
     }
 }

@@ -111,6 +111,26 @@ pub trait SessionSource: std::fmt::Debug + Send + Sync + 'static {
     fn totals(&self) -> Vec<SessionTotals>;
 }
 
+/// One backend target of one proxy at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetTotals {
+    pub proxy: String,
+    /// The target's URL.
+    pub target: String,
+    /// Its health checks say up (always without checks).
+    pub up: bool,
+    /// Open WebSocket sessions plus in-flight requests.
+    pub active: u64,
+    /// Requests and sessions sent to it, and those that failed.
+    pub requests: u64,
+    pub failures: u64,
+}
+
+/// Where backend target figures come from (the live configuration's pools).
+pub trait TargetSource: std::fmt::Debug + Send + Sync + 'static {
+    fn targets(&self) -> Vec<TargetTotals>;
+}
+
 /// Every metric family of one gateway.
 #[derive(Debug)]
 pub struct Metrics {
@@ -206,6 +226,13 @@ impl Metrics {
         r.register_collector(Box::new(SessionCollector(sessions)));
         r.register_collector(Box::new(ProcessCollector));
         metrics
+    }
+
+    /// Adds the backend target figures, read from `targets` when scraped.
+    pub fn with_targets(mut self, targets: Arc<dyn TargetSource>) -> Metrics {
+        self.registry
+            .register_collector(Box::new(TargetCollector(targets)));
+        self
     }
 
     /// The OpenMetrics text of every metric.
@@ -472,6 +499,65 @@ impl Collector for SessionCollector {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    proxy: String,
+    target: String,
+}
+
+/// Per backend target: up, active, requests and failures, read from the pools when scraped.
+#[derive(Debug)]
+struct TargetCollector(Arc<dyn TargetSource>);
+
+impl Collector for TargetCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let targets = self.0.targets();
+        let labels = |t: &TargetTotals| TargetLabels {
+            proxy: t.proxy.clone(),
+            target: t.target.clone(),
+        };
+        type Gauged = fn(&TargetTotals) -> i64;
+        let gauges: [(&str, &str, Gauged); 2] = [
+            (
+                "strait_upstream_target_up",
+                "1 while the target's health checks say up, else 0",
+                |t| i64::from(t.up),
+            ),
+            (
+                "strait_upstream_target_active",
+                "Open WebSocket sessions plus in-flight requests on the target",
+                |t| i64::try_from(t.active).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for t in &targets {
+                ConstGauge::new(value(t)).encode(family.encode_family(&labels(t))?)?;
+            }
+        }
+        type Counted = fn(&TargetTotals) -> u64;
+        let counters: [(&str, &str, Counted); 2] = [
+            (
+                "strait_upstream_target_requests",
+                "Requests and WebSocket sessions sent to the target",
+                |t| t.requests,
+            ),
+            (
+                "strait_upstream_target_failures",
+                "Requests to the target that failed: no connection, timeout or 5xx",
+                |t| t.failures,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for t in &targets {
+                ConstCounter::new(value(t)).encode(family.encode_family(&labels(t))?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Open descriptors, their limit, resident memory and the runtime's busy time, read from
 /// `/proc` and tokio when scraped (absent where they cannot be read).
 #[derive(Debug)]
@@ -659,6 +745,49 @@ mod tests {
                 "{line} missing from\n{text}"
             );
         }
+    }
+
+    #[derive(Debug)]
+    struct Targets(Vec<TargetTotals>);
+
+    impl TargetSource for Targets {
+        fn targets(&self) -> Vec<TargetTotals> {
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn target_figures_come_from_the_source() {
+        let target = |url: &str, up, active, requests, failures| TargetTotals {
+            proxy: "users".into(),
+            target: url.into(),
+            up,
+            active,
+            requests,
+            failures,
+        };
+        let metrics =
+            Metrics::new(Arc::new(Fixed(Vec::new()))).with_targets(Arc::new(Targets(vec![
+                target("http://a:1/", true, 2, 10, 1),
+                target("http://b:2/", false, 0, 5, 5),
+            ])));
+        let text = metrics.encode().unwrap();
+        for line in [
+            r#"strait_upstream_target_up{proxy="users",target="http://a:1/"} 1"#,
+            r#"strait_upstream_target_up{proxy="users",target="http://b:2/"} 0"#,
+            r#"strait_upstream_target_active{proxy="users",target="http://a:1/"} 2"#,
+            r#"strait_upstream_target_requests_total{proxy="users",target="http://a:1/"} 10"#,
+            r#"strait_upstream_target_failures_total{proxy="users",target="http://b:2/"} 5"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        assert!(
+            text.contains("# TYPE strait_upstream_target_requests counter"),
+            "{text}"
+        );
     }
 
     #[test]

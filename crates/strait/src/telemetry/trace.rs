@@ -68,12 +68,22 @@ impl TraceContext {
 
     /// The `traceparent` the backend receives: this trace, the gateway's span as parent.
     pub fn traceparent(&self) -> HeaderValue {
-        let text = format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        );
+        // `00-{trace:032x}-{span:016x}-{flags:02x}`, written without `format!` (per request).
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let (trace, rest) = text.split_at_mut(3).1.split_at_mut(32);
+        put_hex(trace, self.trace_id);
+        let (span, rest) = rest.split_at_mut(1).1.split_at_mut(16);
+        put_hex(span, u128::from(self.span_id));
+        put_hex(rest.split_at_mut(1).1, u128::from(self.flags));
         // Only hex digits and dashes: always a valid header value.
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+
+    /// The trace id as 32 lowercase hex digits, for logs.
+    pub fn trace_id_hex(&self) -> String {
+        let mut text = [b'0'; 32];
+        put_hex(&mut text, self.trace_id);
+        text.iter().map(|b| char::from(*b)).collect()
     }
 
     /// Sets `X-Request-Id` and `traceparent` on a request to the backend.
@@ -116,8 +126,26 @@ fn parse_traceparent(text: &str) -> Option<(u128, u64, u8)> {
 }
 
 fn new_request_id() -> HeaderValue {
-    let text = format!("{:016x}{:016x}", random_u64(), random_u64());
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // 32 hex digits, as `format!("{:016x}{:016x}", random_u64(), random_u64())` would give.
+    let mut text = [b'0'; 32];
+    let high = u128::from(random_u64()) << 64;
+    put_hex(&mut text, high | u128::from(random_u64()));
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Writes the low `out.len()` hex digits of `value`, lowercase, most significant first.
+fn put_hex(out: &mut [u8], value: u128) {
+    let mut rest = value;
+    for slot in out.iter_mut().rev() {
+        // The low four bits: always below 16.
+        let digit = (rest & 0xf) as u8;
+        *slot = if digit < 10 {
+            b'0' + digit
+        } else {
+            b'a' + digit - 10
+        };
+        rest >>= 4;
+    }
 }
 
 thread_local! {
@@ -194,6 +222,33 @@ mod tests {
         // A later version may carry more fields.
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more";
         assert!(parse_traceparent(later).is_some());
+    }
+
+    #[test]
+    fn hex_matches_format() {
+        for (trace_id, span_id, flags) in [
+            (1u128, 1u64, 0u8),
+            (u128::MAX, u64::MAX, 0xff),
+            (0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7, 1),
+        ] {
+            let ctx = TraceContext {
+                request_id: HeaderValue::from_static("x"),
+                trace_id,
+                span_id,
+                parent_span_id: None,
+                flags,
+            };
+            let expected = format!("00-{trace_id:032x}-{span_id:016x}-{flags:02x}");
+            assert_eq!(ctx.traceparent().to_str().unwrap(), expected);
+            assert_eq!(ctx.trace_id_hex(), format!("{trace_id:032x}"));
+        }
+        let id = new_request_id();
+        let id = id.to_str().unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
     }
 
     #[test]

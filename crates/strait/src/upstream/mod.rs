@@ -4,6 +4,11 @@
 //! backends (system roots plus an optional `ca_file`) and dedicated connections for
 //! WebSocket upgrades. Knows nothing of routes or client connections.
 
+pub mod balance;
+pub mod breaker;
+pub mod health;
+pub mod pool;
+pub mod replay;
 pub mod settings;
 
 use std::collections::HashMap;
@@ -25,6 +30,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::routing::{BackendUrl, Scheme};
 use crate::telemetry::Counted;
+use replay::Replay;
 
 /// Why a backend could not be reached or trusted.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +60,7 @@ pub enum UpstreamError {
 
 /// The pooled HTTP client used for request/response traffic.
 /// Request bodies stream from the client to the backend, counted on the way.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Counted<Incoming>>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Replay<Counted<Incoming>>>;
 
 /// One way of reaching backends: a trust store, a connect timeout and the HTTP pool built on them.
 #[derive(Clone)]

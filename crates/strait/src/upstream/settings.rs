@@ -12,8 +12,8 @@ pub struct BackendSpec {
     /// The named upstream (`upstreams:` at top level) this came from; `None` when written
     /// inline under the proxy.
     pub upstream: Option<String>,
-    /// At least one; URLs are distinct.
-    pub targets: Vec<TargetSpec>,
+    /// At least one (the type guarantees it); URLs are distinct.
+    pub targets: Targets,
     pub balance: Balance,
     /// Only with [`Balance::ConsistentHash`] (where it is required).
     pub hash_on: Option<HashOn>,
@@ -29,7 +29,7 @@ impl BackendSpec {
     pub fn single(url: BackendUrl) -> Self {
         BackendSpec {
             upstream: None,
-            targets: vec![TargetSpec { url, weight: 1 }],
+            targets: Targets::one(TargetSpec { url, weight: 1 }),
             balance: Balance::RoundRobin,
             hash_on: None,
             health: HealthSpec::default(),
@@ -37,6 +37,75 @@ impl BackendSpec {
             circuit_breaker: None,
             rebalance: Rebalance::Keep,
         }
+    }
+
+    /// The first target's URL: what the data plane uses until the balancer picks one.
+    pub fn primary(&self) -> &BackendUrl {
+        &self.targets.first().url
+    }
+}
+
+/// A non-empty list of targets, in the order written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets {
+    first: TargetSpec,
+    rest: Vec<TargetSpec>,
+}
+
+impl Targets {
+    pub fn one(target: TargetSpec) -> Self {
+        Targets {
+            first: target,
+            rest: Vec::new(),
+        }
+    }
+
+    /// `None` when `targets` is empty.
+    pub fn from_vec(targets: Vec<TargetSpec>) -> Option<Self> {
+        let mut targets = targets.into_iter();
+        let first = targets.next()?;
+        Some(Targets {
+            first,
+            rest: targets.collect(),
+        })
+    }
+
+    pub fn first(&self) -> &TargetSpec {
+        &self.first
+    }
+
+    pub fn len(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    /// Always false: there is at least one target.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn get(&self, index: usize) -> Option<&TargetSpec> {
+        match index.checked_sub(1) {
+            None => Some(&self.first),
+            Some(i) => self.rest.get(i),
+        }
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &TargetSpec> + Clone {
+        std::iter::once(&self.first).chain(&self.rest)
+    }
+
+    pub fn to_vec(&self) -> Vec<TargetSpec> {
+        self.iter().cloned().collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a Targets {
+    type Item = &'a TargetSpec;
+    type IntoIter =
+        std::iter::Chain<std::iter::Once<&'a TargetSpec>, std::slice::Iter<'a, TargetSpec>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        std::iter::once(&self.first).chain(&self.rest)
     }
 }
 
@@ -121,4 +190,35 @@ pub enum Rebalance {
     Keep,
     /// They are closed with 1001 after the environment's `undeploy_grace`.
     Drain,
+}
+
+impl Default for ActiveCheck {
+    fn default() -> Self {
+        ActiveCheck {
+            path: "/".to_owned(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            healthy_after: 2,
+            unhealthy_after: 3,
+        }
+    }
+}
+
+impl Default for PassiveCheck {
+    fn default() -> Self {
+        PassiveCheck {
+            unhealthy_after: 5,
+            cool_down: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        BreakerSpec {
+            failure_ratio: 0.5,
+            min_requests: 20,
+            open_for: Duration::from_secs(30),
+        }
+    }
 }

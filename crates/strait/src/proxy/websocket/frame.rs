@@ -98,6 +98,7 @@ pub enum ProtocolError {
     Unmasked,
     #[error("masked frame where masking is forbidden")]
     Masked,
+
 }
 
 /// Reported when a frame's last byte has been consumed.
@@ -220,6 +221,11 @@ impl FrameParser {
         } else {
             0
         }
+    }
+
+    /// The header of the frame whose payload is being consumed.
+    pub fn header(&self) -> Option<FrameHeader> {
+        self.current
     }
 
     /// No frame is partially consumed.

@@ -14,8 +14,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::relay::{CLOSE_GOING_AWAY, CloseFrame, DirectionStats, RelayConfig, relay};
+use super::relay::{
+    CLOSE_GOING_AWAY, CloseFrame, DirectionStats, MessageLimits, RelayConfig, relay,
+};
 use crate::error::{ErrorKind, GatewayError};
+use crate::proxy::connect;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::headers::{strip_hop_by_hop, to_backend};
 use crate::proxy::pipeline::{Body, ConnInfo, Matched, Shared};
@@ -24,6 +27,8 @@ use crate::proxy::snapshot::{EnvRoutes, Route};
 use crate::telemetry::access::{SessionRecord, Traffic};
 use crate::telemetry::{Tracer, Upgrade};
 use crate::upstream::UpstreamError;
+use crate::upstream::pool::Outcome;
+use crate::upstream::settings::Rebalance;
 
 pub async fn forward(
     shared: &Shared,
@@ -32,8 +37,21 @@ pub async fn forward(
     mut req: Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<Response<Body>, GatewayError> {
-    let Matched { env, route, target } = matched;
-    let result = handshake(shared, conn, env, route.clone(), target, &mut req, exchange).await;
+    let Matched {
+        env,
+        route,
+        target,
+        remaining,
+    } = matched;
+    let result = handshake(
+        shared,
+        conn,
+        (env, route.clone()),
+        (target, remaining),
+        &mut req,
+        exchange,
+    )
+    .await;
     let outcome = match &result {
         Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => Upgrade::Upgraded,
         Ok(_) => Upgrade::RefusedByBackend,
@@ -47,9 +65,8 @@ pub async fn forward(
 async fn handshake(
     shared: &Shared,
     conn: &ConnInfo,
-    env: Arc<EnvRoutes>,
-    route: Arc<Route>,
-    target: Uri,
+    (env, route): (Arc<EnvRoutes>, Arc<Route>),
+    (target, remaining): (Uri, Option<String>),
     req: &mut Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<Response<Body>, GatewayError> {
@@ -60,6 +77,34 @@ async fn handshake(
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 
+    // A target whose connect fails is tried no more: the next attempt goes to another. A
+    // backend that answers, even to refuse, is never asked again.
+    let key = connect::affinity(&route, &headers, &target, conn.client);
+    let mut retries = route.pool.retries();
+    let mut tried = Vec::new();
+    let mut last = None;
+    let (mut lease, stream, target) = loop {
+        let mut lease = connect::lease(&route, key.as_deref(), &tried, last.take())?;
+        let target = connect::target_on(&lease, &route, &target, remaining.as_deref(), true)?;
+        match route.upstream.connect_ws(lease.url()).await {
+            Ok(stream) => break (lease, stream, target),
+            Err(error) => {
+                lease.report(Outcome::ConnectFailed);
+                let failed = connect_error(&route.proxy, &error);
+                if retries == 0 {
+                    return Err(failed);
+                }
+                retries -= 1;
+                tried.push(lease.index());
+                last = Some(failed);
+            }
+        }
+    };
+    connect::host_on(&lease, &route, &mut headers);
+    if remaining.is_some() {
+        exchange.target = Some(target.clone());
+    }
+
     let mut backend_req = Request::new(Empty::<Bytes>::new());
     *backend_req.method_mut() = Method::GET;
     // Origin form (`/path?query`) on the request line; the host travels in `Host`.
@@ -68,14 +113,14 @@ async fn handshake(
         .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     *backend_req.headers_mut() = headers;
 
-    let stream = route
-        .upstream
-        .connect_ws(&route.backend)
-        .await
-        .map_err(|e| connect_error(&route.proxy, &e))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| bad_gateway(&route.proxy, &e))?;
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok(both) => both,
+            Err(error) => {
+                lease.report(Outcome::ConnectFailed);
+                return Err(bad_gateway(&route.proxy, &error));
+            }
+        };
     tokio::spawn(async move {
         if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%error, "backend handshake connection ended");
@@ -86,6 +131,7 @@ async fn handshake(
     let sent = sender.send_request(backend_req);
     let mut response = match tokio::time::timeout(env.timeouts.response, sent).await {
         Err(_) => {
+            lease.report(Outcome::Timeout);
             return Err(GatewayError::new(
                 ErrorKind::GatewayTimeout,
                 format!(
@@ -94,9 +140,13 @@ async fn handshake(
                 ),
             ));
         }
-        Ok(Err(error)) => return Err(bad_gateway(&route.proxy, &error)),
+        Ok(Err(error)) => {
+            lease.report(Outcome::ConnectFailed);
+            return Err(bad_gateway(&route.proxy, &error));
+        }
         Ok(Ok(response)) => response,
     };
+    lease.report(Outcome::from_status(response.status()));
     let took = asked.elapsed();
     exchange.backend_took = Some(took);
     route.metrics.backend_answered(took);
@@ -125,6 +175,9 @@ async fn handshake(
             .timeouts
             .websocket_ping
             .map(|_| route.metrics.ping_rtt()),
+        limits: MessageLimits::from_policies(
+            exchange.held.iter().filter_map(|h| h.message_limit()),
+        ),
     };
     let max_lifetime = env.timeouts.websocket_max_lifetime;
     let shutdown = shared.shutdown.clone();
@@ -170,8 +223,15 @@ async fn handshake(
         .filter_map(|h| h.expires())
         .min_by_key(|e| e.at)
         .cloned();
+    // Under `rebalance: drain`, a session on a target the configuration no longer lists is
+    // closed once the environment's undeploy grace has passed.
+    let drain = (route.pool.rebalance() == Rebalance::Drain)
+        .then(|| lease.target().retired().clone())
+        .zip(env.undeploy_grace);
     shared.sessions.spawn(async move {
         let held = held;
+        // The target counts the session as open until it ends.
+        let lease = lease;
         let (client_io, backend_io) = match tokio::try_join!(client_upgrade, backend_upgrade) {
             Ok(both) => both,
             Err(error) => {
@@ -197,9 +257,20 @@ async fn handshake(
                 None => std::future::pending().await,
             }
         };
+        let drained = async move {
+            match drain {
+                Some((retired, grace)) => {
+                    retired.cancelled().await;
+                    tokio::time::sleep(grace).await;
+                    CloseFrame::new(CLOSE_GOING_AWAY, "backend target removed")
+                }
+                None => std::future::pending().await,
+            }
+        };
         let stop = async move {
             tokio::select! {
                 frame = expired => frame,
+                frame = drained => frame,
                 _ = shutdown.cancelled() => CloseFrame::new(CLOSE_GOING_AWAY, "gateway shutting down"),
                 Ok(frame) = close_requested => frame,
                 _ = lifetime => CloseFrame::new(CLOSE_GOING_AWAY, "maximum session lifetime reached"),
@@ -259,6 +330,7 @@ async fn handshake(
         }
         // The slots first: once the session has left the list, its places are free.
         drop(held);
+        drop(lease);
         drop(registration);
     });
     Ok(answer)

@@ -37,6 +37,7 @@ use std::collections::hash_map::RandomState;
 use std::future::{Future, poll_fn};
 use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -44,6 +45,7 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::policy::{MessageGate, MessageLimit, MessageRule, Sender};
 use crate::telemetry::histogram::Histogram;
 
 use super::frame::{self, EncodedControl, FrameParser, MaskPolicy, OpCode, ProtocolError};
@@ -96,6 +98,117 @@ pub struct RelayConfig {
     pub close_timeout: Duration,
     /// Where keepalive round trips are recorded (ping to the side's next frame).
     pub ping_rtt: Option<Histogram>,
+    /// What the session's policies allow each side to send.
+    pub limits: MessageLimits,
+}
+
+/// The message limits of a session (`ws_message_size`, `ws_message_rate`), per sender.
+#[derive(Debug, Clone, Default)]
+pub struct MessageLimits {
+    pub from_client: SenderLimits,
+    pub from_backend: SenderLimits,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SenderLimits {
+    /// The largest message, in bytes (the smallest limit given).
+    pub max_size: Option<u64>,
+    /// Gates each message must pass, with whether a refused message is dropped (rather
+    /// than closing the session).
+    pub rates: Vec<(Arc<MessageGate>, bool)>,
+}
+
+impl MessageLimits {
+    /// The limits a handshake's policies handed it.
+    pub fn from_policies<'a>(limits: impl IntoIterator<Item = &'a MessageLimit>) -> Self {
+        let mut all = MessageLimits::default();
+        for limit in limits {
+            let sender = match limit.from {
+                Sender::Client => &mut all.from_client,
+                Sender::Backend => &mut all.from_backend,
+            };
+            match &limit.rule {
+                MessageRule::MaxSize(max) => {
+                    sender.max_size = Some(sender.max_size.map_or(*max, |m| m.min(*max)));
+                }
+                MessageRule::Rate { gate, drop } => sender.rates.push((gate.clone(), *drop)),
+            }
+        }
+        all
+    }
+
+    fn boxed(limits: &SenderLimits) -> Option<Box<Limits>> {
+        (limits.max_size.is_some() || !limits.rates.is_empty()).then(|| {
+            Box::new(Limits {
+                rules: limits.clone(),
+                message_len: 0,
+                dropping: false,
+            })
+        })
+    }
+}
+
+/// A direction's limits and where the message under way stands against them.
+struct Limits {
+    rules: SenderLimits,
+    /// Payload bytes of the data message under way, its current frame included.
+    message_len: u64,
+    /// The message under way is being left out.
+    dropping: bool,
+}
+
+/// What became of the bytes a direction just parsed, under its message limits.
+enum Limited {
+    Relay,
+    /// Left out: they belong to a dropped message.
+    Dropped,
+    /// The frame broke a limit: the session is being closed.
+    Refused,
+}
+
+/// What the limits say about a frame whose header just arrived.
+enum Check {
+    Pass,
+    /// Leave this frame out (it belongs to a dropped message).
+    Drop,
+    /// Close the session: this code and reason to the sender.
+    Refuse(u16, &'static str),
+}
+
+impl Limits {
+    fn check(&mut self, header: &frame::FrameHeader) -> Check {
+        let starts = match header.opcode {
+            OpCode::Text | OpCode::Binary => true,
+            OpCode::Continuation => false,
+            OpCode::Close | OpCode::Ping | OpCode::Pong => return Check::Pass,
+        };
+        if starts {
+            self.message_len = 0;
+            self.dropping = false;
+        } else if self.dropping {
+            return Check::Drop;
+        }
+        self.message_len = self.message_len.saturating_add(header.payload_len);
+        if self
+            .rules
+            .max_size
+            .is_some_and(|max| self.message_len > max)
+        {
+            return Check::Refuse(CLOSE_TOO_BIG, "message too big");
+        }
+        if starts {
+            for (gate, drop) in &self.rules.rates {
+                if !gate.admit() {
+                    if *drop {
+                        self.dropping = true;
+                        return Check::Drop;
+                    }
+                    return Check::Refuse(CLOSE_POLICY_VIOLATION, "message rate exceeded");
+                }
+            }
+        }
+        Check::Pass
+    }
 }
 
 /// Counters a relay publishes as it runs, for the connection registry: one writer (the
@@ -178,6 +291,8 @@ pub struct RelayOutcome {
 /// Close codes the gateway sends (RFC 6455 §7.4.1, IANA registry).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_BAD_GATEWAY: u16 = 1014;
 
 /// What the gateway's keepalive pings carry.
@@ -323,11 +438,17 @@ struct Direction {
     /// Read something from `src` since the session last looked (keepalive).
     heard: bool,
     violation: Option<ProtocolError>,
+    /// What the source gets for breaking a limit (`None`: a protocol violation, 1002).
+    refused: Option<(u16, &'static str)>,
+    /// `None` without message limits.
+    limits: Option<Box<Limits>>,
+    /// The frame under way belongs to a dropped message.
+    dropping_frame: bool,
     stats: DirectionStats,
 }
 
 impl Direction {
-    fn new(policy: MaskPolicy) -> Self {
+    fn new(policy: MaskPolicy, limits: &SenderLimits) -> Self {
         Self {
             buf: Vec::new(),
             head: 0,
@@ -346,6 +467,9 @@ impl Direction {
             active: false,
             heard: false,
             violation: None,
+            refused: None,
+            limits: MessageLimits::boxed(limits),
+            dropping_frame: false,
             stats: DirectionStats::default(),
         }
     }
@@ -396,12 +520,12 @@ impl Direction {
         if self.ping.is_some() && (self.dst != Dst::Open || self.inject.is_some()) {
             self.ping = None;
         }
-        if self.ping.is_some() && !self.parser.in_payload() {
+        if self.ping.is_some() && !self.mid_frame() {
             return self.write_ping(cx, dst);
         }
         // 2. At a boundary, write the gateway's close.
         if let Some(close) = &self.inject
-            && !self.parser.in_payload()
+            && !self.mid_frame()
         {
             if self.dst != Dst::Open {
                 // The destination already got (or can no longer get) a close.
@@ -552,7 +676,7 @@ impl Direction {
         match self.mode {
             Mode::Forward | Mode::Discard => true,
             // At the boundary the gateway's close goes first.
-            Mode::Drain => self.parser.in_payload(),
+            Mode::Drain => self.mid_frame(),
             Mode::Stopped => false,
         }
     }
@@ -561,6 +685,9 @@ impl Direction {
     fn scan_buffered(&mut self) -> Step {
         while self.scan < self.tail && self.scanning() {
             let input = self.buf.get(self.scan..self.tail).unwrap_or_default();
+            // Where the frame being parsed starts: its header is held back until complete.
+            let frame_begin = self.scan - self.parser.held_header_len();
+            let started = !self.parser.in_payload();
             match self.parser.advance(input) {
                 Err(err) => {
                     // The offending header was held back: `fwd_end` stops right before it.
@@ -573,6 +700,14 @@ impl Direction {
                 }
                 Ok((n, end)) => {
                     self.scan += n;
+                    if self.limits.is_some() && self.mode != Mode::Discard {
+                        let header = end.map(|e| e.header).or(self.parser.header());
+                        match self.limit(frame_begin, started.then_some(header).flatten(), end) {
+                            Limited::Relay => {}
+                            Limited::Dropped => continue,
+                            Limited::Refused => return Step::Changed,
+                        }
+                    }
                     let discard = self.mode == Mode::Discard;
                     if discard {
                         self.head = self.scan;
@@ -606,6 +741,69 @@ impl Direction {
             }
         }
         Step::Progress
+    }
+
+    /// Applies the message limits to what `advance` just consumed: the bytes from
+    /// `frame_begin` to `scan`, `started` holding the header if it was completed by this
+    /// call, `end` the frame's end if reached.
+    fn limit(
+        &mut self,
+        frame_begin: usize,
+        started: Option<frame::FrameHeader>,
+        end: Option<frame::FrameEnd>,
+    ) -> Limited {
+        let check = match (self.limits.as_mut(), started) {
+            (None, _) => return Limited::Relay,
+            (Some(limits), Some(header)) => Some(limits.check(&header)),
+            (Some(_), None) => None,
+        };
+        if let Some(check) = check {
+            match check {
+                Check::Pass => self.dropping_frame = false,
+                Check::Drop => {
+                    tracing::debug!("websocket relay: message over the rate limit dropped");
+                    self.dropping_frame = true;
+                }
+                Check::Refuse(code, reason) => {
+                    // Nothing of the frame was forwarded (its header was held back), nor
+                    // will be: the rest is read and dropped, watching for the sender's
+                    // reply to the close it gets, until the close deadline.
+                    tracing::debug!(code, reason, "websocket relay: message refused");
+                    self.refused = Some((code, reason));
+                    self.dropping_frame = true;
+                    self.cut(frame_begin);
+                    self.mode = Mode::Discard;
+                    return Limited::Refused;
+                }
+            }
+        }
+        if !self.dropping_frame {
+            return Limited::Relay;
+        }
+        self.cut(frame_begin);
+        self.active = true;
+        if let Some(end) = end {
+            self.dropping_frame = false;
+            if end.ends_message
+                && let Some(limits) = self.limits.as_mut()
+            {
+                limits.dropping = false;
+            }
+        }
+        Limited::Dropped
+    }
+
+    /// Cuts `[from, scan)` — parsed, not approved — out of the buffer; what follows moves up.
+    fn cut(&mut self, from: usize) {
+        self.buf.copy_within(self.scan..self.tail, from);
+        self.tail -= self.scan - from;
+        self.scan = from;
+        self.fwd_end = from.max(self.head);
+    }
+
+    /// The stream toward `dst` is inside a frame: the gateway's own frames must wait.
+    fn mid_frame(&self) -> bool {
+        self.parser.in_payload() && !self.dropping_frame
     }
 
     /// Moves a held partial header to the front so a read has the whole buffer. Only called
@@ -761,8 +959,8 @@ where
             live,
             client_alive: alive,
             backend_alive: alive,
-            c2b: Direction::new(MaskPolicy::Required),
-            b2c: Direction::new(MaskPolicy::Forbidden),
+            c2b: Direction::new(MaskPolicy::Required, &config.limits.from_client),
+            b2c: Direction::new(MaskPolicy::Forbidden, &config.limits.from_backend),
             first: None,
             client_dead: false,
             backend_dead: false,
@@ -952,7 +1150,8 @@ where
                 self.start_deadline();
                 changed = true;
             }
-            if src == Src::Violation && !violation_noted {
+            let refused = self.dir_from(side).refused.is_some();
+            if (src == Src::Violation || refused) && !violation_noted {
                 match side {
                     Side::Client => self.client_violation_noted = true,
                     Side::Backend => self.backend_violation_noted = true,
@@ -1014,8 +1213,12 @@ where
 
     /// `side` broke the protocol: 1002 to it, 1001 to the other, at their boundaries.
     fn on_violation(&mut self, side: Side) {
-        let to_violator = CloseFrame::new(CLOSE_PROTOCOL_ERROR, "protocol error");
-        let to_other = CloseFrame::new(CLOSE_GOING_AWAY, "peer protocol error");
+        let (code, reason) = self
+            .dir_from(side)
+            .refused
+            .unwrap_or((CLOSE_PROTOCOL_ERROR, "protocol error"));
+        let to_violator = CloseFrame::new(code, reason);
+        let to_other = CloseFrame::new(CLOSE_GOING_AWAY, format!("peer {reason}"));
         tracing::debug!(?side, err = ?self.dir_from(side).violation, "websocket relay: closing");
         self.queue_close(side, &to_violator);
         self.queue_close(side.other(), &to_other);
@@ -1052,7 +1255,7 @@ where
         }
         from.mode = Mode::Stopped;
         if from.dst == Dst::Open {
-            if from.parser.in_payload() {
+            if from.mid_frame() {
                 // Mid-frame: the other stream cannot be closed cleanly.
                 tracing::debug!(?side, "websocket relay: peer lost mid-frame");
                 from.dst = Dst::Broken;
@@ -1136,7 +1339,7 @@ mod tests {
     async fn an_idle_direction_holds_no_buffer() {
         let (mut peer, mut src) = duplex(64 * 1024);
         let (mut dst, mut sink) = duplex(64 * 1024);
-        let mut direction = Direction::new(MaskPolicy::Forbidden);
+        let mut direction = Direction::new(MaskPolicy::Forbidden, &SenderLimits::default());
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         direction.pump(&mut cx, &mut src, &mut dst);
@@ -1170,6 +1373,7 @@ mod tests {
             ping_interval: None,
             pong_timeout: Duration::from_secs(10),
             ping_rtt: None,
+            limits: MessageLimits::default(),
         }
     }
 
@@ -1689,6 +1893,7 @@ mod tests {
             ping_interval: None,
             pong_timeout: Duration::from_secs(10),
             ping_rtt: None,
+            limits: MessageLimits::default(),
         };
         let (mut client, backend, running) = start_ws(cfg).await;
         let echo = echo(backend);
@@ -1733,6 +1938,7 @@ mod tests {
             ping_interval: Some(Duration::from_secs(ping)),
             pong_timeout: Duration::from_secs(pong),
             ping_rtt: None,
+            limits: MessageLimits::default(),
         }
     }
 
@@ -1988,5 +2194,205 @@ mod tests {
         );
         assert!(total >= DUPLEX, "relay did not move data: {total}");
         writer.abort();
+    }
+
+    fn limited(from_client: SenderLimits, from_backend: SenderLimits) -> RelayConfig {
+        RelayConfig {
+            limits: MessageLimits {
+                from_client,
+                from_backend,
+            },
+            ..config()
+        }
+    }
+
+    fn max_size(max: u64) -> SenderLimits {
+        SenderLimits {
+            max_size: Some(max),
+            rates: Vec::new(),
+        }
+    }
+
+    fn rate(messages: u32, drop: bool) -> SenderLimits {
+        let messages = std::num::NonZeroU32::new(messages).unwrap();
+        let gate = MessageGate::new(messages, Duration::from_secs(3600)).unwrap();
+        SenderLimits {
+            max_size: None,
+            rates: vec![(Arc::new(gate), drop)],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_size_limit_closes_1009_and_never_reaches_the_backend() {
+        let config = limited(max_size(1000), SenderLimits::default());
+        let (mut client, mut backend, running) = start_ws(config).await;
+        client.send(Message::binary(vec![7u8; 1000])).await.unwrap();
+        assert_eq!(next(&mut backend).await, Message::binary(vec![7u8; 1000]));
+        client.send(Message::binary(vec![8u8; 1001])).await.unwrap();
+
+        let backend_task = tokio::spawn(async move { expect_close(&mut backend).await });
+        assert_eq!(
+            expect_close(&mut client).await,
+            (1009, "message too big".to_owned())
+        );
+        assert_eq!(
+            backend_task.await.unwrap(),
+            (1001, "peer message too big".to_owned())
+        );
+        let out = running.outcome().await;
+        assert_eq!(out.close, Some(CloseFrame::new(1009, "message too big")));
+        assert_eq!(out.client_to_backend.messages, 1);
+        assert_eq!(out.client_to_backend.bytes, 1000);
+    }
+
+    #[tokio::test]
+    async fn a_huge_message_is_refused_at_its_first_frame_header() {
+        let config = RelayConfig {
+            // The client never finishes the frame, so its close cannot come: the session
+            // ends at the close deadline.
+            close_timeout: Duration::from_millis(200),
+            ..limited(max_size(1 << 20), SenderLimits::default())
+        };
+        let (mut client, backend, running) = start(config);
+        let mut backend = ws(backend, Role::Server).await;
+        // A header announcing 10 GiB and a few bytes of it: the relay refuses it at once,
+        // without waiting for (or buffering) the rest.
+        let header = masked(0x82, &[], Some(10 << 30));
+        client.write_all(&header).await.unwrap();
+        client.write_all(&[0u8; 64]).await.unwrap();
+        let to_client = read_raw_frame(&mut client).await;
+        assert_eq!(close_of(&to_client), (1009, "message too big".to_owned()));
+        assert_eq!(
+            expect_close(&mut backend).await,
+            (1001, "peer message too big".to_owned())
+        );
+        let out = running.outcome().await;
+        assert_eq!(out.close, Some(CloseFrame::new(1009, "message too big")));
+        assert_eq!(out.client_to_backend.frames, 0);
+    }
+
+    #[tokio::test]
+    async fn fragments_count_together_toward_the_size_limit() {
+        let config = limited(max_size(100), SenderLimits::default());
+        let (mut client, backend, running) = start(config);
+        let mut backend = ws(backend, Role::Server).await;
+        client
+            .write_all(&masked(0x01, &[b'a'; 60], None))
+            .await
+            .unwrap();
+        client
+            .write_all(&masked(0x80, &[b'b'; 60], None))
+            .await
+            .unwrap();
+        let to_client = read_raw_frame(&mut client).await;
+        assert_eq!(close_of(&to_client), (1009, "message too big".to_owned()));
+        assert_eq!(
+            expect_close(&mut backend).await,
+            (1001, "peer message too big".to_owned())
+        );
+        client
+            .write_all(&masked(0x88, &1009u16.to_be_bytes(), None))
+            .await
+            .unwrap();
+        let out = running.outcome().await;
+        assert_eq!(
+            out.client_to_backend.frames, 1,
+            "the first fragment went through"
+        );
+        assert_eq!(out.client_to_backend.messages, 0);
+    }
+
+    #[tokio::test]
+    async fn the_backend_limit_applies_to_the_backend_only() {
+        let config = limited(SenderLimits::default(), max_size(10));
+        let (mut client, mut backend, running) = start_ws(config).await;
+        client
+            .send(Message::text("a client message longer than ten"))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut backend).await,
+            Message::text("a client message longer than ten")
+        );
+        backend
+            .send(Message::text("a backend reply longer than ten"))
+            .await
+            .unwrap();
+        let client_task = tokio::spawn(async move { expect_close(&mut client).await });
+        assert_eq!(
+            expect_close(&mut backend).await,
+            (1009, "message too big".to_owned())
+        );
+        assert_eq!(
+            client_task.await.unwrap(),
+            (1001, "peer message too big".to_owned())
+        );
+        running.outcome().await;
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_rate_closes_1008() {
+        let config = limited(rate(3, false), SenderLimits::default());
+        let (mut client, backend, running) = start_ws(config).await;
+        let echoed = echo(backend);
+        for i in 0..3 {
+            client.send(Message::text(format!("m{i}"))).await.unwrap();
+            assert_eq!(next(&mut client).await, Message::text(format!("m{i}")));
+        }
+        client.send(Message::text("one too many")).await.unwrap();
+        assert_eq!(
+            expect_close(&mut client).await,
+            (1008, "message rate exceeded".to_owned())
+        );
+        let seen = echoed.await.unwrap();
+        assert_eq!(seen.iter().filter(|m| m.is_text()).count(), 3);
+        assert!(matches!(seen.last(), Some(Message::Close(Some(c))) if u16::from(c.code) == 1001));
+        let out = running.outcome().await;
+        assert_eq!(
+            out.close,
+            Some(CloseFrame::new(1008, "message rate exceeded"))
+        );
+    }
+
+    #[tokio::test]
+    async fn with_drop_a_message_over_the_rate_is_left_out_whole_and_the_session_goes_on() {
+        let config = limited(rate(2, true), SenderLimits::default());
+        let (mut client, backend, running) = start(config);
+        let mut backend = ws(backend, Role::Server).await;
+        client.write_all(&masked(0x81, b"m1", None)).await.unwrap();
+        client.write_all(&masked(0x81, b"m2", None)).await.unwrap();
+        // Over the quota: a fragmented message with a ping between its frames. Its frames
+        // are dropped; the ping still passes.
+        let mut burst = masked(0x01, b"dropped-", None);
+        burst.extend(masked(0x89, b"still here", None));
+        burst.extend(masked(0x80, b"whole", None));
+        burst.extend(masked(0x82, &[1, 2, 3], None));
+        client.write_all(&burst).await.unwrap();
+        assert_eq!(next(&mut backend).await, Message::text("m1"));
+        assert_eq!(next(&mut backend).await, Message::text("m2"));
+        assert_eq!(
+            next(&mut backend).await,
+            Message::Ping(Bytes::from_static(b"still here"))
+        );
+        // The backend answered the ping and can still talk to the client.
+        backend.send(Message::text("reply")).await.unwrap();
+        // The pong and the reply, in whichever order tungstenite wrote them.
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let frame = read_raw_frame(&mut client).await;
+            got.push((frame.header().opcode, frame.payload().to_vec()));
+        }
+        assert!(got.contains(&(WsOpCode::Control(Control::Pong), b"still here".to_vec())));
+        assert!(got.contains(&(WsOpCode::Data(Data::Text), b"reply".to_vec())));
+        client
+            .write_all(&masked(0x88, &1000u16.to_be_bytes(), None))
+            .await
+            .unwrap();
+        assert_eq!(expect_close(&mut backend).await.0, 1000);
+        let out = running.outcome().await;
+        assert_eq!(
+            out.client_to_backend.messages, 2,
+            "dropped messages are not relayed"
+        );
     }
 }
