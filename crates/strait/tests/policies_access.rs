@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::{Value, json};
 use strait::echo;
-use support::{Stack, json_of, round_trip, stateful, within};
+use support::{Stack, json_of, round_trip, with_prod, within};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -27,13 +27,7 @@ async fn fixture() -> (Stack, echo::EchoHandle) {
     let echo = echo::spawn("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("the echo backend starts");
-    let api = stateful(None).await;
-    api.put(
-        "/environments/prod",
-        &json!({"listen": "127.0.0.1:0", "websocket": true}),
-    )
-    .await
-    .expect(201, "environment");
+    let api = with_prod().await;
     api.put(
         "/consumers/alice",
         &json!({"groups": ["admins"], "credentials": {"api_keys": ["alice-key"]}}),

@@ -23,7 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use strait::echo;
-use support::{Stack, json_of, round_trip, stateful, within, ws_connect};
+use support::{Stack, json_of, round_trip, with_prod, within, ws_connect};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -124,13 +124,7 @@ async fn fixture(backend: SocketAddr) -> (Stack, echo::EchoHandle) {
     let echo = echo::spawn("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("the echo backend starts");
-    let api = stateful(None).await;
-    api.put(
-        "/environments/prod",
-        &json!({"listen": "127.0.0.1:0", "websocket": true}),
-    )
-    .await
-    .expect(201, "environment");
+    let api = with_prod().await;
     let proxies = [
         ("body", format!("http://{backend}/svc"), LIMIT),
         ("ws", format!("http://{}/svc", echo.local_addr()), 16),

@@ -17,7 +17,7 @@ use http::{HeaderMap, Method, header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
 use strait::echo;
-use support::{Stack, expect_close, json_of, round_trip, stateful, within};
+use support::{Stack, expect_close, json_of, round_trip, with_prod, within};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -109,13 +109,7 @@ async fn setup() -> Fixture {
     let files = tempfile::tempdir().expect("a folder");
     let jwks = files.path().join("jwks.json");
     std::fs::write(&jwks, keys.jwks.to_string()).expect("write the JWK set");
-    let api = stateful(None).await;
-    api.put(
-        "/environments/prod",
-        &json!({"listen": "127.0.0.1:0", "websocket": true}),
-    )
-    .await
-    .expect(201, "environment");
+    let api = with_prod().await;
     api.put(
         "/consumers/carol",
         &json!({"groups": ["users"], "credentials": {"jwt_subject": SUBJECT}}),
@@ -506,13 +500,7 @@ async fn remote_setup(jwks_url: &str) -> (Stack, echo::EchoHandle) {
     let echo = echo::spawn("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("the echo backend starts");
-    let api = stateful(None).await;
-    api.put(
-        "/environments/prod",
-        &json!({"listen": "127.0.0.1:0", "websocket": true}),
-    )
-    .await
-    .expect(201, "environment");
+    let api = with_prod().await;
     api.put(
         "/consumers/carol",
         &json!({"groups": ["users"], "credentials": {"jwt_subject": SUBJECT}}),

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, header};
 use serde_json::{Value, json};
 use strait::echo;
-use support::{Stack, declarative, json_of, round_trip, stateful, within};
+use support::{Stack, declarative, json_of, round_trip, stateful, with_prod, within};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -35,13 +35,7 @@ async fn fixture() -> Fixture {
     let echo = echo::spawn("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("the echo backend starts");
-    let api = stateful(None).await;
-    api.put(
-        "/environments/prod",
-        &json!({"listen": "127.0.0.1:0", "websocket": true}),
-    )
-    .await
-    .expect(201, "environment");
+    let api = with_prod().await;
     for (name, key) in [("alice", ALICE_KEY), ("bob", BOB_KEY)] {
         api.put(
             &format!("/consumers/{name}"),

@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, Method};
 use serde_json::{Value, json};
 use strait::echo;
-use support::{Stack, json_of, round_trip, stateful, within};
+use support::{Stack, json_of, round_trip, with_prod, within};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -87,13 +87,7 @@ async fn fixture() -> (Stack, echo::EchoHandle) {
         .await
         .expect("the echo backend starts");
     let reporting = reporting_backend().await;
-    let api = stateful(None).await;
-    api.put(
-        "/environments/prod",
-        &json!({"listen": "127.0.0.1:0", "websocket": true}),
-    )
-    .await
-    .expect(201, "environment");
+    let api = with_prod().await;
     api.put(
         "/consumers/alice",
         &json!({"groups": ["admins"], "credentials": {"api_keys": ["alice-key"]}}),
@@ -358,13 +352,7 @@ async fn claims_fixture() -> (Stack, echo::EchoHandle) {
         .await
         .expect("the echo backend starts");
     let reporting = reporting_backend().await;
-    let api = stateful(None).await;
-    api.put(
-        "/environments/prod",
-        &json!({"listen": "127.0.0.1:0", "websocket": true}),
-    )
-    .await
-    .expect(201, "environment");
+    let api = with_prod().await;
     let policies = json!([
         {"type": "headers",
          "request_set": ["X-User-Email: $jwt.email", "X-Level: level=$jwt.level",

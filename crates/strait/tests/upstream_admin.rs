@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::{Value, json};
 use strait::echo::{self, EchoHandle};
-use support::{Stack, round_trip, stateful, within, ws_connect};
+use support::{Stack, round_trip, with_prod, within, ws_connect};
 
 /// A stateful stack with environment `prod` (WebSocket on) and proxy `chat` on `/chat/*`
 /// balanced round robin over two echo backends; returns the targets' URLs in order.
@@ -21,13 +21,7 @@ async fn stack() -> (Stack, [EchoHandle; 2], [String; 2]) {
     let urls = echoes
         .each_ref()
         .map(|e| format!("http://{}/svc", e.local_addr()));
-    let api = stateful(None).await;
-    api.put(
-        "/environments/prod",
-        &json!({"listen": "127.0.0.1:0", "websocket": true}),
-    )
-    .await
-    .expect(201, "environment");
+    let api = with_prod().await;
     let proxy = json!({"path": "/chat/*", "backend": {"targets": urls.clone()}});
     api.put("/proxies/chat", &proxy).await.expect(201, "proxy");
     api.deploy("chat", "prod").await;

@@ -755,22 +755,40 @@ impl Check<'_> {
         }
     }
 
-    fn check_environments(&mut self, environments: &[EnvironmentDraft]) {
+    /// Reports each name used a second time among `items` (their `kind`: "proxy", ...);
+    /// returns, item by item, whether its name is not such a repeat.
+    fn unique_names<'d>(
+        &mut self,
+        kind: &str,
+        items: impl IntoIterator<Item = (&'d Option<(String, Loc)>, &'d str)>,
+    ) -> Vec<bool> {
         let mut names: HashMap<&str, Loc> = HashMap::new();
-        for env in environments {
-            let Some((name, at)) = &env.name else {
+        let mut firsts = Vec::new();
+        for (name, field) in items {
+            let Some((name, at)) = name else {
+                firsts.push(true);
                 continue;
             };
             if let Some(first) = names.get(name.as_str()) {
                 let message = format!(
-                    "environment {name:?} is defined twice{}; environment names must be unique",
+                    "{kind} {name:?} is defined twice{}; {kind} names must be unique",
                     first_at(*first)
                 );
-                self.report(*at, &env.field, message);
+                self.report(*at, field, message);
+                firsts.push(false);
             } else {
                 names.insert(name, *at);
+                firsts.push(true);
             }
         }
+        firsts
+    }
+
+    fn check_environments(&mut self, environments: &[EnvironmentDraft]) {
+        self.unique_names(
+            "environment",
+            environments.iter().map(|e| (&e.name, e.field.as_str())),
+        );
         for (i, env) in environments.iter().enumerate() {
             let Some((addr, at)) = env.listen else {
                 continue;
@@ -971,21 +989,7 @@ impl Check<'_> {
     }
 
     fn check_proxies(&mut self, proxies: &[ProxyDraft], environments: &[EnvironmentDraft]) {
-        let mut names: HashMap<&str, Loc> = HashMap::new();
-        for proxy in proxies {
-            let Some((name, at)) = &proxy.name else {
-                continue;
-            };
-            if let Some(first) = names.get(name.as_str()) {
-                let message = format!(
-                    "proxy {name:?} is defined twice{}; proxy names must be unique",
-                    first_at(*first)
-                );
-                self.report(*at, &proxy.field, message);
-            } else {
-                names.insert(name, *at);
-            }
-        }
+        self.unique_names("proxy", proxies.iter().map(|p| (&p.name, p.field.as_str())));
 
         let mut known: Vec<&str> = Vec::new();
         for (name, _) in environments.iter().filter_map(|e| e.name.as_ref()) {
@@ -1057,21 +1061,10 @@ impl Check<'_> {
     }
 
     fn check_upstreams(&mut self, upstreams: &[UpstreamDraft]) {
-        let mut names: HashMap<&str, Loc> = HashMap::new();
-        for upstream in upstreams {
-            let Some((name, at)) = &upstream.name else {
-                continue;
-            };
-            if let Some(first) = names.get(name.as_str()) {
-                let message = format!(
-                    "upstream {name:?} is defined twice{}; upstream names must be unique",
-                    first_at(*first)
-                );
-                self.report(*at, &upstream.field, message);
-            } else {
-                names.insert(name, *at);
-            }
-        }
+        self.unique_names(
+            "upstream",
+            upstreams.iter().map(|u| (&u.name, u.field.as_str())),
+        );
     }
 
     /// A proxy's `backend`: a URL, `{upstream: NAME}`, or a mapping with targets.
@@ -1804,23 +1797,17 @@ impl Check<'_> {
     /// Names, usernames, API keys and JWT subjects each belong to one consumer. Messages
     /// never show a key, only who holds it.
     fn check_consumers(&mut self, consumers: &[ConsumerDraft]) {
-        let mut names: HashMap<&str, Loc> = HashMap::new();
+        let firsts = self.unique_names(
+            "consumer",
+            consumers.iter().map(|c| (&c.name, c.field.as_str())),
+        );
         let mut usernames: HashMap<&str, &str> = HashMap::new();
         let mut keys: HashMap<KeyDigest, &str> = HashMap::new();
         let mut subjects: HashMap<&str, &str> = HashMap::new();
-        for consumer in consumers {
-            let Some((name, at)) = &consumer.name else {
+        for (consumer, first) in consumers.iter().zip(firsts) {
+            let (Some((name, _)), true) = (&consumer.name, first) else {
                 continue;
             };
-            if let Some(first) = names.get(name.as_str()) {
-                let message = format!(
-                    "consumer {name:?} is defined twice{}; consumer names must be unique",
-                    first_at(*first)
-                );
-                self.report(*at, &consumer.field, message);
-                continue;
-            }
-            names.insert(name, *at);
             if let Some((username, at, field)) = &consumer.username {
                 match usernames.get(username.as_str()) {
                     Some(other) => {

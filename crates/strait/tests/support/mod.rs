@@ -64,6 +64,18 @@ pub async fn stateful(token: Option<&str>) -> Stack {
     with_admin(Arc::new(control), gateway, token, dir).await
 }
 
+/// [`stateful`] with environment `prod` on `127.0.0.1:0`, WebSocket on.
+pub async fn with_prod() -> Stack {
+    let api = stateful(None).await;
+    api.put(
+        "/environments/prod",
+        &serde_json::json!({"listen": "127.0.0.1:0", "websocket": true}),
+    )
+    .await
+    .expect(201, "environment");
+    api
+}
+
 /// `Control::declarative` on `yaml` written to `strait.yaml` in a temporary folder, with
 /// the gateway started from the same file. Returns the stack and the file's path.
 pub async fn declarative(yaml: &str) -> (Stack, PathBuf) {
