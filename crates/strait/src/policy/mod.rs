@@ -6,9 +6,10 @@
 //! [`Chain`] compiled for each route (the environment's policies, then the proxy's), and the
 //! consumers with their hashed credentials ([`consumers`]). It decides; it never does I/O —
 //! no sockets, files or store — except verifying argon2 password hashes, which it runs off
-//! the async workers, and fetching a `jwt` policy's JWK set from its `jwks_url`. It may not touch routing, connections or configuration text: the
-//! configuration checker reads a policy's fields through [`Fields`], and the proxy runs the
-//! chain on a request head ([`Head`]).
+//! the async workers, and fetching a `jwt` policy's JWK set from its `jwks_url`. It may not
+//! touch routing, connections or configuration text: the configuration checker reads a
+//! policy's fields through [`Fields`], and the proxy runs the chain on a request head
+//! ([`Head`]).
 //!
 //! Adding a policy: write `policy/<name>.rs` with a `pub const KIND: Kind` and a type
 //! implementing [`Policy`], then list it in [`REGISTRY`].
