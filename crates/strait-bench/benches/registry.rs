@@ -40,6 +40,7 @@ fn fake_pairs(n: usize) -> Vec<SessionTotals> {
                 active: i64 % 100,
                 messages: [i64 * 10, i64 * 11],
                 bytes: [i64 * 1000, i64 * 1100],
+                dropped: [0, 0],
             }
         })
         .collect()

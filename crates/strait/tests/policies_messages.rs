@@ -240,6 +240,19 @@ async fn with_drop_messages_over_the_rate_are_left_out_and_the_session_goes_on()
         Seen::Close(1005),
         "the close came right after the two admitted messages"
     );
+    let line = r#"strait_websocket_messages_dropped_total{environment="prod",proxy="drop",direction="client_to_backend"} 2"#;
+    within("the dropped messages to be counted", async {
+        while !stack
+            .get("/metrics")
+            .await
+            .text()
+            .lines()
+            .any(|l| l == line)
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -62,6 +62,7 @@ impl From<DirectionStats> for Traffic {
             frames,
             messages,
             bytes,
+            ..
         } = stats;
         Traffic {
             frames,

@@ -72,6 +72,7 @@ struct State {
 struct Traffic {
     messages: [u64; 2],
     bytes: [u64; 2],
+    dropped: [u64; 2],
 }
 
 impl Traffic {
@@ -80,9 +81,14 @@ impl Traffic {
             .iter()
             .enumerate()
         {
-            if let (Some(m), Some(b)) = (self.messages.get_mut(i), self.bytes.get_mut(i)) {
+            if let (Some(m), Some(b), Some(d)) = (
+                self.messages.get_mut(i),
+                self.bytes.get_mut(i),
+                self.dropped.get_mut(i),
+            ) {
                 *m += stats.messages;
                 *b += stats.bytes;
+                *d += stats.dropped;
             }
         }
     }
@@ -178,6 +184,7 @@ impl SessionSource for Registry {
                     active,
                     messages: traffic.messages,
                     bytes: traffic.bytes,
+                    dropped: traffic.dropped,
                 })
                 .collect()
         })

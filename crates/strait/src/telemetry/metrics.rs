@@ -104,6 +104,8 @@ pub struct SessionTotals {
     /// together: `[client_to_backend, backend_to_client]`.
     pub messages: [u64; 2],
     pub bytes: [u64; 2],
+    /// Messages left out by `ws_message_rate` with `on_exceed: drop`, per direction.
+    pub dropped: [u64; 2],
 }
 
 /// Where WebSocket session figures come from (the session registry).
@@ -470,7 +472,7 @@ impl Collector for SessionCollector {
             gauge.encode(active.encode_family(&route)?)?;
         }
         type Pick = fn(&SessionTotals) -> &[u64; 2];
-        let counters: [(&str, &str, Pick); 2] = [
+        let counters: [(&str, &str, Pick); 3] = [
             (
                 "strait_websocket_messages",
                 "WebSocket data messages relayed, by direction",
@@ -480,6 +482,11 @@ impl Collector for SessionCollector {
                 "strait_websocket_bytes",
                 "WebSocket payload bytes relayed, by direction",
                 |t| &t.bytes,
+            ),
+            (
+                "strait_websocket_messages_dropped",
+                "WebSocket data messages left out by a ws_message_rate policy, by direction",
+                |t| &t.dropped,
             ),
         ];
         for (name, help, pick) in counters {
@@ -733,12 +740,14 @@ mod tests {
             active: 3,
             messages: [10, 20],
             bytes: [100, 200],
+            dropped: [0, 7],
         }]);
         let text = metrics.encode().unwrap();
         for line in [
             r#"strait_websocket_connections_active{environment="e",proxy="chat"} 3"#,
             r#"strait_websocket_messages_total{environment="e",proxy="chat",direction="client_to_backend"} 10"#,
             r#"strait_websocket_bytes_total{environment="e",proxy="chat",direction="backend_to_client"} 200"#,
+            r#"strait_websocket_messages_dropped_total{environment="e",proxy="chat",direction="backend_to_client"} 7"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

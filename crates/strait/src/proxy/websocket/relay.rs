@@ -226,6 +226,7 @@ struct AtomicDirection {
     frames: AtomicU64,
     messages: AtomicU64,
     bytes: AtomicU64,
+    dropped: AtomicU64,
 }
 
 impl AtomicDirection {
@@ -233,6 +234,7 @@ impl AtomicDirection {
         self.frames.store(stats.frames, Ordering::Relaxed);
         self.messages.store(stats.messages, Ordering::Relaxed);
         self.bytes.store(stats.bytes, Ordering::Relaxed);
+        self.dropped.store(stats.dropped, Ordering::Relaxed);
     }
 
     fn load(&self) -> DirectionStats {
@@ -240,6 +242,7 @@ impl AtomicDirection {
             frames: self.frames.load(Ordering::Relaxed),
             messages: self.messages.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -277,6 +280,8 @@ pub struct DirectionStats {
     pub frames: u64,
     pub messages: u64,
     pub bytes: u64,
+    /// Data messages left out (`ws_message_rate` with `on_exceed: drop`); not in the others.
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -788,6 +793,7 @@ impl Direction {
                 && let Some(limits) = self.limits.as_mut()
             {
                 limits.dropping = false;
+                self.stats.dropped += 1;
             }
         }
         Limited::Dropped
@@ -1611,6 +1617,7 @@ mod tests {
             frames: 3,
             messages: 2,
             bytes: 5 + 4 + 6,
+            dropped: 0,
         };
         assert_eq!(out.client_to_backend, expected);
         assert_eq!(out.backend_to_client, expected);
@@ -1682,6 +1689,7 @@ mod tests {
                 frames: 5,
                 messages: 1,
                 bytes: 4 + 3 + 3 + 3,
+                dropped: 0,
             }
         );
         // An empty Close reports 1005 (no status).
@@ -1782,6 +1790,7 @@ mod tests {
                 frames: 4,
                 messages: 3,
                 bytes: 3 + 10 + 300 + 2,
+                dropped: 0,
             }
         );
         assert_eq!(
@@ -1790,6 +1799,7 @@ mod tests {
                 frames: 3,
                 messages: 2,
                 bytes: 2 + 70_000 + 2,
+                dropped: 0,
             }
         );
     }
@@ -2093,6 +2103,7 @@ mod tests {
                 frames: 1,
                 messages: 1,
                 bytes: 100,
+                dropped: 0,
             }
         );
         let mut tail = Vec::new();
@@ -2393,6 +2404,10 @@ mod tests {
         assert_eq!(
             out.client_to_backend.messages, 2,
             "dropped messages are not relayed"
+        );
+        assert_eq!(
+            out.client_to_backend.dropped, 2,
+            "the fragmented one and the binary one"
         );
     }
 }
