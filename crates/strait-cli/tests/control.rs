@@ -339,6 +339,76 @@ async fn apply_dry_run_changes_nothing_and_apply_then_dump_round_trips() {
     echo.stop().await;
 }
 
+/// [`api_yaml`] with the proxy's backend a named upstream `pool` on the echo.
+fn upstream_yaml(listen: SocketAddr, echo: SocketAddr) -> String {
+    format!(
+        "environments:\n  - name: test\n    listen: {listen}\n\
+         upstreams:\n  - name: pool\n    targets: [http://{echo}/svc]\n    retries: 1\n\
+         proxies:\n  - name: api\n    path: /api/*\n    backend: {{ upstream: pool }}\n    deploy: [test]\n"
+    )
+}
+
+#[tokio::test]
+async fn apply_sends_named_upstreams_and_dump_round_trips_them() {
+    let (mut echo, echo_addr) = start_echo().await;
+    let dir = temporary_folder();
+    let db = dir.path().join("strait.db");
+    let env_addr = free_addr();
+    let file = write(
+        dir.path(),
+        "gateway.yaml",
+        &upstream_yaml(env_addr, echo_addr),
+    );
+
+    let (mut gateway, admin) = start_stateful(&db).await;
+    let output = apply(&file, admin, false).await;
+    let steps = [
+        "create environment test",
+        "create upstream pool",
+        "create proxy api",
+        "deploy api to test",
+    ];
+    assert_plan(&output, "did", &steps);
+    let stdout = text(&output.stdout);
+    let upstream = stdout.find("create upstream pool");
+    assert!(
+        upstream.is_some() && upstream < stdout.find("create proxy api"),
+        "the upstream before the proxy using it: {stdout}"
+    );
+    assert_proxied(env_addr, "/api/x", "/svc/x").await;
+
+    // Sent as an upstream, not copied into the proxy.
+    let (status, body) = http_get(admin, "/upstreams/pool").await;
+    assert_eq!(status, 200, "GET /upstreams/pool: {}", text(&body));
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"name": "pool", "targets": [format!("http://{echo_addr}/svc")], "retries": 1})
+    );
+    let (status, body) = http_get(admin, "/proxies/api").await;
+    assert_eq!(status, 200, "GET /proxies/api: {}", text(&body));
+    assert_eq!(
+        json(&body)["backend"],
+        serde_json::json!({"upstream": "pool"})
+    );
+
+    let dumped = dump(admin).await;
+    assert!(
+        dumped.contains("upstreams:") && dumped.contains("name: pool"),
+        "the upstream in the dump:\n{dumped}"
+    );
+    assert!(
+        dumped.contains("backend: {upstream: pool}"),
+        "the proxy names its upstream in the dump:\n{dumped}"
+    );
+    let dumped_file = write(dir.path(), "dumped.yaml", &dumped);
+    assert_nothing_to_change(&apply(&dumped_file, admin, false).await, &dumped_file);
+    assert_nothing_to_change(&apply(&file, admin, false).await, &file);
+    assert_eq!(dump(admin).await, dumped, "nothing changed");
+
+    gateway.stop().await;
+    echo.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Declarative mode
 // ---------------------------------------------------------------------------------------

@@ -779,6 +779,10 @@ async fn openapi_json_is_a_valid_openapi_3_1_document_of_the_served_api() {
         ("GET", "/consumers/{name}"),
         ("PUT", "/consumers/{name}"),
         ("DELETE", "/consumers/{name}"),
+        ("GET", "/upstreams"),
+        ("GET", "/upstreams/{name}"),
+        ("PUT", "/upstreams/{name}"),
+        ("DELETE", "/upstreams/{name}"),
         ("GET", "/connections"),
         ("DELETE", "/connections"),
         ("GET", "/connections/{id}"),
@@ -885,6 +889,30 @@ async fn openapi_json_is_a_valid_openapi_3_1_document_of_the_served_api() {
         schema_keys("Proxy"),
         accepted,
         "the Proxy schema lists every field a proxy accepts (deploy excluded)"
+    );
+    let all_upstream_fields = json!({
+        "targets": [{"url": "http://127.0.0.1:9/", "weight": 2}],
+        "balance": "consistent_hash",
+        "hash_on": "client_ip",
+        "health": {"passive": {}},
+        "retries": 1,
+        "circuit_breaker": {},
+        "rebalance": "drain"
+    });
+    api.put("/upstreams/full", &all_upstream_fields)
+        .await
+        .expect(201, "an upstream with every field");
+    let mut accepted: BTreeSet<String> = all_upstream_fields
+        .as_object()
+        .expect("object")
+        .keys()
+        .cloned()
+        .collect();
+    accepted.insert("name".to_owned());
+    assert_eq!(
+        schema_keys("Upstream"),
+        accepted,
+        "the Upstream schema lists every field an upstream accepts"
     );
     let kinds: BTreeSet<&str> = document["components"]["schemas"]["ErrorKind"]["enum"]
         .as_array()

@@ -131,11 +131,33 @@ impl AdminClient {
             }
             state.proxies.insert(name.to_owned(), proxy.clone());
         }
+        state.upstreams = self.upstreams().await?;
         // `GET /consumers` shows no hash; the configuration export has them.
         let yaml = self.call(Method::GET, "/config", None).await?;
         let exported = config::document_from_yaml(&String::from_utf8_lossy(&yaml))?;
         state.consumers = state_from_document(&exported).consumers;
         Ok(state)
+    }
+
+    /// The named upstreams; none from a gateway older than the `/upstreams` routes (it
+    /// answers 404 `no_route`), so a file without upstreams still applies to it.
+    async fn upstreams(&self) -> Result<BTreeMap<String, Value>, ClientError> {
+        let listed = match self.json("/upstreams").await {
+            Ok(listed) => listed,
+            Err(ClientError::Refused { status, body, .. })
+                if status == StatusCode::NOT_FOUND && body.contains("no_route") =>
+            {
+                return Ok(BTreeMap::new());
+            }
+            Err(error) => return Err(error),
+        };
+        let mut upstreams = BTreeMap::new();
+        for upstream in listed["upstreams"].as_array().into_iter().flatten() {
+            if let Some(name) = upstream["name"].as_str() {
+                upstreams.insert(name.to_owned(), upstream.clone());
+            }
+        }
+        Ok(upstreams)
     }
 
     /// Runs one step of a plan.
@@ -154,6 +176,14 @@ impl AdminClient {
                 format!("/environments/{}", encode(name)),
                 Some(body),
             ),
+            Step::PutUpstream { name, body, .. } => (
+                Method::PUT,
+                format!("/upstreams/{}", encode(name)),
+                Some(body),
+            ),
+            Step::DeleteUpstream { name } => {
+                (Method::DELETE, format!("/upstreams/{}", encode(name)), None)
+            }
             Step::PutProxy { name, body, .. } => (
                 Method::PUT,
                 format!("/proxies/{}", encode(name)),
@@ -212,7 +242,6 @@ pub async fn apply_file(
     for proxy in desired.proxies.values_mut() {
         absolutize(proxy, &["backend_tls", "ca_file"], base);
     }
-    inline_upstreams(&mut desired);
     let current = client.state().await?;
     desired.consumers = seal_consumers(
         std::mem::take(&mut desired.consumers),
@@ -246,26 +275,6 @@ async fn seal_consumers(
     })
     .await
     .map_err(|e| ClientError::Seal(e.to_string()))?
-}
-
-/// The admin API has no upstreams yet: each `backend: {upstream: NAME}` gets a copy of that
-/// upstream's settings (the file was validated, so every name exists).
-fn inline_upstreams(state: &mut State) {
-    let upstreams = std::mem::take(&mut state.upstreams);
-    for proxy in state.proxies.values_mut() {
-        let Some(backend) = proxy.get_mut("backend") else {
-            continue;
-        };
-        let settings = backend
-            .get("upstream")
-            .and_then(Value::as_str)
-            .and_then(|name| upstreams.get(name));
-        if let Some(Value::Object(settings)) = settings {
-            let mut settings = settings.clone();
-            settings.remove("name");
-            *backend = Value::Object(settings);
-        }
-    }
 }
 
 fn absolutize(object: &mut Value, path: &[&str], base: &Path) {
@@ -312,34 +321,6 @@ mod tests {
         absolutize(&mut env, &["tls", "key"], Path::new("/etc/strait"));
         assert_eq!(env["tls"]["cert"], "/etc/strait/gw.pem");
         assert_eq!(env["tls"]["key"], "/abs/key.pem");
-    }
-
-    #[test]
-    fn named_upstreams_are_copied_into_the_proxies_using_them() {
-        let doc = serde_json::json!({
-            "environments": [{"name": "a", "listen": "127.0.0.1:0"}],
-            "upstreams": [{"name": "pool", "targets": ["http://a"], "retries": 1}],
-            "proxies": [
-                {"name": "p", "path": "/p", "backend": {"upstream": "pool"}},
-                {"name": "q", "path": "/q", "backend": "http://b"}
-            ]
-        });
-        let mut state = state_from_document(&doc);
-        inline_upstreams(&mut state);
-        assert!(state.upstreams.is_empty());
-        assert_eq!(
-            state.proxies["p"]["backend"],
-            serde_json::json!({"targets": ["http://a"], "retries": 1})
-        );
-        assert_eq!(state.proxies["q"]["backend"], "http://b");
-        // The same backend settings as the file's.
-        let before = config::validate_document(&doc, Path::new("/")).unwrap();
-        let mut inlined = doc.clone();
-        inlined["proxies"][0]["backend"] = state.proxies["p"]["backend"].clone();
-        let after = config::validate_document(&inlined, Path::new("/")).unwrap();
-        let mut expected = before.proxies[0].backend.clone();
-        expected.upstream = None;
-        assert_eq!(after.proxies[0].backend, expected);
     }
 
     #[test]

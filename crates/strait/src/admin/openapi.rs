@@ -1,7 +1,7 @@
 //! The OpenAPI document of the admin API, derived from the handlers' `#[utoipa::path]`
 //! attributes and the response types, so it cannot drift from what is served.
 //!
-//! The environment, proxy and consumer bodies reach `Control` as JSON values (the
+//! The environment, proxy, upstream and consumer bodies reach `Control` as JSON values (the
 //! configuration validator is their schema); the types here only describe them, with the
 //! YAML file's field names. A test feeds their examples through the validator, so an example
 //! or a field the validator does not know fails the build's tests. The `Policy` schema is
@@ -18,6 +18,7 @@ use super::connections::{self, Closed, Connection, ConnectionList, Traffic};
 use super::error::{ErrorBody, ErrorKind, Problem};
 use super::routes::{
     self, ConsumerList, Deployment, Deployments, EnvironmentList, Health, History, ProxyList,
+    UpstreamList,
 };
 use super::targets::{self, BreakerStatus, TargetHealth, TargetList, TargetStatus};
 use crate::policy::{self, Shape};
@@ -30,7 +31,7 @@ pub const BEARER: &str = "bearer";
     info(
         title = "Strait admin API",
         description = "The control plane of a Strait gateway: environments, proxies and their \
-            deployments. Every write is live in the data plane when its answer arrives. With \
+            deployments, named upstreams, consumers. Every write is live in the data plane when its answer arrives. With \
             STRAIT_ADMIN_TOKEN set, every call except GET /health needs \
             `Authorization: Bearer <token>`. Errors are JSON \
             `{\"status\", \"error\", \"message\"}` (plus `problems` on 422).",
@@ -57,6 +58,10 @@ pub const BEARER: &str = "bearer";
         routes::get_consumer,
         routes::put_consumer,
         routes::delete_consumer,
+        routes::list_upstreams,
+        routes::get_upstream,
+        routes::put_upstream,
+        routes::delete_upstream,
         connections::list,
         connections::get,
         connections::close,
@@ -68,6 +73,8 @@ pub const BEARER: &str = "bearer";
         Backend,
         BackendTargets,
         UpstreamRef,
+        Upstream,
+        UpstreamList,
         Target,
         WeightedTarget,
         BalanceMode,
@@ -109,6 +116,7 @@ pub const BEARER: &str = "bearer";
         (name = "environments", description = "Listeners with their TLS and timeouts"),
         (name = "proxies", description = "Paths routed to backends"),
         (name = "deployments", description = "Which proxies an environment serves"),
+        (name = "upstreams", description = "Named backends with several targets, shared by proxies"),
         (name = "consumers", description = "Identities with groups and hashed credentials, for authentication policies"),
         (name = "connections", description = "Live WebSocket sessions: who holds them, their traffic, closing them"),
     ),
@@ -448,6 +456,55 @@ pub struct BackendTargets {
     rebalance: RebalanceMode,
 }
 
+/// A named upstream (`upstreams:` of the YAML file): the settings of a backend with targets,
+/// shared by every proxy whose backend is `{"upstream": NAME}`.
+#[derive(ToSchema)]
+#[schema(examples(json!({
+    "name": "users-pool",
+    "targets": [{"url": "http://10.0.0.1:8080/service", "weight": 2}, "http://10.0.0.2:8080/service"],
+    "balance": "consistent_hash",
+    "hash_on": "header:X-User-Id",
+    "health": {
+        "active": {"path": "/health", "interval": "5s", "timeout": "1s", "healthy_after": 2, "unhealthy_after": 3},
+        "passive": {"unhealthy_after": 5, "cool_down": "10s"}
+    },
+    "retries": 2,
+    "circuit_breaker": {"failure_ratio": 0.5, "min_requests": 20, "open_for": "30s"},
+    "rebalance": "keep"
+})))]
+#[allow(
+    dead_code,
+    reason = "documentation only: bodies reach Control as JSON values"
+)]
+pub struct Upstream {
+    /// Optional in a PUT body (the URL names it); when given it must match the URL.
+    #[schema(required = false, example = "users-pool")]
+    name: String,
+    /// At least one; each URL once.
+    targets: Vec<Target>,
+    /// Default `round_robin`.
+    #[schema(required = false)]
+    balance: BalanceMode,
+    /// What `consistent_hash` hashes (required with it, refused otherwise):
+    /// `header:NAME`, `cookie:NAME`, `query:NAME` or `client_ip`.
+    #[schema(required = false, example = "header:X-User-Id")]
+    hash_on: String,
+    /// Off unless given.
+    #[schema(required = false)]
+    health: HealthChecks,
+    /// Further attempts after the first, each on another target when there is one: only
+    /// after a failed connect, or a 502/503/504 to an idempotent request without a streamed
+    /// body.
+    #[schema(required = false, default = 0, minimum = 0, maximum = 10)]
+    retries: u32,
+    /// Off unless given; opens per target.
+    #[schema(required = false)]
+    circuit_breaker: CircuitBreaker,
+    /// Default `keep`.
+    #[schema(required = false)]
+    rebalance: RebalanceMode,
+}
+
 /// A named upstream, used by name alone.
 #[derive(ToSchema)]
 #[allow(
@@ -739,6 +796,8 @@ mod tests {
             ("/proxies/{name}/targets", &["get"]),
             ("/consumers", &["get"]),
             ("/consumers/{name}", &["delete", "get", "put"]),
+            ("/upstreams", &["get"]),
+            ("/upstreams/{name}", &["delete", "get", "put"]),
             (
                 "/proxies/{name}/deployments/{environment}",
                 &["delete", "put"],
@@ -781,6 +840,8 @@ mod tests {
             ("/proxies/{name}/targets", "/proxies/p/targets"),
             ("/consumers", "/consumers"),
             ("/consumers/{name}", "/consumers/c"),
+            ("/upstreams", "/upstreams"),
+            ("/upstreams/{name}", "/upstreams/u"),
             (
                 "/proxies/{name}/deployments/{environment}",
                 "/proxies/p/deployments/e",
@@ -944,6 +1005,29 @@ mod tests {
                 {"name": "p", "path": "/p", "backend": example},
                 {"name": "q", "path": "/q", "backend": {"upstream": "pool"}}
             ]
+        });
+        let parsed = crate::config::parse_str(&file.to_string(), Path::new("/etc/strait/x.yaml"));
+        assert!(parsed.is_ok(), "{parsed:?}");
+    }
+
+    /// The upstream's example uses every documented field and validates as a file's
+    /// `upstreams:` entry; its fields are a backend's with targets plus `name`.
+    #[test]
+    fn the_upstream_schema_matches_the_configuration_format() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let example = schemas["Upstream"]["examples"][0].clone();
+        let (mut documented, mut used) = (BTreeSet::new(), BTreeSet::new());
+        properties(&doc, &schemas["Upstream"], "", &mut documented);
+        keys(&example, "", &mut used);
+        assert_eq!(documented, used, "Upstream: schema properties vs example");
+        let mut backend = BTreeSet::from(["name".to_owned()]);
+        properties(&doc, &schemas["BackendTargets"], "", &mut backend);
+        assert_eq!(documented, backend, "Upstream vs BackendTargets");
+        let file = json!({
+            "environments": [{"name": "a", "listen": "127.0.0.1:0"}],
+            "upstreams": [example],
+            "proxies": [{"name": "p", "path": "/p", "backend": {"upstream": "users-pool"}}]
         });
         let parsed = crate::config::parse_str(&file.to_string(), Path::new("/etc/strait/x.yaml"));
         assert!(parsed.is_ok(), "{parsed:?}");

@@ -35,6 +35,8 @@ pub enum Route {
     Targets(String),
     Consumers,
     Consumer(String),
+    Upstreams,
+    Upstream(String),
     Connections,
     Connection(u64),
 }
@@ -71,6 +73,8 @@ impl Route {
             },
             ["consumers"] => Route::Consumers,
             ["consumers", name] => Route::Consumer(name_segment(name, "consumer")?),
+            ["upstreams"] => Route::Upstreams,
+            ["upstreams", name] => Route::Upstream(name_segment(name, "upstream")?),
             ["connections"] => Route::Connections,
             ["connections", id] => Route::Connection(id.parse().map_err(|_| {
                 ApiError::new(
@@ -90,7 +94,9 @@ impl Route {
         const PUT_DELETE: &[Method] = &[Method::PUT, Method::DELETE];
         const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
         match self {
-            Route::Environment(_) | Route::Proxy(_) | Route::Consumer(_) => GET_PUT_DELETE,
+            Route::Environment(_) | Route::Proxy(_) | Route::Consumer(_) | Route::Upstream(_) => {
+                GET_PUT_DELETE
+            }
             Route::Connections | Route::Connection(_) => GET_DELETE,
             Route::Deployment { .. } => PUT_DELETE,
             Route::Health
@@ -101,6 +107,7 @@ impl Route {
             | Route::Environments
             | Route::Proxies
             | Route::Consumers
+            | Route::Upstreams
             | Route::Deployments(_)
             | Route::Targets(_) => GET,
         }
@@ -155,6 +162,10 @@ pub enum Call {
     GetConsumer(String),
     PutConsumer(String, Value),
     DeleteConsumer(String),
+    ListUpstreams,
+    GetUpstream(String),
+    PutUpstream(String, Value),
+    DeleteUpstream(String),
     ListConnections {
         filter: ConnectionFilter,
         page: u64,
@@ -235,6 +246,8 @@ impl Call {
                 | Call::Undeploy { .. }
                 | Call::PutConsumer(..)
                 | Call::DeleteConsumer(_)
+                | Call::PutUpstream(..)
+                | Call::DeleteUpstream(_)
         )
     }
 }
@@ -300,6 +313,13 @@ where
         }
         (Route::Consumer(name), Method::DELETE) => Call::DeleteConsumer(name),
         (Route::Consumer(name), _) => Call::GetConsumer(name),
+        (Route::Upstreams, _) => Call::ListUpstreams,
+        (Route::Upstream(name), Method::PUT) => {
+            let (parts, body) = request.into_parts();
+            Call::PutUpstream(name, read_json(&parts.headers, body).await?)
+        }
+        (Route::Upstream(name), Method::DELETE) => Call::DeleteUpstream(name),
+        (Route::Upstream(name), _) => Call::GetUpstream(name),
         (Route::Connections, Method::DELETE) => {
             let filter = ConnectionFilter::from_query(&query)?;
             if filter.is_empty() {
@@ -485,6 +505,11 @@ mod tests {
             ("/proxies/users", Route::Proxy("users".into())),
             ("/consumers", Route::Consumers),
             ("/consumers/alice", Route::Consumer("alice".into())),
+            ("/upstreams", Route::Upstreams),
+            (
+                "/upstreams/users-pool",
+                Route::Upstream("users-pool".into()),
+            ),
             (
                 "/proxies/users/deployments",
                 Route::Deployments("users".into()),
@@ -520,6 +545,10 @@ mod tests {
             Route::parse("/proxies/a+b").unwrap(),
             Route::Proxy("a+b".into())
         );
+        assert_eq!(
+            Route::parse("/upstreams/users%20pool").unwrap(),
+            Route::Upstream("users pool".into())
+        );
     }
 
     #[test]
@@ -533,6 +562,8 @@ mod tests {
             "/proxies/a/deployments/b/c",
             "/proxies/a/other",
             "/proxies/a/targets/x",
+            "/upstreams/a/b",
+            "/upstream",
             "//environments",
             "*",
         ] {
@@ -550,6 +581,8 @@ mod tests {
             "/proxies//deployments",
             "/proxies//targets",
             "/proxies/a/deployments/",
+            "/upstreams/",
+            "/upstreams/%zz",
             "/environments/%",
             "/environments/%4",
             "/environments/%zz",
@@ -590,6 +623,9 @@ mod tests {
         assert_eq!(deployment.allow(false), "PUT, DELETE");
         assert_eq!(deployment.allow(true), "");
         assert_eq!(Route::History.allow(false), "GET");
+        assert_eq!(Route::Upstreams.allow(false), "GET");
+        assert_eq!(Route::Upstream("u".into()).allow(false), "GET, PUT, DELETE");
+        assert_eq!(Route::Upstream("u".into()).allow(true), "GET");
     }
 
     #[tokio::test]
@@ -631,6 +667,17 @@ mod tests {
                 Call::DeleteConsumer("a".into()),
             ),
             (Method::DELETE, "/proxies/u", Call::DeleteProxy("u".into())),
+            (Method::GET, "/upstreams", Call::ListUpstreams),
+            (
+                Method::GET,
+                "/upstreams/pool",
+                Call::GetUpstream("pool".into()),
+            ),
+            (
+                Method::DELETE,
+                "/upstreams/a%2Fb",
+                Call::DeleteUpstream("a/b".into()),
+            ),
             (
                 Method::GET,
                 "/proxies/u/deployments",
@@ -688,6 +735,16 @@ mod tests {
                 .unwrap(),
             Call::PutConsumer("a".into(), json!({"groups": ["g"]}))
         );
+        assert_eq!(
+            call_of(
+                Method::PUT,
+                "/upstreams/pool",
+                r#"{"targets": ["http://a"]}"#
+            )
+            .await
+            .unwrap(),
+            Call::PutUpstream("pool".into(), json!({"targets": ["http://a"]}))
+        );
     }
 
     #[tokio::test]
@@ -724,6 +781,16 @@ mod tests {
         assert_eq!(error.to_response().headers()[header::ALLOW], "GET");
         let error = call_of(Method::DELETE, "/history", "").await.unwrap_err();
         assert_eq!(error.to_response().headers()[header::ALLOW], "GET");
+        let error = call_of(Method::PUT, "/upstreams", "{}").await.unwrap_err();
+        assert_eq!(error.kind, ErrorKind::MethodNotAllowed);
+        assert_eq!(error.to_response().headers()[header::ALLOW], "GET");
+        let error = call_of(Method::POST, "/upstreams/pool", "{}")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_response().headers()[header::ALLOW],
+            "GET, PUT, DELETE"
+        );
     }
 
     #[tokio::test]
@@ -810,5 +877,23 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(error.kind, ErrorKind::PayloadTooLarge);
+    }
+
+    #[tokio::test]
+    async fn upstream_writes_are_writes_and_need_a_json_body() {
+        let put = call_of(Method::PUT, "/upstreams/pool", r#"{"targets": []}"#)
+            .await
+            .unwrap();
+        assert!(put.writes());
+        let delete = call_of(Method::DELETE, "/upstreams/pool", "")
+            .await
+            .unwrap();
+        assert!(delete.writes());
+        assert!(!Call::ListUpstreams.writes());
+        assert!(!Call::GetUpstream("pool".into()).writes());
+        let error = call_of(Method::PUT, "/upstreams/pool", "{\"targets\": ")
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind, ErrorKind::BadRequest);
     }
 }

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::connections;
 use super::error::{ApiError, ErrorBody, ErrorKind};
-use super::openapi::{self, Consumer, ConsumerSummary, Environment, Proxy};
+use super::openapi::{self, Consumer, ConsumerSummary, Environment, Proxy, Upstream};
 use super::request::Call;
 use super::targets;
 use crate::control::{Control, HistoryPage, Mode, Written};
@@ -43,6 +43,10 @@ pub async fn execute(control: &Control, call: Call) -> Reply {
         Call::GetConsumer(name) => get_consumer(control, &name).await,
         Call::PutConsumer(name, body) => put_consumer(control, &name, body).await,
         Call::DeleteConsumer(name) => delete_consumer(control, &name).await,
+        Call::ListUpstreams => list_upstreams(control).await,
+        Call::GetUpstream(name) => get_upstream(control, &name).await,
+        Call::PutUpstream(name, body) => put_upstream(control, &name, body).await,
+        Call::DeleteUpstream(name) => delete_upstream(control, &name).await,
         Call::ListConnections {
             filter,
             page,
@@ -106,6 +110,13 @@ pub struct ConsumerList {
     pub consumers: Vec<Value>,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UpstreamList {
+    /// Sorted by name.
+    #[schema(value_type = Vec<Upstream>)]
+    pub upstreams: Vec<Value>,
+}
+
 /// The environments one proxy is deployed to.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Deployments {
@@ -144,8 +155,8 @@ pub struct HistoryEntry {
     #[schema(example = "2026-05-04T10:15:00Z")]
     pub time: String,
     /// `put_environment`, `delete_environment`, `put_proxy`, `delete_proxy`, `deploy`,
-    /// `undeploy`, `put_consumer`, `delete_consumer` or `reload`. Consumers appear with
-    /// their credentials hashed.
+    /// `undeploy`, `put_consumer`, `delete_consumer`, `put_upstream`, `delete_upstream` or
+    /// `reload`. Consumers appear with their credentials hashed.
     #[schema(example = "put_environment")]
     pub action: String,
     /// What changed, e.g. `environments/production`, `proxies/users/deployments/production`.
@@ -289,8 +300,8 @@ pub fn openapi_json() -> Reply {
 
 /// The whole state as YAML
 ///
-/// The configuration file format (`environments` and `proxies`, each proxy with its
-/// `deploy` list); it round-trips through `strait apply`.
+/// The configuration file format (`environments`, `upstreams`, `proxies` each with its
+/// `deploy` list, `consumers`); it round-trips through `strait apply`.
 #[utoipa::path(
     get,
     path = "/config",
@@ -649,6 +660,84 @@ pub async fn put_consumer(control: &Control, name: &str, body: Value) -> Reply {
 )]
 pub async fn delete_consumer(control: &Control, name: &str) -> Reply {
     control.delete_consumer(name).await?;
+    no_content()
+}
+
+/// List named upstreams
+#[utoipa::path(
+    get,
+    path = "/upstreams",
+    tag = "upstreams",
+    responses((status = 200, description = "Every named upstream, sorted by name", body = UpstreamList)),
+)]
+pub async fn list_upstreams(control: &Control) -> Reply {
+    let upstreams = control.upstreams().await;
+    json(StatusCode::OK, &UpstreamList { upstreams })
+}
+
+/// Get one named upstream
+#[utoipa::path(
+    get,
+    path = "/upstreams/{name}",
+    tag = "upstreams",
+    params(("name" = String, Path, description = "Upstream name (percent-encoded)")),
+    responses(
+        (status = 200, description = "The upstream as stored", body = Upstream),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ),
+)]
+pub async fn get_upstream(control: &Control, name: &str) -> Reply {
+    match control.upstream(name).await {
+        Some(upstream) => json(StatusCode::OK, &upstream),
+        None => Err(missing("upstream", name)),
+    }
+}
+
+/// Create or replace a named upstream
+///
+/// The body holds the upstream's fields as in the YAML file (`upstreams:`). Proxies use it
+/// with `backend: {"upstream": NAME}`; a replacement applies to every one of them when the
+/// answer arrives (open WebSocket sessions stay on their target).
+#[utoipa::path(
+    put,
+    path = "/upstreams/{name}",
+    tag = "upstreams",
+    params(("name" = String, Path, description = "Upstream name (percent-encoded)")),
+    request_body = Upstream,
+    responses(
+        (status = 200, description = "Replaced, or unchanged", body = Upstream),
+        (status = 201, description = "Created", body = Upstream),
+        (status = 400, description = "`bad_request`: the body is not JSON", body = ErrorBody),
+        (status = 405, description = "`read_only`: declarative mode", body = ErrorBody),
+        (status = 409, description = "`conflict`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 1 MiB", body = ErrorBody),
+        (status = 422, description = "`invalid`: see `problems`", body = ErrorBody),
+        (status = 500, description = "`storage`", body = ErrorBody),
+    ),
+)]
+pub async fn put_upstream(control: &Control, name: &str, body: Value) -> Reply {
+    let (written, stored) = control.put_upstream(name, body).await?;
+    json(written_status(written), &stored)
+}
+
+/// Delete a named upstream
+///
+/// Refused with 409 while a proxy uses it.
+#[utoipa::path(
+    delete,
+    path = "/upstreams/{name}",
+    tag = "upstreams",
+    params(("name" = String, Path, description = "Upstream name (percent-encoded)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 405, description = "`read_only`: declarative mode", body = ErrorBody),
+        (status = 409, description = "`conflict`: proxies still use it", body = ErrorBody),
+        (status = 500, description = "`storage`", body = ErrorBody),
+    ),
+)]
+pub async fn delete_upstream(control: &Control, name: &str) -> Reply {
+    control.delete_upstream(name).await?;
     no_content()
 }
 

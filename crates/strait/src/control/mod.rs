@@ -1,7 +1,8 @@
-//! The control plane: the desired state (environments, proxies, deployments, consumers),
-//! where it is kept (a declarative file or the SQLite store), and turning each change into a
-//! live gateway. Owns validation of changes (through `config`), persistence (through
-//! `store`) and applying (through `proxy::GatewayHandle::apply`). Knows nothing of HTTP.
+//! The control plane: the desired state (environments, proxies, deployments, consumers,
+//! named upstreams), where it is kept (a declarative file or the SQLite store), and turning
+//! each change into a live gateway. Owns validation of changes (through `config`),
+//! persistence (through `store`) and applying (through `proxy::GatewayHandle::apply`).
+//! Knows nothing of HTTP.
 //!
 //! Consumers' secrets are sealed (`policy::consumers::seal`: API keys to SHA-256 digests,
 //! passwords to argon2id hashes) before the state keeps them, so plaintext never reaches
@@ -255,6 +256,16 @@ impl Control {
         }
         let object = format!("proxies/{name}");
         self.change(|state| {
+            if let Some(upstream) = uses_upstream(&body)
+                && !state.upstreams.contains_key(upstream)
+            {
+                return Err(ControlError::Invalid(vec![FieldProblem {
+                    field: format!("proxies/{name}: backend.upstream"),
+                    message: format!(
+                        "proxy {name:?}: backend.upstream names the upstream {upstream:?}, which does not exist; create it first with PUT /upstreams/{upstream}"
+                    ),
+                }]));
+            }
             let before = state.proxies.insert(name.to_owned(), body.clone());
             let written = written(before.as_ref(), &body);
             if written == Written::Unchanged {
@@ -349,6 +360,74 @@ impl Control {
             };
             let object = format!("consumers/{name}");
             let record = record("delete_consumer", &object, Some(before), None);
+            Ok(((), vec![change], vec![record]))
+        })
+        .await
+    }
+
+    /// Every named upstream as in the YAML (`name` included), sorted by name.
+    pub async fn upstreams(&self) -> Vec<Value> {
+        self.state
+            .lock()
+            .await
+            .upstreams
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub async fn upstream(&self, name: &str) -> Option<Value> {
+        self.state.lock().await.upstreams.get(name).cloned()
+    }
+
+    /// Creates or replaces a named upstream (fields as in the YAML). A replacement applies at
+    /// once to every proxy using it.
+    pub async fn put_upstream(
+        &self,
+        name: &str,
+        body: Value,
+    ) -> Result<(Written, Value), ControlError> {
+        let body = named(name, body)?;
+        let object = format!("upstreams/{name}");
+        self.change(|state| {
+            let before = state.upstreams.insert(name.to_owned(), body.clone());
+            let written = written(before.as_ref(), &body);
+            if written == Written::Unchanged {
+                return Ok((written, Vec::new(), Vec::new()));
+            }
+            let change = Change::PutUpstream {
+                name: name.to_owned(),
+                body: body.clone(),
+            };
+            let record = record("put_upstream", &object, before, Some(body.clone()));
+            Ok((written, vec![change], vec![record]))
+        })
+        .await
+        .map(|written| (written, body))
+    }
+
+    /// Deleting one that a proxy still uses is a Conflict.
+    pub async fn delete_upstream(&self, name: &str) -> Result<(), ControlError> {
+        self.change(|state| {
+            let Some(before) = state.upstreams.remove(name) else {
+                return Err(not_found("upstream", name));
+            };
+            let users = upstream_users(state, name);
+            if !users.is_empty() {
+                let (noun, backends, them) = match users.len() {
+                    1 => ("proxy", "its backend", "it"),
+                    _ => ("proxies", "their backends", "them"),
+                };
+                return Err(ControlError::Conflict(format!(
+                    "upstream {name:?} is still used by {noun} {}; point {backends} elsewhere or delete {them} first",
+                    users.join(", "),
+                )));
+            }
+            let change = Change::DeleteUpstream {
+                name: name.to_owned(),
+            };
+            let object = format!("upstreams/{name}");
+            let record = record("delete_upstream", &object, Some(before), None);
             Ok(((), vec![change], vec![record]))
         })
         .await
@@ -658,6 +737,21 @@ fn record(action: &str, object: &str, before: Option<Value>, after: Option<Value
         before,
         after,
     }
+}
+
+/// The upstream a proxy body names in `backend: {upstream: NAME}`, if any.
+fn uses_upstream(proxy: &Value) -> Option<&str> {
+    proxy.get("backend")?.get("upstream")?.as_str()
+}
+
+/// The proxies whose backend is the named upstream `name`, sorted.
+fn upstream_users(state: &State, name: &str) -> Vec<String> {
+    state
+        .proxies
+        .iter()
+        .filter(|(_, body)| uses_upstream(body) == Some(name))
+        .map(|(proxy, _)| proxy.clone())
+        .collect()
 }
 
 fn deployed_to(state: &State, proxy: &str) -> Vec<String> {

@@ -2,7 +2,8 @@
 //! order that never references something missing — environments and proxies are written
 //! before deployments are added, deployments are removed before what they reference.
 //! Consumers are written first (a proxy that starts asking for credentials finds them) and
-//! deleted last.
+//! deleted last; named upstreams are written before the proxies that use them and deleted
+//! after the proxies that stop using them.
 
 use std::fmt;
 
@@ -23,6 +24,11 @@ pub enum Step {
         body: Value,
         create: bool,
     },
+    PutUpstream {
+        name: String,
+        body: Value,
+        create: bool,
+    },
     PutProxy {
         name: String,
         body: Value,
@@ -37,6 +43,9 @@ pub enum Step {
         environment: String,
     },
     DeleteProxy {
+        name: String,
+    },
+    DeleteUpstream {
         name: String,
     },
     DeleteEnvironment {
@@ -64,6 +73,13 @@ impl fmt::Display for Step {
                     if *create { "create" } else { "update" }
                 )
             }
+            Step::PutUpstream { name, create, .. } => {
+                write!(
+                    f,
+                    "{} upstream {name}",
+                    if *create { "create" } else { "update" }
+                )
+            }
             Step::PutProxy { name, create, .. } => {
                 write!(
                     f,
@@ -76,6 +92,7 @@ impl fmt::Display for Step {
                 write!(f, "undeploy {proxy} from {environment}")
             }
             Step::DeleteProxy { name } => write!(f, "delete proxy {name}"),
+            Step::DeleteUpstream { name } => write!(f, "delete upstream {name}"),
             Step::DeleteEnvironment { name } => write!(f, "delete environment {name}"),
             Step::DeleteConsumer { name } => write!(f, "delete consumer {name}"),
         }
@@ -99,6 +116,16 @@ pub fn plan(current: &State, desired: &State) -> Vec<Step> {
         let before = current.environments.get(name);
         if before != Some(body) {
             steps.push(Step::PutEnvironment {
+                name: name.clone(),
+                body: body.clone(),
+                create: before.is_none(),
+            });
+        }
+    }
+    for (name, body) in &desired.upstreams {
+        let before = current.upstreams.get(name);
+        if before != Some(body) {
+            steps.push(Step::PutUpstream {
                 name: name.clone(),
                 body: body.clone(),
                 create: before.is_none(),
@@ -133,6 +160,13 @@ pub fn plan(current: &State, desired: &State) -> Vec<Step> {
     }
     for name in current.proxies.keys().filter(|p| gone_proxy(p)) {
         steps.push(Step::DeleteProxy { name: name.clone() });
+    }
+    for name in current
+        .upstreams
+        .keys()
+        .filter(|u| !desired.upstreams.contains_key(*u))
+    {
+        steps.push(Step::DeleteUpstream { name: name.clone() });
     }
     for name in current
         .environments
@@ -246,5 +280,40 @@ mod tests {
                 "delete environment b"
             ]
         );
+    }
+
+    #[test]
+    fn upstreams_are_written_before_their_proxies_and_deleted_after() {
+        let mut current = state(&["a"], &[], &[]);
+        current.upstreams.insert(
+            "old".into(),
+            json!({"name": "old", "targets": ["http://o"]}),
+        );
+        current.proxies.insert(
+            "p".into(),
+            json!({"name": "p", "path": "/p", "backend": {"upstream": "old"}}),
+        );
+        let mut desired = state(&["a"], &[], &[]);
+        desired.upstreams.insert(
+            "new".into(),
+            json!({"name": "new", "targets": ["http://n"]}),
+        );
+        desired.proxies.insert(
+            "p".into(),
+            json!({"name": "p", "path": "/p", "backend": {"upstream": "new"}}),
+        );
+        let steps: Vec<String> = plan(&current, &desired)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "create upstream new",
+                "update proxy p",
+                "delete upstream old"
+            ]
+        );
+        assert!(plan(&desired, &desired).is_empty());
     }
 }

@@ -84,6 +84,14 @@ pub enum Change {
     DeleteConsumer {
         name: String,
     },
+    /// Creates or replaces.
+    PutUpstream {
+        name: String,
+        body: Value,
+    },
+    DeleteUpstream {
+        name: String,
+    },
     /// Swaps everything (a declarative reload, `apply`).
     Replace {
         state: State,
@@ -431,6 +439,12 @@ async fn apply(tx: &mut Transaction<'static, Sqlite>, change: &Change) -> Result
         }
         Change::DeleteConsumer { name } => {
             run(tx, schema::DELETE_CONSUMER, &[name]).await?;
+        }
+        Change::PutUpstream { name, body } => {
+            put(tx, schema::PUT_UPSTREAM, name, body).await?;
+        }
+        Change::DeleteUpstream { name } => {
+            run(tx, schema::DELETE_UPSTREAM, &[name]).await?;
         }
         Change::Deploy { proxy, environment } => {
             run(tx, schema::DEPLOY, &[proxy, environment]).await?;

@@ -55,6 +55,7 @@ pub(super) const PUT_CONSUMER: &str = "INSERT INTO consumers (name, body) VALUES
 pub(super) const DELETE_CONSUMER: &str = "DELETE FROM consumers WHERE name = $1";
 pub(super) const PUT_UPSTREAM: &str = "INSERT INTO upstreams (name, body) VALUES ($1, $2) \
      ON CONFLICT (name) DO UPDATE SET body = excluded.body";
+pub(super) const DELETE_UPSTREAM: &str = "DELETE FROM upstreams WHERE name = $1";
 
 /// Idempotent: deploying twice keeps one row.
 pub(super) const DEPLOY: &str =

@@ -873,3 +873,44 @@ async fn a_version_2_database_gains_the_upstreams_table() {
     assert_eq!(state.environments["prod"], env("prod", 8080));
     assert!(state.upstreams.is_empty());
 }
+
+#[tokio::test]
+async fn upstreams_are_kept_replaced_and_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("strait.db");
+    let store = open(&path).await;
+    let pool = json!({"name": "pool", "targets": ["http://a", "http://b"], "retries": 1});
+    let put = |name: &str, body: &Value| Change::PutUpstream {
+        name: name.into(),
+        body: body.clone(),
+    };
+    commit(
+        &store,
+        &[
+            put("pool", &pool),
+            put("other", &json!({"name": "other", "targets": ["http://c"]})),
+        ],
+        &[],
+    )
+    .await;
+    let replaced = json!({"name": "pool", "targets": ["http://b"]});
+    commit(&store, &[put("pool", &replaced)], &[]).await;
+    drop(store);
+    let store = open(&path).await;
+    let state = load(&store).await;
+    assert_eq!(state.upstreams.len(), 2);
+    assert_eq!(state.upstreams["pool"], replaced, "the replacement is kept");
+
+    commit(
+        &store,
+        &[Change::DeleteUpstream {
+            name: "other".into(),
+        }],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        load(&store).await.upstreams.keys().collect::<Vec<_>>(),
+        ["pool"]
+    );
+}
