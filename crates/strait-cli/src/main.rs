@@ -3,7 +3,7 @@
 
 mod top;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -45,6 +45,10 @@ enum Command {
         /// Admin API address (default: `admin.listen` in the file; 127.0.0.1:8001 with --data).
         #[arg(long)]
         admin: Option<SocketAddr>,
+        /// A name server for backend host names (`IP` or `IP:PORT`, port 53 by default)
+        /// instead of those in /etc/resolv.conf; repeat for several.
+        #[arg(long = "dns-server", value_name = "ADDR", value_parser = dns_server)]
+        dns_servers: Vec<SocketAddr>,
     },
     /// Make a stateful gateway match a configuration file (prints the plan, then applies it).
     Apply {
@@ -115,13 +119,15 @@ fn main() -> ExitCode {
                     Command::Run {
                         config: Some(config),
                         admin,
+                        dns_servers,
                         ..
-                    } => run(&config, admin, signals).await,
+                    } => run(&config, admin, gateway_options(dns_servers), signals).await,
                     Command::Run {
                         data: Some(data),
                         admin,
+                        dns_servers,
                         ..
-                    } => run_stateful(&data, admin, signals).await,
+                    } => run_stateful(&data, admin, gateway_options(dns_servers), signals).await,
                     Command::Run { .. } => ExitCode::FAILURE,
                     Command::Apply {
                         file,
@@ -200,7 +206,12 @@ fn validate(file: &Path) -> ExitCode {
     }
 }
 
-async fn run(file: &Path, admin: Option<SocketAddr>, signals: Signals) -> ExitCode {
+async fn run(
+    file: &Path,
+    admin: Option<SocketAddr>,
+    options: GatewayOptions,
+    signals: Signals,
+) -> ExitCode {
     let config = match config::load(file) {
         Ok(config) => config,
         Err(error) => {
@@ -211,7 +222,7 @@ async fn run(file: &Path, admin: Option<SocketAddr>, signals: Signals) -> ExitCo
     let Ok(admin) = bind_admin(admin.or(config.admin.as_ref().map(|a| a.listen))).await else {
         return ExitCode::FAILURE;
     };
-    let Some(gateway) = start(&config).await else {
+    let Some(gateway) = start(&config, options).await else {
         return ExitCode::FAILURE;
     };
     let gateway = Arc::new(gateway);
@@ -226,13 +237,18 @@ async fn run(file: &Path, admin: Option<SocketAddr>, signals: Signals) -> ExitCo
     serve_control(control, admin, signals, Some(file)).await
 }
 
-async fn run_stateful(data: &Path, admin: Option<SocketAddr>, signals: Signals) -> ExitCode {
+async fn run_stateful(
+    data: &Path,
+    admin: Option<SocketAddr>,
+    options: GatewayOptions,
+    signals: Signals,
+) -> ExitCode {
     let admin_addr = admin.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8001)));
     let Ok(admin) = bind_admin(Some(admin_addr)).await else {
         return ExitCode::FAILURE;
     };
     report_fd_limit();
-    let control = match Control::stateful(data, gateway_options()).await {
+    let control = match Control::stateful(data, options).await {
         Ok((control, _)) => Arc::new(control),
         Err(error) => {
             eprintln!("error: {}: {error}", data.display());
@@ -354,24 +370,34 @@ async fn dump(admin: &str) -> ExitCode {
     }
 }
 
-async fn start(config: &config::Config) -> Option<GatewayHandle> {
+async fn start(config: &config::Config, options: GatewayOptions) -> Option<GatewayHandle> {
     report_fd_limit();
-    Gateway::start_with(config, gateway_options())
+    Gateway::start_with(config, options)
         .await
         .map_err(|error| eprintln!("error: {error}"))
         .ok()
 }
 
 /// Environments log requests to standard output unless their `access_log` says otherwise;
-/// spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` when it is set.
-fn gateway_options() -> GatewayOptions {
+/// spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` when it is set. Backend host names resolve
+/// through `dns_servers`, or /etc/resolv.conf when there are none.
+fn gateway_options(dns_servers: Vec<SocketAddr>) -> GatewayOptions {
     GatewayOptions {
         access_log: Some(Destination::Stdout),
         // The standard OpenTelemetry variable, e.g. http://127.0.0.1:4318.
         otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
             .ok()
             .filter(|v| !v.is_empty()),
+        dns_servers: (!dns_servers.is_empty()).then_some(dns_servers),
     }
+}
+
+/// `--dns-server`: `IP:PORT`, or an IP alone for port 53.
+fn dns_server(value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse::<SocketAddr>()
+        .or_else(|_| value.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{value:?} is not an IP address or IP:PORT"))
 }
 
 /// Waits for SIGTERM/SIGINT, then shuts the gateway down gracefully.
@@ -417,7 +443,7 @@ async fn demo(listen: SocketAddr, backend: SocketAddr, signals: Signals) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    let Some(gateway) = start(&config).await else {
+    let Some(gateway) = start(&config, gateway_options(Vec::new())).await else {
         echo.shutdown().await;
         return ExitCode::FAILURE;
     };

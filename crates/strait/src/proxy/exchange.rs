@@ -18,11 +18,11 @@ use hyper::body::{Body, Frame, SizeHint};
 use super::pipeline::ConnInfo;
 use super::snapshot::{EnvRoutes, Route};
 use crate::policy::{Admission, Held};
-use crate::upstream::pool::Lease;
 use crate::telemetry::access::RequestRecord;
 use crate::telemetry::metrics::InFlight;
 use crate::telemetry::trace::TraceContext;
 use crate::telemetry::{Counted, Tracer};
+use crate::upstream::pool::Lease;
 
 /// One request on its way through the phases; finished when dropped.
 pub struct Exchange {

@@ -26,9 +26,9 @@ use crate::config::Config;
 use crate::telemetry::Metrics;
 use crate::telemetry::access::{Destination, Sinks};
 use crate::telemetry::metrics::{TargetSource, TargetTotals};
-use crate::upstream::UpstreamCache;
 use crate::upstream::health::{ActiveChecks, HealthState, start_active_checks};
 use crate::upstream::pool::{Pool, PoolCache};
+use crate::upstream::{Resolver, UpstreamCache, UpstreamError};
 
 /// How long a WebSocket close handshake may take before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,6 +46,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Dns(UpstreamError),
 }
 
 /// Entry point of the data plane.
@@ -60,6 +62,9 @@ pub struct GatewayOptions {
     /// An OTLP/HTTP collector (`http://host:4318`) to export spans to (needs the `otlp`
     /// feature, on by default).
     pub otlp_endpoint: Option<String>,
+    /// The name servers (`ip:port`) that resolve backend host names. `None`: those of
+    /// /etc/resolv.conf. Either way /etc/hosts is consulted first.
+    pub dns_servers: Option<Vec<SocketAddr>>,
 }
 
 impl Gateway {
@@ -73,6 +78,7 @@ impl Gateway {
         options: GatewayOptions,
     ) -> Result<GatewayHandle, StartError> {
         let registry = Arc::new(Registry::default());
+        let resolver = Resolver::new(options.dns_servers.as_deref()).map_err(StartError::Dns)?;
         let tracer = match &options.otlp_endpoint {
             None => None,
             #[cfg(feature = "otlp")]
@@ -103,7 +109,13 @@ impl Gateway {
         let handle = GatewayHandle {
             shared,
             tasks: TaskTracker::new(),
-            running: Mutex::new(Running::default()),
+            running: Mutex::new(Running {
+                upstreams: UpstreamCache::new(resolver),
+                listeners: HashMap::new(),
+                pools: PoolCache::default(),
+                checks: Vec::new(),
+                sinks: Sinks::default(),
+            }),
             addrs: std::sync::Mutex::default(),
             options,
         };
@@ -160,7 +172,6 @@ struct Bound {
 }
 
 /// What the control side of the gateway tracks; only `apply` touches it.
-#[derive(Default)]
 struct Running {
     listeners: HashMap<String, Bound>,
     upstreams: UpstreamCache,

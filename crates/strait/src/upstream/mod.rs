@@ -2,10 +2,12 @@
 //!
 //! Owns the pooled HTTP client for request/response traffic, the TLS trust for https/wss
 //! backends (system roots plus an optional `ca_file`) and dedicated connections for
-//! WebSocket upgrades. Knows nothing of routes or client connections.
+//! WebSocket upgrades. Knows nothing of routes or client connections. Backend host names
+//! are resolved at connect time through the gateway's [`Resolver`].
 
 pub mod balance;
 pub mod breaker;
+pub mod dns;
 pub mod health;
 pub mod pool;
 pub mod replay;
@@ -30,6 +32,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::routing::{BackendUrl, Scheme};
 use crate::telemetry::Counted;
+pub use dns::Resolver;
 use replay::Replay;
 
 /// Why a backend could not be reached or trusted.
@@ -56,11 +59,15 @@ pub enum UpstreamError {
     },
     #[error("{0:?} is not a valid TLS server name")]
     ServerName(String),
+    #[error("cannot resolve the backend host {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("cannot set up DNS resolution: {0}")]
+    Resolver(String),
 }
 
 /// The pooled HTTP client used for request/response traffic.
 /// Request bodies stream from the client to the backend, counted on the way.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Replay<Counted<Incoming>>>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Replay<Counted<Incoming>>>;
 
 /// One way of reaching backends: a trust store, a connect timeout and the HTTP pool built on them.
 #[derive(Clone)]
@@ -68,6 +75,7 @@ pub struct Upstream {
     http: HttpClient,
     /// ALPN `http/1.1` only: WebSocket upgrades need HTTP/1.1.
     ws_tls: TlsConnector,
+    resolver: Resolver,
     connect_timeout: Duration,
 }
 
@@ -80,7 +88,11 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub fn new(ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Self, UpstreamError> {
+    pub fn new(
+        ca_file: Option<&Path>,
+        connect_timeout: Duration,
+        resolver: Resolver,
+    ) -> Result<Self, UpstreamError> {
         let roots = root_store(ca_file)?;
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -95,7 +107,7 @@ impl Upstream {
         let mut ws_tls = tls.clone();
         ws_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
 
-        let mut connector = HttpConnector::new();
+        let mut connector = HttpConnector::new_with_resolver(resolver.clone());
         connector.enforce_http(false);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -111,6 +123,7 @@ impl Upstream {
         Ok(Upstream {
             http,
             ws_tls: TlsConnector::from(Arc::new(ws_tls)),
+            resolver,
             connect_timeout,
         })
     }
@@ -120,17 +133,36 @@ impl Upstream {
     }
 
     /// A fresh connection for a WebSocket upgrade (TLS for https backends), never pooled.
+    /// Resolving and connecting share the connect timeout; the resolved addresses are
+    /// tried in order until one connects.
     pub async fn connect_ws(&self, backend: &BackendUrl) -> Result<BackendStream, UpstreamError> {
         let authority = backend.authority().to_owned();
-        let addr = (backend.host(), backend.port());
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+        let connecting = async {
+            let addrs = self
+                .resolver
+                .resolve(backend.host(), backend.port())
+                .await?;
+            let mut last = None;
+            for addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(tcp) => return Ok(tcp),
+                    Err(error) => last = Some(error),
+                }
+            }
+            let source = last.unwrap_or_else(|| io::Error::other("no address to connect to"));
+            Err(UpstreamError::Connect {
+                authority: authority.clone(),
+                source,
+            })
+        };
+        let tcp = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Err(_) => {
                 return Err(UpstreamError::ConnectTimeout {
                     authority,
                     timeout: self.connect_timeout,
                 });
             }
-            Ok(Err(source)) => return Err(UpstreamError::Connect { authority, source }),
+            Ok(Err(error)) => return Err(error),
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
@@ -154,13 +186,20 @@ impl Upstream {
 }
 
 /// Builds [`Upstream`]s once per distinct (CA file, connect timeout) and shares them, so
-/// proxies with the same trust share one connection pool.
-#[derive(Default)]
+/// proxies with the same trust share one connection pool. All resolve through one resolver.
 pub struct UpstreamCache {
     built: HashMap<(Option<PathBuf>, Duration), Upstream>,
+    resolver: Resolver,
 }
 
 impl UpstreamCache {
+    pub fn new(resolver: Resolver) -> Self {
+        UpstreamCache {
+            built: HashMap::new(),
+            resolver,
+        }
+    }
+
     pub fn get(
         &mut self,
         ca_file: Option<&Path>,
@@ -170,7 +209,7 @@ impl UpstreamCache {
         if let Some(found) = self.built.get(&key) {
             return Ok(found.clone());
         }
-        let built = Upstream::new(ca_file, connect_timeout)?;
+        let built = Upstream::new(ca_file, connect_timeout, self.resolver.clone())?;
         self.built.insert(key, built.clone());
         Ok(built)
     }

@@ -98,7 +98,6 @@ pub enum ProtocolError {
     Unmasked,
     #[error("masked frame where masking is forbidden")]
     Masked,
-
 }
 
 /// Reported when a frame's last byte has been consumed.
