@@ -950,6 +950,74 @@ async fn a_backend_that_closes_without_answering_is_502() {
     assert_error(&response, &body, 502, "bad_gateway");
 }
 
+/// Writes each request in turn on one client connection and reads its answer.
+async fn on_one_connection(gw: SocketAddr, requests: &[String]) -> Vec<RawResponse> {
+    within("requests on one connection", async {
+        let tcp = TcpStream::connect(gw)
+            .await
+            .expect("connect to the gateway");
+        let mut reader = BufReader::new(tcp);
+        let mut answers = Vec::new();
+        for request in requests {
+            reader
+                .get_mut()
+                .write_all(request.as_bytes())
+                .await
+                .expect("write the request");
+            let answer = read_response(&mut reader)
+                .await
+                .unwrap_or_else(|e| panic!("reading the answer to {request:?}: {e}"));
+            answers.push(answer);
+            // Lets a backend's close after its answer reach the gateway first.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        answers
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_client_connections_requests_share_one_backend_connection() {
+    let backend = backend(|_req: Request<Incoming>| async {
+        Response::new(Full::new(Bytes::from_static(b"ok")))
+    })
+    .await;
+    let proxies = proxy("pinned", "/pinned/*", &format!("http://{}", backend.addr));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw_addr = addr(&gw);
+    let requests: Vec<String> = (0..6)
+        .map(|i| format!("GET /pinned/{i} HTTP/1.1\r\nHost: {gw_addr}\r\n\r\n"))
+        .collect();
+    for answer in on_one_connection(gw_addr, &requests).await {
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.text(), "ok");
+    }
+    // The first request's, from the shared pool, and the one pinned to the client connection.
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_pinned_backend_connection_closed_while_idle_is_replaced_unseen() {
+    // One answer per connection, keep-alive implied, then it closes: by the next request
+    // the pinned connection is stale.
+    let backend = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxies = proxy("stale", "/stale/*", &format!("http://{backend}"));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw_addr = addr(&gw);
+    let requests: Vec<String> = (0..6)
+        .map(|i| match i % 2 {
+            0 => format!("GET /stale/{i} HTTP/1.1\r\nHost: {gw_addr}\r\n\r\n"),
+            _ => format!(
+                "POST /stale/{i} HTTP/1.1\r\nHost: {gw_addr}\r\nContent-Length: 4\r\n\r\nbody"
+            ),
+        })
+        .collect();
+    for answer in on_one_connection(gw_addr, &requests).await {
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.text(), "ok");
+    }
+}
+
 #[tokio::test]
 async fn a_backend_dying_mid_body_is_not_hidden_from_the_client() {
     // Promises 100 bytes, sends 10, closes.

@@ -1,9 +1,20 @@
-//! Connect + relay phases for plain HTTP: stream the request to the backend through the
-//! pooled client and stream its response back. Bodies are never buffered whole.
+//! Connect + relay phases for plain HTTP: stream the request to the backend and stream its
+//! response back. Bodies are never buffered whole.
+//!
+//! An HTTP/1 client connection keeps one backend connection pinned to it ([`Pinned`], in
+//! its [`ConnInfo`]). From its second request on, a request finding the slot empty opens a
+//! connection to its target and leaves it there once the response head is in; the next
+//! request to the same target (and upstream) takes it — no pool lookup, no shared lock —
+//! and puts it back the same way. A pinned connection the backend closed while idle is
+//! replaced by a fresh one transparently (nothing was sent: neither a retry nor a failure
+//! counts). The first request of a connection (many connections carry only one), a request
+//! to another target than the pinned one, and HTTP/2 clients (many requests at once on one
+//! connection) use the shared pooled client.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
@@ -13,8 +24,170 @@ use super::headers::{strip_hop_by_hop, to_backend};
 use super::pipeline::{Body, ConnInfo, Matched};
 use crate::error::{ErrorKind, GatewayError};
 use crate::telemetry::{Counted, TooLarge};
-use crate::upstream::pool::Outcome;
+use crate::upstream::pool::{Lease, Outcome, TargetState};
 use crate::upstream::replay::{Replay, Returned};
+use crate::upstream::{HttpSender, Upstream, UpstreamError, UpstreamId};
+
+/// A request as the backend gets it.
+type Outgoing = Request<Replay<Counted<Incoming>>>;
+
+/// A client connection's one-slot cache of a backend HTTP/1 connection.
+///
+/// Only `try_lock`ed, and never held across an await: an HTTP/1 connection serves one
+/// request at a time, so it is never contended (when it is, the pooled client serves).
+#[derive(Default)]
+pub struct Pinned(Mutex<Slot>);
+
+#[derive(Default)]
+enum Slot {
+    /// No request yet: the first one goes through the pool.
+    #[default]
+    Fresh,
+    /// Free for a connection; a request that opens one leaves it here.
+    Empty,
+    Held(Held),
+}
+
+/// A pinned connection and where it goes.
+struct Held {
+    target: Arc<TargetState>,
+    upstream: UpstreamId,
+    sender: HttpSender,
+}
+
+/// How an attempt reaches its backend.
+enum Path {
+    Pooled,
+    /// The pinned connection to this target, or `None` to open one.
+    Pinned(Option<HttpSender>),
+}
+
+impl Pinned {
+    fn checkout(&self, lease: &Lease, upstream: &Upstream) -> Path {
+        let Ok(mut slot) = self.0.try_lock() else {
+            return Path::Pooled;
+        };
+        match &*slot {
+            Slot::Fresh => {
+                *slot = Slot::Empty;
+                Path::Pooled
+            }
+            Slot::Empty => Path::Pinned(None),
+            Slot::Held(held)
+                if Arc::ptr_eq(&held.target, lease.target()) && held.upstream == *upstream.id() =>
+            {
+                match std::mem::replace(&mut *slot, Slot::Empty) {
+                    Slot::Held(held) => Path::Pinned(Some(held.sender)),
+                    Slot::Fresh | Slot::Empty => Path::Pinned(None),
+                }
+            }
+            Slot::Held(_) => Path::Pooled,
+        }
+    }
+
+    /// Keeps `sender` for the next request, unless the slot was filled meanwhile.
+    fn put(&self, lease: &Lease, upstream: &Upstream, sender: HttpSender) {
+        if let Ok(mut slot) = self.0.try_lock()
+            && matches!(*slot, Slot::Empty)
+        {
+            *slot = Slot::Held(Held {
+                target: lease.target().clone(),
+                upstream: upstream.id().clone(),
+                sender,
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self
+            .0
+            .try_lock()
+            .map(|slot| matches!(*slot, Slot::Held(_)))
+            .ok();
+        f.debug_struct("Pinned").field("held", &held).finish()
+    }
+}
+
+/// Why an attempt got no response.
+enum Failure {
+    /// A fresh connection could not be opened.
+    Connect(UpstreamError),
+    /// The backend connection failed while the request was on it.
+    Lost(hyper::Error),
+    Pooled(hyper_util::client::legacy::Error),
+}
+
+impl Failure {
+    fn is_connect(&self) -> bool {
+        match self {
+            Failure::Connect(_) => true,
+            Failure::Lost(_) => false,
+            Failure::Pooled(error) => error.is_connect(),
+        }
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            Failure::Connect(error) => error,
+            Failure::Lost(error) => error,
+            Failure::Pooled(error) => error,
+        }
+    }
+}
+
+/// One attempt on `lease`: over the pinned connection when it may, else through the pool.
+async fn send(
+    conn: &ConnInfo,
+    pinning: bool,
+    lease: &Lease,
+    upstream: &Upstream,
+    req: Outgoing,
+) -> Result<Response<Incoming>, Failure> {
+    let path = match pinning {
+        true => conn.backend.checkout(lease, upstream),
+        false => Path::Pooled,
+    };
+    let pinned = match path {
+        Path::Pooled => return upstream.http().request(req).await.map_err(Failure::Pooled),
+        Path::Pinned(pinned) => pinned,
+    };
+    let mut req = origin_form(req);
+    if let Some(mut sender) = pinned
+        && sender.ready().await.is_ok()
+    {
+        match sender.try_send_request(req).await {
+            Ok(response) => {
+                conn.backend.put(lease, upstream, sender);
+                return Ok(response);
+            }
+            // Not written: the backend had closed the idle connection. A fresh one takes it.
+            Err(mut error) => match error.take_message() {
+                Some(unsent) => req = unsent,
+                None => return Err(Failure::Lost(error.into_error())),
+            },
+        }
+    }
+    let mut sender = upstream
+        .connect_http(lease.url())
+        .await
+        .map_err(Failure::Connect)?;
+    let response = sender.send_request(req).await.map_err(Failure::Lost)?;
+    conn.backend.put(lease, upstream, sender);
+    Ok(response)
+}
+
+/// The request with its target in origin form (path and query), as HTTP/1 sends it.
+fn origin_form(mut req: Outgoing) -> Outgoing {
+    let origin = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from);
+    *req.uri_mut() = origin;
+    req
+}
 
 pub async fn forward(
     conn: &ConnInfo,
@@ -29,6 +202,8 @@ pub async fn forward(
         remaining,
     } = matched;
     let (mut parts, body) = req.into_parts();
+    // HTTP/2 clients send many requests at once on one connection: the pool serves them.
+    let pinning = parts.version <= Version::HTTP_11 && parts.method != Method::CONNECT;
     to_backend(&mut parts.headers, parts.uri.authority(), conn, &route)?;
     parts.version = Version::HTTP_11;
     let key = connect::affinity(&route, &parts.headers, &target, conn.client);
@@ -66,10 +241,13 @@ pub async fn forward(
         }
 
         let asked = Instant::now();
-        let sent = route
-            .upstream
-            .http()
-            .request(Request::from_parts(head, body));
+        let sent = send(
+            conn,
+            pinning,
+            &lease,
+            &route.upstream,
+            Request::from_parts(head, body),
+        );
         let outcome = tokio::time::timeout(env.timeouts.response, sent).await;
         // The body, if this attempt dropped it unsent.
         let again = returned.take().and_then(Returned::take);
@@ -87,7 +265,7 @@ pub async fn forward(
             Ok(Err(error)) => {
                 // The client's body went past a `request_size` limit: the backend's request
                 // was aborted there.
-                if let Some(too_large) = TooLarge::within(&error) {
+                if let Some(too_large) = TooLarge::within(error.as_error()) {
                     return Err(GatewayError::new(
                         ErrorKind::PayloadTooLarge,
                         too_large.to_string(),
@@ -144,18 +322,13 @@ pub async fn forward(
     }
 }
 
-fn backend_error(
-    proxy: &str,
-    backend: &str,
-    error: &hyper_util::client::legacy::Error,
-) -> GatewayError {
-    use std::error::Error as _;
-    let mut cause = String::new();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        cause = inner.to_string();
-        source = inner.source();
+fn backend_error(proxy: &str, backend: &str, error: &Failure) -> GatewayError {
+    // The innermost cause says most; an error without a source says it itself.
+    let mut inner = error.as_error();
+    while let Some(source) = inner.source() {
+        inner = source;
     }
+    let cause = inner.to_string();
     let what = if error.is_connect() {
         "could not be reached"
     } else {

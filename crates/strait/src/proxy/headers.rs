@@ -24,7 +24,7 @@ pub fn to_backend(
     set_forwarded(headers, conn, original_host.as_ref());
     let host = match original_host {
         Some(host) if route.preserve_host => host,
-        _ => HeaderValue::from_str(route.backend.authority()).map_err(|_| {
+        _ => route.backend_host.clone().ok_or_else(|| {
             GatewayError::new(
                 ErrorKind::BadGateway,
                 format!("backend {} has no usable host", route.backend.as_str()),

@@ -109,6 +109,7 @@ async fn serve_connection(
         client_ip,
         tls: tls.is_some(),
         env,
+        backend: Default::default(),
     });
     let service = {
         let conn = conn.clone();

@@ -62,6 +62,8 @@ pub struct ConnInfo {
     pub client_ip: Option<http::HeaderValue>,
     pub tls: bool,
     pub env: Arc<str>,
+    /// The backend connection pinned to this client connection.
+    pub backend: forward::Pinned,
 }
 
 /// The outcome of the match phase.

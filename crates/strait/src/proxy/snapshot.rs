@@ -29,6 +29,8 @@ pub struct Route {
     /// The first target's URL: the target a request resolves to before the balancer picks
     /// one (policies see it; with one target it is the one).
     pub backend: BackendUrl,
+    /// `backend`'s authority as a `Host` value, made once (`None`: not a valid header value).
+    pub backend_host: Option<http::HeaderValue>,
     /// The backend's targets, their health and how requests are shared among them.
     pub pool: Arc<Pool>,
     /// `None`: any method.
@@ -165,6 +167,8 @@ impl Snapshot {
                     proxy: name.clone(),
                     path: Arc::from(proxy.path.as_str()),
                     backend: proxy.backend.primary().clone(),
+                    backend_host: http::HeaderValue::from_str(proxy.backend.primary().authority())
+                        .ok(),
                     pool,
                     methods: proxy.methods.clone(),
                     preserve_host: proxy.preserve_host,

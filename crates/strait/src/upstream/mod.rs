@@ -1,9 +1,12 @@
 //! Upstream: how the gateway reaches backends.
 //!
 //! Owns the pooled HTTP client for request/response traffic, the TLS trust for https/wss
-//! backends (system roots plus an optional `ca_file`) and dedicated connections for
-//! WebSocket upgrades. Knows nothing of routes or client connections. Backend host names
-//! are resolved at connect time through the gateway's [`Resolver`].
+//! backends (system roots plus an optional `ca_file`), single HTTP/1 connections (which
+//! the proxy pins to a client connection) and dedicated connections for WebSocket
+//! upgrades; and, per backend, its targets ([`pool`]): which one takes a request
+//! ([`balance`]), whether it is up ([`health`], [`breaker`]), what its settings are
+//! ([`settings`]). Knows nothing of routes or client connections. Backend host names are
+//! resolved at connect time through the gateway's [`Resolver`] ([`dns`]).
 
 pub mod balance;
 pub mod breaker;
@@ -63,11 +66,19 @@ pub enum UpstreamError {
     Resolve { host: String, reason: String },
     #[error("cannot set up DNS resolution: {0}")]
     Resolver(String),
+    #[error("HTTP/1 handshake with {authority} failed: {source}")]
+    Handshake {
+        authority: String,
+        source: hyper::Error,
+    },
 }
 
 /// The pooled HTTP client used for request/response traffic.
 /// Request bodies stream from the client to the backend, counted on the way.
 pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Replay<Counted<Incoming>>>;
+
+/// The sending half of one HTTP/1 connection to a backend (see [`Upstream::connect_http`]).
+pub type HttpSender = hyper::client::conn::http1::SendRequest<Replay<Counted<Incoming>>>;
 
 /// One way of reaching backends: a trust store, a connect timeout and the HTTP pool built on them.
 #[derive(Clone)]
@@ -77,6 +88,17 @@ pub struct Upstream {
     ws_tls: TlsConnector,
     resolver: Resolver,
     connect_timeout: Duration,
+    identity: UpstreamId,
+}
+
+/// Which [`Upstream`] (trust and connect timeout) something belongs to; its clones share it.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamId(Arc<()>);
+
+impl PartialEq for UpstreamId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl std::fmt::Debug for Upstream {
@@ -125,11 +147,35 @@ impl Upstream {
             ws_tls: TlsConnector::from(Arc::new(ws_tls)),
             resolver,
             connect_timeout,
+            identity: UpstreamId::default(),
         })
     }
 
     pub fn http(&self) -> &HttpClient {
         &self.http
+    }
+
+    pub fn id(&self) -> &UpstreamId {
+        &self.identity
+    }
+
+    /// A fresh HTTP/1 connection to `backend` (TLS for https backends), outside the pool:
+    /// connected as [`Upstream::connect_ws`] does, its connection task spawned. It closes
+    /// once every sender is dropped and its last response has ended.
+    pub async fn connect_http(&self, backend: &BackendUrl) -> Result<HttpSender, UpstreamError> {
+        let stream = self.connect_ws(backend).await?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                authority: backend.authority().to_owned(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "backend connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 
     /// A fresh connection for a WebSocket upgrade (TLS for https backends), never pooled.
