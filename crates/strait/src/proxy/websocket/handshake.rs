@@ -225,9 +225,16 @@ async fn handshake(
         .cloned();
     // Under `rebalance: drain`, a session on a target the configuration no longer lists is
     // closed once the environment's undeploy grace has passed.
+    // Boxed: a session without it carries no timer.
     let drain = (route.pool.rebalance() == Rebalance::Drain)
         .then(|| lease.target().retired().clone())
-        .zip(env.undeploy_grace);
+        .zip(env.undeploy_grace)
+        .map(|(retired, grace)| {
+            Box::pin(async move {
+                retired.cancelled().await;
+                tokio::time::sleep(grace).await;
+            })
+        });
     shared.sessions.spawn(async move {
         let held = held;
         // The target counts the session as open until it ends.
@@ -247,11 +254,15 @@ async fn handshake(
                 None => std::future::pending().await,
             }
         };
+        // Boxed: a session without a deadline carries no timer.
+        let expiry = expiry.map(|expiry| {
+            let left = expiry.at.duration_since(SystemTime::now()).unwrap_or_default();
+            (Box::pin(tokio::time::sleep(left)), expiry)
+        });
         let expired = async move {
             match expiry {
-                Some(expiry) => {
-                    let left = expiry.at.duration_since(SystemTime::now()).unwrap_or_default();
-                    tokio::time::sleep(left).await;
+                Some((sleep, expiry)) => {
+                    sleep.await;
                     CloseFrame::new(expiry.code, expiry.reason)
                 }
                 None => std::future::pending().await,
@@ -259,9 +270,8 @@ async fn handshake(
         };
         let drained = async move {
             match drain {
-                Some((retired, grace)) => {
-                    retired.cancelled().await;
-                    tokio::time::sleep(grace).await;
+                Some(drained) => {
+                    drained.await;
                     CloseFrame::new(CLOSE_GOING_AWAY, "backend target removed")
                 }
                 None => std::future::pending().await,

@@ -98,8 +98,9 @@ pub struct RelayConfig {
     pub close_timeout: Duration,
     /// Where keepalive round trips are recorded (ping to the side's next frame).
     pub ping_rtt: Option<Histogram>,
-    /// What the session's policies allow each side to send.
-    pub limits: MessageLimits,
+    /// What the session's policies allow each side to send (`None`: no limits; boxed, so a
+    /// session without them carries 8 bytes).
+    pub limits: Option<Box<MessageLimits>>,
 }
 
 /// The message limits of a session (`ws_message_size`, `ws_message_rate`), per sender.
@@ -119,9 +120,13 @@ pub struct SenderLimits {
 }
 
 impl MessageLimits {
-    /// The limits a handshake's policies handed it.
-    pub fn from_policies<'a>(limits: impl IntoIterator<Item = &'a MessageLimit>) -> Self {
-        let mut all = MessageLimits::default();
+    /// The limits a handshake's policies handed it (`None`: none).
+    pub fn from_policies<'a>(
+        limits: impl IntoIterator<Item = &'a MessageLimit>,
+    ) -> Option<Box<Self>> {
+        let mut limits = limits.into_iter().peekable();
+        limits.peek()?;
+        let mut all = Box::new(MessageLimits::default());
         for limit in limits {
             let sender = match limit.from {
                 Sender::Client => &mut all.from_client,
@@ -134,7 +139,7 @@ impl MessageLimits {
                 MessageRule::Rate { gate, drop } => sender.rates.push((gate.clone(), *drop)),
             }
         }
-        all
+        Some(all)
     }
 
     fn boxed(limits: &SenderLimits) -> Option<Box<Limits>> {
@@ -453,7 +458,7 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(policy: MaskPolicy, limits: &SenderLimits) -> Self {
+    fn new(policy: MaskPolicy, limits: Option<&SenderLimits>) -> Self {
         Self {
             buf: Vec::new(),
             head: 0,
@@ -473,7 +478,7 @@ impl Direction {
             heard: false,
             violation: None,
             refused: None,
-            limits: MessageLimits::boxed(limits),
+            limits: limits.and_then(MessageLimits::boxed),
             dropping_frame: false,
             stats: DirectionStats::default(),
         }
@@ -965,8 +970,14 @@ where
             live,
             client_alive: alive,
             backend_alive: alive,
-            c2b: Direction::new(MaskPolicy::Required, &config.limits.from_client),
-            b2c: Direction::new(MaskPolicy::Forbidden, &config.limits.from_backend),
+            c2b: Direction::new(
+                MaskPolicy::Required,
+                config.limits.as_ref().map(|l| &l.from_client),
+            ),
+            b2c: Direction::new(
+                MaskPolicy::Forbidden,
+                config.limits.as_ref().map(|l| &l.from_backend),
+            ),
             first: None,
             client_dead: false,
             backend_dead: false,
@@ -1345,7 +1356,7 @@ mod tests {
     async fn an_idle_direction_holds_no_buffer() {
         let (mut peer, mut src) = duplex(64 * 1024);
         let (mut dst, mut sink) = duplex(64 * 1024);
-        let mut direction = Direction::new(MaskPolicy::Forbidden, &SenderLimits::default());
+        let mut direction = Direction::new(MaskPolicy::Forbidden, None);
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         direction.pump(&mut cx, &mut src, &mut dst);
@@ -1379,7 +1390,7 @@ mod tests {
             ping_interval: None,
             pong_timeout: Duration::from_secs(10),
             ping_rtt: None,
-            limits: MessageLimits::default(),
+            limits: None,
         }
     }
 
@@ -1903,7 +1914,7 @@ mod tests {
             ping_interval: None,
             pong_timeout: Duration::from_secs(10),
             ping_rtt: None,
-            limits: MessageLimits::default(),
+            limits: None,
         };
         let (mut client, backend, running) = start_ws(cfg).await;
         let echo = echo(backend);
@@ -1948,7 +1959,7 @@ mod tests {
             ping_interval: Some(Duration::from_secs(ping)),
             pong_timeout: Duration::from_secs(pong),
             ping_rtt: None,
-            limits: MessageLimits::default(),
+            limits: None,
         }
     }
 
@@ -2209,10 +2220,10 @@ mod tests {
 
     fn limited(from_client: SenderLimits, from_backend: SenderLimits) -> RelayConfig {
         RelayConfig {
-            limits: MessageLimits {
+            limits: Some(Box::new(MessageLimits {
                 from_client,
                 from_backend,
-            },
+            })),
             ..config()
         }
     }
