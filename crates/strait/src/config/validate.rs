@@ -410,17 +410,7 @@ impl Check<'_> {
             .collect();
         self.check_environments(&environments);
 
-        let upstream_nodes = match fields.optional("upstreams") {
-            None => &[],
-            Some(node) => self
-                .list(
-                    node,
-                    &format!("{whole}: upstreams"),
-                    "a list of upstreams",
-                    "upstreams",
-                )
-                .unwrap_or_default(),
-        };
+        let upstream_nodes = self.top_list(&fields, whole, "upstreams");
         let upstreams: Vec<_> = upstream_nodes
             .iter()
             .enumerate()
@@ -428,17 +418,7 @@ impl Check<'_> {
             .collect();
         self.check_upstreams(&upstreams);
 
-        let proxy_nodes = match fields.optional("proxies") {
-            None => &[],
-            Some(node) => self
-                .list(
-                    node,
-                    &format!("{whole}: proxies"),
-                    "a list of proxies",
-                    "proxies",
-                )
-                .unwrap_or_default(),
-        };
+        let proxy_nodes = self.top_list(&fields, whole, "proxies");
         let proxies: Vec<_> = proxy_nodes
             .iter()
             .enumerate()
@@ -446,17 +426,7 @@ impl Check<'_> {
             .collect();
         self.check_proxies(&proxies, &environments);
 
-        let consumer_nodes = match fields.optional("consumers") {
-            None => &[],
-            Some(node) => self
-                .list(
-                    node,
-                    &format!("{whole}: consumers"),
-                    "a list of consumers",
-                    "consumers",
-                )
-                .unwrap_or_default(),
-        };
+        let consumer_nodes = self.top_list(&fields, whole, "consumers");
         let consumers: Vec<_> = consumer_nodes
             .iter()
             .enumerate()
@@ -2059,6 +2029,21 @@ impl Check<'_> {
                 );
                 None
             }
+        }
+    }
+
+    /// The optional top-level list `key` (empty when absent or not a list, the latter reported).
+    fn top_list<'n>(&mut self, fields: &Fields<'n>, whole: &str, key: &str) -> &'n [Node] {
+        match fields.optional(key) {
+            None => &[],
+            Some(node) => self
+                .list(
+                    node,
+                    &format!("{whole}: {key}"),
+                    &format!("a list of {key}"),
+                    key,
+                )
+                .unwrap_or_default(),
         }
     }
 

@@ -13,29 +13,56 @@ use crate::routing::target_uri;
 use crate::upstream::balance::hash_key;
 use crate::upstream::pool::{Lease, NoTarget};
 
-/// The request's `consistent_hash` key, kept for every attempt (`None` without one).
-pub fn affinity(
-    route: &Route,
-    headers: &HeaderMap,
-    target: &Uri,
-    client: SocketAddr,
-) -> Option<Vec<u8>> {
-    let hash_on = route.pool.hash_on()?;
-    hash_key(hash_on, headers, target.query(), client.ip()).map(|key| key.as_bytes().to_vec())
+/// A request's attempts on the backend's targets: each on a target not tried yet, at most
+/// `retries` after the first.
+pub struct Attempts {
+    /// The request's `consistent_hash` key, kept for every attempt.
+    key: Option<Vec<u8>>,
+    retries: u32,
+    tried: Vec<usize>,
+    /// The error the latest attempt ended with.
+    last: Option<GatewayError>,
 }
 
-/// A target for the next attempt, skipping those in `tried`. Every target down: 503 at once.
-/// Every target tried: `last`, the error the latest attempt ended with.
-pub fn lease(
-    route: &Route,
-    key: Option<&[u8]>,
-    tried: &[usize],
-    last: Option<GatewayError>,
-) -> Result<Lease, GatewayError> {
-    match route.pool.select(key, tried) {
-        Ok(lease) => Ok(lease),
-        Err(NoTarget::AllTried) => Err(last.unwrap_or_else(|| all_down(route))),
-        Err(NoTarget::AllDown) => Err(all_down(route)),
+impl Attempts {
+    pub fn new(route: &Route, headers: &HeaderMap, target: &Uri, client: SocketAddr) -> Self {
+        let key = route.pool.hash_on().and_then(|hash_on| {
+            hash_key(hash_on, headers, target.query(), client.ip())
+                .map(|key| key.as_bytes().to_vec())
+        });
+        Attempts {
+            key,
+            retries: route.pool.retries(),
+            tried: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// Whether another attempt may follow this one.
+    pub fn can_retry(&self) -> bool {
+        self.retries > 0
+    }
+
+    /// Whether a target other than the current attempt's is left to try.
+    pub fn others_left(&self, route: &Route) -> bool {
+        self.tried.len() + 1 < route.pool.targets().len()
+    }
+
+    /// A target for the next attempt. Every target down: 503 at once. Every target tried:
+    /// the error the latest attempt ended with.
+    pub fn lease(&mut self, route: &Route) -> Result<Lease, GatewayError> {
+        match route.pool.select(self.key.as_deref(), &self.tried) {
+            Ok(lease) => Ok(lease),
+            Err(NoTarget::AllTried) => Err(self.last.take().unwrap_or_else(|| all_down(route))),
+            Err(NoTarget::AllDown) => Err(all_down(route)),
+        }
+    }
+
+    /// The attempt on `lease` failed with `error` (if it was an error): try another target.
+    pub fn retry(&mut self, lease: &Lease, error: Option<GatewayError>) {
+        self.retries = self.retries.saturating_sub(1);
+        self.tried.push(lease.index());
+        self.last = error;
     }
 }
 

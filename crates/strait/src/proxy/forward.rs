@@ -18,7 +18,7 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use super::connect;
+use super::connect::{self, Attempts};
 use super::exchange::Exchange;
 use super::headers::{strip_hop_by_hop, to_backend};
 use super::pipeline::{Body, ConnInfo, Matched};
@@ -206,25 +206,21 @@ pub async fn forward(
     let pinning = parts.version <= Version::HTTP_11 && parts.method != Method::CONNECT;
     to_backend(&mut parts.headers, parts.uri.authority(), conn, &route)?;
     parts.version = Version::HTTP_11;
-    let key = connect::affinity(&route, &parts.headers, &target, conn.client);
+    let mut attempts = Attempts::new(&route, &parts.headers, &target, conn.client);
     let idempotent = parts.method.is_idempotent();
-    let mut retries = route.pool.retries();
     // Without retries the body goes once; with, it comes back from an attempt that did not
     // send any of it.
-    let (mut body, mut returned) = match retries {
-        0 => (Replay::once(body), None),
-        _ => {
-            let (body, returned) = Replay::new(body);
-            (body, Some(returned))
-        }
+    let (mut body, mut returned) = if attempts.can_retry() {
+        let (body, returned) = Replay::new(body);
+        (body, Some(returned))
+    } else {
+        (Replay::once(body), None)
     };
-    let mut tried = Vec::new();
-    let mut last = None;
     loop {
-        let mut lease = connect::lease(&route, key.as_deref(), &tried, last.take())?;
+        let mut lease = attempts.lease(&route)?;
         let uri = connect::target_on(&lease, &route, &target, remaining.as_deref(), false)?;
         // The last attempt takes the head; one that may be followed by another copies it.
-        let mut head = if retries > 0 && returned.is_some() {
+        let mut head = if attempts.can_retry() && returned.is_some() {
             let mut copy = Request::new(());
             *copy.method_mut() = parts.method.clone();
             *copy.headers_mut() = parts.headers.clone();
@@ -276,11 +272,9 @@ pub async fn forward(
                 // Another target may take it if none of the body went out: after a connect
                 // failure whatever the method, after a lost connection if idempotent.
                 match again {
-                    Some(unsent) if retries > 0 && (error.is_connect() || idempotent) => {
+                    Some(unsent) if attempts.can_retry() && (error.is_connect() || idempotent) => {
                         (body, returned) = (unsent.0, Some(unsent.1));
-                        retries -= 1;
-                        tried.push(lease.index());
-                        last = Some(failed);
+                        attempts.retry(&lease, Some(failed));
                         continue;
                     }
                     _ => return Err(failed),
@@ -291,14 +285,14 @@ pub async fn forward(
         let status = response.status();
         lease.report(Outcome::from_status(status));
         if let Some(unsent) = again
-            && retries > 0
+            && attempts.can_retry()
+            && attempts.others_left(&route)
             && idempotent
             && matches!(status.as_u16(), 502..=504)
         {
             tracing::debug!(proxy = %route.proxy, target = lease.url().as_str(), %status, "retrying on another target");
             (body, returned) = (unsent.0, Some(unsent.1));
-            retries -= 1;
-            tried.push(lease.index());
+            attempts.retry(&lease, None);
             continue;
         }
         let took = asked.elapsed();

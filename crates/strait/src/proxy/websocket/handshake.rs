@@ -79,24 +79,19 @@ async fn handshake(
 
     // A target whose connect fails is tried no more: the next attempt goes to another. A
     // backend that answers, even to refuse, is never asked again.
-    let key = connect::affinity(&route, &headers, &target, conn.client);
-    let mut retries = route.pool.retries();
-    let mut tried = Vec::new();
-    let mut last = None;
+    let mut attempts = connect::Attempts::new(&route, &headers, &target, conn.client);
     let (mut lease, stream, target) = loop {
-        let mut lease = connect::lease(&route, key.as_deref(), &tried, last.take())?;
+        let mut lease = attempts.lease(&route)?;
         let target = connect::target_on(&lease, &route, &target, remaining.as_deref(), true)?;
         match route.upstream.connect_ws(lease.url()).await {
             Ok(stream) => break (lease, stream, target),
             Err(error) => {
                 lease.report(Outcome::ConnectFailed);
                 let failed = connect_error(&route.proxy, &error);
-                if retries == 0 {
+                if !attempts.can_retry() {
                     return Err(failed);
                 }
-                retries -= 1;
-                tried.push(lease.index());
-                last = Some(failed);
+                attempts.retry(&lease, Some(failed));
             }
         }
     };
