@@ -637,3 +637,28 @@ async fn rebalance_drain_closes_sessions_on_a_removed_target_and_keep_does_not()
         }
     }
 }
+
+#[tokio::test]
+async fn with_more_retries_than_targets_the_last_backend_answer_is_returned() {
+    let backends = three().await;
+    for backend in &backends {
+        backend.answer_with(503);
+    }
+    let api = gateway().await;
+    proxy(
+        &api,
+        json!({"targets": [backends[0].url(), backends[1].url()], "retries": 5}),
+    )
+    .await;
+    let (status, body) = get(&api, &[]).await;
+    assert_eq!(status, 503);
+    assert!(
+        body == "a" || body == "b",
+        "the backend's own answer: {body}"
+    );
+    assert_eq!(
+        backends[0].requests() + backends[1].requests(),
+        2,
+        "each target once"
+    );
+}
