@@ -123,9 +123,9 @@ pub struct FrameParser {
     payload_pos: u64,
     /// A fragmented data message is open (its first frame had FIN clear).
     in_message: bool,
-    /// Unmasked payload of the latest close frame.
-    close_buf: [u8; MAX_CONTROL_PAYLOAD],
-    close_len: usize,
+    /// Unmasked payload of the latest close frame (allocated when a close frame comes, so
+    /// an idle session does not carry 125 bytes per direction).
+    close_buf: Vec<u8>,
     /// Bytes consumed in total, and where the frame being parsed started.
     position: u64,
     frame_start: u64,
@@ -143,8 +143,7 @@ impl FrameParser {
             remaining: 0,
             payload_pos: 0,
             in_message: false,
-            close_buf: [0; MAX_CONTROL_PAYLOAD],
-            close_len: 0,
+            close_buf: Vec::new(),
             position: 0,
             frame_start: 0,
             error: None,
@@ -244,7 +243,7 @@ impl FrameParser {
 
     /// Unmasked payload of the latest close frame (complete once its [`FrameEnd`] is reported).
     pub fn close_payload(&self) -> &[u8] {
-        self.close_buf.get(..self.close_len).unwrap_or_default()
+        &self.close_buf
     }
 
     fn fail(&mut self, err: ProtocolError) -> ProtocolError {
@@ -344,7 +343,7 @@ impl FrameParser {
             self.in_message = !header.fin;
         }
         if header.opcode == OpCode::Close {
-            self.close_len = 0;
+            self.close_buf.clear();
         }
         self.hdr_len = 0;
         self.current = Some(header);
@@ -365,9 +364,8 @@ impl FrameParser {
         for (i, &byte) in chunk.iter().enumerate() {
             let pos = self.payload_pos + i as u64;
             let key = mask.map_or(0, |m| m.get((pos % 4) as usize).copied().unwrap_or(0));
-            if let Some(slot) = self.close_buf.get_mut(self.close_len) {
-                *slot = byte ^ key;
-                self.close_len += 1;
+            if self.close_buf.len() < MAX_CONTROL_PAYLOAD {
+                self.close_buf.push(byte ^ key);
             }
         }
     }

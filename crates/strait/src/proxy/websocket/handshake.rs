@@ -26,9 +26,9 @@ use crate::proxy::sessions::SessionInfo;
 use crate::proxy::snapshot::{EnvRoutes, Route};
 use crate::telemetry::access::{SessionRecord, Traffic};
 use crate::telemetry::{Tracer, Upgrade};
-use crate::upstream::UpstreamError;
 use crate::upstream::pool::Outcome;
 use crate::upstream::settings::Rebalance;
+use crate::upstream::{BackendStream, UpstreamError};
 
 pub async fn forward(
     shared: &Shared,
@@ -220,16 +220,9 @@ async fn handshake(
         .cloned();
     // Under `rebalance: drain`, a session on a target the configuration no longer lists is
     // closed once the environment's undeploy grace has passed.
-    // Boxed: a session without it carries no timer.
     let drain = (route.pool.rebalance() == Rebalance::Drain)
         .then(|| lease.target().retired().clone())
-        .zip(env.undeploy_grace)
-        .map(|(retired, grace)| {
-            Box::pin(async move {
-                retired.cancelled().await;
-                tokio::time::sleep(grace).await;
-            })
-        });
+        .zip(env.undeploy_grace);
     shared.sessions.spawn(async move {
         let held = held;
         // The target counts the session as open until it ends.
@@ -241,51 +234,75 @@ async fn handshake(
                 return;
             }
         };
-        // Boxed: a session without a lifetime limit carries no timer.
-        let limit = max_lifetime.map(|limit| Box::pin(tokio::time::sleep(limit)));
-        let lifetime = async move {
-            match limit {
-                Some(sleep) => sleep.await,
-                None => std::future::pending().await,
-            }
+        // The backend connection unwrapped from hyper's upgrade: the relay reads and
+        // writes it directly instead of through a boxed, rewindable wrapper.
+        let Ok(backend_io) = backend_io.downcast::<TokioIo<BackendStream>>() else {
+            tracing::error!(%proxy, "the upgraded backend connection is of an unexpected type");
+            return;
         };
-        // Boxed: a session without a deadline carries no timer.
+        // The session's own limits (lifetime, token expiry, drain), boxed together: a
+        // session without any carries none of their timers.
         let expiry = expiry.map(|expiry| {
-            let left = expiry.at.duration_since(SystemTime::now()).unwrap_or_default();
-            (Box::pin(tokio::time::sleep(left)), expiry)
+            let left = expiry
+                .at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            (left, expiry)
         });
-        let expired = async move {
-            match expiry {
-                Some((sleep, expiry)) => {
-                    sleep.await;
-                    CloseFrame::new(expiry.code, expiry.reason)
+        let limits = (max_lifetime.is_some() || expiry.is_some() || drain.is_some()).then(|| {
+            Box::pin(async move {
+                let lifetime = async move {
+                    match max_lifetime {
+                        Some(limit) => tokio::time::sleep(limit).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let expired = async move {
+                    match expiry {
+                        Some((left, expiry)) => {
+                            tokio::time::sleep(left).await;
+                            CloseFrame::new(expiry.code, expiry.reason)
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                let drained = async move {
+                    match drain {
+                        Some((retired, grace)) => {
+                            retired.cancelled().await;
+                            tokio::time::sleep(grace).await;
+                            CloseFrame::new(CLOSE_GOING_AWAY, "backend target removed")
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    frame = expired => frame,
+                    frame = drained => frame,
+                    _ = lifetime => CloseFrame::new(CLOSE_GOING_AWAY, "maximum session lifetime reached"),
                 }
-                None => std::future::pending().await,
-            }
-        };
-        let drained = async move {
-            match drain {
-                Some(drained) => {
-                    drained.await;
-                    CloseFrame::new(CLOSE_GOING_AWAY, "backend target removed")
+            })
+        });
+        let stop = std::pin::pin!(async move {
+            let limited = async move {
+                match limits {
+                    Some(limits) => limits.await,
+                    None => std::future::pending().await,
                 }
-                None => std::future::pending().await,
-            }
-        };
-        let stop = async move {
+            };
             tokio::select! {
-                frame = expired => frame,
-                frame = drained => frame,
+                biased;
                 _ = shutdown.cancelled() => CloseFrame::new(CLOSE_GOING_AWAY, "gateway shutting down"),
                 Ok(frame) = close_requested => frame,
-                _ = lifetime => CloseFrame::new(CLOSE_GOING_AWAY, "maximum session lifetime reached"),
+                frame = limited => frame,
             }
-        };
+        });
         tracing::debug!(%proxy, %client, %target, "WebSocket session open");
         let started = Instant::now();
         let outcome = relay(
             TokioIo::new(client_io),
-            TokioIo::new(backend_io),
+            backend_io.io.into_inner(),
+            backend_io.read_buf,
             &config,
             &registration.session.live,
             stop,
