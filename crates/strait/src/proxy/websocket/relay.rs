@@ -352,7 +352,9 @@ where
         .map_or(config.idle_timeout, |ping| ping.min(config.idle_timeout));
     let mut timer = std::pin::pin!(tokio::time::sleep_until(after(Instant::now(), first_wake)));
     let mut session = Session::new(client, backend, config, live);
-    session.b2c.seed(&from_backend);
+    // Consumed here: the bytes may share hyper's whole read buffer, which a session must
+    // not keep.
+    session.b2c.seed(from_backend);
     let signal = Arc::new(Signal {
         woken: AtomicBool::new(true),
         task: AtomicWaker::new(),
@@ -549,7 +551,7 @@ impl Direction {
     }
 
     /// Starts with `bytes` already read from the source.
-    fn seed(&mut self, bytes: &[u8]) {
+    fn seed(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
             self.buf = bytes.to_vec();
             self.tail = bytes.len();
