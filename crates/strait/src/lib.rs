@@ -13,12 +13,14 @@
 //! - [`telemetry`]: metrics, access log and trace context the data plane records into.
 //! - [`echo`]: the built-in echo backend used by the demo, the tests and the benchmarks.
 //! - [`error`]: the JSON error every gateway-made response uses.
+//! - [`io`]: a TCP connection, plain or with TLS, as both sides of the proxy use it.
 
 pub mod admin;
 pub mod config;
 pub mod control;
 pub mod echo;
 pub mod error;
+pub mod io;
 pub mod policy;
 pub mod proxy;
 pub mod routing;

@@ -546,3 +546,37 @@ async fn plain_http_errors_on_a_websocket_path_are_json() {
     let (response, body) = get(&client(), &format!("http://{}/nothing-here", addr(&gw))).await;
     assert_error(&response, &body, 404, "no_route");
 }
+
+#[tokio::test]
+async fn a_message_sent_right_behind_the_upgrade_request_is_relayed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let echo = echo().await;
+    let proxies = proxy("chat", "/chat/*", &format!("http://{}/ws", echo.local_addr()));
+    let gw = gateway(&single_env(true, &proxies)).await;
+
+    // The upgrade request and a first (masked) text frame in one write: hyper reads both,
+    // and the frame must reach the backend once the session starts.
+    let key = [0x11u8, 0x22, 0x33, 0x44];
+    let mut bytes = b"GET /chat/room HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    bytes.extend_from_slice(&[0x81, 0x80 | 5]);
+    bytes.extend_from_slice(&key);
+    bytes.extend(b"early".iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+    let mut tcp = tokio::net::TcpStream::connect(addr(&gw)).await.expect("connect");
+    tcp.write_all(&bytes).await.expect("write");
+
+    // The 101 head, byte by byte so nothing after it is consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(within("the 101", tcp.read_u8()).await.expect("head byte"));
+    }
+    let head = String::from_utf8(head).expect("text head");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut ws = WebSocketStream::from_raw_socket(tcp, Role::Client, None).await;
+    let echoed = within("the echo", ws.next()).await.expect("open").expect("valid");
+    assert_eq!(echoed, Message::text("early"));
+}

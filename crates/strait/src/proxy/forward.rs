@@ -169,8 +169,8 @@ async fn send(
             },
         }
     }
-    let mut sender = upstream
-        .connect_http(lease.url())
+    // Boxed: opening a connection is rare, and its future would make every request's larger.
+    let mut sender = Box::pin(upstream.connect_http(lease.url()))
         .await
         .map_err(Failure::Connect)?;
     let response = sender.send_request(req).await.map_err(Failure::Lost)?;

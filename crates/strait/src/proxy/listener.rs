@@ -6,24 +6,33 @@
 //! it stops accepting, and the connections it accepted carry on until gateway shutdown.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::pipeline::{ConnInfo, Shared, handle};
+use crate::io::TcpOrTls;
+
+/// A client connection as accepted, with its TLS session if the environment has one. A
+/// WebSocket handshake unwraps it from hyper's upgrade, so the relay reads it directly.
+pub type ClientStream = TcpOrTls<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// Largest request head accepted (request line plus headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A client that has not sent its request head (or finished TLS) in this time is dropped.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// What an HTTP/2 client sends first on a connection without TLS (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 pub struct Listener {
     pub env: Arc<str>,
@@ -36,19 +45,33 @@ pub struct Listener {
     pub closed: oneshot::Sender<()>,
 }
 
-impl Listener {
-    pub async fn run(self, shared: Arc<Shared>) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+/// How connections are served: HTTP/1.1 with upgrades, or HTTP/2.
+#[derive(Clone)]
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new() -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
             .max_buf_size(MAX_HEAD_BYTES);
-        builder
-            .http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEAD_BYTES as u32);
-        let graceful = GracefulShutdown::new();
+        Self { http1, http2 }
+    }
+}
+
+impl Listener {
+    pub async fn run(self, shared: Arc<Shared>) {
+        let protocols = Protocols::new();
+        // Every connection this listener accepted, so shutdown can wait for them.
+        let connections = TaskTracker::new();
         loop {
             let accepted = tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
@@ -65,27 +88,26 @@ impl Listener {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let task = serve_connection(
-                builder.clone(),
+            connections.spawn(serve_connection(
+                protocols.clone(),
                 tcp,
                 client,
                 self.env.clone(),
                 shared.clone(),
-                graceful.watcher(),
-            );
-            tokio::spawn(task);
+            ));
         }
         drop(self.tcp);
         let _ = self.closed.send(());
         // Accepted connections keep serving; they end gracefully when the gateway stops.
         shared.shutdown.cancelled().await;
+        connections.close();
         let grace = shared
             .snapshot
             .load()
             .env(&self.env)
             .map_or(self.grace, |e| e.shutdown_grace);
         tracing::info!(env = %self.env, "stopped accepting; waiting for in-flight requests");
-        if tokio::time::timeout(grace, graceful.shutdown())
+        if tokio::time::timeout(grace, connections.wait())
             .await
             .is_err()
         {
@@ -95,12 +117,11 @@ impl Listener {
 }
 
 async fn serve_connection(
-    builder: auto::Builder<TokioExecutor>,
+    protocols: Protocols,
     tcp: TcpStream,
     client: std::net::SocketAddr,
     env: Arc<str>,
     shared: Arc<Shared>,
-    watcher: Watcher,
 ) {
     let tls: Option<TlsAcceptor> = shared.snapshot.load().env(&env).and_then(|e| e.tls.clone());
     let client_ip = http::HeaderValue::from_str(&client.ip().to_string()).ok();
@@ -111,23 +132,23 @@ async fn serve_connection(
         env,
         backend: Default::default(),
     });
-    let service = {
-        let conn = conn.clone();
-        service_fn(move |req| {
-            let shared = shared.clone();
-            let conn = conn.clone();
-            async move { Ok::<_, Infallible>(handle(shared, conn, req).await) }
-        })
-    };
-    let result = match tls {
-        None => {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-            watcher.watch(conn.into_owned()).await
-        }
+    // HTTP/2 by ALPN on TLS, by its preface (prior knowledge) on plain TCP.
+    let (stream, h2) = match tls {
+        None => match tokio::time::timeout(HEAD_TIMEOUT, starts_with_h2_preface(&tcp)).await {
+            Ok(Ok(h2)) => (TcpOrTls::Plain(tcp), h2),
+            Ok(Err(error)) => {
+                tracing::debug!(%client, %error, "connection failed before its first request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%client, "no request within the head timeout");
+                return;
+            }
+        },
         Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                watcher.watch(conn.into_owned()).await
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                (TcpOrTls::Tls(Box::new(stream)), h2)
             }
             Ok(Err(error)) => {
                 tracing::debug!(%client, %error, "TLS handshake failed");
@@ -139,7 +160,118 @@ async fn serve_connection(
             }
         },
     };
+    let io = TokioIo::new(stream);
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |req| {
+            let shared = shared.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(handle(shared, conn, req).await) }
+        })
+    };
+    let shutdown = &shared.shutdown;
+    let result = if h2 {
+        let conn = protocols.http2.serve_connection(io, service);
+        until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await
+    } else {
+        let conn = protocols
+            .http1
+            .serve_connection(io, service)
+            .with_upgrades();
+        until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await
+    };
     if let Err(error) = result {
         tracing::debug!(%client, %error, "connection ended with an error");
+    }
+}
+
+/// Serves `conn`; once the gateway shuts down, asks it to finish what is in flight and
+/// close (HTTP/1: after the current response; HTTP/2: GOAWAY) and waits for that.
+async fn until_shutdown<C, E>(
+    conn: C,
+    shutdown: &CancellationToken,
+    graceful: impl FnOnce(Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return result,
+        _ = shutdown.cancelled() => {}
+    }
+    graceful(conn.as_mut());
+    conn.await
+}
+
+/// Whether a plain-TCP client opened with the HTTP/2 preface, read without consuming it.
+/// Waits while what has come is a strict prefix of the preface (an HTTP/1 request differs
+/// at its first byte).
+async fn starts_with_h2_preface(tcp: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let n = tcp.peek(&mut buf).await?;
+        let got = buf.get(..n).unwrap_or_default();
+        if n == 0 || !H2_PREFACE.starts_with(got) {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface: the rest is on its way. Peeked bytes keep the socket
+        // readable, so wait a little (longer each time: a client that stops mid-preface
+        // costs a few wake-ups until the head timeout, not a spin).
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A connected pair over loopback: (client, server side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn http1_requests_are_told_from_the_h2_preface_without_consuming_them() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert!(!starts_with_h2_preface(&server).await.unwrap());
+        let (mut client, server) = pair().await;
+        client.write_all(H2_PREFACE).await.unwrap();
+        assert!(starts_with_h2_preface(&server).await.unwrap());
+        // Peeked, not read: hyper still gets every byte.
+        let mut buf = [0u8; 24];
+        assert_eq!(server.try_read(&mut buf).unwrap(), 24);
+        assert_eq!(&buf, H2_PREFACE);
+    }
+
+    #[tokio::test]
+    async fn a_preface_in_pieces_is_waited_for() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let sniff = tokio::spawn(async move { starts_with_h2_preface(&server).await.unwrap() });
+        client.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+        assert!(sniff.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_stopping_mid_preface_gets_no_decision() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"PRI *").await.unwrap();
+        client.shutdown().await.unwrap();
+        // Neither HTTP/1 nor HTTP/2: it waits (the caller's head timeout ends it).
+        let waited = tokio::time::timeout(HEAD_TIMEOUT, starts_with_h2_preface(&server)).await;
+        assert!(waited.is_err(), "{waited:?}");
     }
 }

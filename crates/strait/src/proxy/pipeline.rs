@@ -132,14 +132,22 @@ async fn serve(
     }
     // Before the policies, so `$request_id` in a `headers` policy sees it.
     exchange.trace.to_backend(req.headers_mut());
-    if let Some(answer) = policies(conn, &mut matched, &mut req, websocket, exchange).await? {
+    // Boxed, like the handshake below: their futures are several KiB, and inline they would
+    // make every request's future (moved into hyper's connection task) that large.
+    if !matched.route.policies.is_empty()
+        && let Some(answer) =
+            Box::pin(policies(conn, &mut matched, &mut req, websocket, exchange)).await?
+    {
         let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
         *response.status_mut() = answer.status;
         *response.headers_mut() = answer.headers;
         return Ok(response);
     }
     if websocket {
-        websocket::handshake::forward(shared, conn, matched, req, exchange).await
+        Box::pin(websocket::handshake::forward(
+            shared, conn, matched, req, exchange,
+        ))
+        .await
     } else {
         let req = exchange.count_request(req);
         forward::forward(conn, matched, req, exchange).await
@@ -158,9 +166,6 @@ async fn policies<B>(
     exchange: &mut Exchange,
 ) -> Result<Option<Answer>, GatewayError> {
     let Matched { route, target, .. } = matched;
-    if route.policies.is_empty() {
-        return Ok(None);
-    }
     let chain = &route.policies;
     let method = req.method().clone();
     match chain

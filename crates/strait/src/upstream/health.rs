@@ -25,6 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -311,7 +312,7 @@ async fn exchange(
         .header(header::USER_AGENT, "strait-health-check")
         .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())?;
-    let io = upstream.connect_ws(url).await?.into_hyper_io();
+    let io = TokioIo::new(upstream.connect_ws(url).await?);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     // The connection task ends with the exchange; aborted on the way out either way.
     let driver = AbortOnDrop(tokio::spawn(conn));

@@ -29,10 +29,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::io::TcpOrTls;
 use crate::routing::{BackendUrl, Scheme};
 use crate::telemetry::Counted;
 pub use dns::Resolver;
@@ -213,7 +213,7 @@ impl Upstream {
         };
         let _ = tcp.set_nodelay(true);
         match backend.scheme() {
-            Scheme::Http => Ok(BackendStream::Plain(tcp)),
+            Scheme::Http => Ok(TcpOrTls::Plain(tcp)),
             Scheme::Https => {
                 let name = ServerName::try_from(backend.host().to_owned())
                     .map_err(|_| UpstreamError::ServerName(backend.host().to_owned()))?;
@@ -224,7 +224,7 @@ impl Upstream {
                         timeout: self.connect_timeout,
                     }),
                     Ok(Err(source)) => Err(UpstreamError::Tls { authority, source }),
-                    Ok(Ok(tls)) => Ok(BackendStream::Tls(Box::new(tls))),
+                    Ok(Ok(tls)) => Ok(TcpOrTls::Tls(Box::new(tls))),
                 }
             }
         }
@@ -261,61 +261,8 @@ impl UpstreamCache {
     }
 }
 
-/// A connection to a backend for a WebSocket session.
-pub enum BackendStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl BackendStream {
-    pub fn into_hyper_io(self) -> TokioIo<Self> {
-        TokioIo::new(self)
-    }
-}
-
-impl AsyncRead for BackendStream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            BackendStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for BackendStream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        match self.get_mut() {
-            BackendStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            BackendStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            BackendStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            BackendStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A connection to a backend for a WebSocket session (or an active health check).
+pub type BackendStream = TcpOrTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// System roots (loaded once per process) plus the optional extra CA file.
 fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, UpstreamError> {

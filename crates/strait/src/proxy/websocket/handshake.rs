@@ -21,6 +21,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::proxy::connect;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::headers::{strip_hop_by_hop, to_backend};
+use crate::proxy::listener::ClientStream;
 use crate::proxy::pipeline::{Body, ConnInfo, Matched, Shared};
 use crate::proxy::sessions::SessionInfo;
 use crate::proxy::snapshot::{EnvRoutes, Route};
@@ -234,10 +235,13 @@ async fn handshake(
                 return;
             }
         };
-        // The backend connection unwrapped from hyper's upgrade: the relay reads and
-        // writes it directly instead of through a boxed, rewindable wrapper.
-        let Ok(backend_io) = backend_io.downcast::<TokioIo<BackendStream>>() else {
-            tracing::error!(%proxy, "the upgraded backend connection is of an unexpected type");
+        // Both connections unwrapped from hyper's upgrade: the relay reads and writes them
+        // directly instead of through a boxed, rewindable wrapper.
+        let (Ok(client_io), Ok(backend_io)) = (
+            client_io.downcast::<TokioIo<ClientStream>>(),
+            backend_io.downcast::<TokioIo<BackendStream>>(),
+        ) else {
+            tracing::error!(%proxy, "an upgraded connection is of an unexpected type");
             return;
         };
         // The session's own limits (lifetime, token expiry, drain), boxed together: a
@@ -300,9 +304,8 @@ async fn handshake(
         tracing::debug!(%proxy, %client, %target, "WebSocket session open");
         let started = Instant::now();
         let outcome = relay(
-            TokioIo::new(client_io),
-            backend_io.io.into_inner(),
-            backend_io.read_buf,
+            (client_io.io.into_inner(), client_io.read_buf),
+            (backend_io.io.into_inner(), backend_io.read_buf),
             &config,
             &registration.session.live,
             stop,

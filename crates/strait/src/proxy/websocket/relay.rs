@@ -330,14 +330,13 @@ const PROBE_SIZE: usize = 1024;
 const OPS_PER_POLL: u32 = 64;
 
 /// Relays an upgraded client connection and an upgraded backend connection until both are closed.
-/// `from_backend` is what the backend sent right behind its 101 that the handshake already
-/// read: it is relayed first. `stop` resolving asks the gateway to close both sides with
+/// `from_client` and `from_backend` are what each side sent right behind the handshake that
+/// hyper already read: they are relayed first. `stop` resolving asks the gateway to close both sides with
 /// that frame (shutdown, forced disconnects); the caller pins it, so the session's task
 /// holds it once.
 pub async fn relay<C, B, S>(
-    client: C,
-    backend: B,
-    from_backend: Bytes,
+    (client, from_client): (C, Bytes),
+    (backend, from_backend): (B, Bytes),
     config: &RelayConfig,
     live: &LiveStats,
     mut stop: Pin<&mut S>,
@@ -354,6 +353,7 @@ where
     let mut session = Session::new(client, backend, config, live);
     // Consumed here: the bytes may share hyper's whole read buffer, which a session must
     // not keep.
+    session.c2b.seed(from_client);
     session.b2c.seed(from_backend);
     let signal = Arc::new(Signal {
         woken: AtomicBool::new(true),
@@ -1539,9 +1539,8 @@ mod tests {
         };
         let handle = tokio::spawn(async move {
             relay(
-                client_gw,
-                backend_gw,
-                from_backend,
+                (client_gw, Bytes::new()),
+                (backend_gw, from_backend),
                 &config,
                 &LiveStats::default(),
                 std::pin::pin!(stop),
