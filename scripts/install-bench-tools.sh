@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the tools `strait-bench compare` drives: nginx (the comparison gateway) and wrk (the
-# HTTP load generator), from Debian/Ubuntu packages. Idempotent: installs only what is missing,
+# HTTP load generator), and valgrind for scripts/callgrind.sh, from Debian/Ubuntu packages. Idempotent: installs only what is missing,
 # then prints the versions found. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -8,6 +8,7 @@ need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 
 if ((${#need[@]})); then
     SUDO=""
@@ -35,10 +36,11 @@ if ((${#need[@]})); then
     fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
 else
-    echo "nginx, wrk and taskset are already installed"
+    echo "nginx, wrk, taskset and valgrind are already installed"
 fi
 
 echo "--- versions"
 nginx -v 2>&1
 wrk --version 2>&1 | head -n 1 || true   # wrk prints its version and exits 1
 taskset --version 2>&1 | head -n 1
+valgrind --version 2>&1 | head -n 1
