@@ -553,7 +553,11 @@ async fn a_message_sent_right_behind_the_upgrade_request_is_relayed() {
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     let echo = echo().await;
-    let proxies = proxy("chat", "/chat/*", &format!("http://{}/ws", echo.local_addr()));
+    let proxies = proxy(
+        "chat",
+        "/chat/*",
+        &format!("http://{}/ws", echo.local_addr()),
+    );
     let gw = gateway(&single_env(true, &proxies)).await;
 
     // The upgrade request and a first (masked) text frame in one write: hyper reads both,
@@ -566,7 +570,9 @@ async fn a_message_sent_right_behind_the_upgrade_request_is_relayed() {
     bytes.extend_from_slice(&[0x81, 0x80 | 5]);
     bytes.extend_from_slice(&key);
     bytes.extend(b"early".iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
-    let mut tcp = tokio::net::TcpStream::connect(addr(&gw)).await.expect("connect");
+    let mut tcp = tokio::net::TcpStream::connect(addr(&gw))
+        .await
+        .expect("connect");
     tcp.write_all(&bytes).await.expect("write");
 
     // The 101 head, byte by byte so nothing after it is consumed.
@@ -577,6 +583,9 @@ async fn a_message_sent_right_behind_the_upgrade_request_is_relayed() {
     let head = String::from_utf8(head).expect("text head");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let mut ws = WebSocketStream::from_raw_socket(tcp, Role::Client, None).await;
-    let echoed = within("the echo", ws.next()).await.expect("open").expect("valid");
+    let echoed = within("the echo", ws.next())
+        .await
+        .expect("open")
+        .expect("valid");
     assert_eq!(echoed, Message::text("early"));
 }

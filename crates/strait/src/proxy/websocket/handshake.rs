@@ -117,15 +117,31 @@ async fn handshake(
                 return Err(bad_gateway(&route.proxy, &error));
             }
         };
-    tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%error, "backend handshake connection ended");
-        }
-    });
-
+    // The backend connection is driven here, not by a task of its own, until it has
+    // answered and handed itself over (a 101) — or by a task after a refusal, whose body
+    // still has to stream.
+    let mut connection = Some(connection.with_upgrades());
     let asked = Instant::now();
     let sent = sender.send_request(backend_req);
-    let mut response = match tokio::time::timeout(env.timeouts.response, sent).await {
+    let answered = async {
+        let mut sent = std::pin::pin!(sent);
+        let Some(driving) = connection.as_mut() else {
+            return sent.await;
+        };
+        let first = tokio::select! {
+            response = sent.as_mut() => Some(response),
+            _ = driving => None,
+        };
+        match first {
+            Some(response) => response,
+            // The connection ended first: the request says why.
+            None => {
+                connection = None;
+                sent.await
+            }
+        }
+    };
+    let mut response = match tokio::time::timeout(env.timeouts.response, answered).await {
         Err(_) => {
             lease.report(Outcome::Timeout);
             return Err(GatewayError::new(
@@ -150,12 +166,35 @@ async fn handshake(
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend refused: its answer reaches the client as it was.
         tracing::debug!(proxy = %route.proxy, status = %response.status(), target = %exchange.shown(&target.to_string()), "backend refused the WebSocket upgrade");
+        if let Some(connection) = connection {
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "backend handshake connection ended");
+                }
+            });
+        }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         return Ok(Response::from_parts(parts, Either::Left(body)));
     }
 
     let backend_upgrade = hyper::upgrade::on(&mut response);
+    // After its 101 the connection hands the socket over without waiting for anything.
+    if let Some(connection) = connection {
+        match tokio::time::timeout(env.timeouts.response, connection).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(bad_gateway(&route.proxy, &error)),
+            Err(_) => {
+                return Err(GatewayError::new(
+                    ErrorKind::BadGateway,
+                    format!(
+                        "the backend of API proxy \"{}\" answered 101 but did not hand its connection over",
+                        route.proxy
+                    ),
+                ));
+            }
+        }
+    }
     let (parts, _) = response.into_parts();
     let subprotocol = text_header(&parts.headers, header::SEC_WEBSOCKET_PROTOCOL);
     let mut answer = Response::new(Either::Right(Full::new(Bytes::new())));
@@ -193,16 +232,24 @@ async fn handshake(
         target: target.clone(),
     };
     let access_log = env.access_log.clone();
+    // Names and paths are formatted only for a span or an access-log line that will use them.
+    let logged = access_log.is_some() || exchange.tracer.is_some();
     let log = SessionLog {
         request_id: exchange.trace.request_id.clone(),
         trace_id: exchange.trace.trace_id,
         span_id: exchange.trace.span_id,
         parent_span_id: exchange.trace.parent_span_id,
-        span_name: exchange.span_name("WebSocket"),
+        span_name: match exchange.tracer {
+            Some(_) => exchange.span_name("WebSocket"),
+            None => String::new(),
+        },
         began: exchange.arrived(),
         upgraded: SystemTime::now(),
         tracer: exchange.tracer.clone(),
-        path: exchange.logged_path().into_owned(),
+        path: match logged {
+            true => exchange.logged_path().into_owned(),
+            false => String::new(),
+        },
         referer: exchange.referer.clone(),
         user_agent: exchange.user_agent.clone(),
     };
