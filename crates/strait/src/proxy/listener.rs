@@ -134,31 +134,23 @@ async fn serve_connection(
     });
     // HTTP/2 by ALPN on TLS, by its preface (prior knowledge) on plain TCP.
     let (stream, h2) = match tls {
-        None => match tokio::time::timeout(HEAD_TIMEOUT, starts_with_h2_preface(&tcp)).await {
-            Ok(Ok(h2)) => (TcpOrTls::Plain(tcp), h2),
-            Ok(Err(error)) => {
-                tracing::debug!(%client, %error, "connection failed before its first request");
+        None => {
+            let sniffed = starts_with_h2_preface(&tcp);
+            let Some(h2) = before_head_timeout(client, "reading the first request", sniffed).await
+            else {
                 return;
-            }
-            Err(_) => {
-                tracing::debug!(%client, "no request within the head timeout");
+            };
+            (TcpOrTls::Plain(tcp), h2)
+        }
+        Some(acceptor) => {
+            let accepted = acceptor.accept(tcp);
+            let Some(stream) = before_head_timeout(client, "the TLS handshake", accepted).await
+            else {
                 return;
-            }
-        },
-        Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => {
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                (TcpOrTls::Tls(Box::new(stream)), h2)
-            }
-            Ok(Err(error)) => {
-                tracing::debug!(%client, %error, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%client, "TLS handshake timed out");
-                return;
-            }
-        },
+            };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+            (TcpOrTls::Tls(Box::new(stream)), h2)
+        }
     };
     let io = TokioIo::new(stream);
     let service = {
@@ -182,6 +174,26 @@ async fn serve_connection(
     };
     if let Err(error) = result {
         tracing::debug!(%client, %error, "connection ended with an error");
+    }
+}
+
+/// `step` of a new connection, within the head timeout; `None` (logged) if it failed or
+/// took too long.
+async fn before_head_timeout<T, E: std::fmt::Display>(
+    client: std::net::SocketAddr,
+    step: &str,
+    future: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    match tokio::time::timeout(HEAD_TIMEOUT, future).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(error)) => {
+            tracing::debug!(%client, %error, "{step} failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%client, "{step} timed out");
+            None
+        }
     }
 }
 

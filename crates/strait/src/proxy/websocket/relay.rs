@@ -329,11 +329,11 @@ const PROBE_SIZE: usize = 1024;
 /// I/O operations one direction may do per poll before yielding to the scheduler.
 const OPS_PER_POLL: u32 = 64;
 
-/// Relays an upgraded client connection and an upgraded backend connection until both are closed.
-/// `from_client` and `from_backend` are what each side sent right behind the handshake that
-/// hyper already read: they are relayed first. `stop` resolving asks the gateway to close both sides with
-/// that frame (shutdown, forced disconnects); the caller pins it, so the session's task
-/// holds it once.
+/// Relays an upgraded client connection and an upgraded backend connection until both are
+/// closed. `from_client` and `from_backend` are what each side sent right behind the
+/// handshake that hyper already read: they are relayed first. `stop` resolving asks the
+/// gateway to close both sides with that frame (shutdown, forced disconnects); the caller
+/// pins it, so the session's task holds it once.
 pub async fn relay<C, B, S>(
     (client, from_client): (C, Bytes),
     (backend, from_backend): (B, Bytes),
