@@ -110,10 +110,11 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
         w,
         "To reproduce (as root, for the packages; the harness itself installs nothing):\n\n\
          ```sh\n\
-         bash scripts/install-bench-tools.sh                    # nginx and wrk from Debian, idempotent\n\
+         bash scripts/install-bench-tools.sh                    # nginx, wrk and valgrind from Debian, idempotent\n\
          cargo build --release                                  # target/release/strait\n\
          cargo run --release -p strait-bench -- compare         # ~6 minutes; --quick takes ~20 s\n\
          cargo run --release -p strait-bench -- compare --quick --idle-conns 9900  # the registry at full size, ~1 minute\n\
+         scripts/callgrind.sh                                   # instructions per unit of work vs nginx, ~1 minute\n\
          ```\n\n\
          The load generator also runs on its own, e.g. `cargo run --release -p strait-bench -- echo \
          --url ws://127.0.0.1:8080/api/chat --conns 100 --duration 10` (modes `idle`, `echo`, \
