@@ -1277,6 +1277,72 @@ async fn a_hundred_requests_on_one_client_connection() {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]
+async fn an_h2_request_in_flight_finishes_when_the_gateway_shuts_down() {
+    // A backend that answers only when told to.
+    let slow = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let slow_addr = slow.local_addr().expect("addr");
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let (arrived_tx, arrived_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let Ok((mut tcp, _)) = slow.accept().await else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let _ = tcp.read(&mut buf).await;
+        let _ = arrived_tx.send(());
+        let _ = release_rx.await;
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+            .await;
+    });
+    let proxies = proxy("slow", "/slow/*", &format!("http://{slow_addr}/"));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let g = addr(&gw);
+
+    let tcp = TcpStream::connect(g).await.expect("connect");
+    let (mut sender, connection) = within(
+        "h2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
+    )
+    .await
+    .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let req = Request::get(format!("http://{g}/slow/x"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let in_flight = tokio::spawn(sender.send_request(req));
+    within("the request to reach the backend", arrived_rx)
+        .await
+        .expect("arrived");
+
+    // Shutdown waits for the request in flight (GOAWAY, then the answer), then ends.
+    let shutdown = tokio::spawn(async move { gw.shutdown().await });
+    // Released only once shutdown has begun (the listener refuses new connections).
+    within("the listener to close", async {
+        while TcpStream::connect(g).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let _ = release_tx.send(());
+    let response = within("the in-flight request", in_flight)
+        .await
+        .expect("task")
+        .expect("answered over h2");
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = within("the body", response.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&body[..], b"done");
+    within("shutdown", shutdown).await.expect("shutdown task");
+    // The gateway closed the connection once the request was done.
+    let ended = within("the h2 connection to end", connection).await;
+    assert!(ended.is_ok(), "{ended:?}");
+}
+
+#[tokio::test]
 async fn h2c_with_prior_knowledge_on_a_plain_listener() {
     let echo = echo().await;
     let proxies = proxy(
