@@ -1278,24 +1278,8 @@ async fn a_hundred_requests_on_one_client_connection() {
 
 #[tokio::test]
 async fn an_h2_request_in_flight_finishes_when_the_gateway_shuts_down() {
-    // A backend that answers only when told to.
-    let slow = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let slow_addr = slow.local_addr().expect("addr");
-    let (release_tx, release_rx) = oneshot::channel::<()>();
-    let (arrived_tx, arrived_rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let Ok((mut tcp, _)) = slow.accept().await else {
-            return;
-        };
-        let mut buf = [0u8; 4096];
-        let _ = tcp.read(&mut buf).await;
-        let _ = arrived_tx.send(());
-        let _ = release_rx.await;
-        let _ = tcp
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
-            .await;
-    });
-    let proxies = proxy("slow", "/slow/*", &format!("http://{slow_addr}/"));
+    let slow = slow_backend().await;
+    let proxies = proxy("slow", "/slow/*", &format!("http://{}/", slow.addr));
     let gw = gateway(&single_env(false, &proxies)).await;
     let g = addr(&gw);
 
@@ -1311,7 +1295,7 @@ async fn an_h2_request_in_flight_finishes_when_the_gateway_shuts_down() {
         .body(Full::new(Bytes::new()))
         .expect("request");
     let in_flight = tokio::spawn(sender.send_request(req));
-    within("the request to reach the backend", arrived_rx)
+    within("the request to reach the backend", slow.arrived)
         .await
         .expect("arrived");
 
@@ -1324,7 +1308,7 @@ async fn an_h2_request_in_flight_finishes_when_the_gateway_shuts_down() {
         }
     })
     .await;
-    let _ = release_tx.send(());
+    let _ = slow.release.send(());
     let response = within("the in-flight request", in_flight)
         .await
         .expect("task")

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{addr, assert_error, client, echo, gateway, get, json, single_env};
+use common::{addr, assert_error, client, echo, gateway, get, json, single_env, slow_backend};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -482,27 +482,10 @@ async fn idle_sessions_are_closed_with_1001_on_both_sides() {
 #[tokio::test]
 async fn shutdown_closes_sessions_with_1001_and_finishes_in_flight_http() {
     let (backend, mut rx) = ws_backend(Behaviour::Echo).await;
-    // A slow HTTP backend that answers only when told to.
-    let slow = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let slow_addr = slow.local_addr().expect("addr");
-    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
-    let (arrived_tx, arrived_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok((mut tcp, _)) = slow.accept().await else {
-            return;
-        };
-        let mut buf = [0u8; 4096];
-        let _ = tcp.read(&mut buf).await;
-        let _ = arrived_tx.send(());
-        let _ = release_rx.await;
-        let _ = tcp
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
-            .await;
-    });
+    let slow = slow_backend().await;
     let proxies = [
         proxy("ws", "/ws/*", &format!("http://{backend}/")),
-        proxy("slow", "/slow/*", &format!("http://{slow_addr}/")),
+        proxy("slow", "/slow/*", &format!("http://{}/", slow.addr)),
     ]
     .concat();
     let gw = gateway(&single_env(true, &proxies)).await;
@@ -511,7 +494,7 @@ async fn shutdown_closes_sessions_with_1001_and_finishes_in_flight_http() {
     assert!(matches!(seen(&mut rx).await, Seen::Path(_)));
     let in_flight =
         tokio::spawn(async move { get(&client(), &format!("http://{g}/slow/x")).await });
-    within("the slow request to arrive", arrived_rx)
+    within("the slow request to arrive", slow.arrived)
         .await
         .expect("arrived");
 
@@ -522,7 +505,7 @@ async fn shutdown_closes_sessions_with_1001_and_finishes_in_flight_http() {
         Seen::Closed(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
         other => panic!("expected the backend to get 1001, got {other:?}"),
     }
-    let _ = release_tx.send(());
+    let _ = slow.release.send(());
     let (response, body) = within("the in-flight request", in_flight)
         .await
         .expect("task");

@@ -3,6 +3,7 @@
 //! take it. The pool ([`crate::upstream::pool`]) decides; this turns its answer into a request.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http::Uri;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -11,7 +12,7 @@ use super::snapshot::Route;
 use crate::error::{ErrorKind, GatewayError};
 use crate::routing::target_uri;
 use crate::upstream::balance::hash_key;
-use crate::upstream::pool::{Lease, NoTarget};
+use crate::upstream::pool::{Lease, NoTarget, Outcome};
 
 /// A request's attempts on the backend's targets: each on a target not tried yet, at most
 /// `retries` after the first.
@@ -106,4 +107,17 @@ pub fn host_on(lease: &Lease, route: &Route, headers: &mut HeaderMap) {
     if let Ok(host) = HeaderValue::from_str(lease.url().authority()) {
         headers.insert(header::HOST, host);
     }
+}
+
+/// The backend of `route` did not answer (`what`: "", or " the WebSocket handshake") within
+/// `timeout`; the lease is reported as timed out.
+pub fn timed_out(lease: &mut Lease, route: &Route, what: &str, timeout: Duration) -> GatewayError {
+    lease.report(Outcome::Timeout);
+    GatewayError::new(
+        ErrorKind::GatewayTimeout,
+        format!(
+            "the backend of API proxy \"{}\" did not answer{what} within {timeout:?}",
+            route.proxy
+        ),
+    )
 }

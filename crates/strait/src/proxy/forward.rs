@@ -249,13 +249,11 @@ pub async fn forward(
         let again = returned.take().and_then(Returned::take);
         let response = match outcome {
             Err(_) => {
-                lease.report(Outcome::Timeout);
-                return Err(GatewayError::new(
-                    ErrorKind::GatewayTimeout,
-                    format!(
-                        "the backend of API proxy \"{}\" did not answer within {:?}",
-                        route.proxy, env.timeouts.response
-                    ),
+                return Err(connect::timed_out(
+                    &mut lease,
+                    &route,
+                    "",
+                    env.timeouts.response,
                 ));
             }
             Ok(Err(error)) => {

@@ -101,3 +101,39 @@ pub fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
 }
+
+/// A backend that takes one request and answers `200 done` only when told to.
+pub struct SlowBackend {
+    pub addr: SocketAddr,
+    /// Resolves once the request has arrived.
+    pub arrived: tokio::sync::oneshot::Receiver<()>,
+    /// Send to let it answer.
+    pub release: tokio::sync::oneshot::Sender<()>,
+}
+
+pub async fn slow_backend() -> SlowBackend {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let _ = tcp.read(&mut buf).await;
+        let _ = arrived_tx.send(());
+        let _ = release_rx.await;
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+            .await;
+    });
+    SlowBackend {
+        addr,
+        arrived,
+        release,
+    }
+}

@@ -143,13 +143,11 @@ async fn handshake(
     };
     let mut response = match tokio::time::timeout(env.timeouts.response, answered).await {
         Err(_) => {
-            lease.report(Outcome::Timeout);
-            return Err(GatewayError::new(
-                ErrorKind::GatewayTimeout,
-                format!(
-                    "the backend of API proxy \"{}\" did not answer the WebSocket handshake within {:?}",
-                    route.proxy, env.timeouts.response
-                ),
+            return Err(connect::timed_out(
+                &mut lease,
+                &route,
+                " the WebSocket handshake",
+                env.timeouts.response,
             ));
         }
         Ok(Err(error)) => {
