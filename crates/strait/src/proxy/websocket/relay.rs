@@ -5,11 +5,13 @@
 //! - One future drives both directions by hand-written polling (no `split`, no spawned tasks,
 //!   no locks): each stream is polled for reading by one direction and for writing by the
 //!   other, in turn, from the same `poll`.
-//! - Each direction owns one fixed 16 KiB buffer. Bytes are written out exactly as read;
-//!   only frame headers are parsed, as they pass, so the relay always knows whether the
-//!   stream it writes is at a frame boundary. A direction reads again only once the other
-//!   side took everything approved, so backpressure is natural and nothing grows with message
-//!   size. (Both buffers live as long as the relay; idle connections could drop them.)
+//! - Each direction owns one buffer, held only while bytes are in flight: a small message gets
+//!   one of its size, a stream starts at 16 KiB and doubles while reads fill it, up to
+//!   256 KiB (fewer, larger reads and writes: the kernel's per-call cost dominates a stream).
+//!   Bytes are written out exactly as read; only frame headers are parsed, as they pass, so
+//!   the relay always knows whether the stream it writes is at a frame boundary. A direction
+//!   reads again only once the other side took everything approved, so backpressure is
+//!   natural and nothing grows with message size.
 //! - The bytes of a frame header are held back until the header is complete and valid, so a
 //!   refused frame never reaches the other side, and the gateway can write its own close
 //!   frame at any boundary.
@@ -324,6 +326,8 @@ pub const CLOSE_BAD_GATEWAY: u16 = 1014;
 const PING_PAYLOAD: &[u8] = b"strait";
 /// Bytes buffered per direction.
 const BUF_SIZE: usize = 16 * 1024;
+/// The most a stream's buffer grows to, doubling from `BUF_SIZE` while reads fill it.
+const MAX_BUF_SIZE: usize = 256 * 1024;
 /// The stack buffer an idle direction reads into before it allocates `BUF_SIZE`.
 const PROBE_SIZE: usize = 1024;
 /// I/O operations one direction may do per poll before yielding to the scheduler.
@@ -496,6 +500,8 @@ struct Direction {
     fwd_end: usize,
     scan: usize,
     tail: usize,
+    /// The last read filled all the space it was given: the next one gets a bigger buffer.
+    filled: bool,
     parser: FrameParser,
     mode: Mode,
     src: Src,
@@ -531,6 +537,7 @@ impl Direction {
             fwd_end: 0,
             scan: 0,
             tail: 0,
+            filled: false,
             parser: FrameParser::new(policy),
             mode: Mode::Forward,
             src: Src::Open,
@@ -694,6 +701,7 @@ impl Direction {
         } else if self.reading()
             && let Some(space) = self.read_space()
         {
+            let room = space.len();
             let mut rb = ReadBuf::new(space);
             match Pin::new(&mut *src).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
@@ -704,6 +712,7 @@ impl Direction {
                         return Step::Changed;
                     }
                     self.tail += n;
+                    self.filled = n == room;
                     self.heard = true;
                     return Step::Progress;
                 }
@@ -716,6 +725,7 @@ impl Direction {
                     if self.tail == 0 {
                         // Nothing held: give the buffer back until the peer sends again.
                         self.buf = Vec::new();
+                        self.filled = false;
                     }
                 }
             }
@@ -758,10 +768,13 @@ impl Direction {
     }
 
     /// Where the next read goes: the free end of the buffer, grown to `BUF_SIZE` when a
-    /// small first read filled it. `None` when the buffer is full.
+    /// small first read filled it, and doubled (up to `MAX_BUF_SIZE`) after a read that
+    /// filled it. `None` when the buffer is full.
     fn read_space(&mut self) -> Option<&mut [u8]> {
-        if self.tail == self.buf.len() && self.buf.len() < BUF_SIZE {
-            self.buf.resize(BUF_SIZE, 0);
+        let len = self.buf.len();
+        let grow = std::mem::take(&mut self.filled) || self.tail == len;
+        if grow && len < MAX_BUF_SIZE {
+            self.buf.resize((len * 2).clamp(BUF_SIZE, MAX_BUF_SIZE), 0);
         }
         self.buf.get_mut(self.tail..).filter(|s| !s.is_empty())
     }
@@ -1479,6 +1492,37 @@ mod tests {
             direction.buf.is_empty(),
             "drained and idle again: buffer released"
         );
+    }
+
+    #[tokio::test]
+    async fn a_stream_grows_the_buffer_up_to_its_bound_and_releases_it() {
+        const PAYLOAD: usize = 2 << 20;
+        let (mut peer, mut src) = duplex(4 << 20);
+        let (mut dst, mut sink) = duplex(4 << 20);
+        let mut direction = Direction::new(MaskPolicy::Forbidden, None);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut frame = vec![0x82, 127];
+        frame.extend_from_slice(&(PAYLOAD as u64).to_be_bytes());
+        frame.resize(frame.len() + PAYLOAD, 7);
+        peer.write_all(&frame).await.expect("write a 2 MiB frame");
+
+        let mut largest = 0;
+        for _ in 0..10_000 {
+            if matches!(direction.step(&mut cx, &mut src, &mut dst), Step::Idle) {
+                break;
+            }
+            largest = largest.max(direction.buf.len());
+        }
+        assert_eq!(direction.stats.frames, 1, "the whole frame relayed");
+        assert_eq!(
+            largest, MAX_BUF_SIZE,
+            "grew while reads filled it, no further"
+        );
+        assert!(direction.buf.is_empty(), "idle again: buffer released");
+        let mut relayed = vec![0u8; frame.len()];
+        sink.read_exact(&mut relayed).await.expect("frame relayed");
+        assert_eq!(relayed, frame);
     }
 
     type Ws<S = DuplexStream> = WebSocketStream<S>;
@@ -2339,7 +2383,7 @@ mod tests {
         let total = written.load(std::sync::atomic::Ordering::Relaxed);
         // Two duplex pipes plus the relay's one buffer, whatever the message size.
         assert!(
-            total <= 2 * DUPLEX + BUF_SIZE,
+            total <= 2 * DUPLEX + MAX_BUF_SIZE,
             "relay buffered too much: {total}"
         );
         assert!(total >= DUPLEX, "relay did not move data: {total}");
