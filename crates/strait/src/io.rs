@@ -73,3 +73,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TcpOrTls<T> {
         }
     }
 }
+
+/// The plain TCP socket under a connection, if it is one: the relay moves large payloads
+/// between two of them inside the kernel (see `proxy::websocket::splice`).
+pub trait AsTcp {
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl<T> AsTcp for TcpOrTls<T> {
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        match self {
+            TcpOrTls::Plain(s) => Some(s),
+            TcpOrTls::Tls(_) => None,
+        }
+    }
+}

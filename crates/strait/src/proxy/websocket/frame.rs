@@ -206,6 +206,34 @@ impl FrameParser {
         }
     }
 
+    /// Consumes `n` payload bytes of the data frame under way without seeing them (the
+    /// kernel moved them), as [`Self::advance`] would; at most what is left of the frame.
+    /// Not for control frames, whose payload the parser keeps.
+    pub fn skip_payload(&mut self, n: usize) -> Option<FrameEnd> {
+        let header = self.current?;
+        if header.opcode.is_control() {
+            return None;
+        }
+        let take = u64::try_from(n).unwrap_or(u64::MAX).min(self.remaining);
+        self.remaining -= take;
+        self.payload_pos += take;
+        self.position += take;
+        if self.remaining == 0 {
+            self.finish_frame()
+        } else {
+            None
+        }
+    }
+
+    /// Payload bytes of the frame under way not consumed yet (0 between frames).
+    pub fn payload_left(&self) -> u64 {
+        if self.current.is_some() {
+            self.remaining
+        } else {
+            0
+        }
+    }
+
     /// The header of a forwarded frame has been completed and its payload is under way: the
     /// stream is in the middle of a frame.
     pub fn in_payload(&self) -> bool {
@@ -519,6 +547,30 @@ mod tests {
         assert_eq!(end.header.payload_len, 5);
         assert_eq!(end.header.header_len, 2);
         assert_eq!(end.header.mask, None);
+    }
+
+    #[test]
+    fn skipped_payload_counts_as_consumed() {
+        let first = frame(0x02, &[5u8; 10], None);
+        let mut p = FrameParser::new(MaskPolicy::Any);
+        assert_eq!(p.advance(&first[..2]), Ok((2, None)), "header only");
+        assert_eq!(p.payload_left(), 10);
+        assert_eq!(p.skip_payload(4), None);
+        assert_eq!(p.payload_left(), 6);
+        let end = p.skip_payload(100).expect("the frame ends, no further");
+        assert!(!end.ends_message, "FIN clear: the message goes on");
+        assert_eq!((p.position(), p.payload_left()), (12, 0));
+        assert!(p.at_boundary());
+        // The next frame parses as if the payload had been read.
+        let last = frame(0x80, b"ok", None);
+        let (n, end) = p.advance(&last).expect("continuation parses");
+        assert_eq!(n, 4);
+        assert!(end.expect("ends").ends_message);
+        // A control frame's payload is never skipped: the parser keeps it.
+        let close = frame(0x88, &[3, 232], None);
+        assert_eq!(p.advance(&close[..2]), Ok((2, None)));
+        assert_eq!(p.skip_payload(2), None);
+        assert_eq!(p.payload_left(), 2);
     }
 
     #[test]

@@ -50,10 +50,12 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::io::AsTcp;
 use crate::policy::{MessageGate, MessageLimit, MessageRule, Sender};
 use crate::telemetry::histogram::Histogram;
 
 use super::frame::{self, EncodedControl, FrameParser, MaskPolicy, OpCode, ProtocolError};
+use super::splice::Pipe;
 
 /// A close frame's code and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,6 +330,8 @@ const PING_PAYLOAD: &[u8] = b"strait";
 const BUF_SIZE: usize = 16 * 1024;
 /// The most a stream's buffer grows to, doubling from `BUF_SIZE` while reads fill it.
 const MAX_BUF_SIZE: usize = 256 * 1024;
+/// A data frame with at least this much payload left is spliced (plain TCP both sides, Linux).
+const SPLICE_MIN: u64 = 64 * 1024;
 /// The stack buffer an idle direction reads into before it allocates `BUF_SIZE`.
 const PROBE_SIZE: usize = 1024;
 /// I/O operations one direction may do per poll before yielding to the scheduler.
@@ -346,8 +350,8 @@ pub async fn relay<C, B, S>(
     mut stop: Pin<&mut S>,
 ) -> RelayOutcome
 where
-    C: AsyncRead + AsyncWrite + Unpin + Send,
-    B: AsyncRead + AsyncWrite + Unpin + Send,
+    C: AsyncRead + AsyncWrite + AsTcp + Unpin + Send,
+    B: AsyncRead + AsyncWrite + AsTcp + Unpin + Send,
     S: Future<Output = CloseFrame> + Send,
 {
     let first_wake = config
@@ -527,6 +531,10 @@ struct Direction {
     /// The frame under way belongs to a dropped message.
     dropping_frame: bool,
     stats: DirectionStats,
+    /// Payload spliced out of `src`, not yet all into `dst`; kept while a frame is spliced.
+    pipe: Option<Pipe>,
+    /// No pipe could be made (descriptors run out, say): copy for the rest of the session.
+    no_splice: bool,
 }
 
 impl Direction {
@@ -554,6 +562,8 @@ impl Direction {
             limits: limits.and_then(MessageLimits::boxed),
             dropping_frame: false,
             stats: DirectionStats::default(),
+            pipe: None,
+            no_splice: false,
         }
     }
 
@@ -570,8 +580,8 @@ impl Direction {
     /// session must look at before pumping again.
     fn pump<R, W>(&mut self, cx: &mut Context<'_>, src: &mut R, dst: &mut W) -> bool
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        R: AsyncRead + AsTcp + Unpin,
+        W: AsyncWrite + AsTcp + Unpin,
     {
         for _ in 0..OPS_PER_POLL {
             match self.step(cx, src, dst) {
@@ -588,14 +598,25 @@ impl Direction {
 
     fn step<R, W>(&mut self, cx: &mut Context<'_>, src: &mut R, dst: &mut W) -> Step
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        R: AsyncRead + AsTcp + Unpin,
+        W: AsyncWrite + AsTcp + Unpin,
     {
         // 0. A ping partly written goes out whole before anything else.
         if self.ping_pos > 0 {
             return self.write_ping(cx, dst);
         }
-        // 1. Write approved bytes.
+        // 1. Write approved bytes: spliced ones (read after everything buffered went out),
+        // then buffered ones.
+        if let Some(pipe) = self.pipe.as_mut().filter(|pipe| pipe.held() > 0) {
+            return match dst.as_tcp().map(|tcp| pipe.drain(cx, tcp)) {
+                Some(Poll::Ready(Ok(n))) if n > 0 => {
+                    self.need_flush = true;
+                    Step::Progress
+                }
+                Some(Poll::Pending) => Step::Blocked,
+                _ => self.dst_failed(),
+            };
+        }
         if self.head < self.fwd_end {
             let chunk = self.buf.get(self.head..self.fwd_end).unwrap_or_default();
             return match Pin::new(&mut *dst).poll_write(cx, chunk) {
@@ -664,7 +685,17 @@ impl Direction {
         if self.reading() {
             self.compact();
         }
-        if self.reading() && self.buf.is_empty() {
+        let splice = self.splice_len().filter(|_| {
+            self.reading() && self.tail == 0 && src.as_tcp().is_some() && dst.as_tcp().is_some()
+        });
+        if splice.is_none() && self.pipe.as_ref().is_some_and(|pipe| pipe.held() == 0) {
+            self.pipe = None;
+        }
+        if let Some(max) = splice {
+            if let Some(step) = self.splice_in(cx, src, max) {
+                return step;
+            }
+        } else if self.reading() && self.buf.is_empty() {
             // Idle so far: probe with a small stack buffer and allocate only if bytes came:
             // just what came when the probe was not filled (a small message, most likely all
             // there is), the full buffer when it was (a stream).
@@ -742,6 +773,62 @@ impl Direction {
             };
         }
         Step::Idle
+    }
+
+    /// How much of the frame under way may be spliced (all its payload left): a data frame
+    /// relayed, not dropped, with at least `SPLICE_MIN` to go.
+    fn splice_len(&self) -> Option<usize> {
+        let header = self.parser.header()?;
+        let left = self.parser.payload_left();
+        let relayed = matches!(self.mode, Mode::Forward | Mode::Drain) && !self.dropping_frame;
+        (relayed && !self.no_splice && !header.opcode.is_control() && left >= SPLICE_MIN)
+            .then(|| usize::try_from(left).unwrap_or(usize::MAX))
+    }
+
+    /// Reads up to `max` payload bytes from `src` into the pipe; `None` when none are there
+    /// yet (a wake-up is registered).
+    fn splice_in<R: AsTcp>(&mut self, cx: &mut Context<'_>, src: &R, max: usize) -> Option<Step> {
+        if self.pipe.is_none() {
+            match Pipe::new() {
+                Ok(pipe) => self.pipe = Some(pipe),
+                Err(err) => {
+                    tracing::debug!(%err, "websocket relay: no pipe, copying instead");
+                    self.no_splice = true;
+                    return Some(Step::Progress);
+                }
+            }
+        }
+        let (pipe, tcp) = (self.pipe.as_mut()?, src.as_tcp()?);
+        match pipe.fill(cx, tcp, max) {
+            Poll::Ready(Ok(0)) => {
+                tracing::debug!(mode = ?self.mode, "websocket relay: peer EOF");
+                self.src = Src::Gone;
+                Some(Step::Changed)
+            }
+            Poll::Ready(Ok(n)) => {
+                // Nothing is buffered while a frame is spliced.
+                self.buf = Vec::new();
+                self.heard = true;
+                self.active = true;
+                if let Some(end) = self.parser.skip_payload(n) {
+                    self.stats.frames += 1;
+                    self.stats.bytes += end.header.payload_len;
+                    self.stats.messages += u64::from(end.ends_message);
+                }
+                Some(Step::Progress)
+            }
+            Poll::Ready(Err(err)) => {
+                tracing::debug!(%err, "websocket relay: read failed");
+                self.src = Src::Gone;
+                Some(Step::Changed)
+            }
+            Poll::Pending => None,
+        }
+    }
+
+    /// Bytes read from `src` wait for `dst` to take them.
+    fn backlogged(&self) -> bool {
+        self.head < self.fwd_end || self.pipe.as_ref().is_some_and(|pipe| pipe.held() > 0)
     }
 
     /// Writes (more of) the pending ping.
@@ -955,6 +1042,7 @@ impl Direction {
 
     fn drop_pending(&mut self) {
         self.head = self.fwd_end;
+        self.pipe = None;
         self.inject = None;
         self.ping = None;
         self.ping_pos = 0;
@@ -1058,8 +1146,8 @@ struct Session<'a, C, B> {
 
 impl<'a, C, B> Session<'a, C, B>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + AsTcp + Unpin,
+    B: AsyncRead + AsyncWrite + AsTcp + Unpin,
 {
     fn new(client: C, backend: B, config: &'a RelayConfig, live: &'a LiveStats) -> Self {
         // Fixed before the first activity it measures.
@@ -1203,7 +1291,7 @@ where
             // while what it sent waits for the other side to take it (backpressure), the
             // relay does not read it, and a ping still queued behind a frame was not sent.
             let from = self.dir_from(side);
-            let backlogged = from.src == Src::Open && from.head < from.fwd_end;
+            let backlogged = from.src == Src::Open && from.backlogged();
             let ping_queued = self.dir_to(side).ping.is_some();
             let state = match side {
                 Side::Client => &mut self.client_alive,
@@ -1522,6 +1610,93 @@ mod tests {
         assert!(direction.buf.is_empty(), "idle again: buffer released");
         let mut relayed = vec![0u8; frame.len()];
         sink.read_exact(&mut relayed).await.expect("frame relayed");
+        assert_eq!(relayed, frame);
+    }
+
+    impl AsTcp for DuplexStream {}
+
+    /// Both ends of a loopback TCP connection.
+    async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (connected, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        (connected.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_between_plain_tcp_connections_is_spliced_byte_for_byte() {
+        use crate::io::TcpOrTls;
+        type Plain = TcpOrTls<DuplexStream>;
+        const PAYLOAD: usize = 3 << 20;
+        let (mut peer, src) = tcp_pair().await;
+        let (dst, mut sink) = tcp_pair().await;
+        let (mut src, mut dst) = (Plain::Plain(src), Plain::Plain(dst));
+        // A 3 MiB frame (varied bytes), then a small one behind it in the same stream.
+        let mut frames = vec![0x82, 127];
+        frames.extend_from_slice(&(PAYLOAD as u64).to_be_bytes());
+        frames.extend((0..PAYLOAD).map(|i| (i % 251) as u8));
+        frames.extend_from_slice(&[0x82, 3, 1, 2, 3]);
+        let sent = frames.clone();
+        let writer = tokio::spawn(async move { peer.write_all(&sent).await.map(|()| peer) });
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; frames.len()];
+            sink.read_exact(&mut got)
+                .await
+                .map(|_| (got == frames, sink))
+        });
+
+        let mut direction = Direction::new(MaskPolicy::Forbidden, None);
+        let mut spliced = false;
+        poll_fn(|cx| {
+            loop {
+                let step = direction.step(cx, &mut src, &mut dst);
+                spliced |= direction.pipe.as_ref().is_some_and(|pipe| pipe.held() > 0);
+                match step {
+                    Step::Progress | Step::Changed => {}
+                    _ if direction.stats.frames == 2 && !direction.backlogged() => {
+                        return Poll::Ready(());
+                    }
+                    _ => return Poll::Pending,
+                }
+            }
+        })
+        .await;
+        let _peer = writer.await.unwrap().unwrap();
+        let (same, _sink) = reader.await.unwrap().unwrap();
+        assert!(same, "relayed bytes differ from those sent");
+        assert!(spliced, "the large frame went through a pipe");
+        assert_eq!(direction.stats.frames, 2);
+        assert_eq!(direction.stats.bytes, PAYLOAD as u64 + 3);
+        assert!(
+            direction.pipe.is_none(),
+            "pipe closed once no frame is spliced"
+        );
+        assert!(direction.buf.is_empty(), "idle again: buffer released");
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_over_a_non_tcp_stream_is_copied() {
+        let (mut peer, mut src) = duplex(4 << 20);
+        let (mut dst, mut sink) = duplex(4 << 20);
+        let mut direction = Direction::new(MaskPolicy::Forbidden, None);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut frame = vec![0x82, 127];
+        frame.extend_from_slice(&(1u64 << 20).to_be_bytes());
+        frame.resize(frame.len() + (1 << 20), 9);
+        peer.write_all(&frame).await.unwrap();
+        for _ in 0..10_000 {
+            if matches!(direction.step(&mut cx, &mut src, &mut dst), Step::Idle) {
+                break;
+            }
+            assert!(
+                direction.pipe.is_none(),
+                "no pipe without TCP on both sides"
+            );
+        }
+        let mut relayed = vec![0u8; frame.len()];
+        sink.read_exact(&mut relayed).await.unwrap();
         assert_eq!(relayed, frame);
     }
 
