@@ -88,13 +88,15 @@ impl Listener {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            connections.spawn(serve_connection(
+            // Boxed: spawning moves the future by value several times; a pointer is cheaper
+            // to move than the whole connection state.
+            connections.spawn(Box::pin(serve_connection(
                 protocols.clone(),
                 tcp,
                 client,
                 self.env.clone(),
                 shared.clone(),
-            ));
+            )));
         }
         drop(self.tcp);
         let _ = self.closed.send(());

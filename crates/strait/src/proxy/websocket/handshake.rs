@@ -269,7 +269,8 @@ async fn handshake(
     let drain = (route.pool.rebalance() == Rebalance::Drain)
         .then(|| lease.target().retired().clone())
         .zip(env.undeploy_grace);
-    shared.sessions.spawn(async move {
+    // Boxed, like connection tasks: cheaper to spawn than moving the session state by value.
+    shared.sessions.spawn(Box::pin(async move {
         let held = held;
         // The target counts the session as open until it ends.
         let lease = lease;
@@ -402,7 +403,7 @@ async fn handshake(
         drop(held);
         drop(lease);
         drop(registration);
-    });
+    }));
     Ok(answer)
 }
 
