@@ -1676,6 +1676,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_backend_lost_inside_a_spliced_frame_ends_the_client_stream_after_its_bytes() {
+        use crate::io::TcpOrTls;
+        type Plain = TcpOrTls<DuplexStream>;
+        let (mut client, client_gw) = tcp_pair().await;
+        let (backend_gw, mut backend) = tcp_pair().await;
+        let session = tokio::spawn(async move {
+            relay(
+                (Plain::Plain(client_gw), Bytes::new()),
+                (Plain::Plain(backend_gw), Bytes::new()),
+                &config(),
+                &LiveStats::default(),
+                std::pin::pin!(std::future::pending::<CloseFrame>()),
+            )
+            .await
+        });
+        // A 4 MiB frame's header and 1 MiB of its payload, then the backend is gone.
+        let mut sent = vec![0x82, 127];
+        sent.extend_from_slice(&(4u64 << 20).to_be_bytes());
+        sent.extend((0..1 << 20).map(|i: u32| (i % 253) as u8));
+        backend.write_all(&sent).await.unwrap();
+        drop(backend);
+
+        // The client gets every byte sent, then the stream ends: no close frame is possible
+        // inside a frame.
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got == sent,
+            "the client got {} of {} bytes",
+            got.len(),
+            sent.len()
+        );
+        let out = session.await.unwrap();
+        assert_eq!(out.initiator, Initiator::Backend);
+        assert_eq!(out.close, None);
+    }
+
+    #[tokio::test]
     async fn a_large_frame_over_a_non_tcp_stream_is_copied() {
         let (mut peer, mut src) = duplex(4 << 20);
         let (mut dst, mut sink) = duplex(4 << 20);
