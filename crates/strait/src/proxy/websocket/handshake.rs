@@ -125,21 +125,14 @@ async fn handshake(
     let sent = sender.send_request(backend_req);
     let answered = async {
         let mut sent = std::pin::pin!(sent);
-        let Some(driving) = connection.as_mut() else {
-            return sent.await;
-        };
-        let first = tokio::select! {
-            response = sent.as_mut() => Some(response),
-            _ = driving => None,
-        };
-        match first {
-            Some(response) => response,
-            // The connection ended first: the request says why.
-            None => {
-                connection = None;
-                sent.await
+        if let Some(driving) = connection.as_mut() {
+            tokio::select! {
+                response = sent.as_mut() => return response,
+                // The connection ended first: the request says why.
+                _ = driving => connection = None,
             }
         }
+        sent.await
     };
     let mut response = match tokio::time::timeout(env.timeouts.response, answered).await {
         Err(_) => {
@@ -244,9 +237,10 @@ async fn handshake(
         began: exchange.arrived(),
         upgraded: SystemTime::now(),
         tracer: exchange.tracer.clone(),
-        path: match logged {
-            true => exchange.logged_path().into_owned(),
-            false => String::new(),
+        path: if logged {
+            exchange.logged_path().into_owned()
+        } else {
+            String::new()
         },
         referer: exchange.referer.clone(),
         user_agent: exchange.user_agent.clone(),

@@ -308,6 +308,15 @@ pub struct DirectionStats {
     pub dropped: u64,
 }
 
+impl DirectionStats {
+    /// Counts a frame relayed whole.
+    fn count(&mut self, end: &frame::FrameEnd) {
+        self.frames += 1;
+        self.bytes += end.header.payload_len;
+        self.messages += u64::from(end.ends_message);
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RelayOutcome {
     /// The close frame that ended the session (None: the connection dropped without one).
@@ -326,7 +335,7 @@ pub const CLOSE_BAD_GATEWAY: u16 = 1014;
 
 /// What the gateway's keepalive pings carry.
 const PING_PAYLOAD: &[u8] = b"strait";
-/// Bytes buffered per direction.
+/// What a stream's buffer starts at (a small message gets one of its own size).
 const BUF_SIZE: usize = 16 * 1024;
 /// The most a stream's buffer grows to, doubling from `BUF_SIZE` while reads fill it.
 const MAX_BUF_SIZE: usize = 256 * 1024;
@@ -705,9 +714,7 @@ impl Direction {
                 Poll::Ready(Ok(())) => {
                     let got = rb.filled();
                     if got.is_empty() {
-                        tracing::debug!(mode = ?self.mode, "websocket relay: peer EOF");
-                        self.src = Src::Gone;
-                        return Step::Changed;
+                        return self.src_lost(None);
                     }
                     let size = if got.len() < PROBE_SIZE {
                         got.len()
@@ -722,11 +729,7 @@ impl Direction {
                     self.heard = true;
                     return Step::Progress;
                 }
-                Poll::Ready(Err(err)) => {
-                    tracing::debug!(%err, "websocket relay: read failed");
-                    self.src = Src::Gone;
-                    return Step::Changed;
-                }
+                Poll::Ready(Err(err)) => return self.src_lost(Some(err)),
                 Poll::Pending => {}
             }
         } else if self.reading()
@@ -738,20 +741,14 @@ impl Direction {
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
                     if n == 0 {
-                        tracing::debug!(mode = ?self.mode, "websocket relay: peer EOF");
-                        self.src = Src::Gone;
-                        return Step::Changed;
+                        return self.src_lost(None);
                     }
                     self.tail += n;
                     self.filled = n == room;
                     self.heard = true;
                     return Step::Progress;
                 }
-                Poll::Ready(Err(err)) => {
-                    tracing::debug!(%err, "websocket relay: read failed");
-                    self.src = Src::Gone;
-                    return Step::Changed;
-                }
+                Poll::Ready(Err(err)) => return self.src_lost(Some(err)),
                 Poll::Pending => {
                     if self.tail == 0 {
                         // Nothing held: give the buffer back until the peer sends again.
@@ -800,30 +797,30 @@ impl Direction {
         }
         let (pipe, tcp) = (self.pipe.as_mut()?, src.as_tcp()?);
         match pipe.fill(cx, tcp, max) {
-            Poll::Ready(Ok(0)) => {
-                tracing::debug!(mode = ?self.mode, "websocket relay: peer EOF");
-                self.src = Src::Gone;
-                Some(Step::Changed)
-            }
+            Poll::Ready(Ok(0)) => Some(self.src_lost(None)),
             Poll::Ready(Ok(n)) => {
                 // Nothing is buffered while a frame is spliced.
                 self.buf = Vec::new();
                 self.heard = true;
                 self.active = true;
                 if let Some(end) = self.parser.skip_payload(n) {
-                    self.stats.frames += 1;
-                    self.stats.bytes += end.header.payload_len;
-                    self.stats.messages += u64::from(end.ends_message);
+                    self.stats.count(&end);
                 }
                 Some(Step::Progress)
             }
-            Poll::Ready(Err(err)) => {
-                tracing::debug!(%err, "websocket relay: read failed");
-                self.src = Src::Gone;
-                Some(Step::Changed)
-            }
+            Poll::Ready(Err(err)) => Some(self.src_lost(Some(err))),
             Poll::Pending => None,
         }
+    }
+
+    /// The source reached EOF (`None`) or failed to read.
+    fn src_lost(&mut self, error: Option<std::io::Error>) -> Step {
+        match error {
+            None => tracing::debug!(mode = ?self.mode, "websocket relay: peer EOF"),
+            Some(err) => tracing::debug!(%err, "websocket relay: read failed"),
+        }
+        self.src = Src::Gone;
+        Step::Changed
     }
 
     /// Bytes read from `src` wait for `dst` to take them.
@@ -923,9 +920,7 @@ impl Direction {
                     let Some(end) = end else { continue };
                     self.active |= end.header.opcode != OpCode::Pong;
                     if !discard {
-                        self.stats.frames += 1;
-                        self.stats.bytes += end.header.payload_len;
-                        self.stats.messages += u64::from(end.ends_message);
+                        self.stats.count(&end);
                     }
                     if end.header.opcode == OpCode::Close {
                         // Nothing after a Close is relayed (RFC 6455 §5.5.1).
@@ -1616,6 +1611,13 @@ mod tests {
 
     impl AsTcp for DuplexStream {}
 
+    /// `future`, or a failed test if it takes over 30 s.
+    async fn within<F: Future>(what: &str, future: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(30), future)
+            .await
+            .unwrap_or_else(|_| panic!("{what} took over 30 s"))
+    }
+
     /// Both ends of a loopback TCP connection.
     async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1649,7 +1651,7 @@ mod tests {
 
         let mut direction = Direction::new(MaskPolicy::Forbidden, None);
         let mut spliced = false;
-        poll_fn(|cx| {
+        let relayed = poll_fn(|cx| {
             loop {
                 let step = direction.step(cx, &mut src, &mut dst);
                 spliced |= direction.pipe.as_ref().is_some_and(|pipe| pipe.held() > 0);
@@ -1661,10 +1663,10 @@ mod tests {
                     _ => return Poll::Pending,
                 }
             }
-        })
-        .await;
-        let _peer = writer.await.unwrap().unwrap();
-        let (same, _sink) = reader.await.unwrap().unwrap();
+        });
+        within("relaying both frames", relayed).await;
+        let _peer = within("the writer", writer).await.unwrap().unwrap();
+        let (same, _sink) = within("the reader", reader).await.unwrap().unwrap();
         assert!(same, "relayed bytes differ from those sent");
         assert!(spliced, "the large frame went through a pipe");
         assert_eq!(direction.stats.frames, 2);
@@ -1702,14 +1704,16 @@ mod tests {
         // The client gets every byte sent, then the stream ends: no close frame is possible
         // inside a frame.
         let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
+        within("the client's stream to end", client.read_to_end(&mut got))
+            .await
+            .unwrap();
         assert!(
             got == sent,
             "the client got {} of {} bytes",
             got.len(),
             sent.len()
         );
-        let out = session.await.unwrap();
+        let out = within("the session", session).await.unwrap();
         assert_eq!(out.initiator, Initiator::Backend);
         assert_eq!(out.close, None);
     }
