@@ -13,6 +13,7 @@
 # Needs the release build (cargo build --release -p strait-cli -p strait-bench), nginx, wrk
 # and valgrind (scripts/install-bench-tools.sh installs them). Loopback only; every run is
 # bounded (10 s of load each). Ports: STRAIT_CG_PORT (default 19080) and the next one.
+# STRAIT_CG_KEEP=DIR keeps the profiles there (cg.MODE.GATEWAY.*) for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 modes=("$@")
@@ -86,6 +87,9 @@ for mode in "${modes[@]}"; do
         kill "$pid"; wait "$pid" 2>/dev/null || true
         ir=$(grep -h '^summary:\|^totals:' "$out".* 2>/dev/null | tail -1 | awk '{print $2}')
         printf '%-8s %-7s %10s %14s\n' "$mode" "$side" "$units" "$((ir / units))"
+        if [[ -n ${STRAIT_CG_KEEP:-} ]]; then
+            mkdir -p "$STRAIT_CG_KEEP" && mv "$out".* "$STRAIT_CG_KEEP"/
+        fi
         rm -f "$out" "$out".*
     done
 done
