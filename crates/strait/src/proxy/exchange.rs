@@ -70,10 +70,11 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// Accept phase: what the request is, before anything is decided.
-    pub fn begin<B>(conn: &ConnInfo, req: &Request<B>) -> Exchange {
+    /// Accept phase: what the request is, before anything is decided. Boxed: the record
+    /// rides along with the response body, which hyper moves several times per request.
+    pub fn begin<B>(conn: &ConnInfo, req: &Request<B>) -> Box<Exchange> {
         let headers = req.headers();
-        Exchange {
+        Box::new(Exchange {
             started: Instant::now(),
             time: SystemTime::now(),
             trace: TraceContext::from_request(headers),
@@ -100,7 +101,7 @@ impl Exchange {
             bytes_in: Arc::default(),
             in_flight: None,
             finished: false,
-        }
+        })
     }
 
     /// Match phase: the request belongs to `route` (counted in flight from now on).
@@ -277,11 +278,11 @@ pub fn version_text(version: Version) -> &'static str {
 pub struct Logged<B> {
     inner: B,
     bytes: u64,
-    exchange: Exchange,
+    exchange: Box<Exchange>,
 }
 
 impl<B> Logged<B> {
-    pub fn new(inner: B, exchange: Exchange) -> Self {
+    pub fn new(inner: B, exchange: Box<Exchange>) -> Self {
         Logged {
             inner,
             bytes: 0,
