@@ -35,40 +35,49 @@ pub fn to_backend(
     Ok(())
 }
 
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1, and the legacy `Keep-Alive` and `Proxy-Connection`).
+const HOPS: usize = 8;
+const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
     header::TRAILER,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
 ];
-
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names instead of eight removals.
-    // Without `Connection` no other header is named for removal.
-    let is_hop = |name: &HeaderName| {
-        HOP_BY_HOP.contains(name) || *name == KEEP_ALIVE || *name == PROXY_CONNECTION
-    };
-    if !headers.keys().any(is_hop) {
+    // One pass over the names finds the hop-by-hop ones present; most messages carry none,
+    // and a WebSocket handshake two (`Connection`, `Upgrade`): only those are removed.
+    let mut present = [false; HOPS];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name)
+            && let Some(slot) = present.get_mut(i)
+        {
+            *slot = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
+    // Headers `Connection` names besides those (none without `Connection`).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !HOP_BY_HOP.contains(name))
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
+        headers.remove(hop);
+    }
+    for name in &named {
         headers.remove(name);
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
 }
 
 /// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto` (as the client

@@ -32,35 +32,44 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    let escapes_change = scan(path)?;
-    if !escapes_change && !has_dot_segment(path) {
+    if !scan(path)? {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(path);
     remove_dot_segments(&decoded).map(Cow::Owned)
 }
 
-/// Checks every byte; returns whether decoding or uppercasing an escape would change the path.
+/// Checks every byte; returns whether normalising would change the path: an escape to
+/// decode or uppercase, or a `.` or `..` segment (as written). One pass, no allocation.
 fn scan(path: &str) -> Result<bool, PathError> {
     let bytes = path.as_bytes();
     let mut changes = false;
+    // The current segment so far: its length, and whether it is all (literal) dots.
+    let (mut segment_len, mut all_dots) = (0usize, true);
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
+        if b == b'/' {
+            changes |= all_dots && (1..=2).contains(&segment_len);
+            (segment_len, all_dots) = (0, true);
+            i += 1;
+        } else if b == b'%' {
             let (hi, lo) = (bytes.get(i + 1).copied(), bytes.get(i + 2).copied());
             let (Some(hi), Some(lo)) = (hi, lo) else {
                 return Err(PathError::MalformedEscape);
             };
             let value = escape_value(hi, lo).ok_or(PathError::MalformedEscape)?;
             changes |= is_unreserved(value) || hi.is_ascii_lowercase() || lo.is_ascii_lowercase();
+            (segment_len, all_dots) = (segment_len + 3, false);
             i += 3;
         } else if accepted_in_request_path(b) {
+            segment_len += 1;
+            all_dots &= b == b'.';
             i += 1;
         } else {
             return Err(PathError::InvalidCharacter);
         }
     }
-    Ok(changes)
+    Ok(changes || all_dots && (1..=2).contains(&segment_len))
 }
 
 /// Step 1 of §6.2.2: decodes escapes of unreserved characters and uppercases the hex digits

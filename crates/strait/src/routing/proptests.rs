@@ -1,5 +1,6 @@
 //! Property tests for the routing invariants: nothing panics on any input, normalising is
-//! idempotent, the trie agrees with a linear scan, and a target never escapes its backend path.
+//! idempotent and keeps a path that needs nothing, the trie agrees with a linear scan, and a
+//! target never escapes its backend path.
 
 use std::borrow::Cow;
 
@@ -115,6 +116,15 @@ proptest! {
         if let Ok(once) = normalize_path(&s) {
             let twice = normalize_path(&once);
             prop_assert!(matches!(&twice, Ok(Cow::Borrowed(t)) if *t == once.as_ref()), "{s:?} -> {once:?} -> {twice:?}");
+        }
+    }
+
+    #[test]
+    fn a_path_is_kept_as_is_exactly_when_nothing_in_it_changes(s in any_path()) {
+        if let Ok(normal) = normalize_path(&s) {
+            let unchanged = normalize::decode_unreserved(&s) == s.as_str()
+                && !normalize::has_dot_segment(&s);
+            prop_assert_eq!(matches!(normal, Cow::Borrowed(_)), unchanged, "{:?}", s);
         }
     }
 
