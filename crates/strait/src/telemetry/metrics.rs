@@ -243,24 +243,6 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
     }
-
-    /// Counts the end of a WebSocket session.
-    pub fn session_closed(
-        &self,
-        labels: &RouteLabels,
-        code: Option<u16>,
-        initiator: &'static str,
-        lasted: Duration,
-    ) {
-        let close = CloseLabels {
-            environment: labels.environment.clone(),
-            proxy: labels.proxy.clone(),
-            code: close_code_label(code),
-            initiator,
-        };
-        self.closes.get_or_create(&close).inc();
-        self.session_duration.get_or_create(labels).observe(lasted);
-    }
 }
 
 /// The handles of one route (or of an environment's unmatched requests, proxy `""`),
@@ -283,6 +265,9 @@ struct Handles {
     response_bytes: OnceLock<Counter>,
     upgrades: [OnceLock<Counter>; Upgrade::ALL.len()],
     ping_rtt: OnceLock<Histogram>,
+    /// By close code (as labelled) and initiator.
+    closes: [OnceLock<Counter>; CLOSE_CODES.len() * INITIATORS.len()],
+    session_duration: OnceLock<Histogram>,
 }
 
 impl Default for Handles {
@@ -296,6 +281,8 @@ impl Default for Handles {
             response_bytes: OnceLock::new(),
             upgrades: std::array::from_fn(|_| OnceLock::new()),
             ping_rtt: OnceLock::new(),
+            closes: std::array::from_fn(|_| OnceLock::new()),
+            session_duration: OnceLock::new(),
         }
     }
 }
@@ -385,6 +372,33 @@ impl RouteMetrics {
         InFlight(gauge)
     }
 
+    /// Counts the end of a WebSocket session (`initiator`: `client`, `backend` or `gateway`).
+    pub fn session_closed(&self, code: Option<u16>, initiator: &'static str, lasted: Duration) {
+        let code = close_code_index(code);
+        let initiated = INITIATORS.iter().position(|i| *i == initiator);
+        let cell = initiated.and_then(|i| self.handles().closes.get(code * INITIATORS.len() + i));
+        let labels = || CloseLabels {
+            environment: self.labels.environment.clone(),
+            proxy: self.labels.proxy.clone(),
+            code: CLOSE_CODES.get(code).copied().unwrap_or("other"),
+            initiator,
+        };
+        match cell {
+            Some(cell) => {
+                cell.get_or_init(|| self.metrics.closes.get_or_create(&labels()).clone())
+                    .inc();
+            }
+            None => {
+                self.metrics.closes.get_or_create(&labels()).inc();
+            }
+        }
+        self.route(
+            &self.handles().session_duration,
+            &self.metrics.session_duration,
+        )
+        .observe(lasted);
+    }
+
     pub fn upgrade(&self, outcome: Upgrade) {
         let index = Upgrade::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         if let Some(cell) = self.handles().upgrades.get(index) {
@@ -430,20 +444,22 @@ impl Drop for InFlight {
 }
 
 /// Close codes as label values: the registered 1000-1015 as themselves, the rest by range.
-fn close_code_label(code: Option<u16>) -> &'static str {
-    const KNOWN: [&str; 16] = [
-        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
-        "1011", "1012", "1013", "1014", "1015",
-    ];
+/// The `code` label's values: the registered codes 1000–1015, then the rest by kind.
+const CLOSE_CODES: [&str; 20] = [
+    "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010", "1011",
+    "1012", "1013", "1014", "1015", "none", "3xxx", "4xxx", "other",
+];
+/// Who can end a session, as the `initiator` label says.
+const INITIATORS: [&str; 3] = ["client", "backend", "gateway"];
+
+/// Where a close code's label is in [`CLOSE_CODES`].
+fn close_code_index(code: Option<u16>) -> usize {
     match code {
-        None => "none",
-        Some(code @ 1000..=1015) => KNOWN
-            .get(usize::from(code - 1000))
-            .copied()
-            .unwrap_or("other"),
-        Some(3000..=3999) => "3xxx",
-        Some(4000..=4999) => "4xxx",
-        Some(_) => "other",
+        Some(code @ 1000..=1015) => usize::from(code - 1000),
+        None => 16,
+        Some(3000..=3999) => 17,
+        Some(4000..=4999) => 18,
+        Some(_) => 19,
     }
 }
 
@@ -801,12 +817,13 @@ mod tests {
 
     #[test]
     fn close_codes_are_bounded() {
-        assert_eq!(close_code_label(Some(1000)), "1000");
-        assert_eq!(close_code_label(Some(1015)), "1015");
-        assert_eq!(close_code_label(Some(4321)), "4xxx");
-        assert_eq!(close_code_label(Some(3000)), "3xxx");
-        assert_eq!(close_code_label(Some(1016)), "other");
-        assert_eq!(close_code_label(None), "none");
+        let label = |code| CLOSE_CODES.get(close_code_index(code)).copied();
+        assert_eq!(label(Some(1000)), Some("1000"));
+        assert_eq!(label(Some(1015)), Some("1015"));
+        assert_eq!(label(Some(4321)), Some("4xxx"));
+        assert_eq!(label(Some(3000)), Some("3xxx"));
+        assert_eq!(label(Some(1016)), Some("other"));
+        assert_eq!(label(None), Some("none"));
     }
 
     #[test]

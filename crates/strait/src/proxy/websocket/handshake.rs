@@ -354,10 +354,7 @@ async fn handshake(
         let lasted = started.elapsed();
         let code = outcome.close.as_ref().map(|c| c.code);
         let initiator = outcome.initiator.as_str();
-        let metrics = &route.metrics;
-        metrics
-            .metrics()
-            .session_closed(&metrics.labels, code, initiator, lasted);
+        route.metrics.session_closed(code, initiator, lasted);
         let session = &registration.session;
         tracing::debug!(%proxy, %client, %target, ?code, initiator, "WebSocket session closed");
         #[cfg(feature = "otlp")]
