@@ -37,7 +37,7 @@ pub fn to_backend(
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and the legacy `Keep-Alive` and `Proxy-Connection`).
 const HOPS: usize = 8;
-const HOP_BY_HOP: [HeaderName; HOPS] = [
+static HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     header::TE,
     header::TRANSFER_ENCODING,
