@@ -49,6 +49,10 @@ enum Command {
         /// instead of those in /etc/resolv.conf; repeat for several.
         #[arg(long = "dns-server", value_name = "ADDR", value_parser = dns_server)]
         dns_servers: Vec<SocketAddr>,
+        /// Threads serving client connections, each on its own single-threaded runtime
+        /// (default: one per CPU); 0 serves them on the shared work-stealing runtime.
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
     },
     /// Make a stateful gateway match a configuration file (prints the plan, then applies it).
     Apply {
@@ -126,14 +130,27 @@ fn main() -> ExitCode {
                         config: Some(config),
                         admin,
                         dns_servers,
+                        workers,
                         ..
-                    } => run(&config, admin, gateway_options(dns_servers), signals).await,
+                    } => {
+                        run(
+                            &config,
+                            admin,
+                            gateway_options(dns_servers, workers),
+                            signals,
+                        )
+                        .await
+                    }
                     Command::Run {
                         data: Some(data),
                         admin,
                         dns_servers,
+                        workers,
                         ..
-                    } => run_stateful(&data, admin, gateway_options(dns_servers), signals).await,
+                    } => {
+                        let options = gateway_options(dns_servers, workers);
+                        run_stateful(&data, admin, options, signals).await
+                    }
                     Command::Run { .. } => ExitCode::FAILURE,
                     Command::Apply {
                         file,
@@ -386,8 +403,9 @@ async fn start(config: &config::Config, options: GatewayOptions) -> Option<Gatew
 
 /// Environments log requests to standard output unless their `access_log` says otherwise;
 /// spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` when it is set. Backend host names resolve
-/// through `dns_servers`, or /etc/resolv.conf when there are none.
-fn gateway_options(dns_servers: Vec<SocketAddr>) -> GatewayOptions {
+/// through `dns_servers`, or /etc/resolv.conf when there are none. Client connections are
+/// served by `workers` threads, one per CPU unless told.
+fn gateway_options(dns_servers: Vec<SocketAddr>, workers: Option<usize>) -> GatewayOptions {
     GatewayOptions {
         access_log: Some(Destination::Stdout),
         // The standard OpenTelemetry variable, e.g. http://127.0.0.1:4318.
@@ -395,6 +413,8 @@ fn gateway_options(dns_servers: Vec<SocketAddr>) -> GatewayOptions {
             .ok()
             .filter(|v| !v.is_empty()),
         dns_servers: (!dns_servers.is_empty()).then_some(dns_servers),
+        workers: workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     }
 }
 
@@ -449,7 +469,7 @@ async fn demo(listen: SocketAddr, backend: SocketAddr, signals: Signals) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    let Some(gateway) = start(&config, gateway_options(Vec::new())).await else {
+    let Some(gateway) = start(&config, gateway_options(Vec::new(), None)).await else {
         echo.shutdown().await;
         return ExitCode::FAILURE;
     };

@@ -22,6 +22,7 @@ use super::pipeline::Shared;
 use super::sessions::{Registry, Session};
 use super::snapshot::{CompileError, Snapshot, Telemetry};
 use super::websocket::relay::{CLOSE_GOING_AWAY, CloseFrame};
+use super::workers::Workers;
 use crate::config::Config;
 use crate::telemetry::Metrics;
 use crate::telemetry::access::{Destination, Sinks};
@@ -48,6 +49,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Dns(UpstreamError),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Entry point of the data plane.
@@ -65,6 +68,9 @@ pub struct GatewayOptions {
     /// The name servers (`ip:port`) that resolve backend host names. `None`: those of
     /// /etc/resolv.conf. Either way /etc/hosts is consulted first.
     pub dns_servers: Option<Vec<SocketAddr>>,
+    /// Threads that serve client connections, each with a single-threaded runtime (`strait
+    /// run`: one per CPU). 0: connections are served on the runtime that started the gateway.
+    pub workers: usize,
 }
 
 impl Gateway {
@@ -95,16 +101,30 @@ impl Gateway {
                 None
             }
         };
+        let workers = match options.workers {
+            0 => None,
+            count => {
+                let workers = Workers::start(count).map_err(StartError::Workers)?;
+                tracing::info!(
+                    "client connections are served by {} worker threads",
+                    workers.handles().len()
+                );
+                Some(workers)
+            }
+        };
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             metrics: Arc::new(
-                Metrics::new(registry.clone()).with_targets(Arc::new(LiveTargets(weak.clone()))),
+                Metrics::new(registry.clone())
+                    .with_targets(Arc::new(LiveTargets(weak.clone())))
+                    .with_runtimes(workers.iter().flat_map(|w| w.handles()).cloned().collect()),
             ),
             tracer,
             registry,
             close_timeout: CLOSE_TIMEOUT,
+            workers,
         });
         let handle = GatewayHandle {
             shared,

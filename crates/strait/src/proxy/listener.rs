@@ -90,13 +90,23 @@ impl Listener {
             let _ = tcp.set_nodelay(true);
             // Boxed: spawning moves the future by value several times; a pointer is cheaper
             // to move than the whole connection state.
-            connections.spawn(Box::pin(serve_connection(
-                protocols.clone(),
-                tcp,
-                client,
-                self.env.clone(),
-                shared.clone(),
-            )));
+            let serve = |tcp| {
+                Box::pin(serve_connection(
+                    protocols.clone(),
+                    tcp,
+                    client,
+                    self.env.clone(),
+                    shared.clone(),
+                ))
+            };
+            // Handed to a worker, the socket leaves this runtime's reactor for the worker's.
+            match shared.workers.as_ref().and_then(|w| w.next()) {
+                None => _ = connections.spawn(serve(Accepted::Here(tcp))),
+                Some(worker) => match tcp.into_std() {
+                    Ok(tcp) => _ = connections.spawn_on(serve(Accepted::Moved(tcp)), worker),
+                    Err(error) => tracing::debug!(%client, %error, "cannot hand a connection over"),
+                },
+            }
         }
         drop(self.tcp);
         let _ = self.closed.send(());
@@ -118,13 +128,29 @@ impl Listener {
     }
 }
 
+/// An accepted connection: registered with this runtime, or moving to a worker's.
+enum Accepted {
+    Here(TcpStream),
+    Moved(std::net::TcpStream),
+}
+
 async fn serve_connection(
     protocols: Protocols,
-    tcp: TcpStream,
+    tcp: Accepted,
     client: std::net::SocketAddr,
     env: Arc<str>,
     shared: Arc<Shared>,
 ) {
+    let tcp = match tcp {
+        Accepted::Here(tcp) => tcp,
+        Accepted::Moved(tcp) => match TcpStream::from_std(tcp) {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                tracing::debug!(%client, %error, "cannot serve a handed-over connection");
+                return;
+            }
+        },
+    };
     let tls: Option<TlsAcceptor> = shared.snapshot.load().env(&env).and_then(|e| e.tls.clone());
     let client_ip = http::HeaderValue::from_str(&client.ip().to_string()).ok();
     let conn = Arc::new(ConnInfo {

@@ -16,6 +16,7 @@ mod sessions;
 mod snapshot;
 mod tls;
 pub mod websocket;
+mod workers;
 
 pub use gateway::{Gateway, GatewayHandle, GatewayOptions, StartError};
 pub use sessions::{Registration, Registry, Session, SessionInfo};

@@ -52,6 +52,8 @@ pub struct Shared {
     pub tracer: Option<Tracer>,
     /// How long a WebSocket close handshake may take.
     pub close_timeout: Duration,
+    /// The threads client connections are handed to (`None`: served where accepted).
+    pub workers: Option<super::workers::Workers>,
 }
 
 /// What the accept phase knows about the client connection.

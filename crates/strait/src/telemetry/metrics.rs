@@ -149,6 +149,8 @@ pub struct Metrics {
     ping_rtt: HistogramFamily<RouteLabels>,
     /// Access-log lines dropped because the writer could not keep up.
     pub access_log_dropped: Counter,
+    /// The runtimes serving connections, when not the one scraping.
+    runtimes: Arc<OnceLock<Vec<tokio::runtime::Handle>>>,
 }
 
 impl Metrics {
@@ -168,6 +170,7 @@ impl Metrics {
             session_duration: histograms(),
             ping_rtt: histograms(),
             access_log_dropped: Counter::default(),
+            runtimes: Arc::default(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -226,8 +229,15 @@ impl Metrics {
             metrics.access_log_dropped.clone(),
         );
         r.register_collector(Box::new(SessionCollector(sessions)));
-        r.register_collector(Box::new(ProcessCollector));
+        r.register_collector(Box::new(ProcessCollector(metrics.runtimes.clone())));
         metrics
+    }
+
+    /// Reports the busy time of `runtimes` (the worker threads serving connections) instead
+    /// of the runtime that scrapes.
+    pub fn with_runtimes(self, runtimes: Vec<tokio::runtime::Handle>) -> Metrics {
+        let _ = self.runtimes.set(runtimes);
+        self
     }
 
     /// Adds the backend target figures, read from `targets` when scraped.
@@ -581,10 +591,11 @@ impl Collector for TargetCollector {
     }
 }
 
-/// Open descriptors, their limit, resident memory and the runtime's busy time, read from
-/// `/proc` and tokio when scraped (absent where they cannot be read).
+/// Open descriptors, their limit, resident memory and the busy time of the runtimes serving
+/// connections (the worker threads, else the scraping runtime), read from `/proc` and tokio
+/// when scraped (absent where they cannot be read).
 #[derive(Debug)]
-struct ProcessCollector;
+struct ProcessCollector(Arc<OnceLock<Vec<tokio::runtime::Handle>>>);
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -611,12 +622,19 @@ impl Collector for ProcessCollector {
                 gauge.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
             }
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let metrics = runtime.metrics();
-            let workers = metrics.num_workers();
-            let busy: f64 = (0..workers)
-                .map(|w| metrics.worker_total_busy_duration(w).as_secs_f64())
-                .sum();
+        let runtimes = match self.0.get() {
+            Some(workers) if !workers.is_empty() => workers.clone(),
+            _ => tokio::runtime::Handle::try_current().into_iter().collect(),
+        };
+        if !runtimes.is_empty() {
+            let (mut workers, mut busy) = (0, 0.0);
+            for runtime in &runtimes {
+                let metrics = runtime.metrics();
+                workers += metrics.num_workers();
+                busy += (0..metrics.num_workers())
+                    .map(|w| metrics.worker_total_busy_duration(w).as_secs_f64())
+                    .sum::<f64>();
+            }
             let gauge = ConstGauge::new(i64::try_from(workers).unwrap_or(i64::MAX));
             gauge.encode(encoder.encode_descriptor(
                 "strait_runtime_workers",
@@ -834,5 +852,33 @@ mod tests {
             text.contains("strait_process_resident_memory_bytes "),
             "{text}"
         );
+    }
+
+    #[test]
+    fn runtime_figures_are_those_of_the_serving_runtimes() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+        };
+        let (a, b, c) = (runtime(), runtime(), runtime());
+        let workers = Metrics::new(Arc::new(Fixed(Vec::new()))).with_runtimes(vec![
+            a.handle().clone(),
+            b.handle().clone(),
+            c.handle().clone(),
+        ]);
+        let text = workers.encode().unwrap();
+        assert!(
+            text.lines().any(|l| l == "strait_runtime_workers 3"),
+            "{text}"
+        );
+        // Without workers, the runtime that scrapes; outside any, none.
+        let text = a.block_on(async { metrics(Vec::new()).encode().unwrap() });
+        assert!(
+            text.lines().any(|l| l == "strait_runtime_workers 1"),
+            "{text}"
+        );
+        let text = metrics(Vec::new()).encode().unwrap();
+        assert!(!text.contains("strait_runtime_workers"), "{text}");
     }
 }

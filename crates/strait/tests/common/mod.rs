@@ -12,10 +12,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use strait::echo::{self, EchoHandle};
-use strait::{Gateway, GatewayHandle};
+use strait::{Gateway, GatewayHandle, GatewayOptions};
 
 /// A gateway started from YAML text; `{echo}` in the text is replaced by the echo backend's
-/// address when one is given. Environments should listen on `127.0.0.1:0`.
+/// address when one is given. Environments should listen on `127.0.0.1:0`. Client
+/// connections are served by two worker threads, as `strait run` does (the tests built on
+/// `support` serve them on the test's own runtime).
 pub async fn gateway(yaml: &str) -> GatewayHandle {
     gateway_in(yaml, Path::new("test.yaml")).await
 }
@@ -26,7 +28,11 @@ pub async fn gateway_in(yaml: &str, origin: &Path) -> GatewayHandle {
         Ok(config) => config,
         Err(error) => panic!("test configuration is invalid:\n{error}\n---\n{yaml}"),
     };
-    match Gateway::start(&config).await {
+    let options = GatewayOptions {
+        workers: 2,
+        ..GatewayOptions::default()
+    };
+    match Gateway::start_with(&config, options).await {
         Ok(handle) => handle,
         Err(error) => panic!("gateway did not start: {error}"),
     }
