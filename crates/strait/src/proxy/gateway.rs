@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::listener::Listener;
+use super::listener::{self, Listener};
 use super::pipeline::Shared;
 use super::sessions::{Registry, Session};
 use super::snapshot::{CompileError, Snapshot, Telemetry};
@@ -254,8 +254,17 @@ impl GatewayHandle {
             if unchanged {
                 continue;
             }
-            let bound = match TcpListener::bind(env.listen).await {
-                Ok(tcp) => tcp.local_addr().map(|local| (tcp, local)),
+            let sockets = self
+                .shared
+                .workers
+                .as_ref()
+                .map_or(1, |w| w.handles().len());
+            let bound = match listener::bind(env.listen, sockets).await {
+                Ok(tcp) => match tcp.first().map(TcpListener::local_addr) {
+                    Some(Ok(local)) => Ok((tcp, local)),
+                    Some(Err(error)) => Err(error),
+                    None => Err(std::io::Error::other("no socket was bound")),
+                },
                 Err(error) => Err(error),
             };
             match bound {

@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,8 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+#[cfg(target_os = "linux")]
+use tokio::net::TcpSocket;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
@@ -36,12 +39,13 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 pub struct Listener {
     pub env: Arc<str>,
-    pub tcp: TcpListener,
+    /// The listening sockets: one per worker thread (sharing the port), or one.
+    pub tcp: Vec<TcpListener>,
     /// Cancelled when this listener should stop accepting without stopping the gateway.
     pub retire: CancellationToken,
     /// Shutdown grace to use if the environment is gone from the snapshot by then.
     pub grace: Duration,
-    /// Told once the listening socket is closed (after retirement or shutdown).
+    /// Told once the listening sockets are closed (after retirement or shutdown).
     pub closed: oneshot::Sender<()>,
 }
 
@@ -67,48 +71,70 @@ impl Protocols {
     }
 }
 
+/// Binds `addr` for `count` accept loops. Several (on Linux) are as many sockets sharing the
+/// port with `SO_REUSEPORT`: the kernel gives each new connection to one of them, so each
+/// worker accepts its own without waking the others. Otherwise one socket.
+pub async fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<TcpListener>> {
+    #[cfg(target_os = "linux")]
+    if count > 1 {
+        let shared_port = |addr: SocketAddr| {
+            let socket = match addr {
+                SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(addr)?;
+            socket.listen(BACKLOG)
+        };
+        let first = shared_port(addr)?;
+        // The others join the port the first got (`addr` may say port 0).
+        let local = first.local_addr()?;
+        let mut all = vec![first];
+        for _ in 1..count {
+            all.push(shared_port(local)?);
+        }
+        return Ok(all);
+    }
+    let _ = count;
+    Ok(vec![TcpListener::bind(addr).await?])
+}
+
+/// Pending connections each listening socket holds before the kernel refuses more.
+#[cfg(target_os = "linux")]
+const BACKLOG: u32 = 1024;
+
 impl Listener {
     pub async fn run(self, shared: Arc<Shared>) {
         let protocols = Protocols::new();
         // Every connection this listener accepted, so shutdown can wait for them.
         let connections = TaskTracker::new();
-        loop {
-            let accepted = tokio::select! {
-                _ = shared.shutdown.cancelled() => break,
-                _ = self.retire.cancelled() => break,
-                accepted = self.tcp.accept() => accepted,
+        // One accept loop per socket: on the worker threads when there are some, so a
+        // connection is served where it was accepted; else here.
+        let accepting = TaskTracker::new();
+        let workers = shared.workers.as_ref().map_or(&[][..], |w| w.handles());
+        for (i, tcp) in self.tcp.into_iter().enumerate() {
+            let accept = Accept {
+                env: self.env.clone(),
+                protocols: protocols.clone(),
+                connections: connections.clone(),
+                retire: self.retire.clone(),
+                shared: shared.clone(),
             };
-            let (tcp, client) = match accepted {
-                Ok(pair) => pair,
+            let Some(worker) = workers.get(i % workers.len().max(1)) else {
+                accepting.spawn(accept.run(tcp));
+                continue;
+            };
+            // The socket leaves this runtime's reactor for the worker's.
+            match tcp.into_std() {
+                Ok(tcp) => _ = accepting.spawn_on(accept.run_moved(tcp), worker),
                 Err(error) => {
-                    // Out of descriptors or memory: refuse for a moment rather than spin or crash.
-                    tracing::error!(env = %self.env, %error, "cannot accept a new connection; retrying shortly");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    tracing::error!(env = %self.env, %error, "cannot hand a listening socket to a worker")
                 }
-            };
-            let _ = tcp.set_nodelay(true);
-            // Boxed: spawning moves the future by value several times; a pointer is cheaper
-            // to move than the whole connection state.
-            let serve = |tcp| {
-                Box::pin(serve_connection(
-                    protocols.clone(),
-                    tcp,
-                    client,
-                    self.env.clone(),
-                    shared.clone(),
-                ))
-            };
-            // Handed to a worker, the socket leaves this runtime's reactor for the worker's.
-            match shared.workers.as_ref().and_then(|w| w.next()) {
-                None => _ = connections.spawn(serve(Accepted::Here(tcp))),
-                Some(worker) => match tcp.into_std() {
-                    Ok(tcp) => _ = connections.spawn_on(serve(Accepted::Moved(tcp)), worker),
-                    Err(error) => tracing::debug!(%client, %error, "cannot hand a connection over"),
-                },
             }
         }
-        drop(self.tcp);
+        accepting.close();
+        accepting.wait().await;
         let _ = self.closed.send(());
         // Accepted connections keep serving; they end gracefully when the gateway stops.
         shared.shutdown.cancelled().await;
@@ -128,29 +154,64 @@ impl Listener {
     }
 }
 
-/// An accepted connection: registered with this runtime, or moving to a worker's.
-enum Accepted {
-    Here(TcpStream),
-    Moved(std::net::TcpStream),
+/// One accept loop: serves each connection on the runtime it runs on, until the listener
+/// retires or the gateway shuts down (its socket closes when it returns).
+struct Accept {
+    env: Arc<str>,
+    protocols: Protocols,
+    connections: TaskTracker,
+    retire: CancellationToken,
+    shared: Arc<Shared>,
+}
+
+impl Accept {
+    async fn run_moved(self, tcp: std::net::TcpListener) {
+        match TcpListener::from_std(tcp) {
+            Ok(tcp) => self.run(tcp).await,
+            Err(error) => {
+                tracing::error!(env = %self.env, %error, "a worker cannot listen on its socket")
+            }
+        }
+    }
+
+    async fn run(self, tcp: TcpListener) {
+        let shared = &self.shared;
+        loop {
+            let accepted = tokio::select! {
+                _ = shared.shutdown.cancelled() => break,
+                _ = self.retire.cancelled() => break,
+                accepted = tcp.accept() => accepted,
+            };
+            let (tcp, client) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of descriptors or memory: refuse for a moment rather than spin or crash.
+                    tracing::error!(env = %self.env, %error, "cannot accept a new connection; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            // Boxed: spawning moves the future by value several times; a pointer is cheaper
+            // to move than the whole connection state.
+            self.connections.spawn(Box::pin(serve_connection(
+                self.protocols.clone(),
+                tcp,
+                client,
+                self.env.clone(),
+                shared.clone(),
+            )));
+        }
+    }
 }
 
 async fn serve_connection(
     protocols: Protocols,
-    tcp: Accepted,
-    client: std::net::SocketAddr,
+    tcp: TcpStream,
+    client: SocketAddr,
     env: Arc<str>,
     shared: Arc<Shared>,
 ) {
-    let tcp = match tcp {
-        Accepted::Here(tcp) => tcp,
-        Accepted::Moved(tcp) => match TcpStream::from_std(tcp) {
-            Ok(tcp) => tcp,
-            Err(error) => {
-                tracing::debug!(%client, %error, "cannot serve a handed-over connection");
-                return;
-            }
-        },
-    };
     let tls: Option<TlsAcceptor> = shared.snapshot.load().env(&env).and_then(|e| e.tls.clone());
     let client_ip = http::HeaderValue::from_str(&client.ip().to_string()).ok();
     let conn = Arc::new(ConnInfo {
@@ -208,7 +269,7 @@ async fn serve_connection(
 /// `step` of a new connection, within the head timeout; `None` (logged) if it failed or
 /// took too long.
 async fn before_head_timeout<T, E: std::fmt::Display>(
-    client: std::net::SocketAddr,
+    client: SocketAddr,
     step: &str,
     future: impl Future<Output = Result<T, E>>,
 ) -> Option<T> {
