@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the tools `strait-bench compare` drives: nginx (the comparison gateway) and wrk (the
-# HTTP load generator), and valgrind for scripts/callgrind.sh, from Debian/Ubuntu packages. Idempotent: installs only what is missing,
+# HTTP load generator), valgrind for scripts/callgrind.sh and strace for scripts/syscalls.sh, from Debian/Ubuntu packages. Idempotent: installs only what is missing,
 # then prints the versions found. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -9,6 +9,7 @@ command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+command -v strace >/dev/null 2>&1 || need+=(strace)
 
 if ((${#need[@]})); then
     SUDO=""
@@ -36,7 +37,7 @@ if ((${#need[@]})); then
     fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
 else
-    echo "nginx, wrk, taskset and valgrind are already installed"
+    echo "nginx, wrk, taskset, valgrind and strace are already installed"
 fi
 
 echo "--- versions"
@@ -44,3 +45,4 @@ nginx -v 2>&1
 wrk --version 2>&1 | head -n 1 || true   # wrk prints its version and exits 1
 taskset --version 2>&1 | head -n 1
 valgrind --version 2>&1 | head -n 1
+strace --version 2>&1 | head -n 1
