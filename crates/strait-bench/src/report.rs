@@ -110,11 +110,12 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
         w,
         "To reproduce (as root, for the packages; the harness itself installs nothing):\n\n\
          ```sh\n\
-         bash scripts/install-bench-tools.sh                    # nginx, wrk and valgrind from Debian, idempotent\n\
+         bash scripts/install-bench-tools.sh                    # nginx, wrk, valgrind and strace from Debian, idempotent\n\
          cargo build --release                                  # target/release/strait\n\
          cargo run --release -p strait-bench -- compare         # ~6 minutes; --quick takes ~20 s\n\
          cargo run --release -p strait-bench -- compare --quick --idle-conns 9900  # the registry at full size, ~1 minute\n\
          scripts/callgrind.sh                                   # instructions per unit of work vs nginx, ~1 minute\n\
+         scripts/syscalls.sh                                    # system calls per unit of work vs nginx, ~30 s\n\
          ```\n\n\
          The load generator also runs on its own, e.g. `cargo run --release -p strait-bench -- echo \
          --url ws://127.0.0.1:8080/api/chat --conns 100 --duration 10` (modes `idle`, `echo`, \
@@ -219,8 +220,8 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
          nginx's is off) and one proxy `/*` to the echo, and its admin API on another loopback port; \
          nginx runs [`bench/nginx.conf.template`](bench/nginx.conf.template) ({} workers, `worker_rlimit_nofile` \
          and `worker_connections` at the hard limit, upstream `keepalive 256`, HTTP/1.1 upstream, the \
-         `$connection_upgrade` map, 1 h read timeout, `access_log off`, buffering left on). Strait's runtime has \
-         {} threads.",
+         `$connection_upgrade` map, 1 h read timeout, `access_log off`, buffering left on). Strait serves \
+         connections on {} worker threads (its default: one per CPU), each with its own runtime and listening socket.",
         m.cpus, m.cpus
     );
     let _ = writeln!(

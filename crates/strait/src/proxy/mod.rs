@@ -1,4 +1,5 @@
-//! The data plane: listeners, the request phases, HTTP forwarding and the WebSocket relay.
+//! The data plane: listeners and the worker threads that serve their connections, the
+//! request phases, HTTP forwarding and the WebSocket relay.
 //!
 //! A request goes through visible phases (see [`pipeline`]): accept → match → policies →
 //! connect → relay → log. Routing decisions come from an immutable [`Snapshot`] behind an
