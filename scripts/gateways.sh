@@ -1,0 +1,70 @@
+# Sourced by scripts/callgrind.sh and scripts/syscalls.sh: the release build, `strait echo`,
+# and Strait's and nginx's configurations in front of it (nginx as the comparison configures
+# it, in one process), plus the bounded workloads both scripts measure.
+#
+#   require TOOL...          exits with a clear error unless every TOOL is installed
+#   start_echo PORT          `strait echo` on PORT+1; configurations for gateways on PORT
+#   wait_listening           waits (up to 30 s) until something accepts on PORT
+#   load MODE SECONDS        runs one workload, prints the units it completed:
+#     http     keep-alive GETs: wrk -t1 -c8                         (unit: request)
+#     echo     64-byte WebSocket round trips on 50 connections      (unit: message echoed)
+#     connect  WebSocket connect + upgrade + close, 8 workers        (unit: session)
+#
+# Loopback only. Leaves $dir (a temporary folder, removed on exit), $strait, $bench, $gw.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+require() {
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "error: $tool is missing (scripts/install-bench-tools.sh)" >&2; exit 1; }
+    done
+}
+
+strait=target/release/strait
+bench=target/release/strait-bench
+[[ -x $strait && -x $bench ]] || { echo "error: build first: cargo build --release -p strait-cli -p strait-bench" >&2; exit 1; }
+dir=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+
+start_echo() {
+    port=$1
+    gw=127.0.0.1:$port
+    local echo_addr=127.0.0.1:$((port + 1))
+    "$strait" echo --listen "$echo_addr" >/dev/null 2>&1 &
+    pids+=($!)
+    cat >"$dir/strait.yaml" <<YAML
+environments:
+  - name: bench
+    listen: $gw
+    websocket: true
+    access_log: { format: off }
+proxies:
+  - name: echo
+    path: /*
+    backend: http://$echo_addr/
+    deploy: [bench]
+YAML
+    sed -e "s#{{PREFIX}}#$dir#g" -e "s#{{LISTEN}}#$gw#" -e "s#{{ECHO}}#$echo_addr#" \
+        -e "s#{{WORKERS}}#1#" -e "s#{{NOFILE}}#4096#" -e "s#{{WORKER_CONNECTIONS}}#4096#" \
+        -e "s#master_process on#master_process off#" bench/nginx.conf.template >"$dir/nginx.conf"
+}
+
+wait_listening() {
+    for _ in $(seq 150); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return
+        sleep 0.2
+    done
+}
+
+load() {
+    local mode=$1 secs=$2
+    case $mode in
+        http) wrk -t1 -c8 -d"${secs}s" "http://$gw/bench/http" | awk '/requests in/ {print $1}' ;;
+        echo) "$bench" echo --json --url "ws://$gw/" --sources 4 --conns 50 --warmup 0 --duration "$secs" \
+                | tail -1 | sed -E 's/.*"messages":([0-9]+).*/\1/' ;;
+        connect) "$bench" connect --json --url "ws://$gw/" --sources 4 --workers 8 --duration "$secs" \
+                | tail -1 | sed -E 's/.*"sessions":([0-9]+).*/\1/' ;;
+        *) echo "error: unknown mode $mode" >&2; exit 1 ;;
+    esac
+}
