@@ -52,7 +52,8 @@ pub struct Shared {
     pub tracer: Option<Tracer>,
     /// How long a WebSocket close handshake may take.
     pub close_timeout: Duration,
-    /// The threads client connections are handed to (`None`: served where accepted).
+    /// The worker threads that accept and serve client connections (`None`: the runtime
+    /// that started the gateway does).
     pub workers: Option<super::workers::Workers>,
 }
 

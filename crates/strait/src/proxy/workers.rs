@@ -1,18 +1,15 @@
-//! Data-plane workers: threads that each run a single-threaded runtime and serve the client
-//! connections handed to them, with everything those connections open (backend connections,
-//! WebSocket sessions) — like nginx's worker processes. A connection's requests and frames
-//! are then handled without work stealing or wake-ups across threads; only its hand-over
-//! crosses one. The control plane (listeners' accept loops, admin, reloads, health checks)
-//! stays on the runtime that started the gateway.
-
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! Data-plane workers: threads that each run a single-threaded runtime — like nginx's worker
+//! processes. Each runs an accept loop per listener (on its own socket, see
+//! [`super::listener`]) and serves what it accepts, with everything those connections open
+//! (backend connections, WebSocket sessions, their timers), so a connection's requests and
+//! frames never wait for a wake-up from another thread. The control plane (admin, reloads,
+//! health checks) stays on the runtime that started the gateway.
 
 use tokio::runtime::Handle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub struct Workers {
     handles: Vec<Handle>,
-    next: AtomicUsize,
     /// Stops the threads once the gateway is gone: their runtimes drop whatever is left.
     _stop: DropGuard,
 }
@@ -36,19 +33,12 @@ impl Workers {
         }
         Ok(Workers {
             handles,
-            next: AtomicUsize::new(0),
             _stop: guard,
         })
     }
 
     pub fn handles(&self) -> &[Handle] {
         &self.handles
-    }
-
-    /// The worker the next connection goes to, in turn.
-    pub fn next(&self) -> Option<&Handle> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.handles.get(i % self.handles.len().max(1))
     }
 }
 
