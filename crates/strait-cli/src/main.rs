@@ -51,8 +51,8 @@ enum Command {
         dns_servers: Vec<SocketAddr>,
         /// Threads serving client connections, each on its own single-threaded runtime
         /// (default: one per CPU); 0 serves them on the shared work-stealing runtime.
-        #[arg(long, value_name = "N")]
-        workers: Option<usize>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(..=1024))]
+        workers: Option<u16>,
     },
     /// Make a stateful gateway match a configuration file (prints the plan, then applies it).
     Apply {
@@ -133,13 +133,8 @@ fn main() -> ExitCode {
                         workers,
                         ..
                     } => {
-                        run(
-                            &config,
-                            admin,
-                            gateway_options(dns_servers, workers),
-                            signals,
-                        )
-                        .await
+                        let options = gateway_options(dns_servers, workers);
+                        run(&config, admin, options, signals).await
                     }
                     Command::Run {
                         data: Some(data),
@@ -405,7 +400,7 @@ async fn start(config: &config::Config, options: GatewayOptions) -> Option<Gatew
 /// spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` when it is set. Backend host names resolve
 /// through `dns_servers`, or /etc/resolv.conf when there are none. Client connections are
 /// served by `workers` threads, one per CPU unless told.
-fn gateway_options(dns_servers: Vec<SocketAddr>, workers: Option<usize>) -> GatewayOptions {
+fn gateway_options(dns_servers: Vec<SocketAddr>, workers: Option<u16>) -> GatewayOptions {
     GatewayOptions {
         access_log: Some(Destination::Stdout),
         // The standard OpenTelemetry variable, e.g. http://127.0.0.1:4318.
@@ -413,8 +408,10 @@ fn gateway_options(dns_servers: Vec<SocketAddr>, workers: Option<usize>) -> Gate
             .ok()
             .filter(|v| !v.is_empty()),
         dns_servers: (!dns_servers.is_empty()).then_some(dns_servers),
-        workers: workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        workers: workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            usize::from,
+        ),
     }
 }
 

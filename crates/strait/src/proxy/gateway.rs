@@ -106,8 +106,8 @@ impl Gateway {
             count => {
                 let workers = Workers::start(count).map_err(StartError::Workers)?;
                 tracing::info!(
-                    "client connections are served by {} worker threads",
-                    workers.handles().len()
+                    workers = workers.handles().len(),
+                    "worker threads accept and serve client connections"
                 );
                 Some(workers)
             }

@@ -430,10 +430,6 @@ impl RouteMetrics {
             .clone()
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     fn route<'a, M, C>(&self, cell: &'a OnceLock<M>, family: &Family<RouteLabels, M, C>) -> &'a M
     where
         M: Clone,
@@ -453,7 +449,6 @@ impl Drop for InFlight {
     }
 }
 
-/// Close codes as label values: the registered 1000-1015 as themselves, the rest by range.
 /// The `code` label's values: the registered codes 1000–1015, then the rest by kind.
 const CLOSE_CODES: [&str; 20] = [
     "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010", "1011",
