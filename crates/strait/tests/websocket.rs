@@ -572,3 +572,45 @@ async fn a_message_sent_right_behind_the_upgrade_request_is_relayed() {
         .expect("valid");
     assert_eq!(echoed, Message::text("early"));
 }
+
+/// The gateways of these tests run two worker threads, each accepting on its own socket:
+/// sessions opened on either are served, and moving the environment to another address
+/// closes every old socket while the open sessions carry on.
+#[tokio::test]
+async fn every_worker_socket_serves_and_all_of_them_move_with_the_environment() {
+    let echo = echo().await;
+    let proxies = proxy("chat", "/chat/*", &format!("http://{}/", echo.local_addr()));
+    let gw = gateway(&single_env(true, &proxies)).await;
+    let old = addr(&gw);
+    // The kernel spreads connections over the sockets by address and port: with sixteen,
+    // a socket nobody accepted on would leave some handshake unanswered.
+    let mut sessions = Vec::new();
+    for i in 0..16 {
+        let (mut ws, _) = connect(&format!("ws://{old}/chat/{i}")).await;
+        ws.send(Message::text(format!("open {i}")))
+            .await
+            .expect("send");
+        assert_eq!(next(&mut ws).await, Message::text(format!("open {i}")));
+        sessions.push(ws);
+    }
+
+    let new = common::closed_port();
+    let yaml = single_env(true, &proxies).replace("127.0.0.1:0", &new.to_string());
+    let config = strait::config::parse_str(&yaml, std::path::Path::new("test.yaml"))
+        .expect("valid configuration");
+    within("the move", gw.apply(&config)).await.expect("apply");
+    // No socket of the old group is left: one would take every connection to the port.
+    for _ in 0..16 {
+        let refused = tokio::net::TcpStream::connect(old).await;
+        assert!(refused.is_err(), "{old} still accepts after the move");
+    }
+    let (mut ws, _) = connect(&format!("ws://{new}/chat/new")).await;
+    ws.send(Message::text("moved")).await.expect("send");
+    assert_eq!(next(&mut ws).await, Message::text("moved"));
+    for (i, ws) in sessions.iter_mut().enumerate() {
+        ws.send(Message::text(format!("still {i}")))
+            .await
+            .expect("send");
+        assert_eq!(next(ws).await, Message::text(format!("still {i}")));
+    }
+}
