@@ -1499,13 +1499,17 @@ where
     }
 
     /// Shuts down the write halves still usable. Errors are ignored: the session is over.
+    /// Plain TCP is left as it is: the socket is closed as soon as the relay returns, which
+    /// sends the same FIN without a system call of its own (TLS writes its close_notify).
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if !self.client_shut {
             self.client_shut = !matches!(self.b2c.dst, Dst::CloseSent | Dst::Broken)
+                || self.client.as_tcp().is_some()
                 || Pin::new(&mut self.client).poll_shutdown(cx).is_ready();
         }
         if !self.backend_shut {
             self.backend_shut = !matches!(self.c2b.dst, Dst::CloseSent | Dst::Broken)
+                || self.backend.as_tcp().is_some()
                 || Pin::new(&mut self.backend).poll_shutdown(cx).is_ready();
         }
         if self.client_shut && self.backend_shut {
