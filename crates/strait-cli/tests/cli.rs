@@ -398,6 +398,110 @@ async fn run_proxies_http_and_websocket_to_the_echo_and_shuts_down_on_sigterm() 
     echo.stop().await;
 }
 
+/// At its descriptor limit the gateway turns new connections away — a JSON 502 when it has
+/// no descriptor left for the backend, a log line when it cannot even accept — keeps the
+/// sessions it holds, and serves again once some close. It never crashes.
+#[tokio::test]
+async fn at_the_descriptor_limit_new_connections_are_refused_and_nothing_is_lost() {
+    const LIMIT: u32 = 128;
+    let (mut echo, echo_addr) = start_echo().await;
+    let dir = temporary_folder();
+    let config = dir.path().join("gateway.yaml");
+    let (mut gateway, addr) = start_on_free_port("strait run", |addr| {
+        let yaml = format!(
+            "environments:\n  - name: test\n    listen: {addr}\n    websocket: true\nproxies:\n  - name: echo\n    path: /api/*\n    backend: http://{echo_addr}/echo\n    deploy: [test]\n"
+        );
+        std::fs::write(&config, yaml).expect("write the configuration");
+        // The shell lowers the soft and the hard limit, so the gateway cannot raise its own;
+        // `exec` keeps the process (and `kill_on_drop`) the gateway's.
+        let plain = strait();
+        let plain = plain.as_std();
+        let mut limited = tokio::process::Command::new("bash");
+        limited
+            .arg("-c")
+            .arg(format!("ulimit -n {LIMIT} && exec \"$@\""))
+            .arg("bash")
+            .arg(plain.get_program())
+            .args(["--log-level", "info", "run", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env_remove("STRAIT_ADMIN_TOKEN")
+            .envs(plain.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        Running::spawn("strait run", &mut limited)
+    })
+    .await;
+    assert!(
+        gateway.saw(&format!("file-descriptor limit {LIMIT}")),
+        "the limit is reported at start-up; output:\n{}",
+        gateway.transcript()
+    );
+
+    // Two descriptors per session: the limit is reached well within LIMIT attempts.
+    let url = format!("ws://{addr}/api/chat");
+    let mut sessions = Vec::new();
+    let refused = loop {
+        assert!(
+            sessions.len() < LIMIT as usize,
+            "{} sessions under a limit of {LIMIT}",
+            sessions.len()
+        );
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            tokio_tungstenite::connect_async(&url),
+        )
+        .await;
+        match attempt {
+            Ok(Ok((ws, _))) => sessions.push(ws),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+                break format!("answered {}", response.status());
+            }
+            Ok(Err(error)) => panic!("unexpected handshake failure: {error}"),
+            Err(_) => break "not accepted".to_owned(),
+        }
+    };
+    assert!(!sessions.is_empty(), "some sessions fit ({refused})");
+    if refused == "not accepted" {
+        gateway
+            .expect_line("the refusal logged", |_, line| {
+                line.contains("cannot accept a new connection")
+            })
+            .await;
+    } else {
+        assert_eq!(
+            refused,
+            "answered 502 Bad Gateway",
+            "{}",
+            gateway.transcript()
+        );
+    }
+
+    // Nothing held was lost; closing some makes room again.
+    for (i, ws) in sessions.iter_mut().enumerate() {
+        ws_round_trip(ws, &format!("still here {i}")).await;
+    }
+    let keep = sessions.len() / 2;
+    for mut ws in sessions.drain(keep..) {
+        let _ = ws.close(None).await;
+        while ws_next(&mut ws).await.is_some() {}
+    }
+    let mut again = ws_connect(&url).await;
+    ws_round_trip(&mut again, "room again").await;
+    let (status, _) = http_get(addr, "/api/after").await;
+    assert_eq!(status, 200);
+
+    gateway.signal("TERM").await;
+    let status = gateway.exit().await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exits cleanly; output:\n{}",
+        gateway.transcript()
+    );
+    echo.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // strait echo
 // ---------------------------------------------------------------------------------------
