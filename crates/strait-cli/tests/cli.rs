@@ -342,6 +342,15 @@ async fn run_reports_a_missing_file() {
     );
 }
 
+/// Writes to `path` a gateway on `addr` (WebSocket on) whose `/api/*` goes to the echo's
+/// `/echo`.
+fn write_echo_config(path: &Path, addr: SocketAddr, echo_addr: SocketAddr) {
+    let yaml = format!(
+        "environments:\n  - name: test\n    listen: {addr}\n    websocket: true\n    shutdown_grace: 5s\nproxies:\n  - name: echo\n    path: /api/*\n    backend: http://{echo_addr}/echo\n    deploy: [test]\n"
+    );
+    std::fs::write(path, yaml).expect("write the configuration");
+}
+
 #[tokio::test]
 async fn run_proxies_http_and_websocket_to_the_echo_and_shuts_down_on_sigterm() {
     let (mut echo, echo_addr) = start_echo().await;
@@ -349,10 +358,7 @@ async fn run_proxies_http_and_websocket_to_the_echo_and_shuts_down_on_sigterm() 
     let dir = temporary_folder();
     let config = dir.path().join("gateway.yaml");
     let (mut gateway, addr) = start_on_free_port("strait run", |addr| {
-        let yaml = format!(
-            "environments:\n  - name: test\n    listen: {addr}\n    websocket: true\n    shutdown_grace: 5s\nproxies:\n  - name: echo\n    path: /api/*\n    backend: http://{echo_addr}/echo\n    deploy: [test]\n"
-        );
-        std::fs::write(&config, yaml).expect("write the configuration");
+        write_echo_config(&config, addr, echo_addr);
         Running::spawn(
             "strait run",
             strait()
@@ -408,10 +414,7 @@ async fn at_the_descriptor_limit_new_connections_are_refused_and_nothing_is_lost
     let dir = temporary_folder();
     let config = dir.path().join("gateway.yaml");
     let (mut gateway, addr) = start_on_free_port("strait run", |addr| {
-        let yaml = format!(
-            "environments:\n  - name: test\n    listen: {addr}\n    websocket: true\nproxies:\n  - name: echo\n    path: /api/*\n    backend: http://{echo_addr}/echo\n    deploy: [test]\n"
-        );
-        std::fs::write(&config, yaml).expect("write the configuration");
+        write_echo_config(&config, addr, echo_addr);
         // The shell lowers the soft and the hard limit, so the gateway cannot raise its own;
         // `exec` keeps the process (and `kill_on_drop`) the gateway's.
         let plain = strait();

@@ -12,7 +12,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::sync::{Mutex, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -259,15 +258,7 @@ impl GatewayHandle {
                 .workers
                 .as_ref()
                 .map_or(1, |w| w.handles().len());
-            let bound = match listener::bind(env.listen, sockets).await {
-                Ok(tcp) => match tcp.first().map(TcpListener::local_addr) {
-                    Some(Ok(local)) => Ok((tcp, local)),
-                    Some(Err(error)) => Err(error),
-                    None => Err(std::io::Error::other("no socket was bound")),
-                },
-                Err(error) => Err(error),
-            };
-            match bound {
+            match listener::bind(env.listen, sockets).await {
                 Ok((tcp, local)) => fresh.push((env, tcp, local)),
                 Err(source) => {
                     running.pools.rollback();

@@ -71,10 +71,14 @@ impl Protocols {
     }
 }
 
-/// Binds `addr` for `count` accept loops. Several (on Linux) are as many sockets sharing the
-/// port with `SO_REUSEPORT`: the kernel gives each new connection to one of them, so each
-/// worker accepts its own without waking the others. Otherwise one socket.
-pub async fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<TcpListener>> {
+/// Binds `addr` for `count` accept loops; returns the sockets and the address they got.
+/// Several (on Linux) are as many sockets sharing the port with `SO_REUSEPORT`: the kernel
+/// gives each new connection to one of them, so each worker accepts its own without waking
+/// the others. Otherwise one socket.
+pub async fn bind(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<(Vec<TcpListener>, SocketAddr)> {
     #[cfg(target_os = "linux")]
     if count > 1 {
         let shared_port = |addr: SocketAddr| {
@@ -94,10 +98,12 @@ pub async fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<TcpList
         for _ in 1..count {
             all.push(shared_port(local)?);
         }
-        return Ok(all);
+        return Ok((all, local));
     }
     let _ = count;
-    Ok(vec![TcpListener::bind(addr).await?])
+    let tcp = TcpListener::bind(addr).await?;
+    let local = tcp.local_addr()?;
+    Ok((vec![tcp], local))
 }
 
 /// Pending connections each listening socket holds before the kernel refuses more.

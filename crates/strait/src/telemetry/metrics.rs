@@ -617,13 +617,17 @@ impl Collector for ProcessCollector {
                 gauge.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
             }
         }
+        let current;
         let runtimes = match self.0.get() {
-            Some(workers) if !workers.is_empty() => workers.clone(),
-            _ => tokio::runtime::Handle::try_current().into_iter().collect(),
+            Some(workers) if !workers.is_empty() => workers.as_slice(),
+            _ => {
+                current = tokio::runtime::Handle::try_current().ok();
+                current.as_slice()
+            }
         };
         if !runtimes.is_empty() {
             let (mut workers, mut busy) = (0, 0.0);
-            for runtime in &runtimes {
+            for runtime in runtimes {
                 let metrics = runtime.metrics();
                 workers += metrics.num_workers();
                 busy += (0..metrics.num_workers())
