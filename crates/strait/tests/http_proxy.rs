@@ -935,7 +935,8 @@ async fn host_is_the_backend_authority_unless_preserve_host() {
 
 #[tokio::test]
 async fn a_backend_that_is_down_is_502() {
-    let proxies = proxy("down", "/down/*", &format!("http://{}/x", closed_port()));
+    let (_held, down) = refusing_port();
+    let proxies = proxy("down", "/down/*", &format!("http://{down}/x"));
     let gw = gateway(&single_env(false, &proxies)).await;
     let (response, body) = within("GET", get(&client(), &url(addr(&gw), "/down/y"))).await;
     assert_error(&response, &body, 502, "bad_gateway");

@@ -6,6 +6,7 @@
 //! a backend is killed and restarted under load; a streamed POST never retried; the circuit
 //! breaker opening and half-opening; every target down → 503 at once; `rebalance: drain`.
 
+mod common;
 mod support;
 
 use std::collections::HashMap;
@@ -496,9 +497,8 @@ fn tokio_stream_from<T: Send + 'static>(
 #[tokio::test]
 async fn a_post_is_retried_after_a_connect_failure() {
     let backends = three().await;
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dead = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let (_held, closed) = common::refusing_port();
+    let dead = format!("http://{closed}");
     let api = gateway().await;
     proxy(
         &api,
@@ -580,11 +580,8 @@ async fn the_circuit_breaker_opens_then_half_opens_for_one_trial() {
 
 #[tokio::test]
 async fn with_every_target_down_the_answer_is_503_at_once() {
-    let mut dead = Vec::new();
-    for _ in 0..2 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        dead.push(format!("http://{}", listener.local_addr().unwrap()));
-    }
+    let held = [common::refusing_port(), common::refusing_port()];
+    let dead: Vec<String> = held.iter().map(|(_, a)| format!("http://{a}")).collect();
     let api = gateway().await;
     proxy(
         &api,

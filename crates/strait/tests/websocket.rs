@@ -235,7 +235,7 @@ async fn backend_refusal_reaches_the_client_as_it_was() {
 
 #[tokio::test]
 async fn unreachable_backend_is_502_and_never_101() {
-    let dead = common::closed_port();
+    let (_held, dead) = common::refusing_port();
     let gw = gateway(&single_env(
         true,
         &proxy("p", "/p/*", &format!("http://{dead}/")),

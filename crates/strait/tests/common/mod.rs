@@ -102,7 +102,19 @@ pub fn assert_error(response: &Response<()>, body: &[u8], status: u16, kind: &st
     );
 }
 
-/// A port on which nothing listens (bound, then released).
+/// A loopback address that refuses connections for as long as the returned socket lives:
+/// the socket holds the port (bound without `SO_REUSEADDR`, not listening), so nothing a
+/// concurrent test starts can take it over.
+pub fn refusing_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    (socket, addr)
+}
+
+/// A port free at the time of the call (bound, then released), for something to listen on.
 pub fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
