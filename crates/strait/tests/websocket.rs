@@ -6,8 +6,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{addr, assert_error, client, echo, gateway, get, json, single_env, slow_backend};
+use common::{
+    addr, assert_error, client, echo, gateway, get, json, send, single_env, slow_backend,
+};
 use futures_util::{SinkExt, StreamExt};
+use strait::GatewayHandle;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -195,8 +198,159 @@ async fn handshake_headers_reach_the_backend_and_subprotocol_comes_back() {
     assert_eq!(response.headers()["sec-websocket-protocol"], "v2.chat");
 }
 
+/// A backend that reads each request head and writes what `answer` makes of it, in one
+/// write, then holds the connection until the client goes.
+async fn scripted_backend(answer: fn(&str) -> Vec<u8>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tcp.read_u8().await {
+                        Ok(byte) => head.push(byte),
+                        Err(_) => return,
+                    }
+                }
+                let _ = tcp
+                    .write_all(&answer(&String::from_utf8_lossy(&head)))
+                    .await;
+                let mut rest = Vec::new();
+                let _ = tcp.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    backend
+}
+
+/// The client's handshake through a gateway in front of `backend`: the upgraded client (with
+/// its gateway), or the refusal's status, headers and body.
+async fn handshake_via(
+    backend: SocketAddr,
+) -> Result<(Client, GatewayHandle), (u16, http::HeaderMap, String)> {
+    let gw = gateway(&single_env(
+        true,
+        &proxy("p", "/p/*", &format!("http://{backend}/")),
+    ))
+    .await;
+    let url = format!("ws://{}/p/x", addr(&gw));
+    match within("handshake", connect_async(url)).await {
+        Ok((ws, _)) => Ok((ws, gw)),
+        Err(WsError::Http(response)) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            let body = String::from_utf8_lossy(body).into_owned();
+            Err((response.status().as_u16(), response.headers().clone(), body))
+        }
+        Err(other) => panic!("the handshake failed on the client: {other}"),
+    }
+}
+
 #[tokio::test]
 async fn backend_refusal_reaches_the_client_as_it_was() {
+    let backend = scripted_backend(|_| {
+        let body = "{\"reason\":\"no token\"}";
+        format!(
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nX-Why: policy\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    })
+    .await;
+    match handshake_via(backend).await {
+        Err((status, headers, body)) => {
+            assert_eq!(status, 403);
+            assert_eq!(headers["x-why"], "policy");
+            assert_eq!(json(body.as_bytes())["reason"], "no token");
+        }
+        Ok(_) => panic!("expected the backend's 403, got a session"),
+    }
+}
+
+/// A chunked refusal behind an interim answer: the client gets the final answer, its body
+/// whole and unchunked by the gateway's own framing.
+#[tokio::test]
+async fn a_chunked_refusal_after_an_interim_answer_reaches_the_client() {
+    let backend = scripted_backend(|_| {
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 429 Too Many Requests\r\n\
+        Transfer-Encoding: chunked\r\nRetry-After: 7\r\n\r\n4\r\nslow\r\n5\r\n down\r\n0\r\n\r\n"
+            .to_vec()
+    })
+    .await;
+    let gw = gateway(&single_env(
+        true,
+        &proxy("p", "/p/*", &format!("http://{backend}/")),
+    ))
+    .await;
+    // An HTTP client that decodes the chunks the gateway frames the body in.
+    let request = http::Request::get(format!("http://{}/p/x", addr(&gw)))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let (response, body) = within("the refusal", send(&client(), request)).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "7");
+    assert_eq!(&body[..], b"slow down");
+}
+
+/// The backend's first message in the same write as its 101 reaches the client, and the
+/// session then relays both ways.
+#[tokio::test]
+async fn a_message_right_behind_the_backends_101_is_relayed() {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    let backend = scripted_backend(|head| {
+        let key = head
+            .lines()
+            .find_map(|line| line.strip_prefix("sec-websocket-key: "))
+            .unwrap_or_default();
+        let accept = derive_accept_key(key.trim().as_bytes());
+        let mut answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .into_bytes();
+        // An unmasked text frame "hello", as a server sends it.
+        answer.extend_from_slice(b"\x81\x05hello");
+        answer
+    })
+    .await;
+    let Ok((mut ws, _gw)) = handshake_via(backend).await else {
+        panic!("expected a session");
+    };
+    assert_eq!(next(&mut ws).await, Message::text("hello"));
+}
+
+/// Answers that are not HTTP, or that stop before their head is complete, are a JSON 502
+/// that says what was wrong — never a 101.
+#[tokio::test]
+async fn a_broken_or_cut_backend_answer_is_a_502_that_says_why() {
+    for (answer, why) in [
+        (
+            (|_: &str| b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec()) as fn(&str) -> Vec<u8>,
+            "not valid HTTP/1.1",
+        ),
+        (
+            |_: &str| b"HTTP/1.1 101 Switching Protocols\r\nBad Header: x\r\n\r\n".to_vec(),
+            "not valid HTTP/1.1",
+        ),
+    ] {
+        let backend = scripted_backend(answer).await;
+        match handshake_via(backend).await {
+            Err((status, _, body)) => {
+                assert_eq!(status, 502, "{body}");
+                let body = json(body.as_bytes());
+                assert_eq!(body["error"], "bad_gateway");
+                let message = body["message"].as_str().unwrap_or_default();
+                assert!(message.contains(why), "{message}");
+            }
+            Ok(_) => panic!("expected 502 for a broken answer, got a session"),
+        }
+    }
+    // A backend that closes half-way through its head.
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let backend = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -204,32 +358,15 @@ async fn backend_refusal_reaches_the_client_as_it_was() {
         while let Ok((mut tcp, _)) = listener.accept().await {
             let mut buf = [0u8; 4096];
             let _ = tcp.read(&mut buf).await;
-            let body = "{\"reason\":\"no token\"}";
-            let answer = format!(
-                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nX-Why: policy\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = tcp.write_all(answer.as_bytes()).await;
+            let _ = tcp.write_all(b"HTTP/1.1 101 Switching").await;
         }
     });
-    let gw = gateway(&single_env(
-        true,
-        &proxy("p", "/p/*", &format!("http://{backend}/")),
-    ))
-    .await;
-    match within(
-        "handshake",
-        connect_async(format!("ws://{}/p/x", addr(&gw))),
-    )
-    .await
-    {
-        Err(WsError::Http(response)) => {
-            assert_eq!(response.status(), 403);
-            assert_eq!(response.headers()["x-why"], "policy");
-            let body = response.body().as_deref().unwrap_or_default();
-            assert_eq!(json(body)["reason"], "no token");
+    match handshake_via(backend).await {
+        Err((status, _, body)) => {
+            assert_eq!(status, 502, "{body}");
+            assert!(body.contains("closed before"), "{body}");
         }
-        other => panic!("expected the backend's 403, got {other:?}"),
+        Ok(_) => panic!("expected 502 for a cut answer, got a session"),
     }
 }
 

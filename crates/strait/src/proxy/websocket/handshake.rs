@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{Either, Empty, Full};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -14,6 +14,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use super::backend;
 use super::relay::{
     CLOSE_GOING_AWAY, CloseFrame, DirectionStats, MessageLimits, RelayConfig, relay,
 };
@@ -27,9 +28,9 @@ use crate::proxy::sessions::SessionInfo;
 use crate::proxy::snapshot::{EnvRoutes, Route};
 use crate::telemetry::access::{SessionRecord, Traffic};
 use crate::telemetry::{Tracer, Upgrade};
+use crate::upstream::UpstreamError;
 use crate::upstream::pool::Outcome;
 use crate::upstream::settings::Rebalance;
-use crate::upstream::{BackendStream, UpstreamError};
 
 pub async fn forward(
     shared: &Shared,
@@ -101,96 +102,62 @@ async fn handshake(
         exchange.target = Some(target.clone());
     }
 
-    let mut backend_req = Request::new(Empty::<Bytes>::new());
-    *backend_req.method_mut() = Method::GET;
     // Origin form (`/path?query`) on the request line; the host travels in `Host`.
-    *backend_req.uri_mut() = target
-        .path_and_query()
-        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-    *backend_req.headers_mut() = headers;
-
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(both) => both,
-            Err(error) => {
+    let path = target.path_and_query().map_or("/", |pq| pq.as_str());
+    let head = backend::request_head(path, &headers);
+    let mut stream = stream;
+    let asked = Instant::now();
+    let answer =
+        match tokio::time::timeout(env.timeouts.response, backend::ask(&mut stream, &head)).await {
+            Err(_) => {
+                return Err(connect::timed_out(
+                    &mut lease,
+                    &route,
+                    " the WebSocket handshake",
+                    env.timeouts.response,
+                ));
+            }
+            Ok(Err(error)) => {
                 lease.report(Outcome::ConnectFailed);
                 return Err(bad_gateway(&route.proxy, &error));
             }
+            Ok(Ok(answer)) => answer,
         };
-    // The backend connection is driven here, not by a task of its own, until it has
-    // answered and handed itself over (a 101) — or by a task after a refusal, whose body
-    // still has to stream.
-    let mut connection = Some(connection.with_upgrades());
-    let asked = Instant::now();
-    let sent = sender.send_request(backend_req);
-    let answered = async {
-        let mut sent = std::pin::pin!(sent);
-        if let Some(driving) = connection.as_mut() {
-            tokio::select! {
-                response = sent.as_mut() => return response,
-                // The connection ended first: the request says why.
-                _ = driving => connection = None,
-            }
-        }
-        sent.await
-    };
-    let mut response = match tokio::time::timeout(env.timeouts.response, answered).await {
-        Err(_) => {
-            return Err(connect::timed_out(
-                &mut lease,
-                &route,
-                " the WebSocket handshake",
-                env.timeouts.response,
-            ));
-        }
-        Ok(Err(error)) => {
-            lease.report(Outcome::ConnectFailed);
-            return Err(bad_gateway(&route.proxy, &error));
-        }
-        Ok(Ok(response)) => response,
-    };
-    lease.report(Outcome::from_status(response.status()));
+    lease.report(Outcome::from_status(answer.status()));
     let took = asked.elapsed();
     exchange.backend_took = Some(took);
     route.metrics.backend_answered(took);
 
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The backend refused: its answer reaches the client as it was.
-        tracing::debug!(proxy = %route.proxy, status = %response.status(), target = %exchange.shown(&target.to_string()), "backend refused the WebSocket upgrade");
-        if let Some(connection) = connection {
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "backend handshake connection ended");
-                }
-            });
+    let (answered, from_backend) = match answer {
+        backend::Answer::Switched { headers, rest } => (headers, rest),
+        backend::Answer::Refused { status, read } => {
+            // The backend refused: its answer reaches the client as it was.
+            tracing::debug!(proxy = %route.proxy, %status, target = %exchange.shown(&target.to_string()), "backend refused the WebSocket upgrade");
+            // Its head is read already; only a hyper that cannot parse it again waits.
+            let response =
+                match tokio::time::timeout(env.timeouts.response, backend::refusal(stream, read))
+                    .await
+                {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(error)) => return Err(bad_gateway(&route.proxy, &error)),
+                    Err(_) => {
+                        return Err(connect::timed_out(
+                            &mut lease,
+                            &route,
+                            " the WebSocket handshake",
+                            env.timeouts.response,
+                        ));
+                    }
+                };
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            return Ok(Response::from_parts(parts, Either::Left(body)));
         }
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        return Ok(Response::from_parts(parts, Either::Left(body)));
-    }
-
-    let backend_upgrade = hyper::upgrade::on(&mut response);
-    // After its 101 the connection hands the socket over without waiting for anything.
-    if let Some(connection) = connection {
-        match tokio::time::timeout(env.timeouts.response, connection).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(bad_gateway(&route.proxy, &error)),
-            Err(_) => {
-                return Err(GatewayError::new(
-                    ErrorKind::BadGateway,
-                    format!(
-                        "the backend of API proxy \"{}\" answered 101 but did not hand its connection over",
-                        route.proxy
-                    ),
-                ));
-            }
-        }
-    }
-    let (parts, _) = response.into_parts();
-    let subprotocol = text_header(&parts.headers, header::SEC_WEBSOCKET_PROTOCOL);
+    };
+    let subprotocol = text_header(&answered, header::SEC_WEBSOCKET_PROTOCOL);
     let mut answer = Response::new(Either::Right(Full::new(Bytes::new())));
     *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *answer.headers_mut() = parts.headers;
+    *answer.headers_mut() = answered;
 
     let config = RelayConfig {
         idle_timeout: env.timeouts.websocket_idle,
@@ -268,19 +235,16 @@ async fn handshake(
         let held = held;
         // The target counts the session as open until it ends.
         let lease = lease;
-        let (client_io, backend_io) = match tokio::try_join!(client_upgrade, backend_upgrade) {
-            Ok(both) => both,
+        let client_io = match client_upgrade.await {
+            Ok(upgraded) => upgraded,
             Err(error) => {
                 tracing::debug!(%proxy, %error, "WebSocket upgrade did not complete");
                 return;
             }
         };
-        // Both connections unwrapped from hyper's upgrade: the relay reads and writes them
-        // directly instead of through a boxed, rewindable wrapper.
-        let (Ok(client_io), Ok(backend_io)) = (
-            client_io.downcast::<TokioIo<ClientStream>>(),
-            backend_io.downcast::<TokioIo<BackendStream>>(),
-        ) else {
+        // Unwrapped from hyper's upgrade: the relay reads and writes the connection directly
+        // instead of through a boxed, rewindable wrapper.
+        let Ok(client_io) = client_io.downcast::<TokioIo<ClientStream>>() else {
             tracing::error!(%proxy, "an upgraded connection is of an unexpected type");
             return;
         };
@@ -345,7 +309,7 @@ async fn handshake(
         let started = Instant::now();
         let outcome = relay(
             (client_io.io.into_inner(), client_io.read_buf),
-            (backend_io.io.into_inner(), backend_io.read_buf),
+            (stream, from_backend),
             &config,
             &registration.session.live,
             stop,
@@ -519,7 +483,7 @@ fn connect_error(proxy: &str, error: &UpstreamError) -> GatewayError {
     )
 }
 
-fn bad_gateway(proxy: &str, error: &hyper::Error) -> GatewayError {
+fn bad_gateway(proxy: &str, error: &backend::AnswerError) -> GatewayError {
     tracing::warn!(proxy, %error, "WebSocket handshake with the backend failed");
     GatewayError::new(
         ErrorKind::BadGateway,
