@@ -10,6 +10,7 @@
 #     echo     64-byte WebSocket round trips on 50 connections      (unit: message echoed)
 #     connect  WebSocket connect + upgrade + close, 8 workers        (unit: session)
 #
+# STRAIT_BIN=PATH measures another build of the gateway (say, one with debug line tables).
 # Loopback only. Leaves $dir (a temporary folder, removed on exit), $strait, $bench, $gw.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,7 +20,7 @@ require() {
     done
 }
 
-strait=target/release/strait
+strait=${STRAIT_BIN:-target/release/strait}
 bench=target/release/strait-bench
 [[ -x $strait && -x $bench ]] || { echo "error: build first: cargo build --release -p strait-cli -p strait-bench" >&2; exit 1; }
 dir=$(mktemp -d)

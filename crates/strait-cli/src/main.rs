@@ -1,6 +1,7 @@
 //! `strait`: the command line. Thin: parsing arguments, logging and signals live here;
 //! everything else is in the `strait` library.
 
+mod alloc;
 mod top;
 
 use std::net::{IpAddr, SocketAddr};
@@ -97,7 +98,7 @@ enum Command {
 /// allocations (tasks, hyper connections, headers), and glibc spent ~17 % of its instructions
 /// in malloc/free (`scripts/callgrind.sh connect`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Mimalloc = alloc::Mimalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
