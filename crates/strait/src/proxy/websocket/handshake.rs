@@ -82,7 +82,7 @@ async fn handshake(
     // A target whose connect fails is tried no more: the next attempt goes to another. A
     // backend that answers, even to refuse, is never asked again.
     let mut attempts = connect::Attempts::new(&route, &headers, &target, conn.client);
-    let (mut lease, stream, target) = loop {
+    let (mut lease, mut stream, target) = loop {
         let mut lease = attempts.lease(&route)?;
         let target = connect::target_on(&lease, &route, &target, remaining.as_deref(), true)?;
         match route.upstream.connect_ws(lease.url()).await {
@@ -105,18 +105,18 @@ async fn handshake(
     // Origin form (`/path?query`) on the request line; the host travels in `Host`.
     let path = target.path_and_query().map_or("/", |pq| pq.as_str());
     let head = backend::request_head(path, &headers);
-    let mut stream = stream;
+    let timed_out = |lease: &mut _| {
+        connect::timed_out(
+            lease,
+            &route,
+            " the WebSocket handshake",
+            env.timeouts.response,
+        )
+    };
     let asked = Instant::now();
     let answer =
         match tokio::time::timeout(env.timeouts.response, backend::ask(&mut stream, &head)).await {
-            Err(_) => {
-                return Err(connect::timed_out(
-                    &mut lease,
-                    &route,
-                    " the WebSocket handshake",
-                    env.timeouts.response,
-                ));
-            }
+            Err(_) => return Err(timed_out(&mut lease)),
             Ok(Err(error)) => {
                 lease.report(Outcome::ConnectFailed);
                 return Err(bad_gateway(&route.proxy, &error));
@@ -140,14 +140,7 @@ async fn handshake(
                 {
                     Ok(Ok(response)) => response,
                     Ok(Err(error)) => return Err(bad_gateway(&route.proxy, &error)),
-                    Err(_) => {
-                        return Err(connect::timed_out(
-                            &mut lease,
-                            &route,
-                            " the WebSocket handshake",
-                            env.timeouts.response,
-                        ));
-                    }
+                    Err(_) => return Err(timed_out(&mut lease)),
                 };
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
