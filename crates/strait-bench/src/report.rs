@@ -384,8 +384,9 @@ fn settings(w: &mut String, m: &Machine) {
         w,
         "- **Ephemeral ports**: `net.ipv4.ip_local_port_range` is {} here ({} ports). A client socket bound to \
          a source address with port 0 takes one of them per source address, so the load generator spreads over \
-         127.0.0.x; the gateway's own connections to the backend come from one address and so are limited to \
-         that many per backend address:port. Widen with `sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"`. \
+         127.0.0.x; the gateway's own connections to a backend address:port are limited to that many per \
+         source address: list several in the environment's `backend_source_addresses` (taken in turn) to \
+         multiply it. Widen with `sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"`. \
          `tcp_tw_reuse` is {} (2 = reuse TIME_WAIT ports for loopback only).",
         m.port_range,
         m.ephemeral_ports().map_or("?".into(), |p| num(p as f64)),
@@ -443,8 +444,8 @@ fn scaling(w: &mut String, m: &Machine, results: &Results, plan: &Plan) {
          the clients alone need {} load-generator processes.\n\
          - **Ports**: {} ephemeral ports per source address (this range) means the clients need at least {} \
          source addresses (127.0.0.x on loopback; real clients come from many addresses anyway), and the \
-         gateway's 1,000,000 backend connections need at least {} backend address:port pairs — or the gateway \
-         binding several source addresses — plus a wider `ip_local_port_range`.\n",
+         gateway's 1,000,000 backend connections need at least {} backend address:port pairs — or as many \
+         `backend_source_addresses` on the environment — plus a wider `ip_local_port_range`.\n",
         num(hard as f64),
         1_000_000u64.div_ceil(hard.saturating_sub(100).max(1)),
         num(ports as f64),

@@ -103,15 +103,17 @@ fn serve(listener: TcpListener, shared: Arc<Shared>) -> CancellationToken {
             let tcp = tokio::select! {
                 _ = token.cancelled() => return,
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
+                    Ok(accepted) => accepted,
                     Err(_) => continue,
                 },
             };
+            let (tcp, peer) = tcp;
             let shared = shared.clone();
             let token = token.clone();
             tokio::spawn(async move {
                 let stop = token.clone();
-                let service = service_fn(move |req| answer(req, shared.clone(), stop.clone()));
+                let service =
+                    service_fn(move |req| answer(req, peer, shared.clone(), stop.clone()));
                 let connection = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), service)
                     .with_upgrades();
@@ -125,8 +127,11 @@ fn serve(listener: TcpListener, shared: Arc<Shared>) -> CancellationToken {
     stop
 }
 
+/// Echoes WebSocket messages, or answers HTTP with the backend's name; either way with the
+/// backend's name in `x-backend` and the address the connection came from in `x-peer`.
 async fn answer(
     mut req: Request<Incoming>,
+    peer: SocketAddr,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -157,6 +162,7 @@ async fn answer(
             .header(header::UPGRADE, "websocket")
             .header(header::SEC_WEBSOCKET_ACCEPT, accept)
             .header("x-backend", name)
+            .header("x-peer", peer.ip().to_string())
             .body(Full::new(Bytes::new()))
             .unwrap();
         return Ok(response);
@@ -171,6 +177,7 @@ async fn answer(
     let response = Response::builder()
         .status(status)
         .header("x-backend", name)
+        .header("x-peer", peer.ip().to_string())
         .body(Full::new(Bytes::from(name)))
         .unwrap();
     Ok(response)
@@ -658,4 +665,69 @@ async fn with_more_retries_than_targets_the_last_backend_answer_is_returned() {
         2,
         "each target once"
     );
+}
+
+/// With `backend_source_addresses`, every connection to a backend leaves from one of them:
+/// WebSocket sessions take them in turn, HTTP (pooled and pinned) uses them too; an address
+/// this machine does not have is a clear 502 naming it.
+#[tokio::test]
+async fn backend_connections_leave_from_the_environments_source_addresses_in_turn() {
+    let backend = Backend::start("a").await;
+    let api = stateful(None).await;
+    let sources = ["127.0.0.2", "127.0.0.3"];
+    api.put(
+        "/environments/prod",
+        &json!({"listen": "127.0.0.1:0", "websocket": true, "backend_source_addresses": sources}),
+    )
+    .await
+    .expect(201, "environment");
+    proxy(&api, json!(backend.url())).await;
+
+    let mut peers = HashMap::new();
+    for _ in 0..4 {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let request = format!("ws://{}/svc/ws", api.gw("prod"))
+            .into_client_request()
+            .unwrap();
+        let (_ws, response) = within("the WebSocket handshake", connect_async(request))
+            .await
+            .unwrap();
+        let peer = response.headers()["x-peer"].to_str().unwrap().to_owned();
+        *peers.entry(peer).or_insert(0) += 1;
+    }
+    let want: HashMap<String, i32> = sources.iter().map(|s| (s.to_string(), 2)).collect();
+    assert_eq!(peers, want, "four sessions, two from each source");
+
+    for _ in 0..4 {
+        let (status, headers, _) = api
+            .request(Method::GET, "prod", "/svc/x", &[], Bytes::new())
+            .await;
+        assert_eq!(status, 200);
+        let peer = headers["x-peer"].to_str().unwrap();
+        assert!(sources.contains(&peer), "an HTTP request came from {peer}");
+    }
+
+    // 192.0.2.1 (TEST-NET-1) is no address of this machine: the change is refused, and
+    // the environment keeps serving from its sources.
+    let refused = api
+        .put(
+            "/environments/prod",
+            &json!({"listen": "127.0.0.1:0", "websocket": true, "backend_source_addresses": ["192.0.2.1"]}),
+        )
+        .await;
+    let text = refused.text();
+    assert!(
+        refused.status.is_client_error(),
+        "{} {text}",
+        refused.status
+    );
+    assert!(
+        text.contains("source address 192.0.2.1 cannot be used"),
+        "{text}"
+    );
+    let (status, headers, _) = api
+        .request(Method::GET, "prod", "/svc/x", &[], Bytes::new())
+        .await;
+    assert_eq!(status, 200);
+    assert!(sources.contains(&headers["x-peer"].to_str().unwrap()));
 }

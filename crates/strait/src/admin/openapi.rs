@@ -252,7 +252,8 @@ pub fn document_json() -> Result<String, serde_json::Error> {
     "shutdown_grace": "30s",
     "undeploy_grace": "30s",
     "access_log": {"format": "json", "file": "/var/log/strait/access.log", "log_handshake": false},
-    "policies": [{"type": "api_key", "header": "X-API-Key", "query": "api_key", "keep": false}]
+    "policies": [{"type": "api_key", "header": "X-API-Key", "query": "api_key", "keep": false}],
+    "backend_source_addresses": ["10.0.0.2", "10.0.0.3"]
 })))]
 #[allow(
     dead_code,
@@ -286,6 +287,10 @@ pub struct Environment {
     /// Run for every proxy deployed here, before the proxy's own.
     #[schema(required = false)]
     policies: Vec<Policy>,
+    /// Local IP addresses connections to backends leave from, taken in turn (default: the
+    /// kernel's choice); each has its own range of ephemeral ports.
+    #[schema(required = false, example = json!(["10.0.0.2", "10.0.0.3"]))]
+    backend_source_addresses: Vec<String>,
 }
 
 /// Placeholder: replaced by one schema per policy type (see `Policies`).

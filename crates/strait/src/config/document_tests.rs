@@ -86,6 +86,7 @@ fn expected_config() -> Config {
                 undeploy_grace: None,
                 access_log: Default::default(),
                 policies: Vec::new(),
+                backend_source_addresses: Vec::new(),
             },
             Environment {
                 name: "staging".into(),
@@ -97,6 +98,7 @@ fn expected_config() -> Config {
                 undeploy_grace: Some(Duration::ZERO),
                 access_log: Default::default(),
                 policies: Vec::new(),
+                backend_source_addresses: Vec::new(),
             },
         ],
         upstreams: Vec::new(),

@@ -51,6 +51,9 @@ pub struct Environment {
     pub access_log: AccessLogSettings,
     /// Run for every proxy deployed here, before the proxy's own.
     pub policies: Vec<PolicyEntry>,
+    /// Local addresses this environment's connections to backends leave from, taken in
+    /// turn (empty: the kernel's choice). Each gives its own range of ephemeral ports.
+    pub backend_source_addresses: Vec<std::net::IpAddr>,
 }
 
 /// An environment's access log (`access_log:` in the file).

@@ -91,6 +91,7 @@ fn the_example_round_trips_into_the_model() {
                 log_handshake: true,
             },
             policies: Vec::new(),
+            backend_source_addresses: Vec::new(),
         }],
         upstreams: Vec::new(),
         proxies: vec![Proxy {
@@ -1225,4 +1226,74 @@ fn usernames_and_subjects_belong_to_one_consumer() {
         &["the JWT subject \"s\" already belongs to consumer \"a\""],
     );
     assert_eq!(found.len(), 2, "{found:#?}");
+}
+
+#[test]
+fn backend_source_addresses_are_ip_addresses_listed_once() {
+    let config = parse(&env(
+        "    backend_source_addresses: [127.0.0.2, '::1', 10.0.0.7]\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let want: Vec<std::net::IpAddr> = ["127.0.0.2", "::1", "10.0.0.7"]
+        .iter()
+        .map(|ip| ip.parse().unwrap())
+        .collect();
+    assert_eq!(config.environments[0].backend_source_addresses, want);
+    assert!(
+        parse(&env("")).unwrap().environments[0]
+            .backend_source_addresses
+            .is_empty()
+    );
+
+    let cases = [
+        (
+            "127.0.0.2:9000",
+            "is not an IP address",
+            "the port is chosen per connection",
+        ),
+        ("gateway.local", "is not an IP address", "such as 127.0.0.2"),
+        (
+            "0.0.0.0",
+            "is not an address a connection can leave from",
+            "interfaces",
+        ),
+        (
+            "224.0.0.1",
+            "is not an address a connection can leave from",
+            "interfaces",
+        ),
+    ];
+    for (written, reason, advice) in cases {
+        let text = env(&format!(
+            "    backend_source_addresses: [127.0.0.3, {written}]\n"
+        ));
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{written:?}: {found:#?}");
+        assert_problem(
+            &found,
+            4,
+            &[
+                "environment \"a\": backend_source_addresses",
+                reason,
+                advice,
+            ],
+        );
+        assert_eq!(
+            found[0].field.as_deref(),
+            Some("environments[0].backend_source_addresses[1]")
+        );
+    }
+    assert_one_problem(
+        &env("    backend_source_addresses: [127.0.0.2, 127.0.0.2]\n"),
+        4,
+        &["lists \"127.0.0.2\" twice"],
+    );
+    assert_one_problem(
+        &env("    backend_source_addresses: 127.0.0.2\n"),
+        4,
+        &[
+            "backend_source_addresses",
+            "a list of this machine's IP addresses",
+        ],
+    );
 }

@@ -8,7 +8,7 @@
 //! `proxies[2].deploy[1]`), so a JSON document without line numbers still points at it.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ pub(super) const ENVIRONMENT_KEYS: &[&str] = &[
     "undeploy_grace",
     "access_log",
     "policies",
+    "backend_source_addresses",
 ];
 pub(super) const ACCESS_LOG_KEYS: &[&str] = &["format", "file", "log_handshake"];
 pub(super) const TLS_KEYS: &[&str] = &["cert", "key"];
@@ -514,6 +515,12 @@ impl Check<'_> {
             Some(node) => self.access_log(node, &ctx, &fields.field("access_log")),
         };
         let policies = self.policies(&fields, &ctx);
+        let sources = match fields.optional("backend_source_addresses") {
+            None => Some(Vec::new()),
+            Some(node) => {
+                self.source_addresses(node, &ctx, &fields.field("backend_source_addresses"))
+            }
+        };
 
         let environment = (|| {
             Some(Environment {
@@ -526,6 +533,7 @@ impl Check<'_> {
                 undeploy_grace: undeploy_grace?,
                 access_log: access_log?,
                 policies: policies?,
+                backend_source_addresses: sources?,
             })
         })();
         EnvironmentDraft {
@@ -562,6 +570,50 @@ impl Check<'_> {
             self.report(node.at, field, message);
         }
         parsed
+    }
+
+    /// `backend_source_addresses`: IP addresses (no port: each connection gets its own),
+    /// each listed once.
+    fn source_addresses(&mut self, node: &Node, ctx: &str, field: &str) -> Option<Vec<IpAddr>> {
+        let key = "backend_source_addresses";
+        let expected = "a list of this machine's IP addresses, such as [127.0.0.2, 127.0.0.3]";
+        let items = self.list(node, &format!("{ctx}: {key}"), expected, field)?;
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        let mut complete = true;
+        for (index, item) in items.iter().enumerate() {
+            let item_field = format!("{field}[{index}]");
+            let label = format!("each entry of {key}");
+            let Some(text) = self.scalar_text(
+                item,
+                ctx,
+                &label,
+                "an IP address such as 127.0.0.2",
+                &item_field,
+            ) else {
+                complete = false;
+                continue;
+            };
+            let problem = match text.parse::<IpAddr>() {
+                Err(_) => Some(format!(
+                    "{ctx}: {key} entry {text:?} is not an IP address; write the address alone, such as 127.0.0.2 or ::1 (the port is chosen per connection)"
+                )),
+                Ok(ip) if ip.is_unspecified() || ip.is_multicast() => Some(format!(
+                    "{ctx}: {key} entry {text:?} is not an address a connection can leave from; list addresses of this machine's interfaces"
+                )),
+                Ok(ip) if addresses.contains(&ip) => {
+                    Some(format!("{ctx}: {key} lists {text:?} twice"))
+                }
+                Ok(ip) => {
+                    addresses.push(ip);
+                    None
+                }
+            };
+            if let Some(message) = problem {
+                self.report(item.at, &item_field, message);
+                complete = false;
+            }
+        }
+        complete.then_some(addresses)
     }
 
     /// The optional `admin` section: the admin API's own listener.

@@ -134,12 +134,12 @@ impl Snapshot {
                 && checked_keys.insert(key)
             {
                 let ca_file = proxy.backend_tls.as_ref().map(|t| t.ca_file.as_path());
-                let upstream = upstreams.get(ca_file, check.timeout).map_err(|source| {
-                    CompileError::Upstream {
+                let upstream = upstreams
+                    .get(ca_file, check.timeout, &[])
+                    .map_err(|source| CompileError::Upstream {
                         proxy: proxy.name.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 checked.push((pool.clone(), upstream));
             }
             backends.insert(Arc::from(proxy.name.as_str()), pool);
@@ -154,7 +154,7 @@ impl Snapshot {
             {
                 let ca_file = proxy.backend_tls.as_ref().map(|t| t.ca_file.as_path());
                 let upstream = upstreams
-                    .get(ca_file, env.timeouts.connect)
+                    .get(ca_file, env.timeouts.connect, &env.backend_source_addresses)
                     .map_err(|source| CompileError::Upstream {
                         proxy: proxy.name.clone(),
                         source,

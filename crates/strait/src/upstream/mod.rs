@@ -18,7 +18,9 @@ pub mod settings;
 
 use std::collections::HashMap;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -29,7 +31,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use crate::io::TcpOrTls;
@@ -66,6 +68,8 @@ pub enum UpstreamError {
     Resolve { host: String, reason: String },
     #[error("cannot set up DNS resolution: {0}")]
     Resolver(String),
+    #[error("the backend source address {address} cannot be used on this machine: {source}")]
+    Source { address: IpAddr, source: io::Error },
     #[error("HTTP/1 handshake with {authority} failed: {source}")]
     Handshake {
         authority: String,
@@ -80,7 +84,8 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Replay<Cou
 /// The sending half of one HTTP/1 connection to a backend (see [`Upstream::connect_http`]).
 pub type HttpSender = hyper::client::conn::http1::SendRequest<Replay<Counted<Incoming>>>;
 
-/// One way of reaching backends: a trust store, a connect timeout and the HTTP pool built on them.
+/// One way of reaching backends: a trust store, a connect timeout, the source addresses and
+/// the HTTP pool built on them.
 #[derive(Clone)]
 pub struct Upstream {
     http: HttpClient,
@@ -88,7 +93,54 @@ pub struct Upstream {
     ws_tls: TlsConnector,
     resolver: Resolver,
     connect_timeout: Duration,
+    sources: Sources,
     identity: UpstreamId,
+}
+
+/// The local addresses connections leave from, taken in turn (none: the kernel's choice).
+#[derive(Clone, Default)]
+struct Sources {
+    addresses: Arc<[IpAddr]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Sources {
+    /// Connects to `addr` from the next source address of its family (the kernel's choice
+    /// when there is none). A source whose ports are used up, or that this machine does not
+    /// have, is passed over for the next.
+    async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let family: Vec<IpAddr> = self
+            .addresses
+            .iter()
+            .copied()
+            .filter(|ip| ip.is_ipv4() == addr.is_ipv4())
+            .collect();
+        if family.is_empty() {
+            return TcpStream::connect(addr).await;
+        }
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut refused = None;
+        for turn in 0..family.len() {
+            let Some(&source) = family.get((first + turn) % family.len()) else {
+                break;
+            };
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            match socket.bind(SocketAddr::new(source, 0)) {
+                Ok(()) => return socket.connect(addr).await,
+                Err(error) => {
+                    refused = Some(io::Error::new(
+                        error.kind(),
+                        format!("source address {source} cannot be used: {error}"),
+                    ));
+                }
+            }
+        }
+        Err(refused.unwrap_or_else(|| io::Error::other("no source address to connect from")))
+    }
 }
 
 /// Which [`Upstream`] (trust and connect timeout) something belongs to; its clones share it.
@@ -113,8 +165,14 @@ impl Upstream {
     pub fn new(
         ca_file: Option<&Path>,
         connect_timeout: Duration,
+        sources: &[IpAddr],
         resolver: Resolver,
     ) -> Result<Self, UpstreamError> {
+        // A source address this machine does not have is refused with the configuration.
+        for &address in sources {
+            std::net::UdpSocket::bind((address, 0))
+                .map_err(|source| UpstreamError::Source { address, source })?;
+        }
         let roots = root_store(ca_file)?;
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -133,6 +191,13 @@ impl Upstream {
         connector.enforce_http(false);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
+        // The pooled client leaves from the first source of each family; connections of
+        // their own (WebSocket, pinned HTTP) take the sources in turn.
+        let first = |v4: bool| sources.iter().copied().find(|ip| ip.is_ipv4() == v4);
+        match (first(true), first(false)) {
+            (Some(IpAddr::V4(v4)), Some(IpAddr::V6(v6))) => connector.set_local_addresses(v4, v6),
+            (v4, v6) => connector.set_local_address(v4.or(v6)),
+        }
         let https = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -147,6 +212,10 @@ impl Upstream {
             ws_tls: TlsConnector::from(Arc::new(ws_tls)),
             resolver,
             connect_timeout,
+            sources: Sources {
+                addresses: sources.into(),
+                next: Arc::default(),
+            },
             identity: UpstreamId::default(),
         })
     }
@@ -190,7 +259,7 @@ impl Upstream {
                 .await?;
             let mut last = None;
             for addr in addrs {
-                match TcpStream::connect(addr).await {
+                match self.sources.connect(addr).await {
                     Ok(tcp) => return Ok(tcp),
                     Err(error) => last = Some(error),
                 }
@@ -231,10 +300,11 @@ impl Upstream {
     }
 }
 
-/// Builds [`Upstream`]s once per distinct (CA file, connect timeout) and shares them, so
-/// proxies with the same trust share one connection pool. All resolve through one resolver.
+/// Builds [`Upstream`]s once per distinct (CA file, connect timeout, source addresses) and
+/// shares them, so proxies with the same trust share one connection pool. All resolve through
+/// one resolver.
 pub struct UpstreamCache {
-    built: HashMap<(Option<PathBuf>, Duration), Upstream>,
+    built: HashMap<(Option<PathBuf>, Duration, Vec<IpAddr>), Upstream>,
     resolver: Resolver,
 }
 
@@ -250,12 +320,17 @@ impl UpstreamCache {
         &mut self,
         ca_file: Option<&Path>,
         connect_timeout: Duration,
+        sources: &[IpAddr],
     ) -> Result<Upstream, UpstreamError> {
-        let key = (ca_file.map(Path::to_path_buf), connect_timeout);
+        let key = (
+            ca_file.map(Path::to_path_buf),
+            connect_timeout,
+            sources.to_vec(),
+        );
         if let Some(found) = self.built.get(&key) {
             return Ok(found.clone());
         }
-        let built = Upstream::new(ca_file, connect_timeout, self.resolver.clone())?;
+        let built = Upstream::new(ca_file, connect_timeout, sources, self.resolver.clone())?;
         self.built.insert(key, built.clone());
         Ok(built)
     }
