@@ -851,7 +851,8 @@ async fn openapi_json_is_a_valid_openapi_3_1_document_of_the_served_api() {
         "shutdown_grace": "4s",
         "undeploy_grace": "never",
         "access_log": {"format": "combined", "log_handshake": true},
-        "policies": [{"type": "api_key"}]
+        "policies": [{"type": "api_key"}],
+        "backend_source_addresses": ["127.0.0.1"]
     });
     api.put("/environments/full", &all_env_fields)
         .await
