@@ -135,15 +135,28 @@ where
     stream.write_all(head).await?;
     stream.flush().await?;
     let mut buf = BytesMut::with_capacity(1024);
+    // How much of `buf` was searched for an empty line.
+    let mut searched = 0;
     loop {
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(AnswerError::Closed);
         }
         // Interim answers are dropped; what follows them may already be here.
         while !buf.is_empty() {
+            // Parsed only once an empty line (a head's end) has arrived: a head sent a byte
+            // at a time costs one scan, not a parse per byte.
+            if !has_empty_line(&buf, &mut searched) {
+                if buf.len() >= MAX_HEAD {
+                    return Err(AnswerError::TooLarge);
+                }
+                break;
+            }
             match parse(&buf)? {
                 Head::Partial => break,
-                Head::Interim(len) => drop(buf.split_to(len)),
+                Head::Interim(len) => {
+                    drop(buf.split_to(len));
+                    searched = 0;
+                }
                 Head::Switched { len, headers } => {
                     drop(buf.split_to(len));
                     let rest = buf.freeze();
@@ -159,6 +172,17 @@ where
             buf.reserve(buf.len());
         }
     }
+}
+
+/// Whether `buf` holds the end of a head (CRLF CRLF, or LF LF as httparse also accepts),
+/// searching only what arrived since the last look (and the three bytes before it).
+fn has_empty_line(buf: &[u8], searched: &mut usize) -> bool {
+    let from = searched.saturating_sub(3);
+    *searched = buf.len();
+    buf.get(from..)
+        .unwrap_or_default()
+        .windows(2)
+        .any(|pair| pair == b"\n\r" || pair == b"\n\n")
 }
 
 /// A refusal as hyper reads it — head and streamed body — from the bytes [`ask`] read and
@@ -408,6 +432,17 @@ mod tests {
                 Err(error) => panic!("step {step}: {error}"),
             }
         }
+    }
+
+    #[test]
+    fn a_head_without_an_end_stops_at_the_limit() {
+        let endless = [
+            b"HTTP/1.1 101 OK\r\nx: ".as_slice(),
+            &[b'a'; MAX_HEAD + 1000],
+        ]
+        .concat();
+        let (answer, _) = ask_in_pieces(&endless, 1000);
+        assert!(matches!(answer, Err(AnswerError::TooLarge)), "{answer:?}");
     }
 
     #[test]
