@@ -122,8 +122,13 @@ fn rss() -> u64 {
     kib * 1024
 }
 
+/// Held by the test that moves megabytes and by the one that measures the process's memory:
+/// the tests of one binary run in parallel in one process, so one would count the other's.
+static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn a_message_over_the_size_limit_closes_1009_and_never_reaches_the_backend() {
+    let _alone = MEMORY.lock().await;
     let (addr, mut rx) = backend().await;
     let stack = gateway(addr).await;
     let mut ws = ws_connect(&url(&stack, "/size/a")).await;
@@ -145,6 +150,7 @@ async fn a_message_over_the_size_limit_closes_1009_and_never_reaches_the_backend
 
 #[tokio::test]
 async fn a_streamed_10_mib_message_is_refused_at_its_header_and_not_buffered() {
+    let _alone = MEMORY.lock().await;
     let (addr, mut rx) = backend().await;
     let stack = gateway(addr).await;
     let tcp = TcpStream::connect(stack.gw("prod")).await.unwrap();
