@@ -135,7 +135,7 @@ where
     stream.write_all(head).await?;
     stream.flush().await?;
     let mut buf = BytesMut::with_capacity(1024);
-    // How much of `buf` was searched for an empty line.
+    // How much of `buf` is known to hold no head's end (after a partial parse).
     let mut searched = 0;
     loop {
         if stream.read_buf(&mut buf).await? == 0 {
@@ -143,16 +143,19 @@ where
         }
         // Interim answers are dropped; what follows them may already be here.
         while !buf.is_empty() {
-            // Parsed only once an empty line (a head's end) has arrived: a head sent a byte
-            // at a time costs one scan, not a parse per byte.
-            if !has_empty_line(&buf, &mut searched) {
+            // After a partial head, parsed again only once an empty line (a head's end) has
+            // arrived: a head sent a byte at a time costs one scan, not a parse per byte.
+            if searched > 0 && !has_empty_line(&buf, &mut searched) {
                 if buf.len() >= MAX_HEAD {
                     return Err(AnswerError::TooLarge);
                 }
                 break;
             }
             match parse(&buf)? {
-                Head::Partial => break,
+                Head::Partial => {
+                    searched = buf.len();
+                    break;
+                }
                 Head::Interim(len) => {
                     drop(buf.split_to(len));
                     searched = 0;
