@@ -51,8 +51,9 @@ pub struct Environment {
     pub access_log: AccessLogSettings,
     /// Run for every proxy deployed here, before the proxy's own.
     pub policies: Vec<PolicyEntry>,
-    /// Local addresses this environment's connections to backends leave from, taken in
-    /// turn (empty: the kernel's choice). Each gives its own range of ephemeral ports.
+    /// Local addresses this environment's connections to backends leave from (empty: the
+    /// kernel's choice): WebSocket sessions and pinned HTTP connections take them in turn,
+    /// the pooled HTTP client the first of each family. Each has its own ephemeral ports.
     pub backend_source_addresses: Vec<std::net::IpAddr>,
 }
 

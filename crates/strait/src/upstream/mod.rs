@@ -97,24 +97,30 @@ pub struct Upstream {
     identity: UpstreamId,
 }
 
-/// The local addresses connections leave from, taken in turn (none: the kernel's choice).
+/// The local addresses connections leave from, by family, taken in turn (none: the kernel's
+/// choice).
 #[derive(Clone, Default)]
 struct Sources {
-    addresses: Arc<[IpAddr]>,
+    v4: Arc<[IpAddr]>,
+    v6: Arc<[IpAddr]>,
     next: Arc<AtomicUsize>,
 }
 
 impl Sources {
+    fn new(addresses: &[IpAddr]) -> Self {
+        let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addresses.iter().partition(|ip| ip.is_ipv4());
+        Sources {
+            v4: v4.into(),
+            v6: v6.into(),
+            next: Arc::default(),
+        }
+    }
+
     /// Connects to `addr` from the next source address of its family (the kernel's choice
     /// when there is none). A source whose ports are used up, or that this machine does not
     /// have, is passed over for the next.
     async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
-        let family: Vec<IpAddr> = self
-            .addresses
-            .iter()
-            .copied()
-            .filter(|ip| ip.is_ipv4() == addr.is_ipv4())
-            .collect();
+        let family = if addr.is_ipv4() { &self.v4 } else { &self.v6 };
         if family.is_empty() {
             return TcpStream::connect(addr).await;
         }
@@ -193,8 +199,8 @@ impl Upstream {
         connector.set_connect_timeout(Some(connect_timeout));
         // The pooled client leaves from the first source of each family; connections of
         // their own (WebSocket, pinned HTTP) take the sources in turn.
-        let first = |v4: bool| sources.iter().copied().find(|ip| ip.is_ipv4() == v4);
-        match (first(true), first(false)) {
+        let sources = Sources::new(sources);
+        match (sources.v4.first().copied(), sources.v6.first().copied()) {
             (Some(IpAddr::V4(v4)), Some(IpAddr::V6(v6))) => connector.set_local_addresses(v4, v6),
             (v4, v6) => connector.set_local_address(v4.or(v6)),
         }
@@ -212,10 +218,7 @@ impl Upstream {
             ws_tls: TlsConnector::from(Arc::new(ws_tls)),
             resolver,
             connect_timeout,
-            sources: Sources {
-                addresses: sources.into(),
-                next: Arc::default(),
-            },
+            sources,
             identity: UpstreamId::default(),
         })
     }
