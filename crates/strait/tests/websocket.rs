@@ -751,3 +751,110 @@ async fn every_worker_socket_serves_and_all_of_them_move_with_the_environment() 
         assert_eq!(next(ws).await, Message::text(format!("still {i}")));
     }
 }
+
+/// An upgrade request as a raw HTTP client sends it.
+fn upgrade_request(path: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::get(path)
+        .header("host", "gw")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(http_body_util::Empty::new())
+        .expect("request")
+}
+
+/// One HTTP/1.1 connection to the gateway, its requests sent one after another.
+async fn one_connection(
+    gw: &GatewayHandle,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr(gw))
+        .await
+        .expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection.with_upgrades());
+    sender
+}
+
+/// The listener serves a connection's first upgrade itself and leaves the rest to hyper:
+/// an upgrade behind a plain request on the same connection is relayed just the same.
+#[tokio::test]
+async fn an_upgrade_after_a_plain_request_on_one_connection_is_relayed() {
+    use http_body_util::BodyExt;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let echo = echo().await;
+    let proxies = proxy("p", "/p/*", &format!("http://{}/", echo.local_addr()));
+    let gw = gateway(&single_env(true, &proxies)).await;
+    let mut sender = one_connection(&gw).await;
+    let plain = http::Request::get("/p/plain")
+        .header("host", "gw")
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let response = within("the plain answer", sender.send_request(plain))
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    within("the body", response.into_body().collect())
+        .await
+        .expect("body");
+    let response = within("the 101", sender.send_request(upgrade_request("/p/ws")))
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 101);
+    let upgraded = within("the upgrade", hyper::upgrade::on(response))
+        .await
+        .expect("upgraded");
+    let io = hyper_util::rt::TokioIo::new(upgraded);
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Client, None).await;
+    within("sending", ws.send(Message::text("second")))
+        .await
+        .expect("sent");
+    let echoed = within("the echo", ws.next())
+        .await
+        .expect("open")
+        .expect("valid");
+    assert_eq!(echoed, Message::text("second"));
+}
+
+/// A first upgrade the gateway refuses is answered, and the connection serves on: the
+/// refusal and the requests after it come in order.
+#[tokio::test]
+async fn a_refused_first_upgrade_leaves_the_connection_serving() {
+    use http_body_util::BodyExt;
+    let echo = echo().await;
+    let proxies = proxy("p", "/p/*", &format!("http://{}/", echo.local_addr()));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let mut sender = one_connection(&gw).await;
+    let refused = within("the refusal", sender.send_request(upgrade_request("/p/ws")))
+        .await
+        .expect("answered");
+    let (parts, body) = refused.into_parts();
+    let body = within("its body", body.collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_error(
+        &http::Response::from_parts(parts, ()),
+        &body,
+        400,
+        "websocket_disabled",
+    );
+    for path in ["/p/one", "/p/two"] {
+        let request = http::Request::get(path)
+            .header("host", "gw")
+            .body(http_body_util::Empty::new())
+            .expect("request");
+        let response = within("an answer", sender.send_request(request))
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 200, "{path}");
+        let body = within("its body", response.into_body().collect())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert!(!body.is_empty(), "{path}");
+    }
+}

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::pipeline::{ConnInfo, Shared, handle};
+use super::sniff::{self, FirstLook};
 use crate::io::TcpOrTls;
 
 /// A client connection as accepted, with its TLS session if the environment has one. A
@@ -34,8 +35,6 @@ pub type ClientStream = TcpOrTls<tokio_rustls::server::TlsStream<TcpStream>>;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A client that has not sent its request head (or finished TLS) in this time is dropped.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// What an HTTP/2 client sends first on a connection without TLS (RFC 9113 §3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 pub struct Listener {
     pub env: Arc<str>,
@@ -227,15 +226,28 @@ async fn serve_connection(
         env,
         backend: Default::default(),
     });
-    // HTTP/2 by ALPN on TLS, by its preface (prior knowledge) on plain TCP.
+    // HTTP/2 by ALPN on TLS, by its preface (prior knowledge) on plain TCP. A plain-TCP
+    // connection opening with a WebSocket upgrade is served without hyper, unless refused.
+    let mut refused = None;
     let (stream, h2) = match tls {
         None => {
-            let sniffed = starts_with_h2_preface(&tcp);
-            let Some(h2) = before_head_timeout(client, "reading the first request", sniffed).await
+            let look = sniff::first_look(&tcp);
+            let Some(look) = before_head_timeout(client, "reading the first request", look).await
             else {
                 return;
             };
-            (TcpOrTls::Plain(tcp), h2)
+            match look {
+                FirstLook::Http2 => (TcpOrTls::Plain(tcp), true),
+                FirstLook::Http1 => (TcpOrTls::Plain(tcp), false),
+                FirstLook::Upgrade(upgrade) => {
+                    let served = sniff::serve(&shared, &conn, tcp, upgrade, HEAD_TIMEOUT);
+                    let Some((tcp, answer)) = served.await else {
+                        return;
+                    };
+                    refused = Some(answer);
+                    (TcpOrTls::Plain(tcp), false)
+                }
+            }
         }
         Some(acceptor) => {
             let accepted = acceptor.accept(tcp);
@@ -250,10 +262,21 @@ async fn serve_connection(
     let io = TokioIo::new(stream);
     let service = {
         let shared = shared.clone();
+        // The refused upgrade's answer, for hyper to send when it has read that request.
+        let refused = Mutex::new(refused);
         service_fn(move |req| {
             let shared = shared.clone();
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(handle(shared, conn, req).await) }
+            let answered = match refused.lock() {
+                Ok(mut refused) => refused.take(),
+                Err(_) => None,
+            };
+            async move {
+                Ok::<_, Infallible>(match answered {
+                    Some(answer) => answer,
+                    None => handle(shared, conn, req).await,
+                })
+            }
         })
     };
     let shutdown = &shared.shutdown;
@@ -309,76 +332,4 @@ where
     }
     graceful(conn.as_mut());
     conn.await
-}
-
-/// Whether a plain-TCP client opened with the HTTP/2 preface, read without consuming it.
-/// Waits while what has come is a strict prefix of the preface (an HTTP/1 request differs
-/// at its first byte).
-async fn starts_with_h2_preface(tcp: &TcpStream) -> std::io::Result<bool> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    let mut pause = Duration::from_millis(1);
-    loop {
-        let n = tcp.peek(&mut buf).await?;
-        let got = buf.get(..n).unwrap_or_default();
-        if n == 0 || !H2_PREFACE.starts_with(got) {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // Part of the preface: the rest is on its way. Peeked bytes keep the socket
-        // readable, so wait a little (longer each time: a client that stops mid-preface
-        // costs a few wake-ups until the head timeout, not a spin).
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncWriteExt;
-
-    /// A connected pair over loopback: (client, server side).
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
-
-    #[tokio::test]
-    async fn http1_requests_are_told_from_the_h2_preface_without_consuming_them() {
-        let (mut client, server) = pair().await;
-        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        assert!(!starts_with_h2_preface(&server).await.unwrap());
-        let (mut client, server) = pair().await;
-        client.write_all(H2_PREFACE).await.unwrap();
-        assert!(starts_with_h2_preface(&server).await.unwrap());
-        // Peeked, not read: hyper still gets every byte.
-        let mut buf = [0u8; 24];
-        assert_eq!(server.try_read(&mut buf).unwrap(), 24);
-        assert_eq!(&buf, H2_PREFACE);
-    }
-
-    #[tokio::test]
-    async fn a_preface_in_pieces_is_waited_for() {
-        let (mut client, server) = pair().await;
-        client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
-        let sniff = tokio::spawn(async move { starts_with_h2_preface(&server).await.unwrap() });
-        client.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
-        assert!(sniff.await.unwrap());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_client_stopping_mid_preface_gets_no_decision() {
-        let (mut client, server) = pair().await;
-        client.write_all(b"PRI *").await.unwrap();
-        client.shutdown().await.unwrap();
-        // Neither HTTP/1 nor HTTP/2: it waits (the caller's head timeout ends it).
-        let waited = tokio::time::timeout(HEAD_TIMEOUT, starts_with_h2_preface(&server)).await;
-        assert!(waited.is_err(), "{waited:?}");
-    }
 }

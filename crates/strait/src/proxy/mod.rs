@@ -15,6 +15,7 @@ mod listener;
 mod pipeline;
 mod sessions;
 mod snapshot;
+mod sniff;
 mod tls;
 pub mod websocket;
 mod workers;

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use super::exchange::{Exchange, Logged};
 use super::sessions::Registry;
 use super::snapshot::{EnvRoutes, Route, Snapshot};
+use super::websocket::handshake::ClientSide;
 use super::{forward, websocket};
 use crate::error::{ErrorKind, GatewayError};
 use crate::policy::Answer;
@@ -84,11 +85,40 @@ pub struct Matched {
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Logged<Body>> {
     let mut exchange = Exchange::begin(&conn, &req);
     exchange.tracer = shared.tracer.clone();
-    let mut response = match serve(&shared, &conn, req, &mut exchange).await {
+    let served = if is_websocket_upgrade(&req) {
+        let client = ClientSide::Hyper(hyper::upgrade::on(&mut req));
+        serve_upgrade(&shared, &conn, req.map(drop), client, &mut exchange).await
+    } else {
+        serve(&shared, &conn, req, &mut exchange).await
+    };
+    respond(served, &conn, exchange)
+}
+
+/// [`handle`] for a WebSocket upgrade request whose head the listener read itself.
+pub async fn handle_upgrade(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: Request<()>,
+    client: ClientSide,
+) -> Response<Logged<Body>> {
+    let mut exchange = Exchange::begin(conn, &req);
+    exchange.tracer = shared.tracer.clone();
+    let served = serve_upgrade(shared, conn, req, client, &mut exchange).await;
+    respond(served, conn, exchange)
+}
+
+/// The response as the client gets it: an error made into its JSON answer, with the
+/// headers the policies set and the request id.
+fn respond(
+    served: Result<Response<Body>, GatewayError>,
+    conn: &ConnInfo,
+    mut exchange: Box<Exchange>,
+) -> Response<Logged<Body>> {
+    let mut response = match served {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(env = %conn.env, method = %exchange.method, path = %exchange.logged_path(), kind = error.kind.as_str(), "{error}");
@@ -115,15 +145,31 @@ pub async fn handle(
     response.map(|body| Logged::new(body, exchange))
 }
 
+/// Match, policies, connect and relay for a plain HTTP request.
 async fn serve(
     shared: &Shared,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<Response<Body>, GatewayError> {
-    let websocket = is_websocket_upgrade(&req);
-    let mut matched = match_route(shared, conn, &req, websocket, exchange)?;
-    if websocket && !matched.env.websocket {
+    let mut matched = match_route(shared, conn, &req, false, exchange)?;
+    if let Some(answered) = admit(conn, &mut matched, &mut req, false, exchange).await? {
+        return Ok(answered);
+    }
+    let req = exchange.count_request(req);
+    forward::forward(conn, matched, req, exchange).await
+}
+
+/// The same for a WebSocket upgrade, whose client connection comes from `client`.
+async fn serve_upgrade(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<()>,
+    client: ClientSide,
+    exchange: &mut Exchange,
+) -> Result<Response<Body>, GatewayError> {
+    let mut matched = match_route(shared, conn, &req, true, exchange)?;
+    if !matched.env.websocket {
         matched.route.metrics.upgrade(Upgrade::RefusedByPolicy);
         return Err(GatewayError::new(
             ErrorKind::WebsocketDisabled,
@@ -133,28 +179,39 @@ async fn serve(
             ),
         ));
     }
+    if let Some(answered) = admit(conn, &mut matched, &mut req, true, exchange).await? {
+        return Ok(answered);
+    }
+    // Boxed, like the policies: the handshake's future is several KiB.
+    Box::pin(websocket::handshake::forward(
+        shared, conn, matched, req, client, exchange,
+    ))
+    .await
+}
+
+/// The trace headers, then the route's policies; `Some` when a policy answered the
+/// request itself.
+async fn admit<B>(
+    conn: &ConnInfo,
+    matched: &mut Matched,
+    req: &mut Request<B>,
+    websocket: bool,
+    exchange: &mut Exchange,
+) -> Result<Option<Response<Body>>, GatewayError> {
     // Before the policies, so `$request_id` in a `headers` policy sees it.
     exchange.trace.to_backend(req.headers_mut());
-    // Boxed, like the handshake below: their futures are several KiB, and inline they would
-    // make every request's future (moved into hyper's connection task) that large.
-    if !matched.route.policies.is_empty()
-        && let Some(answer) =
-            Box::pin(policies(conn, &mut matched, &mut req, websocket, exchange)).await?
-    {
+    if matched.route.policies.is_empty() {
+        return Ok(None);
+    }
+    // Boxed: the chain's future is several KiB, and inline it would make every request's
+    // future (moved into hyper's connection task) that large.
+    let answered = Box::pin(policies(conn, matched, req, websocket, exchange)).await?;
+    Ok(answered.map(|answer| {
         let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
         *response.status_mut() = answer.status;
         *response.headers_mut() = answer.headers;
-        return Ok(response);
-    }
-    if websocket {
-        Box::pin(websocket::handshake::forward(
-            shared, conn, matched, req, exchange,
-        ))
-        .await
-    } else {
-        let req = exchange.count_request(req);
-        forward::forward(conn, matched, req, exchange).await
-    }
+        response
+    }))
 }
 
 /// Policies phase: the route's chain on the request head. It may remove credentials from
@@ -262,7 +319,7 @@ fn match_route<B>(
 }
 
 /// An upgrade request in the RFC 6455 sense: GET with `Upgrade: websocket` and `Connection: upgrade`.
-fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     let has_token = |name: header::HeaderName, token: &str| {
         req.headers()
             .get_all(name)

@@ -7,12 +7,13 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
+
+use tokio::sync::oneshot;
 
 use super::backend;
 use super::relay::{
@@ -32,11 +33,45 @@ use crate::upstream::UpstreamError;
 use crate::upstream::pool::Outcome;
 use crate::upstream::settings::Rebalance;
 
+/// Where the session gets the client's connection once the 101 has gone out.
+pub enum ClientSide {
+    /// From hyper, which wrote the 101 (and read the head).
+    Hyper(hyper::upgrade::OnUpgrade),
+    /// From the listener, which read the head itself and writes the 101 (see
+    /// [`crate::proxy::sniff`]); dropped unsent if it did not.
+    Direct(oneshot::Receiver<ClientStream>),
+}
+
+impl ClientSide {
+    /// The upgraded connection, with what the client sent after its head (hyper may have
+    /// read some of it already).
+    async fn upgraded(self) -> Result<(ClientStream, Bytes), &'static str> {
+        match self {
+            ClientSide::Hyper(upgrade) => {
+                let upgraded = upgrade
+                    .await
+                    .map_err(|_| "the client connection was not upgraded")?;
+                // Unwrapped from hyper's upgrade: the relay reads and writes the connection
+                // directly instead of through a boxed, rewindable wrapper.
+                let parts = upgraded
+                    .downcast::<TokioIo<ClientStream>>()
+                    .map_err(|_| "an upgraded connection is of an unexpected type")?;
+                Ok((parts.io.into_inner(), parts.read_buf))
+            }
+            ClientSide::Direct(stream) => stream
+                .await
+                .map(|stream| (stream, Bytes::new()))
+                .map_err(|_| "the 101 did not reach the client"),
+        }
+    }
+}
+
 pub async fn forward(
     shared: &Shared,
     conn: &ConnInfo,
     matched: Matched,
-    mut req: Request<Incoming>,
+    mut req: Request<()>,
+    client: ClientSide,
     exchange: &mut Exchange,
 ) -> Result<Response<Body>, GatewayError> {
     let Matched {
@@ -51,6 +86,7 @@ pub async fn forward(
         (env, route.clone()),
         (target, remaining),
         &mut req,
+        client,
         exchange,
     )
     .await;
@@ -69,10 +105,10 @@ async fn handshake(
     conn: &ConnInfo,
     (env, route): (Arc<EnvRoutes>, Arc<Route>),
     (target, remaining): (Uri, Option<String>),
-    req: &mut Request<Incoming>,
+    req: &mut Request<()>,
+    client_upgrade: ClientSide,
     exchange: &mut Exchange,
 ) -> Result<Response<Body>, GatewayError> {
-    let client_upgrade = hyper::upgrade::on(&mut *req);
     let mut headers = std::mem::take(req.headers_mut());
     let origin = text_header(&headers, header::ORIGIN);
     to_backend(&mut headers, req.uri().authority(), conn, &route)?;
@@ -228,18 +264,12 @@ async fn handshake(
         let held = held;
         // The target counts the session as open until it ends.
         let lease = lease;
-        let client_io = match client_upgrade.await {
+        let client_io = match client_upgrade.upgraded().await {
             Ok(upgraded) => upgraded,
             Err(error) => {
-                tracing::debug!(%proxy, %error, "WebSocket upgrade did not complete");
+                tracing::debug!(%proxy, error, "WebSocket upgrade did not complete");
                 return;
             }
-        };
-        // Unwrapped from hyper's upgrade: the relay reads and writes the connection directly
-        // instead of through a boxed, rewindable wrapper.
-        let Ok(client_io) = client_io.downcast::<TokioIo<ClientStream>>() else {
-            tracing::error!(%proxy, "an upgraded connection is of an unexpected type");
-            return;
         };
         // The session's own limits (lifetime, token expiry, drain), boxed together: a
         // session without any carries none of their timers.
@@ -301,7 +331,7 @@ async fn handshake(
         tracing::debug!(%proxy, %client, %target, "WebSocket session open");
         let started = Instant::now();
         let outcome = relay(
-            (client_io.io.into_inner(), client_io.read_buf),
+            client_io,
             (stream, from_backend),
             &config,
             &registration.session.live,

@@ -1,0 +1,258 @@
+//! The first look at a plain-TCP connection, before hyper serves it. It peeks — consumes
+//! nothing — to tell the HTTP/2 preface from HTTP/1, and when the first request is a
+//! complete WebSocket upgrade head, serves that handshake without a hyper connection:
+//! a connection that becomes a session needs none, and hyper's set-up and upgrade hand-off
+//! were a fifth of a session's cost. Only a 101 consumes the head; any other answer (a
+//! policy's refusal, the backend's, an error) goes to hyper with the head still unread, so
+//! hyper reads the same request again, sends that answer and serves the connection on.
+//! Anything else — a head split over several packets, larger than [`PEEK`], with a body,
+//! or not an upgrade — is hyper's from the start.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use super::exchange::Logged;
+use super::pipeline::{Body, ConnInfo, Shared, handle_upgrade, is_websocket_upgrade};
+use super::websocket::handshake::ClientSide;
+use crate::io::TcpOrTls;
+
+/// What an HTTP/2 client sends first on a connection without TLS (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The most of a first request looked at; a longer head goes to hyper.
+const PEEK: usize = 4096;
+/// As many header lines as hyper accepts.
+const MAX_HEADERS: usize = 100;
+
+/// What the connection's first bytes say.
+#[derive(Debug)]
+pub enum FirstLook {
+    Http2,
+    Http1,
+    /// HTTP/1.1 starting with a complete WebSocket upgrade request (boxed: the request
+    /// head is large, the other answers empty).
+    Upgrade(Box<Upgrade>),
+}
+
+/// A WebSocket upgrade request read from the socket without consuming it.
+#[derive(Debug)]
+pub struct Upgrade {
+    pub req: Request<()>,
+    /// The head's length: what a 101 consumes.
+    len: usize,
+}
+
+/// Peeks at a new connection's first bytes. Waits while what has come is a strict prefix
+/// of the HTTP/2 preface (an HTTP/1 request differs at its first byte).
+pub async fn first_look(tcp: &TcpStream) -> io::Result<FirstLook> {
+    let mut buf = vec![0u8; PEEK];
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let n = tcp.peek(&mut buf).await?;
+        let got = buf.get(..n).unwrap_or_default();
+        if got.starts_with(H2_PREFACE) {
+            return Ok(FirstLook::Http2);
+        }
+        if n == 0 || !H2_PREFACE.starts_with(got) {
+            return Ok(
+                upgrade_head(got).map_or(FirstLook::Http1, |u| FirstLook::Upgrade(Box::new(u)))
+            );
+        }
+        // Part of the preface: the rest is on its way. Peeked bytes keep the socket
+        // readable, so wait a little (longer each time: a client that stops mid-preface
+        // costs a few wake-ups until the head timeout, not a spin).
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// `buf` as a WebSocket upgrade request, if it starts with a complete, valid one without a
+/// body. Header values share one copy of the head, as hyper's do.
+fn upgrade_head(buf: &[u8]) -> Option<Upgrade> {
+    let head = Bytes::copy_from_slice(buf);
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        &head,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => return None,
+    };
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return None;
+    }
+    let uri = Uri::from_maybe_shared(head.slice_ref(parsed.path?.as_bytes())).ok()?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for line in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(line.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(line.value)).ok()?;
+        headers.append(name, value);
+    }
+    // A body (which an upgrade request should not have) is hyper's to frame.
+    let bodyless = !headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .all(|v| v.as_bytes() == b"0");
+    let mut req = Request::new(());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    (bodyless && is_websocket_upgrade(&req)).then_some(Upgrade { req, len })
+}
+
+/// Serves the upgrade: on a 101, consumes the head, writes the 101 and hands the
+/// connection to the session (`None`); otherwise gives back the connection, its head
+/// unread, with the answer for hyper to send.
+pub async fn serve(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut tcp: TcpStream,
+    upgrade: Box<Upgrade>,
+    timeout: Duration,
+) -> Option<(TcpStream, Response<Logged<Body>>)> {
+    let (session, client) = oneshot::channel();
+    let response = handle_upgrade(shared, conn, upgrade.req, ClientSide::Direct(client)).await;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Some((tcp, response));
+    }
+    let head = response_head(&response);
+    let mut consumed = vec![0u8; upgrade.len];
+    let answered = async {
+        tcp.read_exact(&mut consumed).await?;
+        tcp.write_all(&head).await
+    };
+    match tokio::time::timeout(timeout, answered).await {
+        Ok(Ok(())) => {
+            let _ = session.send(TcpOrTls::Plain(tcp));
+        }
+        // The session, never sent its connection, ends.
+        Ok(Err(error)) => {
+            tracing::debug!(client = %conn.client, %error, "the 101 could not be sent")
+        }
+        Err(_) => tracing::debug!(client = %conn.client, "sending the 101 timed out"),
+    }
+    None
+}
+
+/// A 101's head as HTTP/1.1 writes it.
+fn response_head<B>(response: &Response<B>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in response.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair over loopback: (client, server side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    const UPGRADE: &str = "GET /chat?room=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nUser-Agent: t\r\n\r\n";
+
+    #[tokio::test]
+    async fn http1_requests_are_told_from_the_h2_preface_without_consuming_them() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let look = first_look(&server).await.unwrap();
+        assert!(matches!(look, FirstLook::Http1), "{look:?}");
+        let (mut client, server) = pair().await;
+        client.write_all(H2_PREFACE).await.unwrap();
+        let look = first_look(&server).await.unwrap();
+        assert!(matches!(look, FirstLook::Http2), "{look:?}");
+        // Peeked, not read: hyper still gets every byte.
+        let mut buf = [0u8; 24];
+        assert_eq!(server.try_read(&mut buf).unwrap(), 24);
+        assert_eq!(&buf, H2_PREFACE);
+    }
+
+    #[tokio::test]
+    async fn a_preface_in_pieces_is_waited_for() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let sniff = tokio::spawn(async move { first_look(&server).await.unwrap() });
+        client.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+        assert!(matches!(sniff.await.unwrap(), FirstLook::Http2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_stopping_mid_preface_gets_no_decision() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"PRI *").await.unwrap();
+        client.shutdown().await.unwrap();
+        // Neither HTTP/1 nor HTTP/2: it waits (the caller's head timeout ends it).
+        let waited = tokio::time::timeout(Duration::from_secs(30), first_look(&server)).await;
+        assert!(waited.is_err(), "{waited:?}");
+    }
+
+    #[test]
+    fn a_complete_upgrade_head_is_parsed_with_its_length() {
+        let pipelined = format!("{UPGRADE}\u{81}\u{0}");
+        let Some(upgrade) = upgrade_head(pipelined.as_bytes()) else {
+            panic!("not an upgrade");
+        };
+        assert_eq!(upgrade.len, UPGRADE.len());
+        assert_eq!(upgrade.req.uri(), "/chat?room=1");
+        assert_eq!(upgrade.req.headers()["host"], "example.com");
+        assert_eq!(upgrade.req.headers()["user-agent"], "t");
+        assert_eq!(upgrade.req.headers().len(), 6);
+    }
+
+    #[test]
+    fn anything_but_a_complete_bodyless_upgrade_is_left_to_hyper() {
+        let partial = UPGRADE.get(..UPGRADE.len() - 2).unwrap();
+        let post = UPGRADE.replacen("GET", "POST", 1);
+        let http10 = UPGRADE.replacen("HTTP/1.1", "HTTP/1.0", 1);
+        let plain = UPGRADE.replacen("Upgrade: websocket", "X-Upgrade: websocket", 1);
+        let body = UPGRADE.replacen("\r\n\r\n", "\r\nContent-Length: 3\r\n\r\nabc", 1);
+        let chunked = UPGRADE.replacen("\r\n\r\n", "\r\nTransfer-Encoding: chunked\r\n\r\n", 1);
+        let bad_value = UPGRADE.replacen("User-Agent: t", "User-Agent: \u{7f}", 1);
+        for head in [partial, &post, &http10, &plain, &body, &chunked, &bad_value] {
+            assert!(upgrade_head(head.as_bytes()).is_none(), "{head:?}");
+        }
+        let empty_body = UPGRADE.replacen("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n", 1);
+        assert!(upgrade_head(empty_body.as_bytes()).is_some());
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
+        let many = UPGRADE.replacen("\r\n\r\n", &format!("\r\n{many}\r\n"), 1);
+        assert!(upgrade_head(many.as_bytes()).is_none());
+    }
+
+    #[test]
+    fn the_101_head_carries_every_header_line() {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert("upgrade", HeaderValue::from_static("websocket"));
+        headers.append("x-two", HeaderValue::from_static("a"));
+        headers.append("x-two", HeaderValue::from_static("b"));
+        let head = String::from_utf8(response_head(&response)).unwrap();
+        assert_eq!(
+            head,
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nx-two: a\r\nx-two: b\r\n\r\n"
+        );
+    }
+}
