@@ -1,6 +1,8 @@
 //! Header rules shared by HTTP forwarding and WebSocket handshakes: hop-by-hop removal
 //! (RFC 9110 §7.6.1) and the `X-Forwarded-*` family.
 
+use std::net::IpAddr;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::pipeline::ConnInfo;
@@ -80,6 +82,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// `ip` as header text (`X-Forwarded-For`). IPv4, what most clients are, is written by
+/// hand: `Display` costs a connection ~1.3k instructions through the formatting machinery.
+pub fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).ok();
+    };
+    let mut text = Vec::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push(b'.');
+        }
+        if octet >= 100 {
+            text.push(b'0' + octet / 100);
+        }
+        if octet >= 10 {
+            text.push(b'0' + octet / 10 % 10);
+        }
+        text.push(b'0' + octet % 10);
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
+}
+
 /// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto` (as the client
 /// connected) and `X-Forwarded-Host` (the host the client asked for).
 fn set_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, original_host: Option<&HeaderValue>) {
@@ -120,6 +144,21 @@ fn set_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, original_host: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_text_is_what_display_writes() {
+        let v4 = [0u8, 1, 9, 10, 42, 99, 100, 101, 199, 200, 255];
+        for a in v4 {
+            for b in v4 {
+                let ip = IpAddr::from([a, b, 255 - a, 9]);
+                assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
+            }
+        }
+        for ip in ["::1", "fe80::1:2", "::ffff:10.0.0.1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
+        }
+    }
 
     #[test]
     fn strips_standard_and_connection_named_headers() {

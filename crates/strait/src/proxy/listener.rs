@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::headers::ip_value;
 use super::pipeline::{ConnInfo, Shared, handle};
 use super::sniff::{self, FirstLook};
 use crate::io::TcpOrTls;
@@ -218,7 +219,7 @@ async fn serve_connection(
     shared: Arc<Shared>,
 ) {
     let tls: Option<TlsAcceptor> = shared.snapshot.load().env(&env).and_then(|e| e.tls.clone());
-    let client_ip = http::HeaderValue::from_str(&client.ip().to_string()).ok();
+    let client_ip = ip_value(client.ip());
     let conn = Arc::new(ConnInfo {
         client,
         client_ip,
@@ -263,14 +264,13 @@ async fn serve_connection(
     let service = {
         let shared = shared.clone();
         // The refused upgrade's answer, for hyper to send when it has read that request.
-        let refused = Mutex::new(refused);
+        let refused = refused.map(|answer| Mutex::new(Some(answer)));
         service_fn(move |req| {
             let shared = shared.clone();
             let conn = conn.clone();
-            let answered = match refused.lock() {
-                Ok(mut refused) => refused.take(),
-                Err(_) => None,
-            };
+            let answered = refused
+                .as_ref()
+                .and_then(|answer| answer.lock().ok()?.take());
             async move {
                 Ok::<_, Infallible>(match answered {
                     Some(answer) => answer,

@@ -321,12 +321,16 @@ fn match_route<B>(
 /// An upgrade request in the RFC 6455 sense: GET with `Upgrade: websocket` and `Connection: upgrade`.
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     let has_token = |name: header::HeaderName, token: &str| {
-        req.headers()
-            .get_all(name)
+        let values = req.headers().get_all(name);
+        // Most clients send the one token alone; a list is split.
+        values
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(token.as_bytes()))
+            || values
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     req.method() == Method::GET
         && has_token(header::UPGRADE, "websocket")

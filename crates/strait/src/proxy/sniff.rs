@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -51,11 +51,14 @@ pub struct Upgrade {
 /// Peeks at a new connection's first bytes. Waits while what has come is a strict prefix
 /// of the HTTP/2 preface (an HTTP/1 request differs at its first byte).
 pub async fn first_look(tcp: &TcpStream) -> io::Result<FirstLook> {
-    let mut buf = vec![0u8; PEEK];
+    // Not zeroed (that was a tenth of a session's set-up): peeked into as uninitialised.
+    let mut buf = Vec::with_capacity(PEEK);
     let mut pause = Duration::from_millis(1);
     loop {
-        let n = tcp.peek(&mut buf).await?;
-        let got = buf.get(..n).unwrap_or_default();
+        let mut peeked = ReadBuf::uninit(buf.spare_capacity_mut());
+        std::future::poll_fn(|cx| tcp.poll_peek(cx, &mut peeked)).await?;
+        let got = peeked.filled();
+        let n = got.len();
         if got.starts_with(H2_PREFACE) {
             return Ok(FirstLook::Http2);
         }
