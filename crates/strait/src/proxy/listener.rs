@@ -182,10 +182,16 @@ impl Accept {
 
     async fn run(self, tcp: TcpListener) {
         let shared = &self.shared;
+        // Made once: a token's waiter is registered on the first poll, not on every accept.
+        let mut stop = std::pin::pin!(async {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => {}
+                _ = self.retire.cancelled() => {}
+            }
+        });
         loop {
             let accepted = tokio::select! {
-                _ = shared.shutdown.cancelled() => break,
-                _ = self.retire.cancelled() => break,
+                _ = stop.as_mut() => break,
                 accepted = tcp.accept() => accepted,
             };
             let (tcp, client) = match accepted {
