@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::exchange::Logged;
+use super::headers::http1_head;
 use super::pipeline::{Body, ConnInfo, Shared, handle_upgrade, is_websocket_upgrade};
 use super::websocket::handshake::ClientSide;
 use crate::io::TcpOrTls;
@@ -148,16 +149,7 @@ pub async fn serve(
 
 /// A 101's head as HTTP/1.1 writes it.
 fn response_head<B>(response: &Response<B>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-    for (name, value) in response.headers() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
+    http1_head(&[b"HTTP/1.1 101 Switching Protocols"], response.headers())
 }
 
 #[cfg(test)]

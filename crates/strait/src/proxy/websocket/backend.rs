@@ -11,6 +11,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::proxy::headers::http1_head;
+
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -57,25 +59,9 @@ impl Answer {
     }
 }
 
-/// The request head: `GET` in origin form, each header on its line. The `http` types
-/// admit no CR or LF in a path or a value, so nothing here can split the head.
+/// The request head: `GET` in origin form, each header on its line.
 pub fn request_head(path_and_query: &str, headers: &HeaderMap) -> Vec<u8> {
-    let size = headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum::<usize>();
-    let mut head = Vec::with_capacity(path_and_query.len() + size + 17);
-    head.extend_from_slice(b"GET ");
-    head.extend_from_slice(path_and_query.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
-    head
+    http1_head(&[b"GET ", path_and_query.as_bytes(), b" HTTP/1.1"], headers)
 }
 
 /// One parse of the bytes read so far.
