@@ -764,10 +764,10 @@ fn upgrade_request(path: &str) -> http::Request<http_body_util::Empty<bytes::Byt
         .expect("request")
 }
 
+type OneConnection = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
 /// One HTTP/1.1 connection to the gateway, its requests sent one after another.
-async fn one_connection(
-    gw: &GatewayHandle,
-) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+async fn one_connection(gw: &GatewayHandle) -> OneConnection {
     let tcp = tokio::net::TcpStream::connect(addr(gw))
         .await
         .expect("connect");
@@ -779,27 +779,35 @@ async fn one_connection(
     sender
 }
 
+/// A GET of `path` on `sender`'s connection: the answer's head and whole body.
+async fn get_on(sender: &mut OneConnection, path: &str) -> (http::Response<()>, bytes::Bytes) {
+    use http_body_util::BodyExt;
+    let request = http::Request::get(path)
+        .header("host", "gw")
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let (parts, body) = within("an answer", sender.send_request(request))
+        .await
+        .expect("answered")
+        .into_parts();
+    let body = within("its body", body.collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    (http::Response::from_parts(parts, ()), body)
+}
+
 /// The listener serves a connection's first upgrade itself and leaves the rest to hyper:
 /// an upgrade behind a plain request on the same connection is relayed just the same.
 #[tokio::test]
 async fn an_upgrade_after_a_plain_request_on_one_connection_is_relayed() {
-    use http_body_util::BodyExt;
     use tokio_tungstenite::tungstenite::protocol::Role;
     let echo = echo().await;
     let proxies = proxy("p", "/p/*", &format!("http://{}/", echo.local_addr()));
     let gw = gateway(&single_env(true, &proxies)).await;
     let mut sender = one_connection(&gw).await;
-    let plain = http::Request::get("/p/plain")
-        .header("host", "gw")
-        .body(http_body_util::Empty::new())
-        .expect("request");
-    let response = within("the plain answer", sender.send_request(plain))
-        .await
-        .expect("answered");
-    assert_eq!(response.status(), 200);
-    within("the body", response.into_body().collect())
-        .await
-        .expect("body");
+    let (plain, _) = get_on(&mut sender, "/p/plain").await;
+    assert_eq!(plain.status(), 200);
     let response = within("the 101", sender.send_request(upgrade_request("/p/ws")))
         .await
         .expect("answered");
@@ -843,18 +851,8 @@ async fn a_refused_first_upgrade_leaves_the_connection_serving() {
         "websocket_disabled",
     );
     for path in ["/p/one", "/p/two"] {
-        let request = http::Request::get(path)
-            .header("host", "gw")
-            .body(http_body_util::Empty::new())
-            .expect("request");
-        let response = within("an answer", sender.send_request(request))
-            .await
-            .expect("answered");
+        let (response, body) = get_on(&mut sender, path).await;
         assert_eq!(response.status(), 200, "{path}");
-        let body = within("its body", response.into_body().collect())
-            .await
-            .expect("body")
-            .to_bytes();
         assert!(!body.is_empty(), "{path}");
     }
 }

@@ -77,27 +77,45 @@ pub async fn first_look(tcp: &TcpStream) -> io::Result<FirstLook> {
 }
 
 /// `buf` as a WebSocket upgrade request, if it starts with a complete, valid one without a
-/// body. Header values share one copy of the head, as hyper's do.
+/// body. Any other first request (every new HTTP connection's) costs a parse and no copy;
+/// an upgrade's header values share one copy of its head, as hyper's do.
 fn upgrade_head(buf: &[u8]) -> Option<Upgrade> {
-    let head = Bytes::copy_from_slice(buf);
+    if !buf.starts_with(b"GET ") {
+        return None;
+    }
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
         &mut parsed,
-        &head,
+        buf,
         &mut slots,
     ) {
         Ok(httparse::Status::Complete(len)) => len,
         _ => return None,
     };
-    if parsed.method != Some("GET") || parsed.version != Some(1) {
+    let asks_upgrade = parsed
+        .headers
+        .iter()
+        .any(|line| line.name.eq_ignore_ascii_case("upgrade"));
+    if parsed.version != Some(1) || !asks_upgrade {
         return None;
     }
-    let uri = Uri::from_maybe_shared(head.slice_ref(parsed.path?.as_bytes())).ok()?;
+    let head = Bytes::copy_from_slice(buf.get(..len)?);
+    // `part` lies within `buf`'s first `len` bytes (httparse slices its input): the same
+    // bytes of `head`.
+    let shared = |part: &[u8]| {
+        let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+        let end = start.checked_add(part.len()).filter(|end| *end <= len)?;
+        Some(head.slice(start..end))
+    };
+    let uri = Uri::from_maybe_shared(shared(parsed.path?.as_bytes())?).ok()?;
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     for line in parsed.headers.iter() {
         let name = HeaderName::from_bytes(line.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(line.value)).ok()?;
+        let value = match line.value {
+            [] => HeaderValue::from_static(""),
+            value => HeaderValue::from_maybe_shared(shared(value)?).ok()?,
+        };
         headers.append(name, value);
     }
     // A body (which an upgrade request should not have) is hyper's to frame.
@@ -231,6 +249,10 @@ mod tests {
         }
         let empty_body = UPGRADE.replacen("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n", 1);
         assert!(upgrade_head(empty_body.as_bytes()).is_some());
+        let empty_value = UPGRADE.replacen("User-Agent: t", "X-Empty:", 1);
+        let upgrade = upgrade_head(empty_value.as_bytes()).expect("an upgrade");
+        assert_eq!(upgrade.req.headers()["x-empty"], "");
+        assert!(upgrade_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").is_none());
         let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
         let many = UPGRADE.replacen("\r\n\r\n", &format!("\r\n{many}\r\n"), 1);
         assert!(upgrade_head(many.as_bytes()).is_none());
