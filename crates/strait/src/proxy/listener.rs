@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::head_timer::HeadTimer;
 use super::headers::ip_value;
 use super::pipeline::{ConnInfo, Shared, handle};
 use super::sniff::{self, FirstLook};
@@ -59,8 +60,8 @@ struct Protocols {
 impl Protocols {
     fn new() -> Self {
         let mut http1 = http1::Builder::new();
+        // The head timer is set per connection (see `serve_connection`).
         http1
-            .timer(TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
             .max_buf_size(MAX_HEAD_BYTES);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
@@ -290,8 +291,9 @@ async fn serve_connection(
         let conn = protocols.http2.serve_connection(io, service);
         until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await
     } else {
-        let conn = protocols
-            .http1
+        let mut http1 = protocols.http1;
+        let conn = http1
+            .timer(HeadTimer::default())
             .serve_connection(io, service)
             .with_upgrades();
         until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await

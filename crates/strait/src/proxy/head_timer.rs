@@ -1,0 +1,167 @@
+//! hyper's request-head timeout for one HTTP/1 connection, without a timer-wheel update
+//! per request.
+//!
+//! hyper starts a fresh sleep (`Timer::sleep_until`) each time it waits for a request head
+//! and drops it once the head is in. With hyper-util's `TokioTimer` that is a wheel insert
+//! and removal per request, and whenever the new deadline is the earliest one the runtime
+//! wakes its own thread through its eventfd: one `write(2)` and one extra `epoll_wait(2)`
+//! for a third of keep-alive requests (measured with `scripts/syscalls.sh http`).
+//!
+//! [`HeadTimer`] keeps one tokio sleep per connection instead, and lets it lag: a new
+//! deadline later than the armed one only records itself; when the armed sleep fires
+//! before the current deadline, it is moved on to that deadline — once per timeout
+//! period at most, instead of once per request. It never fires early. Used by the
+//! listener only; knows nothing of requests.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::rt::{Sleep, Timer};
+
+/// One connection's head timer: give each HTTP/1 connection its own.
+#[derive(Clone, Default)]
+pub struct HeadTimer {
+    armed: Arc<Armed>,
+}
+
+/// The connection's one tokio sleep, made at the first wait (it needs the runtime).
+#[derive(Default)]
+struct Armed(Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
+
+impl Timer for HeadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
+        self.sleep_until(self.now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
+        Box::pin(HeadSleep {
+            deadline: deadline.into(),
+            armed: self.armed.clone(),
+        })
+    }
+
+    /// tokio's clock, which tests can pause.
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
+        match sleep.as_mut().downcast_mut_pin::<HeadSleep>() {
+            Some(mut head) => head.deadline = new_deadline.into(),
+            None => *sleep = self.sleep_until(new_deadline),
+        }
+    }
+}
+
+/// What hyper holds while it waits for a head: the deadline, and the connection's sleep.
+struct HeadSleep {
+    deadline: tokio::time::Instant,
+    armed: Arc<Armed>,
+}
+
+impl Sleep for HeadSleep {}
+
+impl Future for HeadSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.deadline;
+        // Only this connection's task polls it: the lock is never contended.
+        let mut armed = self.armed.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let sleep = armed.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            if sleep.deadline() > deadline {
+                // An earlier deadline than the armed one (hyper does not ask for that, but
+                // a timer must honour it): move the sleep back.
+                sleep.as_mut().reset(deadline);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if sleep.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            // Fired for an older, earlier deadline: catch up with this one.
+            sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    fn at(from_now: Duration) -> Instant {
+        (tokio::time::Instant::now() + from_now).into_std()
+    }
+
+    /// Polls `sleep` once: whether it is done.
+    async fn done(sleep: &mut Pin<Box<dyn Sleep>>) -> bool {
+        poll_fn(|cx| Poll::Ready(sleep.as_mut().poll(cx).is_ready())).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fires_at_its_deadline_not_before() {
+        let timer = HeadTimer::default();
+        let mut sleep = timer.sleep(Duration::from_secs(30));
+        assert!(!done(&mut sleep).await);
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(!done(&mut sleep).await);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(done(&mut sleep).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_sleep_outlives_the_armed_deadline_it_reuses() {
+        let timer = HeadTimer::default();
+        let mut first = timer.sleep(Duration::from_secs(30));
+        assert!(!done(&mut first).await);
+        drop(first);
+        // The next request's wait starts 20 s later: its deadline is 50 s from the start.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let mut second = timer.sleep_until(at(Duration::from_secs(30)));
+        assert!(!done(&mut second).await);
+        // The armed sleep (30 s) fires: the waiting future is woken and re-arms.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!done(&mut second).await);
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert!(!done(&mut second).await);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(done(&mut second).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_is_woken_when_the_deadline_passes() {
+        let timer = HeadTimer::default();
+        // The connection's sleep is armed for 5 s, then a wait with a later deadline starts.
+        let mut early = timer.sleep(Duration::from_secs(5));
+        assert!(!done(&mut early).await);
+        drop(early);
+        let sleep = timer.sleep(Duration::from_secs(10));
+        let started = tokio::time::Instant::now();
+        // Woken by the timer alone (the clock auto-advances while the runtime idles): at 5 s
+        // the armed sleep fires and moves on, at 10 s it ends the wait.
+        let woken = tokio::time::timeout(Duration::from_secs(60), sleep).await;
+        assert!(woken.is_ok(), "the wait was never woken");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reset_moves_the_deadline_either_way() {
+        let timer = HeadTimer::default();
+        let mut sleep = timer.sleep(Duration::from_secs(30));
+        assert!(!done(&mut sleep).await);
+        timer.reset(&mut sleep, at(Duration::from_secs(5)));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(done(&mut sleep).await);
+        timer.reset(&mut sleep, at(Duration::from_secs(60)));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!done(&mut sleep).await);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(done(&mut sleep).await);
+    }
+}
