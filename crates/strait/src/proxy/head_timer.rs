@@ -164,4 +164,55 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(done(&mut sleep).await);
     }
+
+    /// Sends one GET on `io` and reads its (bodyless) answer.
+    async fn get(io: &mut tokio::io::DuplexStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        io.write_all(b"GET / HTTP/1.1\r\nhost: strait\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\n") {
+            let mut byte = [0; 1];
+            assert_eq!(
+                io.read(&mut byte).await.unwrap(),
+                1,
+                "connection closed early"
+            );
+            answer.extend_from_slice(&byte);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+    }
+
+    /// hyper with this timer: a keep-alive connection waiting for its next head is closed
+    /// a head timeout after its last request, not after its first.
+    #[tokio::test(start_paused = true)]
+    async fn hyper_closes_an_idle_connection_a_timeout_after_its_last_request() {
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(HeadTimer::default())
+            .header_read_timeout(Duration::from_secs(30));
+        let service = service_fn(|_| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<
+                bytes::Bytes,
+            >::new()))
+        });
+        let started = tokio::time::Instant::now();
+        let conn = tokio::spawn(http1.serve_connection(TokioIo::new(server), service));
+        get(&mut client).await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        get(&mut client).await;
+        let ended = tokio::time::timeout(Duration::from_secs(120), conn).await;
+        let error = ended.unwrap().unwrap().unwrap_err();
+        assert!(error.is_timeout(), "{error}");
+        let open = started.elapsed();
+        assert!(
+            (Duration::from_secs(50)..Duration::from_millis(50_010)).contains(&open),
+            "closed after {open:?}"
+        );
+    }
 }
