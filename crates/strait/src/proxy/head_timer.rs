@@ -2,10 +2,10 @@
 //! per request.
 //!
 //! hyper starts a fresh sleep (`Timer::sleep_until`) each time it waits for a request head
-//! and drops it once the head is in. With hyper-util's `TokioTimer` that is a wheel insert
-//! and removal per request, and whenever the new deadline is the earliest one the runtime
-//! wakes its own thread through its eventfd: one `write(2)` and one extra `epoll_wait(2)`
-//! for a third of keep-alive requests (measured with `scripts/syscalls.sh http`).
+//! and drops it once the head is in: with hyper-util's `TokioTimer`, a wheel insert and
+//! removal (each under the wheel's lock) per request, and — before the workers kept a timer
+//! anchored (see `workers.rs`) — a self-wake through the runtime's eventfd for a third of
+//! keep-alive requests.
 //!
 //! [`HeadTimer`] keeps one tokio sleep per connection instead, and lets it lag: a new
 //! deadline later than the armed one only records itself; when the armed sleep fires

@@ -5,8 +5,18 @@
 //! frames never wait for a wake-up from another thread. The control plane (admin, reloads,
 //! health checks) stays on the runtime that started the gateway.
 
+use std::time::Duration;
+
 use tokio::runtime::Handle;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// How soon a worker always has a timer due. tokio wakes its own thread (an eventfd write,
+/// then an extra `epoll_wait`) whenever a timer is set to fire before every armed one, as a
+/// connection's connect, head or idle timeout did for about half the WebSocket sessions
+/// (`scripts/syscalls.sh connect`). With a timer always due within a second, the data
+/// plane's timeouts — all longer — never do; the price is one wake-up a second.
+const TIMER_ANCHOR: Duration = Duration::from_secs(1);
 
 pub struct Workers {
     handles: Vec<Handle>,
@@ -26,6 +36,7 @@ impl Workers {
                 .enable_all()
                 .build()?;
             handles.push(runtime.handle().clone());
+            runtime.spawn(timer_anchor());
             let stopped = stop.clone();
             std::thread::Builder::new()
                 .name(format!("strait-worker-{i}"))
@@ -39,6 +50,15 @@ impl Workers {
 
     pub fn handles(&self) -> &[Handle] {
         &self.handles
+    }
+}
+
+/// Keeps a timer due within [`TIMER_ANCHOR`] on the runtime it runs on, forever.
+async fn timer_anchor() {
+    let mut tick = tokio::time::interval(TIMER_ANCHOR);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
 
