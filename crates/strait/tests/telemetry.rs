@@ -8,12 +8,13 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use http::Method;
+use http::{HeaderValue, Method};
 use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::{Value, json};
 use strait::echo;
 use support::{Stack, next_data, round_trip, stateful, within, ws_connect};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -425,7 +426,21 @@ async fn the_combined_format_reads_like_nginx() {
     )
     .await;
     assert_eq!(status, 200);
-    let mut ws = ws_connect(&format!("ws://{}/api/live", api.gw("prod"))).await;
+    // The session's line shows its handshake's headers (kept as copies, not as slices of
+    // the head, which here carries a cookie the session has no use for).
+    let mut request = format!("ws://{}/api/live", api.gw("prod"))
+        .into_client_request()
+        .expect("a request");
+    let headers = request.headers_mut();
+    headers.insert("user-agent", HeaderValue::from_static("ws-client/2"));
+    headers.insert("referer", HeaderValue::from_static("https://ws.example/"));
+    headers.insert(
+        "cookie",
+        HeaderValue::from_static("session=0123456789abcdef"),
+    );
+    let (mut ws, _) = within("handshake", tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake");
     round_trip(&mut ws, "ping?").await;
     within("close", ws.close(None)).await.expect("close");
     while next_data(&mut ws).await.is_some() {}
@@ -452,6 +467,10 @@ async fn the_combined_format_reads_like_nginx() {
     let session = lines.next().expect("the session's line");
     assert!(
         session.contains("\"GET /api/live HTTP/1.1\" 101 5 "),
+        "{session}"
+    );
+    assert!(
+        session.ends_with("\"https://ws.example/\" \"ws-client/2\""),
         "{session}"
     );
 }

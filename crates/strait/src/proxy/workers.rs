@@ -15,7 +15,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 /// then an extra `epoll_wait`) whenever a timer is set to fire before every armed one, as a
 /// connection's connect, head or idle timeout did for about half the WebSocket sessions
 /// (`scripts/syscalls.sh connect`). With a timer always due within a second, the data
-/// plane's timeouts — all longer — never do; the price is one wake-up a second.
+/// plane's timeouts — seconds long — never come first; the price is one wake-up a second.
 const TIMER_ANCHOR: Duration = Duration::from_secs(1);
 
 pub struct Workers {

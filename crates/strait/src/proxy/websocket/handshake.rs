@@ -221,8 +221,16 @@ async fn handshake(
     let access_log = env.access_log.clone();
     // Names and paths are formatted only for a span or an access-log line that will use them.
     let logged = access_log.is_some() || exchange.tracer.is_some();
+    // Header values may be slices of the handshake's whole head (cookies and all): the
+    // session keeps its own copies, and only of what a log line or span will show.
+    let kept = |value: Option<&HeaderValue>| {
+        value
+            .filter(|_| logged)
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+    };
     let log = SessionLog {
-        request_id: exchange.trace.request_id.clone(),
+        request_id: kept(Some(&exchange.trace.request_id))
+            .unwrap_or_else(|| HeaderValue::from_static("-")),
         trace_id: exchange.trace.trace_id,
         span_id: exchange.trace.span_id,
         parent_span_id: exchange.trace.parent_span_id,
@@ -238,8 +246,8 @@ async fn handshake(
         } else {
             String::new()
         },
-        referer: exchange.referer.clone(),
-        user_agent: exchange.user_agent.clone(),
+        referer: kept(exchange.referer.as_ref()),
+        user_agent: kept(exchange.user_agent.as_ref()),
     };
     let proxy = route.proxy.clone();
     let client = conn.client;
