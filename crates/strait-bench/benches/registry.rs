@@ -3,9 +3,10 @@
 //!   session source reporting N (environment, proxy) pairs, so the per-pair series cost;
 //! - `live_sessions/*/N`: a gateway in this process holding N real WebSocket sessions (client →
 //!   gateway → echo, all idle): `Metrics::encode`, whose session source walks every open
-//!   session under the registry's lock; `GatewayHandle::sessions`, the snapshot `GET
-//!   /connections` starts from (it then sorts it and serialises one page); and counting
-//!   `/proc/self/fd`, which `encode` also does, to tell that part from the registry's walk
+//!   session, one registry shard's lock at a time; `GatewayHandle::sessions`, the snapshot
+//!   `GET /connections` starts from (it then sorts it and serialises one page); and the two
+//!   ways to count open descriptors: the size of `/proc/self/fd` (`proc_fd_size`, what
+//!   `encode` reads on Linux 6.2 and later) and its entries (`proc_fd_count`, the fallback)
 //!   (this process holds 4 descriptors per session, a gateway alone 2);
 //! - `registry/*/N`: registering and dropping one session record, and the per-(environment,
 //!   proxy) totals the metrics read, with N other sessions registered.
@@ -133,6 +134,9 @@ fn live_sessions(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("proc_fd_count", sessions), |b| {
             b.iter(|| black_box(open_fds()))
+        });
+        group.bench_function(BenchmarkId::new("proc_fd_size", sessions), |b| {
+            b.iter(|| black_box(std::fs::metadata("/proc/self/fd").map(|d| d.len())))
         });
     }
     group.finish();

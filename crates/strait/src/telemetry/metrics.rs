@@ -652,7 +652,17 @@ impl Collector for ProcessCollector {
     }
 }
 
+/// Open descriptors. Linux 6.2 and later give their number as the size of `/proc/self/fd`,
+/// at no cost however many there are; earlier kernels give 0 there, and the entries are
+/// counted (about 1 µs each: 20 ms with 10,000 proxied connections open).
 fn open_fds() -> Option<u64> {
+    match std::fs::metadata("/proc/self/fd") {
+        Ok(dir) if dir.len() > 0 => Some(dir.len()),
+        _ => count_fds(),
+    }
+}
+
+fn count_fds() -> Option<u64> {
     let entries = std::fs::read_dir("/proc/self/fd").ok()?;
     // One of them is the directory being read.
     Some((entries.count() as u64).saturating_sub(1))
@@ -851,6 +861,19 @@ mod tests {
             text.contains("strait_process_resident_memory_bytes "),
             "{text}"
         );
+    }
+
+    #[test]
+    fn open_descriptors_are_counted_either_way() {
+        // Held while counting: other tests open and close descriptors meanwhile, but never
+        // these.
+        let held: Vec<_> = (0..200)
+            .map(|_| std::fs::File::open("/proc/self/status").unwrap())
+            .collect();
+        for (how, count) in [("size", open_fds()), ("entries", count_fds())] {
+            let count = count.unwrap_or(0);
+            assert!(count >= held.len() as u64, "{how}: {count} open");
+        }
     }
 
     #[test]

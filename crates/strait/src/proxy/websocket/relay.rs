@@ -286,7 +286,7 @@ impl LiveStats {
         SystemTime::now().checked_sub(std::time::Instant::now().saturating_duration_since(at))
     }
 
-    fn publish(&self, c2b: &DirectionStats, b2c: &DirectionStats, now: Instant) {
+    pub(crate) fn publish(&self, c2b: &DirectionStats, b2c: &DirectionStats, now: Instant) {
         self.client_to_backend.store(c2b);
         self.backend_to_client.store(b2c);
         let ms = now
