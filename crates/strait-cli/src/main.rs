@@ -101,6 +101,7 @@ enum Command {
 static ALLOCATOR: alloc::Mimalloc = alloc::Mimalloc;
 
 fn main() -> ExitCode {
+    alloc::no_huge_pages();
     let cli = Cli::parse();
     init_logging(&cli.log_level);
     match cli.command {

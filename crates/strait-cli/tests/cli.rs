@@ -516,6 +516,20 @@ async fn echo_answers_http_directly_and_stops_on_sigterm() {
     assert_eq!(status.code(), Some(0), "exit 0 on SIGTERM ({status})");
 }
 
+/// The process asked the kernel for no transparent huge pages (`src/alloc.rs`): the status
+/// line reads 1 for a process that did not (this test's own, on a kernel that allows them).
+#[tokio::test]
+async fn the_gateway_process_runs_without_transparent_huge_pages() {
+    let (echo, _) = start_echo().await;
+    let pid = echo.pid().expect("echo is running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let thp = status.lines().find_map(|l| l.strip_prefix("THP_enabled:"));
+    // Kernels before 5.0 have no such line; there is nothing to check then.
+    if let Some(thp) = thp {
+        assert_eq!(thp.trim(), "0", "THP_enabled in\n{status}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // strait demo
 // ---------------------------------------------------------------------------------------
