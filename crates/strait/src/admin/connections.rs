@@ -109,12 +109,12 @@ pub struct Closed {
     pub closed: u64,
 }
 
-/// The sessions matching `filter`, oldest (lowest id) first.
+/// The sessions matching `filter`, in no particular order.
 fn matching(control: &Control, filter: &ConnectionFilter) -> Vec<Arc<Session>> {
     let wanted = |want: &Option<String>, have: Option<&str>| {
         want.as_deref().is_none_or(|want| Some(want) == have)
     };
-    let mut sessions: Vec<Arc<Session>> = control
+    control
         .gateway()
         .sessions()
         .into_iter()
@@ -123,9 +123,24 @@ fn matching(control: &Control, filter: &ConnectionFilter) -> Vec<Arc<Session>> {
                 && wanted(&filter.proxy, Some(&s.info.proxy))
                 && wanted(&filter.consumer, s.info.consumer.as_deref())
         })
-        .collect();
-    sessions.sort_unstable_by_key(|s| s.id);
-    sessions
+        .collect()
+}
+
+/// Items `skip..skip + take` of `items` in `key` order. Only the items up to the page's end
+/// are sorted: a first page of a million sessions costs one selection pass, not a full sort.
+fn page<T, K: Ord>(
+    mut items: Vec<T>,
+    key: impl Fn(&T) -> K + Copy,
+    skip: usize,
+    take: usize,
+) -> Vec<T> {
+    let end = skip.saturating_add(take).min(items.len());
+    if end < items.len() {
+        items.select_nth_unstable_by_key(end, key);
+        items.truncate(end);
+    }
+    items.sort_unstable_by_key(key);
+    items.split_off(skip.min(items.len()))
 }
 
 fn unknown(id: u64) -> ApiError {
@@ -156,6 +171,7 @@ fn unknown(id: u64) -> ApiError {
 )]
 pub fn list(control: &Control, filter: &ConnectionFilter, page: u64, per_page: u64) -> Reply {
     let sessions = matching(control, filter);
+    let total = sessions.len() as u64;
     let skip =
         usize::try_from(page.saturating_sub(1).saturating_mul(per_page)).unwrap_or(usize::MAX);
     let take = usize::try_from(per_page).unwrap_or(usize::MAX);
@@ -164,11 +180,9 @@ pub fn list(control: &Control, filter: &ConnectionFilter, page: u64, per_page: u
         &ConnectionList {
             page,
             per_page,
-            total: sessions.len() as u64,
-            connections: sessions
+            total,
+            connections: self::page(sessions, |s| s.id, skip, take)
                 .iter()
-                .skip(skip)
-                .take(take)
                 .map(|s| Connection::from(&**s))
                 .collect(),
         },
@@ -259,4 +273,28 @@ pub fn close_matching(
         "closing WebSocket sessions on request"
     );
     json(StatusCode::OK, &Closed { closed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every page of every shuffled list is the sorted list's slice, past the end included.
+    #[test]
+    fn a_page_is_the_slice_of_the_sorted_items() {
+        for n in 0..24usize {
+            // A permutation of 0..n (17 is coprime with every n that is not a multiple of 17).
+            let shuffled: Vec<usize> = match n % 17 {
+                0 => (0..n).rev().collect(),
+                _ => (0..n).map(|i| i * 17 % n).collect(),
+            };
+            for skip in 0..n + 3 {
+                for take in [1, 2, 5, 50, usize::MAX] {
+                    let want: Vec<usize> = (0..n).skip(skip).take(take).collect();
+                    let got = page(shuffled.clone(), |&i| i, skip, take);
+                    assert_eq!(got, want, "n {n}, skip {skip}, take {take}");
+                }
+            }
+        }
+    }
 }
