@@ -4,10 +4,11 @@
 //! - `live_sessions/*/N`: a gateway in this process holding N real WebSocket sessions (client →
 //!   gateway → echo, all idle): `Metrics::encode`, whose session source walks every open
 //!   session, one registry shard's lock at a time; `GatewayHandle::sessions`, the snapshot
-//!   `GET /connections` starts from (it then sorts it and serialises one page); and the two
-//!   ways to count open descriptors: the size of `/proc/self/fd` (`proc_fd_size`, what
-//!   `encode` reads on Linux 6.2 and later) and its entries (`proc_fd_count`, the fallback)
-//!   (this process holds 4 descriptors per session, a gateway alone 2);
+//!   `GET /connections` starts from (it then picks one page out, sorts and serialises it);
+//!   and the two ways to count open descriptors: the size of `/proc/self/fd`
+//!   (`proc_fd_size`, what `encode` reads on Linux 6.2 and later) and its entries
+//!   (`proc_fd_count`, the fallback) (this process holds 4 descriptors per session, a
+//!   gateway alone 2);
 //! - `registry/*/N`: registering and dropping one session record, and the per-(environment,
 //!   proxy) totals the metrics read, with N other sessions registered.
 

@@ -445,7 +445,13 @@ fn scaling(w: &mut String, m: &Machine, results: &Results, plan: &Plan) {
          - **Ports**: {} ephemeral ports per source address (this range) means the clients need at least {} \
          source addresses (127.0.0.x on loopback; real clients come from many addresses anyway), and the \
          gateway's 1,000,000 backend connections need at least {} backend address:port pairs — or as many \
-         `backend_source_addresses` on the environment — plus a wider `ip_local_port_range`.\n",
+         `backend_source_addresses` on the environment — plus a wider `ip_local_port_range`.\n\
+         - **Admin API and metrics**: a `/metrics` scrape adds up every session, ~11 ns each, one of the \
+         registry's 16 shards at a time (see \"Registry micro-benchmarks\"): ~11 ms of work at 1,000,000, \
+         with no shard locked for more than ~0.7 ms; open descriptors come from the size of \
+         `/proc/self/fd` (Linux 6.2 and later), whatever their number. `GET /connections` copies every \
+         matching session's handle (~10–15 ns each, so ~15 ms at 1,000,000), then picks its page out in \
+         one selection pass and sorts only that page; not measured here beyond the run above.\n",
         num(hard as f64),
         1_000_000u64.div_ceil(hard.saturating_sub(100).max(1)),
         num(ports as f64),
@@ -504,8 +510,8 @@ fn registry(w: &mut String, plan: &Plan, results: &Results) {
          check), the harness sent {} requests to each of these admin API paths, one after another \
          over one keep-alive HTTP/1.1 connection, in each of {} round(s); the times below pool every \
          round and run from sending the request to the answer's last byte; p99 is the nearest rank, so \
-         with fewer than 100 answers it is the slowest. The admin API shares Strait's runtime with \
-         the held sessions, which are idle meanwhile.\n",
+         with fewer than 100 answers it is the slowest. The admin API runs on Strait's control runtime, \
+         beside the worker threads holding the sessions, which are idle meanwhile.\n",
         plan.registry_requests,
         probes.len()
     );
