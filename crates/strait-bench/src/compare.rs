@@ -21,6 +21,7 @@ use crate::results::{Better, Results};
 use crate::stack::{Side, Stack, Tools};
 use crate::wrk::{self, WrkReport};
 use crate::ws_load::{ConnectReport, EchoReport, IdleReport, StreamReport};
+use crate::wsclient::Target;
 
 /// The metric name of the load generator's own CPU use.
 pub const LOAD_CPU: &str = "load generator CPU (% of its one core)";
@@ -413,6 +414,13 @@ impl Runner<'_> {
         let plan = self.plan;
         let procs = plan.idle_conns.div_ceil(plan.idle_per_proc.max(1)).max(1);
         let rss_before_kib = rss_tree_kib(pid);
+        // New sessions on the empty gateway, to compare with the same while the house is full;
+        // after the memory reading, so whatever they leave counts against the gateway.
+        let target = Target::parse(url, plan.sources)?;
+        let new_before = match admin {
+            Some(_) => Some(registry::new_sessions(&target, plan.registry_requests).await),
+            None => None,
+        };
         let open_limit =
             Duration::from_secs_f64(plan.idle_conns as f64 / plan.idle_rate) + CHILD_GRACE;
         let mut children = Vec::with_capacity(procs);
@@ -462,7 +470,16 @@ impl Runner<'_> {
         let rss_after_kib = rss_tree_kib(pid);
         // After the memory reading, so the answers' allocations do not count in it.
         let probe = match admin {
-            Some(admin) => Some(registry::probe(admin, opened, plan.registry_requests).await),
+            Some(admin) => Some(
+                async {
+                    let mut probe = registry::probe(admin, opened, plan.registry_requests).await?;
+                    probe.new_before = new_before.transpose()?;
+                    probe.new_held =
+                        Some(registry::new_sessions(&target, plan.registry_requests).await?);
+                    anyhow::Ok(probe)
+                }
+                .await,
+            ),
             None => None,
         };
         let mut report = IdleReport {
@@ -504,6 +521,15 @@ fn probe_line(probe: &Probe) -> String {
             line.push_str(&format!(
                 " GET {} p50 {:.2} ms max {:.2} ms,",
                 endpoint.path(),
+                p50 / 1000.0,
+                max / 1000.0
+            ));
+        }
+    }
+    for (when, timings) in [("before", &probe.new_before), ("held", &probe.new_held)] {
+        if let Some((p50, _, max)) = timings.as_ref().and_then(|t| registry::summary(&t.micros)) {
+            line.push_str(&format!(
+                " new session ({when}) p50 {:.2} ms max {:.2} ms,",
                 p50 / 1000.0,
                 max / 1000.0
             ));

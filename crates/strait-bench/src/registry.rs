@@ -1,7 +1,8 @@
 //! The gateway's connection registry under load, seen through its admin API: while the idle
 //! run holds N sessions, times `GET /connections` (the default page and the largest page) and
 //! `GET /metrics`, one request after another over one keep-alive connection, and checks that
-//! every answer counts the N sessions held.
+//! every answer counts the N sessions held. Also times new WebSocket sessions opened one after
+//! another, before the N open and while they are held: a full house must not slow them.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,6 +14,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
+
+use crate::wsclient::{Frame, Target, WsConn};
 
 /// The admin API's default `per_page` (`DEFAULT_PER_PAGE` in `strait::admin`, not exported;
 /// each answer's `per_page` is checked against it).
@@ -91,6 +94,13 @@ pub struct Probe {
     pub mismatched: usize,
     /// What was wrong with the first few of them.
     pub mismatches: Vec<String>,
+    /// New sessions opened one after another before the idle run opened its own
+    /// ([`new_sessions`]).
+    #[serde(default)]
+    pub new_before: Option<Timings>,
+    /// The same while the idle run's sessions were held.
+    #[serde(default)]
+    pub new_held: Option<Timings>,
 }
 
 /// Most mismatch descriptions kept per probe.
@@ -157,6 +167,33 @@ pub async fn probe(admin: SocketAddr, held: usize, requests: usize) -> Result<Pr
     .await;
     driver.abort();
     result.map(|()| probe)
+}
+
+/// What [`new_sessions`] times, as its [`Timings::path`].
+pub const NEW_SESSION: &str = "new WebSocket session";
+
+/// Opens `count` WebSocket sessions through the gateway at `target`, one after another: each
+/// is timed from its TCP connect to the 101, then proves it relays with one 64-byte echo and
+/// ends with a close handshake. Fails on the first session that does not.
+pub async fn new_sessions(target: &Target, count: usize) -> Result<Timings> {
+    let mut timings = Timings {
+        path: NEW_SESSION.into(),
+        micros: Vec::with_capacity(count),
+        bytes: 0,
+    };
+    let payload = [0u8; 64];
+    for i in 0..count {
+        let started = Instant::now();
+        let mut conn = WsConn::connect(target, target.source(i), i as u64, REQUEST_LIMIT).await?;
+        timings.micros.push(started.elapsed().as_secs_f64() * 1e6);
+        let frame = Frame::binary(&payload, conn.mask());
+        tokio::time::timeout(REQUEST_LIMIT, conn.round_trip(&frame, payload.len()))
+            .await
+            .map_err(|_| anyhow!("a new session's echo took longer than {REQUEST_LIMIT:?}"))?
+            .context("a new session's echo")?;
+        conn.close(REQUEST_LIMIT).await;
+    }
+    Ok(timings)
 }
 
 /// One GET on the open connection: its time and its body.

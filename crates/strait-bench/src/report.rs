@@ -484,6 +484,20 @@ fn appendix(w: &mut String, results: &Results) {
     }
 }
 
+/// One row of the registry table: how many, median, p99 and maximum in ms, and `size`.
+fn timing_row(w: &mut String, label: &str, micros: &[f64], size: &str) {
+    let ms = |us: f64| num(us / 1000.0);
+    let (p50, p99, max) = probe::summary(micros)
+        .map_or(("—".into(), "—".into(), "—".into()), |(a, b, c)| {
+            (ms(a), ms(b), ms(c))
+        });
+    let _ = writeln!(
+        w,
+        "| {label} | {} | {p50} | {p99} | {max} | {size} |",
+        micros.len()
+    );
+}
+
 /// `GET /connections` and `GET /metrics` while Strait held the idle run's sessions, every
 /// round's requests pooled, with the verdict against issue 5's target.
 fn registry(w: &mut String, plan: &Plan, results: &Results) {
@@ -511,9 +525,13 @@ fn registry(w: &mut String, plan: &Plan, results: &Results) {
          over one keep-alive HTTP/1.1 connection, in each of {} round(s); the times below pool every \
          round and run from sending the request to the answer's last byte; p99 is the nearest rank, so \
          with fewer than 100 answers it is the slowest. The admin API runs on Strait's control runtime, \
-         beside the worker threads holding the sessions, which are idle meanwhile.\n",
+         beside the worker threads holding the sessions, which are idle meanwhile. The last two rows \
+         are {} new WebSocket sessions per round opened one after another through the gateway, timed \
+         from the TCP connect to the 101 (each then echoes 64 bytes and closes): before the idle run \
+         opened its sessions, and while they were held.\n",
         plan.registry_requests,
-        probes.len()
+        probes.len(),
+        plan.registry_requests
     );
     let _ = writeln!(
         w,
@@ -539,17 +557,8 @@ fn registry(w: &mut String, plan: &Plan, results: &Results) {
             Endpoint::ConnectionsMax => format!("`GET {}` (largest page)", endpoint.path()),
             Endpoint::Metrics => "`GET /metrics`".into(),
         };
-        let ms = |us: f64| num(us / 1000.0);
-        let (p50, p99, max) = probe::summary(&micros)
-            .map_or(("—".into(), "—".into(), "—".into()), |(a, b, c)| {
-                (ms(a), ms(b), ms(c))
-            });
-        let _ = writeln!(
-            w,
-            "| {label} | {} | {p50} | {p99} | {max} | {} KiB |",
-            micros.len(),
-            num(bytes as f64 / 1024.0)
-        );
+        let size = format!("{} KiB", num(bytes as f64 / 1024.0));
+        timing_row(w, &label, &micros, &size);
         if endpoint.is_list() {
             list_count += micros.len();
             list_over += micros.iter().filter(|&&us| us >= target_us).count();
@@ -557,6 +566,25 @@ fn registry(w: &mut String, plan: &Plan, results: &Results) {
                 list_max = Some(list_max.map_or(max, |m: f64| m.max(max)));
             }
         }
+    }
+    for (label, timings) in [
+        (
+            "new WebSocket session, nothing else held",
+            probes
+                .iter()
+                .filter_map(|p| p.new_before.as_ref())
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "new WebSocket session, the idle run's sessions held",
+            probes.iter().filter_map(|p| p.new_held.as_ref()).collect(),
+        ),
+    ] {
+        let micros: Vec<f64> = timings
+            .iter()
+            .flat_map(|t| t.micros.iter().copied())
+            .collect();
+        timing_row(w, label, &micros, "—");
     }
     let checked: usize = probes.iter().map(|p| p.checked).sum();
     let mismatched: usize = probes.iter().map(|p| p.mismatched).sum();

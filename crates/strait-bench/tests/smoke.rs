@@ -57,6 +57,13 @@ async fn every_mode_runs_through_the_gateway() {
         miscounted.mismatched, 3,
         "a wrong count is caught in every answer"
     );
+    // New sessions opened one by one while the 30 are held (after the counts above: a
+    // closed session leaves the registry a moment after its client sees the close).
+    let new = registry::new_sessions(&target, 3)
+        .await
+        .expect("new sessions open, echo and close");
+    assert_eq!(new.micros.len(), 3, "{new:?}");
+    assert!(new.micros.iter().all(|&us| us > 0.0), "{new:?}");
     let (alive, error) = ws_load::check_and_close(held.conns, Duration::from_secs(10)).await;
     assert_eq!(alive, 30, "{error:?}");
 
