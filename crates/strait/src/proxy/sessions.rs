@@ -78,8 +78,8 @@ impl Default for Registry {
 #[derive(Debug, Default)]
 struct Shard {
     sessions: HashMap<u64, Arc<Session>>,
-    /// Every (environment, proxy) this shard has held a session of; a session knows its
-    /// pair's index ([`Session::pair`]), so a scrape adds it up without hashing anything.
+    /// Every (environment, proxy) this shard has held a session of. A session knows its
+    /// pair's index ([`Session::pair`]): a scrape adds it to its pair's sums hashing nothing.
     pairs: Vec<Pair>,
     index: HashMap<(Arc<str>, Arc<str>), usize>,
 }
