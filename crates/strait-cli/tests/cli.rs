@@ -702,3 +702,168 @@ async fn a_one_gib_upload_passes_in_flat_memory() {
         "the gateway's peak memory grew by {growth} KiB while 1 GiB passed"
     );
 }
+
+/// Reads from `tcp` until the end of an HTTP head; returns the head and whatever followed it.
+async fn read_head(tcp: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let rest = got.split_off(end + 4);
+                return (text(&got), rest);
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tcp.read(&mut chunk).await.expect("read a head");
+            assert!(
+                n > 0,
+                "the peer closed before its head ended: {}",
+                text(&got)
+            );
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(common::WAIT, read)
+        .await
+        .expect("a complete head in time")
+}
+
+/// The issue's backpressure case: a WebSocket client that reads 1 KB/s while its backend
+/// sends as fast as it can. The gateway reads from the backend only as fast as the client
+/// takes the data: the backend's writes block once the sockets' buffers and the relay's one
+/// bounded buffer are full, the gateway's memory does not grow with what the backend
+/// would send, the bytes the client gets are the backend's frames, and the gateway keeps
+/// serving other sessions meanwhile.
+#[tokio::test]
+async fn a_slow_websocket_client_holds_a_flooding_backend_back_in_bounded_memory() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+    /// Each of the backend's frames: 16 KiB of payload (copied by the relay, not spliced).
+    const PAYLOAD: usize = 16 * 1024;
+    /// What the backend would send without backpressure: bounds the test, not the gateway.
+    const FLOOD_CAP: u64 = 2 << 30;
+    /// How long the client reads, 100 bytes every 100 ms.
+    const READING: Duration = Duration::from_secs(4);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the backend");
+    let flood_addr = listener.local_addr().expect("backend address");
+    let written = Arc::new(AtomicU64::new(0));
+    let counter = written.clone();
+    let flood = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.expect("the gateway connects");
+        let (head, _) = read_head(&mut tcp).await;
+        let key = head
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-key"))
+            .map(|(_, key)| key.trim().to_owned())
+            .expect("the forwarded handshake carries the key");
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            derive_accept_key(key.as_bytes())
+        );
+        tcp.write_all(answer.as_bytes())
+            .await
+            .expect("send the 101");
+        let mut frame = vec![0x82, 126];
+        frame.extend_from_slice(&(PAYLOAD as u16).to_be_bytes());
+        frame.resize(frame.len() + PAYLOAD, b'f');
+        while counter.load(Ordering::Relaxed) < FLOOD_CAP {
+            if tcp.write_all(&frame).await.is_err() {
+                break;
+            }
+            counter.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        }
+    });
+
+    let (mut echo, echo_addr) = start_echo().await;
+    let dir = temporary_folder();
+    let config = dir.path().join("gateway.yaml");
+    let (gateway, addr) = start_on_free_port("strait run", |addr| {
+        let yaml = format!(
+            "environments:\n  - name: test\n    listen: {addr}\n    websocket: true\nproxies:\n  - name: flood\n    path: /flood\n    backend: http://{flood_addr}/\n    deploy: [test]\n  - name: echo\n    path: /api/*\n    backend: http://{echo_addr}/echo\n    deploy: [test]\n"
+        );
+        std::fs::write(&config, yaml).expect("write the configuration");
+        Running::spawn("strait run", strait().arg("run").arg("--config").arg(&config))
+    })
+    .await;
+    let pid = gateway.pid().expect("the gateway runs");
+
+    let mut client = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the gateway");
+    let request = format!(
+        "GET /flood HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    client
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the upgrade");
+    let (head, mut received) = read_head(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let before = peak_rss_kib(pid);
+
+    // 1 KB/s: 100 bytes every 100 ms.
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    let reading = tokio::time::Instant::now();
+    while reading.elapsed() < READING {
+        pace.tick().await;
+        let mut chunk = [0u8; 100];
+        let n = client.read(&mut chunk).await.expect("read the flood");
+        assert!(n > 0, "the gateway closed the slow session");
+        received.extend_from_slice(&chunk[..n]);
+    }
+
+    // Another session is served meanwhile.
+    let mut ws = ws_connect(&format!("ws://{addr}/api/chat")).await;
+    ws_round_trip(&mut ws, "served beside the flood").await;
+
+    let sent = written.load(Ordering::Relaxed);
+    let growth = peak_rss_kib(pid).saturating_sub(before);
+    eprintln!(
+        "backend wrote {} KiB while the client read {} bytes; gateway peak memory grew {growth} KiB",
+        sent / 1024,
+        received.len()
+    );
+    assert!(
+        received.len() < 8 * 1024,
+        "the client read at 1 KB/s: {} bytes",
+        received.len()
+    );
+    assert_eq!(
+        received.get(..4),
+        Some(&[0x82, 126, 0x40, 0x00][..]),
+        "the backend's first frame header reaches the client as it was sent"
+    );
+    assert!(
+        received.iter().skip(4).all(|b| *b == b'f'),
+        "then its payload"
+    );
+    assert!(
+        sent < 64 << 20,
+        "the backend was held back: it wrote {} MiB for a client that read {} bytes",
+        sent >> 20,
+        received.len()
+    );
+    assert!(
+        growth < 8 * 1024,
+        "the gateway's peak memory grew by {growth} KiB while the backend wrote {} MiB",
+        sent >> 20
+    );
+
+    drop(client);
+    // With the client gone, the gateway closes the backend: its writes fail and it stops.
+    tokio::time::timeout(common::WAIT, flood)
+        .await
+        .expect("the flooding backend is disconnected")
+        .expect("the backend task");
+    echo.stop().await;
+}
