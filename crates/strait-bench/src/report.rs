@@ -386,7 +386,9 @@ fn settings(w: &mut String, m: &Machine) {
          a source address with port 0 takes one of them per source address, so the load generator spreads over \
          127.0.0.x; the gateway's own connections to a backend address:port are limited to that many per \
          source address: list several in the environment's `backend_source_addresses` (taken in turn) to \
-         multiply it. Widen with `sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"`. \
+         multiply it. Strait binds those with `IP_BIND_ADDRESS_NO_PORT` (as nginx's `proxy_bind` does), so \
+         the port is picked at connect for the whole four-tuple and each backend address:port gets its own \
+         range. Widen with `sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"`. \
          `tcp_tw_reuse` is {} (2 = reuse TIME_WAIT ports for loopback only).",
         m.port_range,
         m.ephemeral_ports().map_or("?".into(), |p| num(p as f64)),

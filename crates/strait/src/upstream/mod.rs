@@ -135,7 +135,7 @@ impl Sources {
             } else {
                 TcpSocket::new_v6()?
             };
-            match socket.bind(SocketAddr::new(source, 0)) {
+            match bind_source(&socket, source) {
                 Ok(()) => return socket.connect(addr).await,
                 Err(error) => {
                     refused = Some(io::Error::new(
@@ -147,6 +147,23 @@ impl Sources {
         }
         Err(refused.unwrap_or_else(|| io::Error::other("no source address to connect from")))
     }
+}
+
+/// Binds `socket` to `source`, leaving the port to `connect` where the kernel allows
+/// (`IP_BIND_ADDRESS_NO_PORT`, Linux 4.2+, as nginx's `proxy_bind` does): the port is then
+/// picked for the whole four-tuple, so one source address serves ~28,000 connections per
+/// backend address instead of ~28,000 in all, and binding does not search for a port that
+/// no other socket on that address holds.
+fn bind_source(socket: &TcpSocket, source: IpAddr) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = nix::sys::socket::setsockopt(
+        socket,
+        nix::sys::socket::sockopt::IpBindAddressNoPort,
+        &true,
+    ) {
+        tracing::debug!(%error, "IP_BIND_ADDRESS_NO_PORT unavailable: the port is taken at bind");
+    }
+    socket.bind(SocketAddr::new(source, 0))
 }
 
 /// Which [`Upstream`] (trust and connect timeout) something belongs to; its clones share it.
@@ -370,4 +387,37 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, UpstreamError> {
         }
     }
     Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bound to a source address, a socket reserves no port until it connects (so the port
+    /// is picked per destination); connected, it leaves from that address.
+    #[tokio::test]
+    async fn a_source_bound_socket_takes_its_port_at_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let source: IpAddr = "127.0.0.2".parse().unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        bind_source(&socket, source).unwrap();
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            socket.local_addr().unwrap(),
+            SocketAddr::new(source, 0),
+            "no port reserved at bind"
+        );
+        let stream = socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let local = stream.local_addr().unwrap();
+        assert_eq!(local.ip(), source);
+        assert_ne!(local.port(), 0);
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!(
+            peer, local,
+            "the backend sees the source address and the port"
+        );
+    }
 }
