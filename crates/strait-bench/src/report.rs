@@ -13,8 +13,9 @@ use crate::registry::{self as probe, Endpoint};
 use crate::results::{Better, Results};
 use crate::stack::Side;
 
-/// The criterion micro-benchmarks' section, written by hand after `cargo bench -p
-/// strait-bench` (the harness does not run criterion); copied into the report as it is.
+/// The sections measured apart from the comparison (criterion, callgrind, the backpressure
+/// test), written by hand after running them (the harness runs none of them); copied into the
+/// report as they are.
 pub const MICRO_BENCHMARKS: &str = include_str!("../../../bench/micro-benchmarks.md");
 
 /// Writes BENCHMARKS.md and the SVG plot.

@@ -22,15 +22,15 @@ use super::{CloseFrame, Initiator, MessageLimits, SenderLimits};
 /// What the gateway's keepalive pings carry.
 pub(super) const PING_PAYLOAD: &[u8] = b"strait";
 /// What a stream's buffer starts at (a small message gets one of its own size).
-pub(super) const BUF_SIZE: usize = 16 * 1024;
+const BUF_SIZE: usize = 16 * 1024;
 /// The most a stream's buffer grows to, doubling from `BUF_SIZE` while reads fill it.
 pub(super) const MAX_BUF_SIZE: usize = 256 * 1024;
 /// A data frame with at least this much payload left is spliced (plain TCP both sides, Linux).
-pub(super) const SPLICE_MIN: u64 = 64 * 1024;
+const SPLICE_MIN: u64 = 64 * 1024;
 /// The stack buffer an idle direction reads into before it allocates `BUF_SIZE`.
-pub(super) const PROBE_SIZE: usize = 1024;
+const PROBE_SIZE: usize = 1024;
 /// I/O operations one direction may do per poll before yielding to the scheduler.
-pub(super) const OPS_PER_POLL: u32 = 64;
+const OPS_PER_POLL: u32 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Side {
