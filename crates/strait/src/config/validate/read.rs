@@ -170,17 +170,7 @@ impl Check<'_> {
                 prefix: String::new(),
                 path: field.to_owned(),
             }),
-            other => {
-                self.report(
-                    node.at,
-                    field,
-                    format!(
-                        "{subject} must be {expected}, but it is {}",
-                        other.describe()
-                    ),
-                );
-                None
-            }
+            _ => self.wrong_kind(node, field, subject, expected),
         }
     }
 
@@ -281,17 +271,12 @@ impl Check<'_> {
         };
         match node.value {
             Value::Bool(b) => Some(b),
-            ref other => {
-                self.report(
-                    node.at,
-                    &fields.field(key),
-                    format!(
-                        "{ctx}: {key} must be true or false, but it is {}",
-                        other.describe()
-                    ),
-                );
-                None
-            }
+            _ => self.wrong_kind(
+                node,
+                &fields.field(key),
+                &format!("{ctx}: {key}"),
+                "true or false",
+            ),
         }
     }
 
@@ -313,17 +298,7 @@ impl Check<'_> {
                 self.report(node.at, field, format!("{ctx}: {label} must be text, but it is the number {n}; write it in quotes: \"{n}\""));
                 None
             }
-            other => {
-                self.report(
-                    node.at,
-                    field,
-                    format!(
-                        "{ctx}: {label} must be text, but it is {}",
-                        other.describe()
-                    ),
-                );
-                None
-            }
+            _ => self.wrong_kind(node, field, &format!("{ctx}: {label}"), "text"),
         }
     }
 
@@ -363,17 +338,7 @@ impl Check<'_> {
     ) -> Option<String> {
         match &node.value {
             Value::Text(t) | Value::Number(t) => Some(t.clone()),
-            other => {
-                self.report(
-                    node.at,
-                    field,
-                    format!(
-                        "{ctx}: {label} must be {expected}, but it is {}",
-                        other.describe()
-                    ),
-                );
-                None
-            }
+            _ => self.wrong_kind(node, field, &format!("{ctx}: {label}"), expected),
         }
     }
 
@@ -406,18 +371,25 @@ impl Check<'_> {
     ) -> Option<&'n [Node]> {
         match &node.value {
             Value::List(items) => Some(items),
-            other => {
-                self.report(
-                    node.at,
-                    field,
-                    format!(
-                        "{subject} must be {expected}, but it is {}",
-                        other.describe()
-                    ),
-                );
-                None
-            }
+            _ => self.wrong_kind(node, field, subject, expected),
         }
+    }
+
+    /// Reports that `node` is not the kind of value `field` needs ("`subject` must be
+    /// `expected`, but it is a list"); `None` for the caller to return.
+    fn wrong_kind<T>(
+        &mut self,
+        node: &Node,
+        field: &str,
+        subject: &str,
+        expected: &str,
+    ) -> Option<T> {
+        let message = format!(
+            "{subject} must be {expected}, but it is {}",
+            node.value.describe()
+        );
+        self.report(node.at, field, message);
+        None
     }
 }
 
