@@ -227,28 +227,17 @@ impl Check<'_> {
     fn access_log(&mut self, node: &Node, ctx: &str, field: &str) -> Option<AccessLogSettings> {
         let expected = "a mapping such as { format: json, file: access.log, log_handshake: false }";
         let fields = self.section(node, ctx, "access_log", ACCESS_LOG_KEYS, expected, field)?;
-        let format = match fields.optional("format") {
-            None => Some(Some(AccessLogFormat::Json)),
-            Some(node) => {
-                let label = fields.label("format");
-                let field = fields.field("format");
-                match self.text(node, ctx, &label, &field)? {
-                    "json" => Some(Some(AccessLogFormat::Json)),
-                    "combined" => Some(Some(AccessLogFormat::Combined)),
-                    "off" => Some(None),
-                    other => {
-                        self.report(
-                            node.at,
-                            &field,
-                            format!(
-                                "{ctx}: {label} must be json, combined or off, but it is {other:?}"
-                            ),
-                        );
-                        None
-                    }
-                }
-            }
-        };
+        let format = self.choice(
+            &fields,
+            ctx,
+            "format",
+            &[
+                ("json", Some(AccessLogFormat::Json)),
+                ("combined", Some(AccessLogFormat::Combined)),
+                ("off", None),
+            ],
+            Some(AccessLogFormat::Json),
+        );
         let file = match fields.optional("file") {
             None => Some(None),
             Some(_) => self.file(&fields, ctx, "file", "access.log").map(Some),

@@ -375,6 +375,35 @@ impl Check<'_> {
         }
     }
 
+    /// The word under `key`: the value `choices` pairs it with, or `default` when absent. Any
+    /// other word is reported with the list ("must be keep or drain, but it is \"move\"").
+    pub(super) fn choice<T: Clone>(
+        &mut self,
+        fields: &Fields,
+        ctx: &str,
+        key: &str,
+        choices: &[(&str, T)],
+        default: T,
+    ) -> Option<T> {
+        let Some(node) = fields.optional(key) else {
+            return Some(default);
+        };
+        let label = fields.label(key);
+        let field = fields.field(key);
+        let word = self.text(node, ctx, &label, &field)?;
+        if let Some((_, value)) = choices.iter().find(|(name, _)| *name == word) {
+            return Some(value.clone());
+        }
+        let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+        let listed = match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.concat(),
+        };
+        let message = format!("{ctx}: {label} must be {listed}, but it is {word:?}");
+        self.report(node.at, &field, message);
+        None
+    }
+
     /// Reports that `node` is not the kind of value `field` needs ("`subject` must be
     /// `expected`, but it is a list"); `None` for the caller to return.
     fn wrong_kind<T>(

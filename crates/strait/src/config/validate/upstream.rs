@@ -144,25 +144,17 @@ impl Check<'_> {
     /// The settings of a backend mapping or an upstream: targets and how to use them.
     fn backend_settings(&mut self, fields: &Fields, ctx: &str) -> Option<BackendSpec> {
         let targets = self.targets(fields, ctx);
-        let balance = match fields.optional("balance") {
-            None => Some(Balance::default()),
-            Some(node) => {
-                let label = fields.label("balance");
-                let field = fields.field("balance");
-                match self.text(node, ctx, &label, &field)? {
-                    "round_robin" => Some(Balance::RoundRobin),
-                    "least_connections" => Some(Balance::LeastConnections),
-                    "consistent_hash" => Some(Balance::ConsistentHash),
-                    other => {
-                        let message = format!(
-                            "{ctx}: {label} must be round_robin, least_connections or consistent_hash, but it is {other:?}"
-                        );
-                        self.report(node.at, &field, message);
-                        None
-                    }
-                }
-            }
-        };
+        let balance = self.choice(
+            fields,
+            ctx,
+            "balance",
+            &[
+                ("round_robin", Balance::RoundRobin),
+                ("least_connections", Balance::LeastConnections),
+                ("consistent_hash", Balance::ConsistentHash),
+            ],
+            Balance::default(),
+        );
         let hash_on = match fields.optional("hash_on") {
             None => Some(None),
             Some(node) => {
@@ -213,23 +205,13 @@ impl Check<'_> {
                     .map(Some)
             }
         };
-        let rebalance = match fields.optional("rebalance") {
-            None => Some(Rebalance::default()),
-            Some(node) => {
-                let label = fields.label("rebalance");
-                let field = fields.field("rebalance");
-                match self.text(node, ctx, &label, &field)? {
-                    "keep" => Some(Rebalance::Keep),
-                    "drain" => Some(Rebalance::Drain),
-                    other => {
-                        let message =
-                            format!("{ctx}: {label} must be keep or drain, but it is {other:?}");
-                        self.report(node.at, &field, message);
-                        None
-                    }
-                }
-            }
-        };
+        let rebalance = self.choice(
+            fields,
+            ctx,
+            "rebalance",
+            &[("keep", Rebalance::Keep), ("drain", Rebalance::Drain)],
+            Rebalance::default(),
+        );
         Some(BackendSpec {
             upstream: None,
             targets: targets?,
