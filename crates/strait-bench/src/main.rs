@@ -111,6 +111,10 @@ enum Cmd {
         /// --idle-conns 9900` checks the connection registry at full size in about a minute.
         #[arg(long)]
         idle_conns: Option<usize>,
+        /// Seconds the idle connections are held before the memory reading and the liveness
+        /// check (default 60, or 1 with --quick).
+        #[arg(long)]
+        idle_hold: Option<f64>,
         /// The strait binary (default: target/release/strait in this workspace).
         #[arg(long)]
         strait: Option<PathBuf>,
@@ -258,6 +262,7 @@ async fn run(command: Cmd) -> Result<()> {
             quick,
             rounds,
             idle_conns,
+            idle_hold,
             strait,
             out,
             svg,
@@ -273,6 +278,9 @@ async fn run(command: Cmd) -> Result<()> {
                 plan.idle_conns = count("idle-conns", n)?;
                 plan.idle_rate = full.idle_rate;
                 plan.idle_per_proc = full.idle_per_proc;
+            }
+            if let Some(secs) = idle_hold {
+                plan.idle_hold = seconds("idle-hold", secs)?;
             }
             let root = workspace();
             compare::compare(Options {

@@ -77,23 +77,28 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
     let mut out = String::new();
     let w = &mut out;
     let secs = plan.duration.as_secs_f64();
-    let default_idle = if plan.quick {
-        Plan::quick().idle_conns
+    let default = if plan.quick {
+        Plan::quick()
     } else {
-        Plan::full().idle_conns
+        Plan::full()
     };
     let _ = writeln!(w, "# Benchmarks\n");
     let _ = writeln!(
         w,
         "Strait against nginx, both in front of the same echo backend, and the backend on its own \
-         (\"direct\"). Written by `cargo run --release -p strait-bench -- compare{}{}` on {} (the \
+         (\"direct\"). Written by `cargo run --release -p strait-bench -- compare{}{}{}` on {} (the \
          measurements took {:.1} minutes); every figure is the **median of {} round(s)**. Ratios are Strait's median divided by the other's: \
          for ↑ metrics above 1 is better for Strait, for ↓ metrics below 1 is. \
          The per-round values are under \"Every round\" at the end: their spread is the noise to \
          read the ratios against.\n",
         if plan.quick { " --quick" } else { "" },
-        if plan.idle_conns != default_idle {
+        if plan.idle_conns != default.idle_conns {
             format!(" --idle-conns {}", plan.idle_conns)
+        } else {
+            String::new()
+        },
+        if plan.idle_hold != default.idle_hold {
+            format!(" --idle-hold {}", plan.idle_hold.as_secs_f64())
         } else {
             String::new()
         },
@@ -113,7 +118,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
          ```sh\n\
          bash scripts/install-bench-tools.sh                    # nginx, wrk, valgrind and strace from Debian, idempotent\n\
          cargo build --release                                  # target/release/strait\n\
-         cargo run --release -p strait-bench -- compare         # ~6 minutes; --quick takes ~20 s\n\
+         cargo run --release -p strait-bench -- compare         # ~9 minutes (--idle-hold 5: ~6); --quick ~20 s\n\
          cargo run --release -p strait-bench -- compare --quick --idle-conns 9900  # the registry at full size, ~1 minute\n\
          scripts/callgrind.sh                                   # instructions per unit of work vs nginx, ~1 minute\n\
          scripts/syscalls.sh                                    # system calls per unit of work vs nginx, ~30 s\n\
