@@ -664,7 +664,10 @@ fn micro(w: &mut String) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::procs::FdLimits;
 
     #[test]
     fn numbers() {
@@ -672,5 +675,44 @@ mod tests {
         assert_eq!(num(12.345), "12.3");
         assert_eq!(num(0.5), "0.50");
         assert_eq!(num(3.0), "3");
+    }
+
+    fn machine() -> Machine {
+        let text = String::from("x");
+        Machine {
+            cpus: 2,
+            cpu_model: text.clone(),
+            mem_gib: 1.0,
+            kernel: text.clone(),
+            date: text.clone(),
+            strait: text.clone(),
+            nginx: text.clone(),
+            wrk: text.clone(),
+            limits: FdLimits::default(),
+            pinned_cpu: None,
+            port_range: text.clone(),
+            somaxconn: text.clone(),
+            tw_reuse: text.clone(),
+            nr_open: text,
+        }
+    }
+
+    #[test]
+    fn the_report_names_the_options_it_ran_with() {
+        let m = machine();
+        let results = Results::default();
+        let default = markdown(&m, &Plan::full(), &results, "plot.svg");
+        assert!(default.contains("-- compare` on"), "{default}");
+        assert!(default.contains("held 60 s;"), "{default}");
+
+        let mut plan = Plan::full();
+        plan.idle_hold = Duration::from_secs(5);
+        plan.idle_conns = 500;
+        let changed = markdown(&m, &plan, &results, "plot.svg");
+        assert!(
+            changed.contains("-- compare --idle-conns 500 --idle-hold 5` on"),
+            "{changed}"
+        );
+        assert!(changed.contains("held 5 s;"), "{changed}");
     }
 }
