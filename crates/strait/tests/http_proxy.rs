@@ -1102,7 +1102,7 @@ async fn a_slow_backend_is_504_after_the_response_timeout() {
 }
 
 #[tokio::test]
-async fn a_malformed_request_gets_400_and_the_gateway_keeps_serving() {
+async fn a_malformed_request_gets_a_json_400_and_the_gateway_keeps_serving() {
     let echo = echo().await;
     let proxies = proxy(
         "api",
@@ -1111,16 +1111,117 @@ async fn a_malformed_request_gets_400_and_the_gateway_keeps_serving() {
     );
     let gw = gateway(&single_env(false, &proxies)).await;
     let gw = addr(&gw);
-    for garbage in [
-        "\x01\x02 nonsense\r\n\r\n",
-        "GET /api/x HTTP/1.1 trailing\r\nHost: x\r\n\r\n",
-        "GET /api/x HTTP/1.1\r\nBad Header Line\r\n\r\n",
+    let big = "a".repeat(300 * 1024);
+    let many: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();
+    for (garbage, status, kind) in [
+        ("\x01\x02 nonsense\r\n\r\n".to_owned(), 400, "bad_request"),
+        ("GET /api/x HTTP/1.1 trailing\r\nHost: x\r\n\r\n".to_owned(), 400, "bad_request"),
+        ("GET /api/x HTTP/1.1\r\nBad Header Line\r\n\r\n".to_owned(), 400, "bad_request"),
+        ("G@T /api/x HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(), 400, "bad_request"),
+        ("GET /api/x HTTP/1.1\r\nHost: x\r\nX-A: b\r\n folded\r\n\r\n".to_owned(), 400, "bad_request"),
+        // Framing a proxy must not guess at (request smuggling).
+        ("POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde".to_owned(), 400, "bad_request"),
+        ("POST /api/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc".to_owned(), 400, "bad_request"),
+        ("POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_owned(), 400, "bad_request"),
+        (format!("GET /api/x HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n"), 431, "headers_too_large"),
+        (format!("GET /api/x HTTP/1.1\r\nHost: x\r\n{many}\r\n"), 431, "headers_too_large"),
     ] {
-        let response = raw(gw, garbage).await;
-        assert_eq!(response.status, 400, "{garbage:?}: {response:?}");
+        let response = raw(gw, &garbage).await;
+        response.assert_error(status, kind);
+        assert_eq!(response.header("connection"), Some("close"), "{response:?}");
         // And the next client is served normally.
         assert_eq!(raw_get(gw, "/api/ok").await.echo()["path"], "/svc/ok");
     }
+    // After a good request on the same connection too.
+    let answers = within("a good request, then a malformed one", async {
+        let tcp = TcpStream::connect(gw).await.expect("connect");
+        let mut reader = BufReader::new(tcp);
+        reader
+            .get_mut()
+            .write_all(b"GET /api/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /api/2 HTTP/1.1\r\nBad\r\n\r\n")
+            .await
+            .expect("write");
+        let first = read_response(&mut reader).await.expect("the first answer");
+        let second = read_response(&mut reader).await.expect("the second answer");
+        (first, second)
+    })
+    .await;
+    assert_eq!(answers.0.echo()["path"], "/svc/1");
+    answers.1.assert_error(400, "bad_request");
+}
+
+#[tokio::test]
+async fn a_request_without_exactly_one_valid_host_is_refused_before_the_backend() {
+    let backend_hits = Arc::new(AtomicUsize::new(0));
+    let hits = backend_hits.clone();
+    // Answers with the Host it got.
+    let backend = backend(move |req: Request<Incoming>| {
+        hits.fetch_add(1, Ordering::SeqCst);
+        let host = req.headers().get(HOST).map(|h| h.as_bytes().to_vec());
+        async { Response::new(Full::new(Bytes::from(host.unwrap_or_default()))) }
+    })
+    .await;
+    let proxies = proxy_with(
+        "api",
+        "/api/*",
+        &format!("http://{}/svc", backend.addr),
+        "    preserve_host: true\n",
+    );
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+    for (request, says) in [
+        ("GET /api/x HTTP/1.1\r\n\r\n", "must carry a Host header"),
+        (
+            "GET /api/x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+            "carries 2 Host headers",
+        ),
+        (
+            "GET /api/x HTTP/1.0\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+            "carries 2 Host headers",
+        ),
+        (
+            "GET /api/x HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "not a host name",
+        ),
+        (
+            "GET /api/x HTTP/1.1\r\nHost: user@a.example\r\n\r\n",
+            "not a host name",
+        ),
+        (
+            "GET /api/x HTTP/1.1\r\nHost: a.example/x\r\n\r\n",
+            "not a host name",
+        ),
+        ("GET /api/x HTTP/1.1\r\nHost: \r\n\r\n", "not a host name"),
+        (
+            "GET /api/chat HTTP/1.1\r\nHost: a\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            "carries 2 Host headers",
+        ),
+    ] {
+        let response = raw(gw, request).await;
+        response.assert_error(400, "bad_request");
+        let message = response.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains(says), "{request:?}: {message}");
+    }
+    assert_eq!(
+        backend_hits.load(Ordering::SeqCst),
+        0,
+        "no request reached the backend"
+    );
+    // HTTP/1.0 may leave Host out (the backend's own goes); an absolute-form target names
+    // the host itself, over `Host` (RFC 9112 §3.2.2).
+    let without = raw(gw, "GET /api/x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(without.text(), backend.addr.to_string());
+    let absolute = raw(
+        gw,
+        "GET http://named.example/api/x HTTP/1.1\r\nHost: other.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(absolute.text(), "named.example");
+    assert_eq!(backend_hits.load(Ordering::SeqCst), 2);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-//! Header rules shared by HTTP forwarding and WebSocket handshakes: hop-by-hop removal
-//! (RFC 9110 §7.6.1) and the `X-Forwarded-*` family.
+//! Header rules shared by HTTP forwarding and WebSocket handshakes: the client's `Host`
+//! (RFC 9112 §3.2), hop-by-hop removal (RFC 9110 §7.6.1) and the `X-Forwarded-*` family.
 
 use std::net::IpAddr;
 
+use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::pipeline::ConnInfo;
@@ -11,17 +12,18 @@ use crate::error::{ErrorKind, GatewayError};
 
 /// Turns the client's request headers into the backend's: hop-by-hop headers removed,
 /// `X-Forwarded-*` set, and `Host` set to the backend's authority (or kept with
-/// `preserve_host`). `authority` is the HTTP/2 `:authority`, used when there is no `Host`.
+/// `preserve_host`). `authority` is the request target's (HTTP/2's `:authority`, or an
+/// HTTP/1 absolute-form target's), which names the host before `Host` does (RFC 9112
+/// §3.2.2).
 pub fn to_backend(
     headers: &mut HeaderMap,
     authority: Option<&http::uri::Authority>,
     conn: &ConnInfo,
     route: &Route,
 ) -> Result<(), GatewayError> {
-    let original_host = headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let original_host = authority
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| headers.get(header::HOST).cloned());
     strip_hop_by_hop(headers);
     set_forwarded(headers, conn, original_host.as_ref());
     let host = match original_host {
@@ -35,6 +37,66 @@ pub fn to_backend(
     };
     headers.insert(header::HOST, host);
     Ok(())
+}
+
+/// The `Host` rules of RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, an
+/// HTTP/1.0 request at most one, and its value is a host with an optional port. Two hosts,
+/// or one that is not a host, could name one site to the gateway and another to a backend.
+/// HTTP/2 names it in `:authority`, checked by hyper.
+pub fn check_host(version: Version, headers: &HeaderMap) -> Result<(), GatewayError> {
+    if version > Version::HTTP_11 {
+        return Ok(());
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let problem = match (hosts.next(), hosts.count()) {
+        (None, _) if version == Version::HTTP_11 => {
+            "an HTTP/1.1 request must carry a Host header".to_owned()
+        }
+        (None, _) => return Ok(()),
+        (Some(_), 1..) => format!(
+            "the request carries {} Host headers; HTTP allows one",
+            headers.get_all(header::HOST).iter().count()
+        ),
+        (Some(host), 0) if !is_host(host.as_bytes()) => {
+            "the Host header is not a host name or address with an optional port".to_owned()
+        }
+        (Some(_), 0) => return Ok(()),
+    };
+    Err(GatewayError::new(ErrorKind::BadRequest, problem))
+}
+
+/// Whether `value` is `host[:port]` (RFC 3986: a registered name, an IPv4 address or a
+/// bracketed IPv6 literal), without user information.
+fn is_host(value: &[u8]) -> bool {
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(literal) => match literal.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let (inside, after) = literal.split_at(end);
+                let ok = !inside.is_empty()
+                    && inside
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                if !ok {
+                    return false;
+                }
+                (&b"x"[..], after.get(1..).unwrap_or_default())
+            }
+            None => return false,
+        },
+        None => match value.iter().position(|&b| b == b':') {
+            Some(colon) => value.split_at(colon),
+            None => (value, &b""[..]),
+        },
+    };
+    let port_ok = match port.strip_prefix(b":") {
+        Some(digits) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        None => port.is_empty(),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    host_ok && port_ok
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and the legacy `Keep-Alive` and `Proxy-Connection`).
@@ -178,6 +240,71 @@ fn set_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, original_host: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_names_or_addresses_with_an_optional_port() {
+        for good in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8443",
+            "[2001:db8::ffff:10.0.0.1]:1",
+            "xn--bcher-kva.example",
+            "a_b-c~d",
+        ] {
+            assert!(is_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "a b",
+            "user@example.com",
+            "example.com:80:80",
+            "example.com:port",
+            "example.com:123456",
+            "example.com/path",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[::g]",
+            "exa\\mple",
+            "\u{7f}",
+        ] {
+            assert!(!is_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_carries_one_valid_host_as_its_version_asks() {
+        let with = |hosts: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for host in hosts {
+                headers.append(header::HOST, HeaderValue::from_str(host).unwrap());
+            }
+            headers
+        };
+        let check = |version, hosts: &[&str]| check_host(version, &with(hosts));
+        assert!(check(Version::HTTP_11, &["a.example"]).is_ok());
+        assert!(check(Version::HTTP_10, &[]).is_ok());
+        assert!(check(Version::HTTP_2, &[]).is_ok());
+        for (version, hosts, says) in [
+            (Version::HTTP_11, &[][..], "must carry a Host header"),
+            (Version::HTTP_11, &["a", "b"][..], "carries 2 Host headers"),
+            (
+                Version::HTTP_10,
+                &["a", "a", "a"][..],
+                "carries 3 Host headers",
+            ),
+            (Version::HTTP_11, &["a b"][..], "not a host name"),
+            (Version::HTTP_10, &["u@a"][..], "not a host name"),
+        ] {
+            let error = check(version, hosts).unwrap_err();
+            assert_eq!(error.kind, ErrorKind::BadRequest);
+            assert!(error.message.contains(says), "{hosts:?}: {}", error.message);
+        }
+    }
 
     #[test]
     fn ip_text_is_what_display_writes() {

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use super::head_timer::HeadTimer;
 use super::headers::ip_value;
+use super::parse_errors::{JsonAnswers, MAX_HEAD_BYTES};
 use super::pipeline::{ConnInfo, Shared, handle};
 use super::sniff::{self, FirstLook};
 use crate::io::TcpOrTls;
@@ -33,8 +34,6 @@ use crate::io::TcpOrTls;
 /// WebSocket handshake unwraps it from hyper's upgrade, so the relay reads it directly.
 pub type ClientStream = TcpOrTls<tokio_rustls::server::TlsStream<TcpStream>>;
 
-/// Largest request head accepted (request line plus headers).
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A client that has not sent its request head (or finished TLS) in this time is dropped.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -267,7 +266,6 @@ async fn serve_connection(
             (TcpOrTls::Tls(Box::new(stream)), h2)
         }
     };
-    let io = TokioIo::new(stream);
     let service = {
         let shared = shared.clone();
         // The refused upgrade's answer, for hyper to send when it has read that request.
@@ -288,13 +286,15 @@ async fn serve_connection(
     };
     let shutdown = &shared.shutdown;
     let result = if h2 {
-        let conn = protocols.http2.serve_connection(io, service);
+        let conn = protocols
+            .http2
+            .serve_connection(TokioIo::new(stream), service);
         until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await
     } else {
         let mut http1 = protocols.http1;
         let conn = http1
             .timer(HeadTimer::default())
-            .serve_connection(io, service)
+            .serve_connection(TokioIo::new(JsonAnswers::new(stream)), service)
             .with_upgrades();
         until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await
     };

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::exchange::{Exchange, Logged};
+use super::headers::check_host;
 use super::sessions::Registry;
 use super::snapshot::{EnvRoutes, Route, Snapshot};
 use super::websocket::handshake::ClientSide;
@@ -262,6 +263,7 @@ fn match_route<B>(
         )
     })?;
     exchange.env = Some(env.clone());
+    check_host(req.version(), req.headers())?;
     let raw_path = req.uri().path();
     let path = normalize_path(raw_path).map_err(|e| {
         GatewayError::new(

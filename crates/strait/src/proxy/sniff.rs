@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use super::exchange::Logged;
 use super::headers::http1_head;
+use super::parse_errors::MAX_HEADERS;
 use super::pipeline::{Body, ConnInfo, Shared, handle_upgrade, is_websocket_upgrade};
 use super::websocket::handshake::ClientSide;
 use crate::io::TcpOrTls;
@@ -28,8 +29,6 @@ use crate::io::TcpOrTls;
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The most of a first request looked at; a longer head goes to hyper.
 const PEEK: usize = 4096;
-/// As many header lines as hyper accepts.
-const MAX_HEADERS: usize = 100;
 
 /// What the connection's first bytes say.
 #[derive(Debug)]

@@ -24,6 +24,7 @@ use crate::proxy::connect;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::headers::{strip_hop_by_hop, to_backend};
 use crate::proxy::listener::ClientStream;
+use crate::proxy::parse_errors::JsonAnswers;
 use crate::proxy::pipeline::{Body, ConnInfo, Matched, Shared};
 use crate::proxy::sessions::SessionInfo;
 use crate::proxy::snapshot::{EnvRoutes, Route};
@@ -54,9 +55,9 @@ impl ClientSide {
                 // Unwrapped from hyper's upgrade: the relay reads and writes the connection
                 // directly instead of through a boxed, rewindable wrapper.
                 let parts = upgraded
-                    .downcast::<TokioIo<ClientStream>>()
+                    .downcast::<TokioIo<JsonAnswers<ClientStream>>>()
                     .map_err(|_| "an upgraded connection is of an unexpected type")?;
-                Ok((parts.io.into_inner(), parts.read_buf))
+                Ok((parts.io.into_inner().into_inner(), parts.read_buf))
             }
             ClientSide::Direct(stream) => stream
                 .await
