@@ -29,6 +29,9 @@ pub enum ErrorKind {
     UriTooLong,
     /// The request head is over the gateway's size or header-count limit.
     HeadersTooLarge,
+    /// A WebSocket upgrade asked for a protocol version other than 13 (with
+    /// `Sec-WebSocket-Version: 13`).
+    UpgradeRequired,
     /// Over a rate or connection limit (with `Retry-After` when waiting helps).
     TooManyRequests,
     /// The backend refused, reset or failed TLS.
@@ -51,6 +54,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::UriTooLong => "uri_too_long",
             ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::UpgradeRequired => "websocket_version",
             ErrorKind::TooManyRequests => "too_many_requests",
             ErrorKind::BadGateway => "bad_gateway",
             ErrorKind::GatewayTimeout => "gateway_timeout",
@@ -68,6 +72,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,

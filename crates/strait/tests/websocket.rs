@@ -856,3 +856,139 @@ async fn a_refused_first_upgrade_leaves_the_connection_serving() {
         assert!(!body.is_empty(), "{path}");
     }
 }
+
+/// Writes `request` on a fresh connection (after `before`, a plain GET on the same
+/// connection, when set: the upgrade then goes through hyper rather than the listener's
+/// own first look) and reads the last answer: status, head and body.
+async fn raw_upgrade(gw: SocketAddr, request: &str, before: bool) -> (u16, String, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut tcp = BufReader::new(tokio::net::TcpStream::connect(gw).await.expect("connect"));
+    let mut answers = Vec::new();
+    let mut requests = vec![request.to_owned()];
+    if before {
+        requests.insert(0, format!("GET /p/x HTTP/1.1\r\nHost: {gw}\r\n\r\n"));
+    }
+    for request in requests {
+        tcp.get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .expect("write");
+        let mut head = String::new();
+        while !head.ends_with("\r\n\r\n") {
+            let mut line = String::new();
+            let n = within("a head line", tcp.read_line(&mut line))
+                .await
+                .expect("read");
+            assert!(n > 0, "closed mid-head: {head}");
+            head.push_str(&line);
+        }
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        within("the body", tcp.read_exact(&mut body))
+            .await
+            .expect("body");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        answers.push((status, head, String::from_utf8_lossy(&body).into_owned()));
+    }
+    answers.pop().expect("an answer")
+}
+
+#[tokio::test]
+async fn a_handshake_with_another_version_or_a_bad_key_is_refused_before_the_backend() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static UPGRADES: AtomicUsize = AtomicUsize::new(0);
+    let backend = scripted_backend(|head| {
+        if head.to_ascii_lowercase().contains("upgrade: websocket") {
+            UPGRADES.fetch_add(1, Ordering::SeqCst);
+        }
+        // One answer per connection (the backend reads no further).
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec()
+    })
+    .await;
+    let gw = gateway(&single_env(
+        true,
+        &proxy("p", "/p/*", &format!("http://{backend}/")),
+    ))
+    .await;
+    let gw = addr(&gw);
+    let upgrade = |extra: &str| {
+        format!(
+            "GET /p/x HTTP/1.1\r\nHost: {gw}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\r\n"
+        )
+    };
+    const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for before in [false, true] {
+        for (extra, status, kind) in [
+            (
+                format!("Sec-WebSocket-Version: 8\r\n{KEY}"),
+                426,
+                "websocket_version",
+            ),
+            (KEY.to_owned(), 426, "websocket_version"),
+            (
+                format!("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Version: 13\r\n{KEY}"),
+                426,
+                "websocket_version",
+            ),
+            (
+                "Sec-WebSocket-Version: 13\r\n".to_owned(),
+                400,
+                "bad_request",
+            ),
+            (
+                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n".to_owned(),
+                400,
+                "bad_request",
+            ),
+            (
+                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZSE=\r\n"
+                    .to_owned(),
+                400,
+                "bad_request",
+            ),
+            (
+                format!("Sec-WebSocket-Version: 13\r\n{KEY}{KEY}"),
+                400,
+                "bad_request",
+            ),
+        ] {
+            let (got, head, body) = raw_upgrade(gw, &upgrade(&extra), before).await;
+            assert_eq!(got, status, "{extra:?}: {head}{body}");
+            let body = json(body.as_bytes());
+            assert_eq!(body["error"], kind, "{extra:?}: {body}");
+            if status == 426 {
+                assert!(
+                    head.to_ascii_lowercase()
+                        .contains("sec-websocket-version: 13\r\n"),
+                    "{head}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        UPGRADES.load(Ordering::SeqCst),
+        0,
+        "no upgrade reached the backend"
+    );
+    // A valid one does.
+    let (got, _, _) = raw_upgrade(
+        gw,
+        &upgrade(&format!("Sec-WebSocket-Version: 13\r\n{KEY}")),
+        false,
+    )
+    .await;
+    assert_eq!(got, 200, "the scripted backend's refusal");
+    assert_eq!(UPGRADES.load(Ordering::SeqCst), 1);
+}

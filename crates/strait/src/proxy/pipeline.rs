@@ -180,6 +180,10 @@ async fn serve_upgrade(
             ),
         ));
     }
+    if let Err(error) = check_websocket_request(req.headers()) {
+        matched.route.metrics.upgrade(Upgrade::RefusedByPolicy);
+        return Err(error);
+    }
     if let Some(answered) = admit(conn, &mut matched, &mut req, true, exchange).await? {
         return Ok(answered);
     }
@@ -321,6 +325,40 @@ fn match_route<B>(
 }
 
 /// An upgrade request in the RFC 6455 sense: GET with `Upgrade: websocket` and `Connection: upgrade`.
+/// The rest of a valid opening handshake (RFC 6455 §4.2.1), checked before any policy or
+/// backend: version 13, the only one there is (a 426 names it, as §4.4 asks), and a key of
+/// 16 bytes in base64, once.
+fn check_websocket_request(headers: &http::HeaderMap) -> Result<(), GatewayError> {
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    if !matches!((versions.next(), versions.next()), (Some(v), None) if v == "13") {
+        return Err(GatewayError::new(
+            ErrorKind::UpgradeRequired,
+            "this gateway speaks WebSocket version 13 (RFC 6455): send `Sec-WebSocket-Version: 13`",
+        )
+        .with_header(
+            header::SEC_WEBSOCKET_VERSION,
+            http::HeaderValue::from_static("13"),
+        ));
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let valid = match (keys.next(), keys.next()) {
+        (Some(key), None) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(key.as_bytes())
+                .is_ok_and(|nonce| nonce.len() == 16)
+        }
+        _ => false,
+    };
+    if !valid {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            "a WebSocket upgrade needs one `Sec-WebSocket-Key` header: 16 random bytes in base64",
+        ));
+    }
+    Ok(())
+}
+
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     let has_token = |name: header::HeaderName, token: &str| {
         let values = req.headers().get_all(name);

@@ -67,7 +67,8 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upgrade {
     Upgraded,
-    /// Refused by the gateway (WebSocket disabled here, or a policy such as authentication).
+    /// Refused by the gateway (WebSocket disabled here, a malformed handshake, or a policy
+    /// such as authentication).
     RefusedByPolicy,
     /// The backend answered with something other than 101.
     RefusedByBackend,
