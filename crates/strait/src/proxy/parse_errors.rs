@@ -50,15 +50,16 @@ impl<T> JsonAnswers<T> {
 
 /// The gateway's answer in place of `written`, when `written` is hyper's parse-error answer.
 fn replacement(written: &[u8]) -> Option<Bytes> {
-    let after_version = written.strip_prefix(b"HTTP/1.1 ")?;
+    // Every answer hyper makes is a 4xx: most writes stop at the status's first digit.
+    let after_4 = written.strip_prefix(b"HTTP/1.1 4")?;
     let (status_line, error): (&[u8], fn() -> GatewayError) = [
-        (&b"400 Bad Request"[..], malformed as fn() -> GatewayError),
-        (&b"431 Request Header Fields Too Large"[..], too_large),
-        (&b"414 URI Too Long"[..], too_long),
+        (&b"00 Bad Request"[..], malformed as fn() -> GatewayError),
+        (&b"31 Request Header Fields Too Large"[..], too_large),
+        (&b"14 URI Too Long"[..], too_long),
     ]
     .into_iter()
-    .find(|(line, _)| after_version.starts_with(line))?;
-    let rest = after_version.get(status_line.len()..)?;
+    .find(|(line, _)| after_4.starts_with(line))?;
+    let rest = after_4.get(status_line.len()..)?;
     let rest = rest.strip_prefix(BEFORE_DATE)?;
     let (date, end) = rest.split_at_checked(DATE_LEN)?;
     if end != b"\r\n\r\n" {
@@ -66,7 +67,7 @@ fn replacement(written: &[u8]) -> Option<Bytes> {
     }
     let body = error().body();
     let mut answer = Vec::with_capacity(160 + body.len());
-    answer.extend_from_slice(b"HTTP/1.1 ");
+    answer.extend_from_slice(b"HTTP/1.1 4");
     answer.extend_from_slice(status_line);
     answer.extend_from_slice(
         b"\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: ",
