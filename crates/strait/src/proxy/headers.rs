@@ -240,6 +240,17 @@ fn set_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, original_host: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes: no panic, and what passes is an authority `http` accepts too.
+        #[test]
+        fn a_host_that_passes_is_an_authority(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if is_host(&bytes) {
+                prop_assert!(http::uri::Authority::try_from(bytes.as_slice()).is_ok(), "{:?}", bytes);
+            }
+        }
+    }
 
     #[test]
     fn hosts_are_names_or_addresses_with_an_optional_port() {

@@ -193,6 +193,28 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonAnswers<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever is written, the check neither panics nor takes anything that is not
+        /// hyper's exact answer: a change of any one byte of it is left alone.
+        #[test]
+        fn only_the_exact_answer_is_taken(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            at in 0usize..200,
+            flip in 1u8..=255,
+        ) {
+            let _ = replacement(&bytes);
+            let mut answer = hyper_answer("400 Bad Request");
+            let date = answer.len() - 4 - DATE.len()..answer.len() - 4;
+            let i = at % answer.len();
+            if let Some(byte) = answer.get_mut(i) {
+                *byte ^= flip;
+            }
+            // The date's value is not checked, only its length.
+            prop_assert_eq!(replacement(&answer).is_some(), date.contains(&i));
+        }
+    }
 
     const DATE: &str = "Thu, 03 Dec 2026 14:29:43 GMT";
 
