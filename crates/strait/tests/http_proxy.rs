@@ -1151,6 +1151,47 @@ async fn a_malformed_request_gets_a_json_400_and_the_gateway_keeps_serving() {
 }
 
 #[tokio::test]
+async fn a_request_body_that_breaks_is_a_400_not_the_backends_502() {
+    let echo = echo().await;
+    let proxies = proxy(
+        "api",
+        "/api/*",
+        &format!("http://{}/svc", echo.local_addr()),
+    );
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+    let chunked = raw(
+        gw,
+        "POST /api/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    chunked.assert_error(400, "bad_request");
+    let message = chunked.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains("request body could not be read"),
+        "{message}"
+    );
+    // A body cut short: the client stops writing 3 bytes into the 10 it announced.
+    let cut = within("a body cut short", async {
+        let mut tcp = TcpStream::connect(gw).await.expect("connect");
+        tcp.write_all(b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .expect("write");
+        tcp.shutdown().await.expect("half-close");
+        read_response(&mut BufReader::new(tcp))
+            .await
+            .expect("an answer")
+    })
+    .await;
+    cut.assert_error(400, "bad_request");
+    // The backend was not blamed: the next request is served.
+    assert_eq!(raw_get(gw, "/api/ok").await.echo()["path"], "/svc/ok");
+}
+
+#[tokio::test]
 async fn a_request_without_exactly_one_valid_host_is_refused_before_the_backend() {
     let backend_hits = Arc::new(AtomicUsize::new(0));
     let hits = backend_hits.clone();

@@ -23,7 +23,7 @@ use super::exchange::Exchange;
 use super::headers::{strip_hop_by_hop, to_backend};
 use super::pipeline::{Body, ConnInfo, Matched};
 use crate::error::{ErrorKind, GatewayError};
-use crate::telemetry::{Counted, TooLarge};
+use crate::telemetry::{BrokenBody, Counted, TooLarge};
 use crate::upstream::pool::{Lease, Outcome, TargetState};
 use crate::upstream::replay::{Replay, Returned};
 use crate::upstream::{HttpSender, Upstream, UpstreamError, UpstreamId};
@@ -264,6 +264,10 @@ pub async fn forward(
                         ErrorKind::PayloadTooLarge,
                         too_large.to_string(),
                     ));
+                }
+                // The client's own body broke: a bad request, not a backend failure.
+                if let Some(broken) = BrokenBody::within(error.as_error()) {
+                    return Err(GatewayError::new(ErrorKind::BadRequest, broken.to_string()));
                 }
                 lease.report(Outcome::ConnectFailed);
                 let failed = backend_error(&route.proxy, lease.url().as_str(), &error);

@@ -41,6 +41,39 @@ impl TooLarge {
     }
 }
 
+/// The client's body failed while it streamed (malformed chunked encoding, a connection
+/// closed mid-body): the request is at fault, not the backend it was going to.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read: {cause}")]
+pub struct BrokenBody {
+    /// The innermost cause, as a sentence.
+    cause: String,
+}
+
+impl BrokenBody {
+    fn new(error: &(dyn Error + 'static)) -> Self {
+        let mut inner = error;
+        while let Some(source) = inner.source() {
+            inner = source;
+        }
+        BrokenBody {
+            cause: inner.to_string(),
+        }
+    }
+
+    /// `error` or one of its sources is a [`BrokenBody`].
+    pub fn within<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a BrokenBody> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(found) = error.downcast_ref::<BrokenBody>() {
+                return Some(found);
+            }
+            next = error.source();
+        }
+        None
+    }
+}
+
 impl<B> Body for Counted<B>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -57,7 +90,10 @@ where
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Some(Err(error))) => {
+                let error: Box<dyn Error + Send + Sync> = error.into();
+                return Poll::Ready(Some(Err(Box::new(BrokenBody::new(&*error)))));
+            }
             Poll::Ready(Some(Ok(frame))) => frame,
         };
         if let Some(data) = frame.data_ref() {
