@@ -992,3 +992,95 @@ async fn a_handshake_with_another_version_or_a_bad_key_is_refused_before_the_bac
     assert_eq!(got, 200, "the scripted backend's refusal");
     assert_eq!(UPGRADES.load(Ordering::SeqCst), 1);
 }
+
+/// A masked client frame with the first byte `b0` (RSV bits included).
+fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![b0, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[tokio::test]
+async fn reserved_bits_without_a_negotiated_extension_close_the_session_with_1002() {
+    use tokio::io::AsyncWriteExt;
+    let echo = echo().await;
+    let gw = gateway(&single_env(
+        true,
+        &proxy("p", "/p/*", &format!("http://{}/", echo.local_addr())),
+    ))
+    .await;
+    let mut client = RawClient::connect(addr(&gw), "/p/x").await;
+    // RSV1 on a text frame: permessage-deflate's bit, but nothing was negotiated.
+    client
+        .0
+        .write_all(&masked(0xC1, b"hi"))
+        .await
+        .expect("send");
+    assert_eq!(client.close_code().await, 1002);
+}
+
+#[tokio::test]
+async fn reserved_bits_pass_when_the_backend_accepted_an_extension() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    // A backend that accepts permessage-deflate and sends each frame back unmasked, its
+    // first byte (RSV1 included) as it came: the gateway relays what it does not read.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.expect("head"));
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+            .expect("a key")
+            .trim()
+            .to_owned();
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+            derive_accept_key(key.as_bytes())
+        );
+        tcp.write_all(answer.as_bytes()).await.expect("101");
+        let mut header = [0u8; 6];
+        tcp.read_exact(&mut header).await.expect("a frame");
+        let len = usize::from(header[1] & 0x7f);
+        let mut payload = vec![0; len];
+        tcp.read_exact(&mut payload).await.expect("payload");
+        let unmasked: Vec<u8> = payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ header[2 + i % 4])
+            .collect();
+        let mut back = vec![header[0], len as u8];
+        back.extend_from_slice(&unmasked);
+        tcp.write_all(&back).await.expect("echo");
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest).await;
+    });
+    let gw = gateway(&single_env(
+        true,
+        &proxy("p", "/p/*", &format!("http://{backend}/")),
+    ))
+    .await;
+    let mut client = RawClient::connect(addr(&gw), "/p/x").await;
+    client
+        .0
+        .write_all(&masked(0xC2, b"compressed?"))
+        .await
+        .expect("send");
+    let mut echoed = [0u8; 2 + 11];
+    within("the echo", client.0.read_exact(&mut echoed))
+        .await
+        .expect("echo");
+    assert_eq!(echoed[0], 0xC2, "RSV1 and the opcode as sent");
+    assert_eq!(&echoed[2..], b"compressed?");
+}

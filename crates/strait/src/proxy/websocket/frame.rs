@@ -6,8 +6,9 @@
 //! every frame end at the same stream offset however the bytes were cut. It checks what the
 //! relay must refuse (RFC 6455 §5.2, §5.4, §5.5): reserved opcodes, oversized or fragmented
 //! control frames, 64-bit lengths with the top bit set, continuation frames out of sequence,
-//! and (per [`MaskPolicy`]) frames masked the wrong way. RSV bits are reported but not checked:
-//! extensions negotiated end to end (permessage-deflate) may use them.
+//! and (per [`MaskPolicy`]) frames masked the wrong way. RSV bits are refused unless the
+//! handshake negotiated an extension end to end (permessage-deflate uses RSV1), see
+//! [`FrameParser::allow_reserved_bits`].
 
 use std::borrow::Cow;
 
@@ -98,6 +99,8 @@ pub enum ProtocolError {
     Unmasked,
     #[error("masked frame where masking is forbidden")]
     Masked,
+    #[error("reserved bits set without a negotiated extension")]
+    ReservedBits,
 }
 
 /// Reported when a frame's last byte has been consumed.
@@ -113,6 +116,8 @@ pub struct FrameEnd {
 #[derive(Debug, Clone)]
 pub struct FrameParser {
     policy: MaskPolicy,
+    /// RSV1..RSV3 may be set (an extension was negotiated).
+    reserved_bits: bool,
     /// Header bytes gathered so far for the frame being started (only while `current` is None).
     hdr: [u8; MAX_HEADER_LEN],
     hdr_len: usize,
@@ -134,9 +139,11 @@ pub struct FrameParser {
 }
 
 impl FrameParser {
+    /// A parser that refuses RSV bits (see [`Self::allow_reserved_bits`]).
     pub fn new(policy: MaskPolicy) -> Self {
         Self {
             policy,
+            reserved_bits: false,
             hdr: [0; MAX_HEADER_LEN],
             hdr_len: 0,
             current: None,
@@ -279,6 +286,13 @@ impl FrameParser {
         err
     }
 
+    /// Lets frames carry RSV bits: the handshake negotiated an extension that defines them
+    /// (RFC 6455 §5.2), which the gateway relays without reading.
+    pub fn allow_reserved_bits(mut self, allowed: bool) -> Self {
+        self.reserved_bits = allowed;
+        self
+    }
+
     /// Bytes the header needs: 2 until the length byte is known, then the full length.
     fn header_needed(&self) -> usize {
         if self.hdr_len < 2 {
@@ -298,6 +312,9 @@ impl FrameParser {
     fn check_first_bytes(&self) -> Result<(), ProtocolError> {
         let [b0, b1, ..] = self.hdr;
         let fin = b0 & 0x80 != 0;
+        if b0 & 0x70 != 0 && !self.reserved_bits {
+            return Err(ProtocolError::ReservedBits);
+        }
         let bits = b0 & 0x0F;
         let opcode = OpCode::from_bits(bits).ok_or(ProtocolError::ReservedOpcode(bits))?;
         if opcode.is_control() {
@@ -715,6 +732,23 @@ mod tests {
             first_error(MaskPolicy::Forbidden, &frame(0x81, b"x", Some([1; 4]))),
             Some((0, ProtocolError::Masked))
         );
+    }
+
+    #[test]
+    fn reserved_bits_pass_only_with_a_negotiated_extension() {
+        for b0 in [0xC1u8, 0xA2, 0x91, 0xF1] {
+            let bytes = [frame(0x81, b"ok", None), frame(b0, b"zz", None)].concat();
+            assert_eq!(
+                first_error(MaskPolicy::Any, &bytes),
+                Some((4, ProtocolError::ReservedBits)),
+                "{b0:#x}"
+            );
+            let mut allowed = FrameParser::new(MaskPolicy::Any).allow_reserved_bits(true);
+            let (used, end) = allowed.advance(&bytes[4..]).expect("accepted");
+            assert_eq!(used, 4);
+            let end = end.expect("the frame ends");
+            assert_eq!(end.header.rsv, (b0 >> 4) & 0x07);
+        }
     }
 
     #[test]

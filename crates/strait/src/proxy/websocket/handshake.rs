@@ -201,6 +201,9 @@ async fn handshake(
         limits: MessageLimits::from_policies(
             exchange.held.iter().filter_map(|h| h.message_limit()),
         ),
+        extensions: answer
+            .headers()
+            .contains_key(header::SEC_WEBSOCKET_EXTENSIONS),
     };
     let max_lifetime = env.timeouts.websocket_max_lifetime;
     let shutdown = shared.shutdown.clone();

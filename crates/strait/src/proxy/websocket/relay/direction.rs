@@ -151,7 +151,7 @@ pub(super) struct Direction {
 }
 
 impl Direction {
-    pub(super) fn new(policy: MaskPolicy, limits: Option<&SenderLimits>) -> Self {
+    pub(super) fn new(policy: MaskPolicy, extensions: bool, limits: Option<&SenderLimits>) -> Self {
         Self {
             buf: Vec::new(),
             head: 0,
@@ -159,7 +159,7 @@ impl Direction {
             scan: 0,
             tail: 0,
             filled: false,
-            parser: FrameParser::new(policy),
+            parser: FrameParser::new(policy).allow_reserved_bits(extensions),
             mode: Mode::Forward,
             src: Src::Open,
             dst: Dst::Open,

@@ -116,6 +116,9 @@ pub struct RelayConfig {
     /// What the session's policies allow each side to send (`None`: no limits; boxed, so a
     /// session without them carries 8 bytes).
     pub limits: Option<Box<MessageLimits>>,
+    /// The backend's 101 accepted an extension (`Sec-WebSocket-Extensions`): frames may set
+    /// RSV bits. Without one, a frame that does is a protocol error.
+    pub extensions: bool,
 }
 
 #[derive(Debug, Clone)]

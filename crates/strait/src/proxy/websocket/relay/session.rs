@@ -153,10 +153,12 @@ where
             backend_alive: alive,
             c2b: Direction::new(
                 MaskPolicy::Required,
+                config.extensions,
                 config.limits.as_ref().map(|l| &l.from_client),
             ),
             b2c: Direction::new(
                 MaskPolicy::Forbidden,
+                config.extensions,
                 config.limits.as_ref().map(|l| &l.from_backend),
             ),
             first: None,

@@ -28,7 +28,7 @@ use crate::proxy::websocket::frame::{self, FrameParser, MaskPolicy};
 async fn an_idle_direction_holds_no_buffer() {
     let (mut peer, mut src) = duplex(64 * 1024);
     let (mut dst, mut sink) = duplex(64 * 1024);
-    let mut direction = Direction::new(MaskPolicy::Forbidden, None);
+    let mut direction = Direction::new(MaskPolicy::Forbidden, false, None);
     let waker = futures_util::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
     direction.pump(&mut cx, &mut src, &mut dst);
@@ -56,7 +56,7 @@ async fn a_stream_between_non_tcp_streams_grows_the_buffer_up_to_its_bound() {
     const PAYLOAD: usize = 2 << 20;
     let (mut peer, mut src) = duplex(4 << 20);
     let (mut dst, mut sink) = duplex(4 << 20);
-    let mut direction = Direction::new(MaskPolicy::Forbidden, None);
+    let mut direction = Direction::new(MaskPolicy::Forbidden, false, None);
     let waker = futures_util::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
     let mut frame = vec![0x82, 127];
@@ -123,7 +123,7 @@ async fn a_large_frame_between_plain_tcp_connections_is_spliced_byte_for_byte() 
             .map(|_| (got == frames, sink))
     });
 
-    let mut direction = Direction::new(MaskPolicy::Forbidden, None);
+    let mut direction = Direction::new(MaskPolicy::Forbidden, false, None);
     let mut spliced = false;
     let relayed = poll_fn(|cx| {
         loop {
@@ -204,6 +204,7 @@ fn config() -> RelayConfig {
         pong_timeout: Duration::from_secs(10),
         ping_rtt: None,
         limits: None,
+        extensions: false,
     }
 }
 
@@ -743,11 +744,7 @@ async fn client_eof_mid_frame_shuts_backend_down() {
 async fn idle_timeout_closes_both_sides() {
     let cfg = RelayConfig {
         idle_timeout: Duration::from_secs(30),
-        close_timeout: Duration::from_secs(5),
-        ping_interval: None,
-        pong_timeout: Duration::from_secs(10),
-        ping_rtt: None,
-        limits: None,
+        ..config()
     };
     let (mut client, backend, running) = start_ws(cfg).await;
     let echo = echo(backend);
@@ -788,11 +785,9 @@ async fn bounded(task: JoinHandle<Vec<Message>>) -> Vec<Message> {
 fn keepalive(ping: u64, pong: u64, idle: u64) -> RelayConfig {
     RelayConfig {
         idle_timeout: Duration::from_secs(idle),
-        close_timeout: Duration::from_secs(5),
         ping_interval: Some(Duration::from_secs(ping)),
         pong_timeout: Duration::from_secs(pong),
-        ping_rtt: None,
-        limits: None,
+        ..config()
     }
 }
 
