@@ -1101,15 +1101,20 @@ async fn a_slow_backend_is_504_after_the_response_timeout() {
     );
 }
 
-#[tokio::test]
-async fn a_malformed_request_gets_a_json_400_and_the_gateway_keeps_serving() {
+/// A gateway with one proxy, `/api/*` to the echo's `/svc`.
+async fn api_gateway() -> (strait::GatewayHandle, strait::echo::EchoHandle) {
     let echo = echo().await;
     let proxies = proxy(
         "api",
         "/api/*",
         &format!("http://{}/svc", echo.local_addr()),
     );
-    let gw = gateway(&single_env(false, &proxies)).await;
+    (gateway(&single_env(false, &proxies)).await, echo)
+}
+
+#[tokio::test]
+async fn a_malformed_request_gets_a_json_400_and_the_gateway_keeps_serving() {
+    let (gw, _echo) = api_gateway().await;
     let gw = addr(&gw);
     let big = "a".repeat(300 * 1024);
     let many: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();
@@ -1152,13 +1157,7 @@ async fn a_malformed_request_gets_a_json_400_and_the_gateway_keeps_serving() {
 
 #[tokio::test]
 async fn a_request_body_that_breaks_is_a_400_not_the_backends_502() {
-    let echo = echo().await;
-    let proxies = proxy(
-        "api",
-        "/api/*",
-        &format!("http://{}/svc", echo.local_addr()),
-    );
-    let gw = gateway(&single_env(false, &proxies)).await;
+    let (gw, _echo) = api_gateway().await;
     let gw = addr(&gw);
     let chunked = raw(
         gw,
@@ -1471,13 +1470,7 @@ async fn an_h2_request_in_flight_finishes_when_the_gateway_shuts_down() {
 
 #[tokio::test]
 async fn h2c_with_prior_knowledge_on_a_plain_listener() {
-    let echo = echo().await;
-    let proxies = proxy(
-        "api",
-        "/api/*",
-        &format!("http://{}/svc", echo.local_addr()),
-    );
-    let gw = gateway(&single_env(false, &proxies)).await;
+    let (gw, echo) = api_gateway().await;
     let gw = addr(&gw);
 
     let tcp = TcpStream::connect(gw).await.expect("connect");
