@@ -68,34 +68,34 @@ pub fn check_host(version: Version, headers: &HeaderMap) -> Result<(), GatewayEr
 /// Whether `value` is `host[:port]` (RFC 3986: a registered name, an IPv4 address or a
 /// bracketed IPv6 literal), without user information.
 fn is_host(value: &[u8]) -> bool {
-    let (host, port) = match value.strip_prefix(b"[") {
-        Some(literal) => match literal.iter().position(|&b| b == b']') {
-            Some(end) => {
-                let (inside, after) = literal.split_at(end);
-                let ok = !inside.is_empty()
-                    && inside
-                        .iter()
-                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-                if !ok {
-                    return false;
-                }
-                (&b"x"[..], after.get(1..).unwrap_or_default())
-            }
-            None => return false,
-        },
-        None => match value.iter().position(|&b| b == b':') {
-            Some(colon) => value.split_at(colon),
-            None => (value, &b""[..]),
-        },
+    let (host_ok, port) = match value.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(end) = literal.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let (inside, after) = literal.split_at(end);
+            let ok = !inside.is_empty()
+                && inside
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            (ok, after.get(1..).unwrap_or_default())
+        }
+        None => {
+            let (host, port) = match value.iter().position(|&b| b == b':') {
+                Some(colon) => value.split_at(colon),
+                None => (value, &b""[..]),
+            };
+            let ok = !host.is_empty()
+                && host
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+            (ok, port)
+        }
     };
     let port_ok = match port.strip_prefix(b":") {
         Some(digits) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
         None => port.is_empty(),
     };
-    let host_ok = !host.is_empty()
-        && host
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
     host_ok && port_ok
 }
 

@@ -324,7 +324,6 @@ fn match_route<B>(
     })
 }
 
-/// An upgrade request in the RFC 6455 sense: GET with `Upgrade: websocket` and `Connection: upgrade`.
 /// The rest of a valid opening handshake (RFC 6455 §4.2.1), checked before any policy or
 /// backend: version 13, the only one there is (a 426 names it, as §4.4 asks), and a key of
 /// 16 bytes in base64, once.
@@ -362,6 +361,7 @@ fn check_websocket_request(headers: &http::HeaderMap) -> Result<(), GatewayError
     Ok(())
 }
 
+/// An upgrade request in the RFC 6455 sense: GET with `Upgrade: websocket` and `Connection: upgrade`.
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     let has_token = |name: header::HeaderName, token: &str| {
         let values = req.headers().get_all(name);
