@@ -12,7 +12,7 @@
 //! - [`admin`]: the admin HTTP API over [`control`].
 //! - [`telemetry`]: metrics, access log and trace context the data plane records into.
 //! - [`echo`]: the built-in echo backend used by the demo, the tests and the benchmarks.
-//! - [`error`]: the JSON error every gateway-made response uses.
+//! - [`error`]: the JSON error every gateway-made response uses, hyper's own answers included.
 //! - [`io`]: a TCP connection, plain or with TLS, as both sides of the proxy use it.
 
 pub mod admin;

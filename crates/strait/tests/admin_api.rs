@@ -683,6 +683,46 @@ async fn a_body_over_one_mebibyte_is_413() {
         .expect_error(404, "not_found", "nothing stored");
 }
 
+#[tokio::test]
+async fn a_request_that_is_not_http_gets_a_json_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = stateful(None).await;
+    let addr = api.admin.local_addr();
+    let big = "a".repeat(80 * 1024);
+    for (garbage, status, kind) in [
+        ("\x01\x02 nonsense\r\n\r\n".to_owned(), 400, "bad_request"),
+        (
+            "GET /health HTTP/1.1\r\nBad Header Line\r\n\r\n".to_owned(),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n"),
+            431,
+            "headers_too_large",
+        ),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(garbage.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        support::within("the admin API's answer", tcp.read_to_end(&mut answer))
+            .await
+            .expect("read the answer");
+        let text = String::from_utf8_lossy(&answer);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(body["status"], status, "{body}");
+        assert_eq!(body["error"], kind, "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+    api.get("/health").await.expect(200, "still serving");
+}
+
 /// Removes every `null`-valued key, at any depth.
 fn drop_nulls(value: &mut Value) {
     match value {

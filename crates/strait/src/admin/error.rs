@@ -15,7 +15,8 @@ use crate::control::{ControlError, FieldProblem};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
-    /// 400: malformed JSON body, bad query parameter, bad percent-encoding or an empty name.
+    /// 400: malformed JSON body, bad query parameter, bad percent-encoding, an empty name,
+    /// or a request that is not valid HTTP/1.1 (answered before routing).
     BadRequest,
     /// 401: the bearer token is missing or wrong.
     Unauthorized,
@@ -31,6 +32,18 @@ pub enum ErrorKind {
     Conflict,
     /// 413: the request body is over 1 MiB.
     PayloadTooLarge,
+    /// 414: the request target is too long (answered before routing).
+    #[allow(
+        dead_code,
+        reason = "written by crate::error::JsonAnswers; listed for the document"
+    )]
+    UriTooLong,
+    /// 431: the request head is over 64 KiB or 100 header fields (answered before routing).
+    #[allow(
+        dead_code,
+        reason = "written by crate::error::JsonAnswers; listed for the document"
+    )]
+    HeadersTooLarge,
     /// 422: the change is not valid; see `problems`.
     Invalid,
     /// 500: the database failed.
@@ -48,6 +61,8 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed | ErrorKind::ReadOnly => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
+            ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Storage | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -45,11 +45,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::control::Control;
+use crate::error::{JsonAnswers, MAX_HEAD_BYTES};
 use error::{ApiError, ErrorKind};
 use request::{Call, Route};
 
-/// Largest request head accepted (request line plus headers).
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A client that has not sent its request head in this time is dropped.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// On shutdown, in-flight admin requests get this long to finish; then they are cut.
@@ -336,7 +335,8 @@ async fn serve_connection(
         let app = app.clone();
         async move { Ok::<_, Infallible>(app.respond(request).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    // hyper's own answers to requests it cannot parse become JSON errors, like every other.
+    let conn = builder.serve_connection(TokioIo::new(JsonAnswers::new(stream)), service);
     if let Err(error) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(%client, %error, "admin API connection ended with an error");
     }

@@ -909,6 +909,8 @@ mod tests {
             "method_not_allowed",
             "payload_too_large",
             "unauthorized",
+            "uri_too_long",
+            "headers_too_large",
         ] {
             assert!(
                 kinds.as_array().unwrap().contains(&json!(kind)),

@@ -25,9 +25,9 @@ use tokio_util::task::TaskTracker;
 
 use super::head_timer::HeadTimer;
 use super::headers::ip_value;
-use super::parse_errors::{JsonAnswers, MAX_HEAD_BYTES};
 use super::pipeline::{ConnInfo, Shared, handle};
 use super::sniff::{self, FirstLook};
+use crate::error::{JsonAnswers, MAX_HEAD_BYTES};
 use crate::io::TcpOrTls;
 
 /// A client connection as accepted, with its TLS session if the environment has one. A

@@ -13,7 +13,6 @@ mod gateway;
 mod head_timer;
 mod headers;
 mod listener;
-mod parse_errors;
 mod pipeline;
 mod sessions;
 mod snapshot;

@@ -20,9 +20,9 @@ use tokio::sync::oneshot;
 
 use super::exchange::Logged;
 use super::headers::http1_head;
-use super::parse_errors::MAX_HEADERS;
 use super::pipeline::{Body, ConnInfo, Shared, handle_upgrade, is_websocket_upgrade};
 use super::websocket::handshake::ClientSide;
+use crate::error::MAX_HEADERS;
 use crate::io::TcpOrTls;
 
 /// What an HTTP/2 client sends first on a connection without TLS (RFC 9113 §3.4).

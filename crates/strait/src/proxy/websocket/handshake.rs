@@ -19,12 +19,11 @@ use super::backend;
 use super::relay::{
     CLOSE_GOING_AWAY, CloseFrame, DirectionStats, MessageLimits, RelayConfig, relay,
 };
-use crate::error::{ErrorKind, GatewayError};
+use crate::error::{ErrorKind, GatewayError, JsonAnswers};
 use crate::proxy::connect;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::headers::{strip_hop_by_hop, to_backend};
 use crate::proxy::listener::ClientStream;
-use crate::proxy::parse_errors::JsonAnswers;
 use crate::proxy::pipeline::{Body, ConnInfo, Matched, Shared};
 use crate::proxy::sessions::SessionInfo;
 use crate::proxy::snapshot::{EnvRoutes, Route};

@@ -1,6 +1,12 @@
 //! Gateway-made errors: every response the gateway itself produces is JSON
 //! `{"status": 404, "error": "no_route", "message": "..."}`.
-//! Owns only the error shape; it knows nothing of routing or connections.
+//! Owns only the error shape, and [`JsonAnswers`], which puts it in place of the empty
+//! answers hyper makes by itself to requests it cannot parse (the data plane's listeners and
+//! the admin API both use it); it knows nothing of routing or connections.
+
+mod parse_errors;
+
+pub use parse_errors::{JsonAnswers, MAX_HEAD_BYTES, MAX_HEADERS};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};

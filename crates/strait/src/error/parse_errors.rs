@@ -18,7 +18,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::error::{ErrorKind, GatewayError};
+use super::{ErrorKind, GatewayError};
 
 /// The most a request head may hold (hyper's read buffer, which it checks between reads:
 /// a head that arrives at once may pass it by up to a read); over it hyper answers 431.
