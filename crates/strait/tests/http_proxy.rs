@@ -842,6 +842,40 @@ async fn chunked_request_bodies_are_re_framed_not_passed_through() {
 }
 
 #[tokio::test]
+async fn a_backend_answer_head_over_64_kib_is_a_502() {
+    // Under the limit it passes whole; over it the gateway stops reading (as nginx's "upstream
+    // sent too big header") instead of buffering whatever the backend sends. hyper checks the
+    // limit between reads, so a head arriving at once may pass it by up to a read: 200 KiB is
+    // safely over.
+    let answer = |size: usize| -> &'static [u8] {
+        let value = "v".repeat(size);
+        format!("HTTP/1.1 200 OK\r\nX-Big: {value}\r\nContent-Length: 2\r\n\r\nok")
+            .into_bytes()
+            .leak()
+    };
+    let fits = raw_backend(answer(60 * 1024)).await;
+    let too_big = raw_backend(answer(200 * 1024)).await;
+    let proxies = [
+        proxy("fits", "/fits/*", &format!("http://{fits}")),
+        proxy("big", "/big/*", &format!("http://{too_big}")),
+    ]
+    .concat();
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw = addr(&gw);
+    let response = raw_get(gw, "/fits/x").await;
+    assert_eq!(response.status, 200, "{}", response.status_line);
+    assert_eq!(response.header("x-big").map(str::len), Some(60 * 1024));
+    assert_eq!(response.body, b"ok");
+    let refused = raw_get(gw, "/big/x").await;
+    refused.assert_error(502, "bad_gateway");
+    let message = refused.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("head over the 64 KiB"), "{message}");
+}
+
+#[tokio::test]
 async fn hop_by_hop_response_headers_are_not_returned() {
     let backend = raw_backend(
         b"HTTP/1.1 200 OK\r\n\

@@ -325,7 +325,12 @@ fn backend_error(proxy: &str, backend: &str, error: &Failure) -> GatewayError {
         inner = source;
     }
     let cause = inner.to_string();
-    let what = if error.is_connect() {
+    let what = if inner
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_parse_too_large)
+    {
+        "answered with a head over the 64 KiB the gateway reads"
+    } else if error.is_connect() {
         "could not be reached"
     } else {
         "failed before answering"

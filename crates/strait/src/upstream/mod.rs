@@ -77,6 +77,12 @@ pub enum UpstreamError {
     },
 }
 
+/// The longest response head read from a backend (status line and headers), near Envoy's
+/// 60 KiB default; a longer one fails the exchange (502), as nginx's "upstream sent too big
+/// header" does, instead of buffering up to hyper's default of ~400 KiB per connection.
+/// (hyper checks it between reads, so a head that arrives at once may pass it by up to a read.)
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
 /// The pooled HTTP client used for request/response traffic.
 /// Request bodies stream from the client to the backend, counted on the way.
 pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Replay<Counted<Incoming>>>;
@@ -227,6 +233,7 @@ impl Upstream {
             .enable_http1()
             .wrap_connector(connector);
         let http = Client::builder(TokioExecutor::new())
+            .http1_max_buf_size(MAX_RESPONSE_HEAD)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build(https);
@@ -253,7 +260,9 @@ impl Upstream {
     /// once every sender is dropped and its last response has ended.
     pub async fn connect_http(&self, backend: &BackendUrl) -> Result<HttpSender, UpstreamError> {
         let stream = self.connect_ws(backend).await?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(MAX_RESPONSE_HEAD)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| UpstreamError::Handshake {
                 authority: backend.authority().to_owned(),

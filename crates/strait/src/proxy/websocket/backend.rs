@@ -12,14 +12,13 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::proxy::headers::http1_head;
+use crate::upstream::MAX_RESPONSE_HEAD as MAX_HEAD;
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-/// The longest answer head read (a 101 is about 200 bytes).
-pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header lines in an answer, as hyper allows.
 const MAX_HEADERS: usize = 100;
 
