@@ -3,7 +3,7 @@
 //! Owns the mapping from [`ControlError`] to a status and a kind.
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
@@ -151,16 +151,7 @@ impl ApiError {
                 br#"{"status":500,"error":"internal","message":"the error could not be encoded"}"#,
             ),
         };
-        let mut response = Response::new(Full::new(body));
-        *response.status_mut() = self.kind.status();
-        for (name, value) in &self.headers {
-            response.headers_mut().append(name, value.clone());
-        }
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        response
+        crate::error::json_response(self.kind.status(), body, &self.headers)
     }
 }
 
@@ -186,6 +177,7 @@ impl From<ControlError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
     use serde_json::{Value, json};
 
     fn body_of(error: &ApiError) -> Value {

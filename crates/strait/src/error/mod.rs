@@ -122,17 +122,27 @@ impl GatewayError {
     }
 
     pub fn to_response(&self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(self.body()));
-        *response.status_mut() = self.kind.status();
-        for (name, value) in &self.headers {
-            response.headers_mut().append(name, value.clone());
-        }
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        response
+        json_response(self.kind.status(), self.body(), &self.headers)
     }
+}
+
+/// A JSON answer: `status`, `body`, the extra `headers` and `Content-Type: application/json`
+/// (the admin API's errors are built the same way).
+pub fn json_response(
+    status: StatusCode,
+    body: Bytes,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    for (name, value) in headers {
+        response.headers_mut().append(name, value.clone());
+    }
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 #[cfg(test)]
