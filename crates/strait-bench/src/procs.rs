@@ -5,6 +5,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -109,10 +110,47 @@ pub fn tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
-/// A loopback port that was free a moment ago (bound, then released).
+/// A loopback port that was free a moment ago (bound, then released), for a server started
+/// next. It is taken outside the kernel's ephemeral range (`ip_local_port_range`): a port
+/// from `bind(:0)` lies inside it, and between its release and the server's `listen` the
+/// load's own outgoing connections could take it as their source port (seen in a full run:
+/// `strait run` failed with "Address already in use").
 pub fn free_port() -> Result<u16> {
+    // Each call starts after the last port handed out, so consecutive calls differ.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = ephemeral_range();
+    // Below the range when there is room there, else above it.
+    let (first, last) = if low > 10_000 {
+        (10_000, low - 1)
+    } else {
+        (high.saturating_add(1).min(65_535), 65_535)
+    };
+    let span = last.saturating_sub(first) + 1;
+    let start = NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id() % span;
+    for step in 0..span {
+        let port = first + (start + step) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            NEXT.fetch_add(step, Ordering::Relaxed);
+            return Ok(port);
+        }
+    }
+    // No free port outside the range: let the kernel pick one inside it.
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// The kernel's ephemeral port range (Linux's default when it cannot be read).
+fn ephemeral_range() -> (u32, u32) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(str::parse::<u32>);
+            Some((bounds.next()?.ok()?, bounds.next()?.ok()?))
+        })
+        .unwrap_or((32_768, 60_999))
 }
 
 /// The full path of `tool` on PATH, if it is there.
@@ -218,5 +256,28 @@ impl CpuMeter {
             (Some(a), Some(b)) => (b - a) / self.wall.elapsed().as_secs_f64().max(1e-9) * 100.0,
             _ => f64::NAN,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_differ_and_stay_out_of_the_ephemeral_range() {
+        let (low, high) = ephemeral_range();
+        let ports: Vec<u16> = (0..3).map(|_| free_port().unwrap()).collect();
+        for port in &ports {
+            let port = u32::from(*port);
+            // The fallback inside the range is only for a machine with no room outside it.
+            if low > 10_000 || high < 65_535 {
+                assert!(!(low..=high).contains(&port), "{port} in {low}-{high}");
+            }
+            assert!(
+                TcpListener::bind(("127.0.0.1", port as u16)).is_ok(),
+                "{port}"
+            );
+        }
+        assert!(ports[0] != ports[1] && ports[1] != ports[2], "{ports:?}");
     }
 }

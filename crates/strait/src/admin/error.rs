@@ -38,14 +38,14 @@ pub enum ErrorKind {
         reason = "written by crate::error::JsonAnswers; listed for the document"
     )]
     UriTooLong,
+    /// 422: the change is not valid; see `problems`.
+    Invalid,
     /// 431: the request head is over 64 KiB or 100 header fields (answered before routing).
     #[allow(
         dead_code,
         reason = "written by crate::error::JsonAnswers; listed for the document"
     )]
     HeadersTooLarge,
-    /// 422: the change is not valid; see `problems`.
-    Invalid,
     /// 500: the database failed.
     Storage,
     /// 500: a bug in the admin API itself.
