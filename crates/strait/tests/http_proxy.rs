@@ -1135,6 +1135,60 @@ async fn a_slow_backend_is_504_after_the_response_timeout() {
     );
 }
 
+#[tokio::test]
+async fn the_response_timeout_counts_from_the_end_of_the_request_body() {
+    let echo = echo().await;
+    let yaml = format!(
+        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    timeouts: {{ response: 300ms }}\nproxies:\n{}",
+        proxy(
+            "api",
+            "/api/*",
+            &format!("http://{}/svc", echo.local_addr())
+        )
+    );
+    let handle = gateway(&yaml).await;
+    let gw = addr(&handle);
+    // An upload that keeps arriving for a second (over three times the timeout) is not cut:
+    // the backend's 300 ms start once it has the whole body.
+    let slow = within("a slow upload", async {
+        let mut tcp = TcpStream::connect(gw).await.expect("connect");
+        tcp.write_all(b"POST /api/up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+            .await
+            .expect("write the head");
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        for _ in 0..10 {
+            pace.tick().await;
+            tcp.write_all(b"x").await.expect("write a byte");
+        }
+        read_response(&mut BufReader::new(tcp))
+            .await
+            .expect("an answer")
+    })
+    .await;
+    assert_eq!(slow.echo()["body_length"], 10);
+    // A body that stops arriving is the client's 408, and the backend is not blamed.
+    let started = Instant::now();
+    let stalled = within("a stalled upload", async {
+        let mut tcp = TcpStream::connect(gw).await.expect("connect");
+        tcp.write_all(b"POST /api/up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .expect("write");
+        read_response(&mut BufReader::new(tcp))
+            .await
+            .expect("an answer")
+    })
+    .await;
+    let elapsed = started.elapsed();
+    stalled.assert_error(408, "request_timeout");
+    assert!(
+        (Duration::from_millis(290)..Duration::from_secs(3)).contains(&elapsed),
+        "{elapsed:?}"
+    );
+    let pool = handle.pool("api").expect("the proxy's pool");
+    let target = pool.targets().first().expect("one target").stats();
+    assert_eq!((target.requests, target.failures), (2, 0), "{target:?}");
+}
+
 /// A gateway with one proxy, `/api/*` to the echo's `/svc`.
 async fn api_gateway() -> (strait::GatewayHandle, strait::echo::EchoHandle) {
     let echo = echo().await;

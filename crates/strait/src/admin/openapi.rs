@@ -345,7 +345,8 @@ pub struct Timeouts {
     /// TCP (and TLS) connect to the backend.
     #[schema(required = false, default = "5s")]
     connect: String,
-    /// Until the backend's response head arrives.
+    /// Until the backend's response head arrives, from the end of the request body; also how
+    /// long a request body may send nothing before it is refused with 408.
     #[schema(required = false, default = "60s")]
     response: String,
     /// A WebSocket session with no frames either way for this long is closed (pongs do not count).

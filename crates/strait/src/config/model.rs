@@ -96,7 +96,8 @@ pub struct TlsFiles {
 pub struct Timeouts {
     /// TCP (and TLS) connect to the backend (default 5s).
     pub connect: Duration,
-    /// Until the backend's response head arrives (default 60s).
+    /// Until the backend's response head arrives, from the end of the request body; also
+    /// how long a request body may send nothing (default 60s).
     pub response: Duration,
     /// A WebSocket session with no frames either way for this long is closed with 1001 (default 1h).
     pub websocket_idle: Duration,

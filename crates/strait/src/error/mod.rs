@@ -35,6 +35,8 @@ pub enum ErrorKind {
     UriTooLong,
     /// The request head is over the gateway's size or header-count limit.
     HeadersTooLarge,
+    /// The request body stopped arriving before it ended.
+    RequestTimeout,
     /// A WebSocket upgrade asked for a protocol version other than 13 (with
     /// `Sec-WebSocket-Version: 13`).
     UpgradeRequired,
@@ -60,6 +62,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::UriTooLong => "uri_too_long",
             ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::UpgradeRequired => "websocket_version",
             ErrorKind::TooManyRequests => "too_many_requests",
             ErrorKind::BadGateway => "bad_gateway",
@@ -78,6 +81,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,

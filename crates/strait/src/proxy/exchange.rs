@@ -6,7 +6,6 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,7 +20,7 @@ use crate::policy::{Admission, Held};
 use crate::telemetry::access::RequestRecord;
 use crate::telemetry::metrics::InFlight;
 use crate::telemetry::trace::TraceContext;
-use crate::telemetry::{Counted, Tracer};
+use crate::telemetry::{BodyProgress, Counted, Tracer};
 use crate::upstream::pool::Lease;
 
 /// One request on its way through the phases; finished when dropped.
@@ -64,7 +63,7 @@ pub struct Exchange {
     pub upgraded: bool,
     /// Where this request's span goes.
     pub tracer: Option<Tracer>,
-    bytes_in: Arc<AtomicU64>,
+    body: Arc<BodyProgress>,
     in_flight: Option<InFlight>,
     finished: bool,
 }
@@ -98,7 +97,7 @@ impl Exchange {
             status: StatusCode::OK,
             upgraded: false,
             tracer: None,
-            bytes_in: Arc::default(),
+            body: Arc::default(),
             in_flight: None,
             finished: false,
         })
@@ -140,8 +139,13 @@ impl Exchange {
     /// The request body, counting its bytes as they stream to the backend and failing it
     /// past the policies' limit.
     pub fn count_request<B>(&self, req: Request<B>) -> Request<Counted<B>> {
-        let bytes = self.bytes_in.clone();
-        req.map(|inner| Counted::new(inner, bytes).with_limit(self.body_limit))
+        let progress = self.body.clone();
+        req.map(|inner| Counted::new(inner, progress).with_limit(self.body_limit))
+    }
+
+    /// How far the request body has streamed.
+    pub fn request_body(&self) -> &BodyProgress {
+        &self.body
     }
 
     /// When the request arrived.
@@ -161,7 +165,7 @@ impl Exchange {
         self.in_flight = None;
         let Some(env) = &self.env else { return };
         let took = self.started.elapsed();
-        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let bytes_in = self.body.bytes();
         let metrics = self.route.as_ref().map_or(&env.unmatched, |r| &r.metrics);
         metrics.request_done(&self.method, self.status, took, bytes_in, bytes_out);
         #[cfg(feature = "otlp")]

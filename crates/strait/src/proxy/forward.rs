@@ -11,19 +11,20 @@
 //! to another target than the pinned one, and HTTP/2 clients (many requests at once on one
 //! connection) use the shared pooled client.
 
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use super::connect::{self, Attempts};
 use super::exchange::Exchange;
 use super::headers::{strip_hop_by_hop, to_backend};
 use super::pipeline::{Body, ConnInfo, Matched};
 use crate::error::{ErrorKind, GatewayError};
-use crate::telemetry::{BrokenBody, Counted, TooLarge};
+use crate::telemetry::{BodyProgress, BrokenBody, Counted, TooLarge};
 use crate::upstream::pool::{Lease, Outcome, TargetState};
 use crate::upstream::replay::{Replay, Returned};
 use crate::upstream::{HttpSender, Upstream, UpstreamError, UpstreamId};
@@ -237,6 +238,8 @@ pub async fn forward(
         }
 
         let asked = Instant::now();
+        // A body still to stream times the backend from its end (see `answered_within`).
+        let streaming = (!body.is_end_stream()).then(|| exchange.request_body());
         let sent = send(
             conn,
             pinning,
@@ -244,16 +247,26 @@ pub async fn forward(
             &route.upstream,
             Request::from_parts(head, body),
         );
-        let outcome = tokio::time::timeout(env.timeouts.response, sent).await;
+        let outcome = answered_within(sent, env.timeouts.response, streaming).await;
         // The body, if this attempt dropped it unsent.
         let again = returned.take().and_then(Returned::take);
         let response = match outcome {
-            Err(_) => {
+            Err(Late::Backend) => {
                 return Err(connect::timed_out(
                     &mut lease,
                     &route,
                     "",
                     env.timeouts.response,
+                ));
+            }
+            // The client's fault: the backend is not blamed.
+            Err(Late::Body) => {
+                return Err(GatewayError::new(
+                    ErrorKind::RequestTimeout,
+                    format!(
+                        "the request body stopped arriving: nothing came for {:?}",
+                        env.timeouts.response
+                    ),
                 ));
             }
             Ok(Err(error)) => {
@@ -315,6 +328,53 @@ pub async fn forward(
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         return Ok(Response::from_parts(parts, Either::Left(body)));
+    }
+}
+
+/// Why no answer came in time.
+enum Late {
+    /// The backend took longer than `response` from the end of the request.
+    Backend,
+    /// The client's body passed nothing for `response`: the request is at fault.
+    Body,
+}
+
+/// Waits for `sent`, the backend's answer, for `limit` from the end of the request — the
+/// end of its `body` when one is still streaming — as nginx's `proxy_read_timeout` starts
+/// once the request is sent: an upload that keeps arriving is never cut, however long it
+/// takes. A body that passes nothing for `limit` (noticed within twice that) is
+/// [`Late::Body`], as nginx's `client_body_timeout`.
+async fn answered_within<F: Future>(
+    sent: F,
+    limit: Duration,
+    body: Option<&BodyProgress>,
+) -> Result<F::Output, Late> {
+    let mut sent = pin!(sent);
+    let Some(body) = body else {
+        return tokio::time::timeout(limit, sent)
+            .await
+            .map_err(|_| Late::Backend);
+    };
+    let mut seen = body.bytes();
+    let mut deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(output) = tokio::time::timeout_at(deadline, sent.as_mut()).await {
+            return Ok(output);
+        }
+        if let Some(ended) = body.ended() {
+            let due = tokio::time::Instant::from_std(ended) + limit;
+            if due <= tokio::time::Instant::now() {
+                return Err(Late::Backend);
+            }
+            deadline = due;
+        } else {
+            let now = body.bytes();
+            if now == seen {
+                return Err(Late::Body);
+            }
+            seen = now;
+            deadline += limit;
+        }
     }
 }
 

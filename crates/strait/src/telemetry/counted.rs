@@ -1,19 +1,45 @@
-//! A request body that counts the bytes passing through it, as they stream, and may stop
-//! them at a limit.
+//! A request body that counts the bytes passing through it, as they stream, notes when it
+//! ends, and may stop them at a limit.
 
 use std::error::Error;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
+/// How far a request body has streamed: written by its [`Counted`] body, read by the
+/// exchange that logs it and by the backend's response timer.
+#[derive(Debug, Default)]
+pub struct BodyProgress {
+    bytes: AtomicU64,
+    /// When its last frame passed (not set for a body that had none to send).
+    ended: OnceLock<Instant>,
+}
+
+impl BodyProgress {
+    /// The bytes passed so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// When the body ended, once it has.
+    pub fn ended(&self) -> Option<Instant> {
+        self.ended.get().copied()
+    }
+
+    fn end(&self) {
+        let _ = self.ended.set(Instant::now());
+    }
+}
+
 /// A request body that counts the bytes passing through it.
 pub struct Counted<B> {
     inner: B,
-    bytes: Arc<AtomicU64>,
+    progress: Arc<BodyProgress>,
     /// Bytes passed so far.
     passed: u64,
     /// Beyond this many bytes the body fails with [`TooLarge`].
@@ -89,7 +115,10 @@ where
         let this = &mut *self;
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.progress.end();
+                return Poll::Ready(None);
+            }
             Poll::Ready(Some(Err(error))) => {
                 let error: Box<dyn Error + Send + Sync> = error.into();
                 return Poll::Ready(Some(Err(Box::new(BrokenBody::new(&*error)))));
@@ -104,7 +133,12 @@ where
             {
                 return Poll::Ready(Some(Err(Box::new(TooLarge { limit }))));
             }
-            this.bytes.fetch_add(len, Ordering::Relaxed);
+            this.progress.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        // hyper stops polling a body that says it has ended (a `Content-Length` body after
+        // its last byte).
+        if this.inner.is_end_stream() {
+            this.progress.end();
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -119,10 +153,10 @@ where
 }
 
 impl<B> Counted<B> {
-    pub fn new(inner: B, bytes: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: B, progress: Arc<BodyProgress>) -> Self {
         Counted {
             inner,
-            bytes,
+            progress,
             passed: 0,
             limit: None,
         }
@@ -138,7 +172,7 @@ impl<B> Counted<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, StreamBody};
+    use http_body_util::{BodyExt, Full, StreamBody};
     use std::convert::Infallible;
 
     fn chunks(sizes: &[usize]) -> impl Body<Data = Bytes, Error = Infallible> + Unpin {
@@ -151,17 +185,35 @@ mod tests {
 
     #[tokio::test]
     async fn the_frame_crossing_the_limit_fails_the_body() {
-        let bytes = Arc::new(AtomicU64::new(0));
-        let mut body = Counted::new(chunks(&[4, 4, 4]), bytes.clone()).with_limit(Some(9));
+        let progress = Arc::new(BodyProgress::default());
+        let mut body = Counted::new(chunks(&[4, 4, 4]), progress.clone()).with_limit(Some(9));
         assert!(body.frame().await.unwrap().is_ok());
         assert!(body.frame().await.unwrap().is_ok());
         let error = body.frame().await.unwrap().unwrap_err();
         assert_eq!(TooLarge::within(&*error), Some(TooLarge { limit: 9 }));
-        assert_eq!(bytes.load(Ordering::Relaxed), 8, "only what passed");
+        assert_eq!(progress.bytes(), 8, "only what passed");
+        assert_eq!(progress.ended(), None, "a failed body never ended");
 
         let exact = Counted::new(chunks(&[4, 5]), Arc::default()).with_limit(Some(9));
         assert_eq!(exact.collect().await.unwrap().to_bytes().len(), 9);
         let unlimited = Counted::new(chunks(&[4, 5]), Arc::default());
         assert_eq!(unlimited.collect().await.unwrap().to_bytes().len(), 9);
+    }
+
+    #[tokio::test]
+    async fn the_end_is_noted_when_the_last_frame_passes() {
+        let progress = Arc::new(BodyProgress::default());
+        let mut body = Counted::new(chunks(&[3, 2]), progress.clone());
+        assert!(body.frame().await.unwrap().is_ok());
+        assert_eq!((progress.bytes(), progress.ended()), (3, None));
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(body.frame().await.is_none());
+        let ended = progress.ended().expect("ended after the last frame");
+        // A body that says it has ended is not polled again: its last frame ends it.
+        let sized = Arc::new(BodyProgress::default());
+        let mut one = Counted::new(Full::new(Bytes::from_static(b"abc")), sized.clone());
+        assert!(one.frame().await.unwrap().is_ok());
+        assert!(sized.ended().is_some_and(|at| at >= ended));
+        assert_eq!(sized.bytes(), 3);
     }
 }

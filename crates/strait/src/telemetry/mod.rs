@@ -11,7 +11,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod trace;
 
-pub use counted::{BrokenBody, Counted, TooLarge};
+pub use counted::{BodyProgress, BrokenBody, Counted, TooLarge};
 
 /// Where finished spans go: the OTLP exporter (absent without an endpoint).
 #[cfg(feature = "otlp")]
