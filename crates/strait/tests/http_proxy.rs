@@ -1189,6 +1189,61 @@ async fn the_response_timeout_counts_from_the_end_of_the_request_body() {
     assert_eq!((target.requests, target.failures), (2, 0), "{target:?}");
 }
 
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    // The backend streams up to 256 MiB and says when the gateway let go of it.
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 4096;
+    struct Dropped(Option<oneshot::Sender<()>>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+    let (dropped_tx, dropped) = oneshot::channel();
+    let dropped_tx = Arc::new(Mutex::new(Some(dropped_tx)));
+    let flood = backend(move |_req| {
+        let guard = Dropped(dropped_tx.lock().ok().and_then(|mut tx| tx.take()));
+        let chunk = Bytes::from(vec![b'x'; CHUNK]);
+        let frames = futures_util::stream::iter(std::iter::repeat_n(chunk, CHUNKS)).map(move |c| {
+            let _ = &guard;
+            Ok::<_, Infallible>(Frame::data(c))
+        });
+        async move { Response::new(StreamBody::new(frames)) }
+    })
+    .await;
+    let yaml = format!(
+        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    timeouts: {{ send: 300ms }}\nproxies:\n{}",
+        proxy("flood", "/flood/*", &format!("http://{}", flood.addr))
+    );
+    let gw = gateway(&yaml).await;
+    let mut tcp = TcpStream::connect(addr(&gw)).await.expect("connect");
+    tcp.write_all(b"GET /flood/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    // The client reads nothing; the gateway gives up on it and lets the backend go.
+    within("the gateway to let the backend go", dropped)
+        .await
+        .expect("the backend's body was dropped");
+    assert!(
+        started.elapsed() >= Duration::from_millis(290),
+        "{:?}",
+        started.elapsed()
+    );
+    // What the kernel buffered arrives, then the end: far from the whole body.
+    let mut received = Vec::new();
+    let _ = within("the rest", tcp.read_to_end(&mut received)).await;
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        received.len() < CHUNK * CHUNKS / 4,
+        "{} bytes",
+        received.len()
+    );
+}
+
 /// A gateway with one proxy, `/api/*` to the echo's `/svc`.
 async fn api_gateway() -> (strait::GatewayHandle, strait::echo::EchoHandle) {
     let echo = echo().await;

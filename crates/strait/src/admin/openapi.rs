@@ -246,7 +246,7 @@ pub fn document_json() -> Result<String, serde_json::Error> {
     "websocket": true,
     "tls": {"cert": "certs/gw.pem", "key": "certs/gw-key.pem"},
     "timeouts": {
-        "connect": "5s", "response": "60s", "websocket_idle": "1h",
+        "connect": "5s", "response": "60s", "send": "60s", "websocket_idle": "1h",
         "websocket_ping": "30s", "websocket_pong_timeout": "10s", "websocket_max_lifetime": "24h"
     },
     "shutdown_grace": "30s",
@@ -349,6 +349,10 @@ pub struct Timeouts {
     /// long a request body may send nothing before it is refused with 408.
     #[schema(required = false, default = "60s")]
     response: String,
+    /// A client that takes nothing for this long while the gateway has bytes for it (a
+    /// response it stopped reading) is disconnected.
+    #[schema(required = false, default = "60s")]
+    send: String,
     /// A WebSocket session with no frames either way for this long is closed (pongs do not count).
     #[schema(required = false, default = "1h")]
     websocket_idle: String,

@@ -99,6 +99,9 @@ pub struct Timeouts {
     /// Until the backend's response head arrives, from the end of the request body; also
     /// how long a request body may send nothing (default 60s).
     pub response: Duration,
+    /// A client connection whose client takes nothing for this long while the gateway has
+    /// bytes for it (a response it stopped reading) is closed (default 60s).
+    pub send: Duration,
     /// A WebSocket session with no frames either way for this long is closed with 1001 (default 1h).
     pub websocket_idle: Duration,
     /// Keepalive: a side of a WebSocket session that sent nothing for this long is pinged by
@@ -115,6 +118,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(5),
             response: Duration::from_secs(60),
+            send: Duration::from_secs(60),
             websocket_idle: Duration::from_secs(3600),
             websocket_ping: None,
             websocket_pong_timeout: Duration::from_secs(10),

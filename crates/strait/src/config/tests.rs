@@ -78,6 +78,7 @@ fn the_example_round_trips_into_the_model() {
             timeouts: Timeouts {
                 connect: Duration::from_secs(5),
                 response: Duration::from_secs(60),
+                send: Duration::from_secs(60),
                 websocket_idle: Duration::from_secs(3600),
                 websocket_ping: None,
                 websocket_pong_timeout: Duration::from_secs(10),
@@ -265,7 +266,7 @@ proxies:
         6,
         &[
             "unknown key \"idle\" in timeouts",
-            "connect, response, websocket_idle",
+            "connect, response, send, websocket_idle",
         ],
     );
     assert_problem(

@@ -26,7 +26,9 @@ use tokio_util::task::TaskTracker;
 use super::head_timer::HeadTimer;
 use super::headers::ip_value;
 use super::pipeline::{ConnInfo, Shared, handle};
+use super::send_timeout::SendTimeout;
 use super::sniff::{self, FirstLook};
+use crate::config::Timeouts;
 use crate::error::{JsonAnswers, MAX_HEAD_BYTES};
 use crate::io::TcpOrTls;
 
@@ -224,7 +226,10 @@ async fn serve_connection(
     env: Arc<str>,
     shared: Arc<Shared>,
 ) {
-    let tls: Option<TlsAcceptor> = shared.snapshot.load().env(&env).and_then(|e| e.tls.clone());
+    let (tls, send_limit): (Option<TlsAcceptor>, _) = match shared.snapshot.load().env(&env) {
+        Some(e) => (e.tls.clone(), e.timeouts.send),
+        None => (None, Timeouts::default().send),
+    };
     let client_ip = ip_value(client.ip());
     let conn = Arc::new(ConnInfo {
         client,
@@ -288,13 +293,16 @@ async fn serve_connection(
     let result = if h2 {
         let conn = protocols
             .http2
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(TokioIo::new(SendTimeout::new(stream, send_limit)), service);
         until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await
     } else {
         let mut http1 = protocols.http1;
         let conn = http1
             .timer(HeadTimer::default())
-            .serve_connection(TokioIo::new(JsonAnswers::new(stream)), service)
+            .serve_connection(
+                TokioIo::new(SendTimeout::new(JsonAnswers::new(stream), send_limit)),
+                service,
+            )
             .with_upgrades();
         until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await
     };

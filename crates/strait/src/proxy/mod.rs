@@ -14,6 +14,7 @@ mod head_timer;
 mod headers;
 mod listener;
 mod pipeline;
+mod send_timeout;
 mod sessions;
 mod snapshot;
 mod sniff;

@@ -278,6 +278,7 @@ impl Check<'_> {
         };
         let connect = timeout("connect", defaults.connect);
         let response = timeout("response", defaults.response);
+        let send = timeout("send", defaults.send);
         let websocket_idle = timeout("websocket_idle", defaults.websocket_idle);
         // These may be left out (off: `Some(None)`) but not zero: a zero interval would
         // ping without end. `None`: reported.
@@ -301,6 +302,7 @@ impl Check<'_> {
         Some(Timeouts {
             connect: connect?,
             response: response?,
+            send: send?,
             websocket_idle: websocket_idle?,
             websocket_ping: websocket_ping?,
             websocket_pong_timeout: websocket_pong_timeout?

@@ -44,6 +44,7 @@ pub(super) const TLS_KEYS: &[&str] = &["cert", "key"];
 pub(super) const TIMEOUT_KEYS: &[&str] = &[
     "connect",
     "response",
+    "send",
     "websocket_idle",
     "websocket_ping",
     "websocket_pong_timeout",

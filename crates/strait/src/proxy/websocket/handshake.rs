@@ -25,6 +25,7 @@ use crate::proxy::exchange::Exchange;
 use crate::proxy::headers::{strip_hop_by_hop, to_backend};
 use crate::proxy::listener::ClientStream;
 use crate::proxy::pipeline::{Body, ConnInfo, Matched, Shared};
+use crate::proxy::send_timeout::SendTimeout;
 use crate::proxy::sessions::SessionInfo;
 use crate::proxy::snapshot::{EnvRoutes, Route};
 use crate::telemetry::access::{SessionRecord, Traffic};
@@ -54,9 +55,10 @@ impl ClientSide {
                 // Unwrapped from hyper's upgrade: the relay reads and writes the connection
                 // directly instead of through a boxed, rewindable wrapper.
                 let parts = upgraded
-                    .downcast::<TokioIo<JsonAnswers<ClientStream>>>()
+                    .downcast::<TokioIo<SendTimeout<JsonAnswers<ClientStream>>>>()
                     .map_err(|_| "an upgraded connection is of an unexpected type")?;
-                Ok((parts.io.into_inner().into_inner(), parts.read_buf))
+                let stream = parts.io.into_inner().into_inner().into_inner();
+                Ok((stream, parts.read_buf))
             }
             ClientSide::Direct(stream) => stream
                 .await
