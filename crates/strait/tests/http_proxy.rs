@@ -1190,6 +1190,54 @@ async fn the_response_timeout_counts_from_the_end_of_the_request_body() {
 }
 
 #[tokio::test]
+async fn a_backend_that_stops_taking_the_body_is_the_504() {
+    // Reads the head and a little, then holds the connection without reading on.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let stuck = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    let yaml = format!(
+        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    timeouts: {{ response: 300ms }}\nproxies:\n{}",
+        proxy("stuck", "/stuck/*", &format!("http://{stuck}"))
+    );
+    let handle = gateway(&yaml).await;
+    let tcp = TcpStream::connect(addr(&handle)).await.expect("connect");
+    let (read, mut write) = tcp.into_split();
+    // 64 MiB: far more than the socket buffers between the client and the stuck backend.
+    let size = 64 * 1024 * 1024;
+    let writer = tokio::spawn(async move {
+        let head = format!("POST /stuck/x HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+        write.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            write.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(write)
+    });
+    let answer = within(
+        "the gateway's answer",
+        read_response(&mut BufReader::new(read)),
+    )
+    .await
+    .expect("an answer");
+    answer.assert_error(504, "gateway_timeout");
+    writer.abort();
+    let pool = handle.pool("stuck").expect("the proxy's pool");
+    let target = pool.targets().first().expect("one target").stats();
+    assert_eq!(
+        target.failures, 1,
+        "the backend is the one blamed: {target:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     // The backend streams up to 256 MiB and says when the gateway let go of it.
     const CHUNK: usize = 64 * 1024;

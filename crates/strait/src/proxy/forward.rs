@@ -343,7 +343,8 @@ enum Late {
 /// end of its `body` when one is still streaming — as nginx's `proxy_read_timeout` starts
 /// once the request is sent: an upload that keeps arriving is never cut, however long it
 /// takes. A body that passes nothing for `limit` (noticed within twice that) is
-/// [`Late::Body`], as nginx's `client_body_timeout`.
+/// [`Late::Body`] when it waits for the client, as nginx's `client_body_timeout`, and
+/// [`Late::Backend`] when the backend stopped taking it.
 async fn answered_within<F: Future>(
     sent: F,
     limit: Duration,
@@ -370,7 +371,11 @@ async fn answered_within<F: Future>(
         } else {
             let now = body.bytes();
             if now == seen {
-                return Err(Late::Body);
+                return Err(if body.waiting_for_client() {
+                    Late::Body
+                } else {
+                    Late::Backend
+                });
             }
             seen = now;
             deadline += limit;

@@ -3,7 +3,7 @@
 
 use std::error::Error;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -16,6 +16,9 @@ use hyper::body::{Body, Frame, SizeHint};
 #[derive(Debug, Default)]
 pub struct BodyProgress {
     bytes: AtomicU64,
+    /// Its last poll found nothing from the client yet (rather than the backend's side not
+    /// asking for more).
+    waiting_for_client: AtomicBool,
     /// When its last frame passed (not set for a body that had none to send).
     ended: OnceLock<Instant>,
 }
@@ -24,6 +27,12 @@ impl BodyProgress {
     /// The bytes passed so far.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the body is waiting for the client to send more: when it is not and has not
+    /// ended, the backend's side has stopped taking it.
+    pub fn waiting_for_client(&self) -> bool {
+        self.waiting_for_client.load(Ordering::Relaxed)
     }
 
     /// When the body ended, once it has.
@@ -113,7 +122,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.progress
+            .waiting_for_client
+            .store(polled.is_pending(), Ordering::Relaxed);
+        let frame = match polled {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => {
                 this.progress.end();
