@@ -1696,6 +1696,67 @@ async fn h2c_with_prior_knowledge_on_a_plain_listener() {
     }
 }
 
+#[tokio::test]
+async fn an_h2_peer_that_stops_answering_is_dropped_and_a_live_one_kept() {
+    let echo = echo().await;
+    let yaml = format!(
+        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    timeouts: {{ send: 300ms }}\nproxies:\n{}",
+        proxy(
+            "api",
+            "/api/*",
+            &format!("http://{}/svc", echo.local_addr())
+        )
+    );
+    let handle = gateway(&yaml).await;
+    let gw = addr(&handle);
+    // A peer that opens HTTP/2 and then answers nothing, PINGs included: the gateway pings it
+    // after 300 ms of silence and closes once 300 ms more pass unanswered.
+    let mut dead = TcpStream::connect(gw).await.expect("connect");
+    dead.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface and SETTINGS");
+    let started = Instant::now();
+    let mut received = Vec::new();
+    within(
+        "the gateway to drop the silent peer",
+        dead.read_to_end(&mut received),
+    )
+    .await
+    .expect("read until the end");
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "{:?}",
+        started.elapsed()
+    );
+    // Frames: 3 bytes of length, a type, flags, stream id, payload. A PING (type 6) came.
+    let mut types = Vec::new();
+    let mut rest = &received[..];
+    while let [a, b, c, kind, _, _, _, _, _, tail @ ..] = rest {
+        let len = usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c);
+        types.push(*kind);
+        rest = tail.get(len..).unwrap_or_default();
+    }
+    assert!(types.contains(&6), "frame types {types:?}");
+    // A client that answers PINGs (hyper's) keeps its connection through the same silence.
+    let tcp = TcpStream::connect(gw).await.expect("connect");
+    let (mut sender, connection) = within(
+        "h2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
+    )
+    .await
+    .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let req = Request::get(format!("http://{gw}/api/after"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = within("a request after the silence", sender.send_request(req))
+        .await
+        .expect("the connection is still up");
+    assert_eq!(response.status(), 200);
+    assert!(!connection.is_finished());
+}
+
 // ---------------------------------------------------------------------------------------
 // 10. Many proxies
 // ---------------------------------------------------------------------------------------

@@ -291,8 +291,12 @@ async fn serve_connection(
     };
     let shutdown = &shared.shutdown;
     let result = if h2 {
-        let conn = protocols
-            .http2
+        let mut http2 = protocols.http2;
+        // A peer silent for `send` is pinged, and dropped if it does not answer within `send`:
+        // a half-open HTTP/2 connection holds no stream that would ever time out.
+        let conn = http2
+            .keep_alive_interval(send_limit)
+            .keep_alive_timeout(send_limit)
             .serve_connection(TokioIo::new(SendTimeout::new(stream, send_limit)), service);
         until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await
     } else {
