@@ -1292,6 +1292,45 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     );
 }
 
+#[tokio::test]
+async fn timeouts_too_long_to_add_to_a_clock_mean_never() {
+    // 200,000,000,000,000 days overflows any `Instant`: the timers saturate instead of
+    // panicking, on HTTP/1 with a body (the response timer) and on HTTP/2 (its pings).
+    let echo = echo().await;
+    let never = "200000000000000d";
+    let yaml = format!(
+        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    timeouts: {{ response: {never}, send: {never} }}\nproxies:\n{}",
+        proxy(
+            "api",
+            "/api/*",
+            &format!("http://{}/svc", echo.local_addr())
+        )
+    );
+    let handle = gateway(&yaml).await;
+    let gw = addr(&handle);
+    let posted = raw(
+        gw,
+        "POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(posted.echo()["body_length"], 5);
+    let tcp = TcpStream::connect(gw).await.expect("connect");
+    let (mut sender, connection) = within(
+        "h2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(connection);
+    let req = Request::get(format!("http://{gw}/api/h2"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = within("an h2 request", sender.send_request(req))
+        .await
+        .expect("answered over h2");
+    assert_eq!(response.status(), 200);
+}
+
 /// A gateway with one proxy, `/api/*` to the echo's `/svc`.
 async fn api_gateway() -> (strait::GatewayHandle, strait::echo::EchoHandle) {
     let echo = echo().await;

@@ -957,13 +957,16 @@ fn websocket_keepalive_and_lifetime_are_optional_and_never_zero() {
         Timeouts::default().websocket_pong_timeout
     );
 
+    assert_eq!(t.send, Timeouts::default().send);
+
     let found = problems(&env(
-        "    timeouts: { websocket_ping: 0s, websocket_pong_timeout: 0s, websocket_max_lifetime: soon }\n",
+        "    timeouts: { websocket_ping: 0s, websocket_pong_timeout: 0s, websocket_max_lifetime: soon, send: 0s }\n",
     ));
-    assert_eq!(found.len(), 3, "{found:#?}");
+    assert_eq!(found.len(), 4, "{found:#?}");
     assert_problem(&found, 4, &["websocket_ping", "more than 0s"]);
     assert_problem(&found, 4, &["websocket_pong_timeout", "more than 0s"]);
     assert_problem(&found, 4, &["websocket_max_lifetime"]);
+    assert_problem(&found, 4, &["send", "more than 0s"]);
 }
 
 #[test]

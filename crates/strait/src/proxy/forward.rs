@@ -19,6 +19,7 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper::body::{Body as _, Incoming};
 
+use super::after;
 use super::connect::{self, Attempts};
 use super::exchange::Exchange;
 use super::headers::{strip_hop_by_hop, to_backend};
@@ -27,7 +28,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::telemetry::{BodyProgress, BrokenBody, Counted, TooLarge};
 use crate::upstream::pool::{Lease, Outcome, TargetState};
 use crate::upstream::replay::{Replay, Returned};
-use crate::upstream::{HttpSender, Upstream, UpstreamError, UpstreamId};
+use crate::upstream::{HttpSender, MAX_RESPONSE_HEAD, Upstream, UpstreamError, UpstreamId};
 
 /// A request as the backend gets it.
 type Outgoing = Request<Replay<Counted<Incoming>>>;
@@ -357,13 +358,13 @@ async fn answered_within<F: Future>(
             .map_err(|_| Late::Backend);
     };
     let mut seen = body.bytes();
-    let mut deadline = tokio::time::Instant::now() + limit;
+    let mut deadline = after(tokio::time::Instant::now(), limit);
     loop {
         if let Ok(output) = tokio::time::timeout_at(deadline, sent.as_mut()).await {
             return Ok(output);
         }
         if let Some(ended) = body.ended() {
-            let due = tokio::time::Instant::from_std(ended) + limit;
+            let due = after(tokio::time::Instant::from_std(ended), limit);
             if due <= tokio::time::Instant::now() {
                 return Err(Late::Backend);
             }
@@ -378,7 +379,7 @@ async fn answered_within<F: Future>(
                 });
             }
             seen = now;
-            deadline += limit;
+            deadline = after(deadline, limit);
         }
     }
 }
@@ -394,6 +395,8 @@ fn backend_error(proxy: &str, backend: &str, error: &Failure) -> GatewayError {
         .downcast_ref::<hyper::Error>()
         .is_some_and(hyper::Error::is_parse_too_large)
     {
+        // The sentence names the limit: keep them together.
+        const _: () = assert!(MAX_RESPONSE_HEAD == 64 * 1024);
         "answered with a head over the 64 KiB the gateway reads"
     } else if error.is_connect() {
         "could not be reached"

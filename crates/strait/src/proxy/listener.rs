@@ -293,10 +293,12 @@ async fn serve_connection(
     let result = if h2 {
         let mut http2 = protocols.http2;
         // A peer silent for `send` is pinged, and dropped if it does not answer within `send`:
-        // a half-open HTTP/2 connection holds no stream that would ever time out.
+        // a half-open HTTP/2 connection holds no stream that would ever time out. Capped at a
+        // year: hyper adds it to an `Instant` unchecked.
+        let ping = send_limit.min(Duration::from_secs(86_400 * 365));
         let conn = http2
-            .keep_alive_interval(send_limit)
-            .keep_alive_timeout(send_limit)
+            .keep_alive_interval(ping)
+            .keep_alive_timeout(ping)
             .serve_connection(TokioIo::new(SendTimeout::new(stream, send_limit)), service);
         until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await
     } else {

@@ -25,3 +25,11 @@ mod workers;
 pub use gateway::{Gateway, GatewayHandle, GatewayOptions, StartError};
 pub use sessions::{Registration, Registry, Session, SessionInfo};
 pub use snapshot::{EnvRoutes, Route, Snapshot};
+
+/// `base + d`, saturating far in the future instead of overflowing: durations come from
+/// configuration, where `response: 200000000000000d` parses.
+fn after(base: tokio::time::Instant, d: std::time::Duration) -> tokio::time::Instant {
+    base.checked_add(d)
+        .or_else(|| base.checked_add(std::time::Duration::from_secs(86_400 * 365)))
+        .unwrap_or(base)
+}

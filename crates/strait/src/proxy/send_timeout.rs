@@ -17,6 +17,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::after;
+
 /// A client connection's I/O, cut once a write has waited `limit`.
 #[derive(Debug)]
 pub struct SendTimeout<T> {
@@ -53,7 +55,7 @@ impl<T> SendTimeout<T> {
             self.waiting = false;
             return written;
         }
-        let deadline = Instant::now() + self.limit;
+        let deadline = after(Instant::now(), self.limit);
         let timer = match &mut self.timer {
             Some(timer) => {
                 if !self.waiting {

@@ -278,10 +278,10 @@ impl Check<'_> {
         };
         let connect = timeout("connect", defaults.connect);
         let response = timeout("response", defaults.response);
-        let send = timeout("send", defaults.send);
         let websocket_idle = timeout("websocket_idle", defaults.websocket_idle);
-        // These may be left out (off: `Some(None)`) but not zero: a zero interval would
-        // ping without end. `None`: reported.
+        // These may be left out (`Some(None)`: off, or the default) but not zero: a zero
+        // interval would ping without end, a zero `send` cut every connection that waits to
+        // write. `None`: reported.
         let mut positive = |key: &str| {
             let Some(node) = fields.optional(key) else {
                 return Some(None);
@@ -290,19 +290,20 @@ impl Check<'_> {
             let d = self.duration(node, ctx, &label, &fields.field(key))?;
             if d.is_zero() {
                 let why =
-                    format!("{ctx}: {label}: must be more than 0s; leave it out to turn it off");
+                    format!("{ctx}: {label}: must be more than 0s; leave it out for its default");
                 self.report(node.at, &fields.field(key), why);
                 return None;
             }
             Some(Some(d))
         };
+        let send = positive("send");
         let websocket_ping = positive("websocket_ping");
         let websocket_pong_timeout = positive("websocket_pong_timeout");
         let websocket_max_lifetime = positive("websocket_max_lifetime");
         Some(Timeouts {
             connect: connect?,
             response: response?,
-            send: send?,
+            send: send?.unwrap_or(defaults.send),
             websocket_idle: websocket_idle?,
             websocket_ping: websocket_ping?,
             websocket_pong_timeout: websocket_pong_timeout?

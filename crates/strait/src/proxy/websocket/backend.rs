@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::error::MAX_HEADERS;
 use crate::proxy::headers::http1_head;
 use crate::upstream::MAX_RESPONSE_HEAD as MAX_HEAD;
 
@@ -18,9 +19,6 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-
-/// The most header lines in an answer, as hyper allows.
-const MAX_HEADERS: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {

@@ -59,6 +59,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::io::AsTcp;
+use crate::proxy::after;
 use crate::telemetry::histogram::Histogram;
 
 pub use limits::{MessageLimits, SenderLimits};
@@ -179,11 +180,4 @@ where
         session.poll(cx, stop.as_mut(), timer.as_mut(), wakeups)
     })
     .await
-}
-
-/// `base + d`, saturating far in the future instead of overflowing.
-fn after(base: Instant, d: Duration) -> Instant {
-    base.checked_add(d)
-        .or_else(|| base.checked_add(Duration::from_secs(86_400 * 365)))
-        .unwrap_or(base)
 }

@@ -20,8 +20,9 @@ use super::direction::{Direction, Dst, Mode, Side, Src};
 use super::stats::clock_base;
 use super::{
     CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CloseFrame, Initiator, LiveStats,
-    RelayConfig, RelayOutcome, after,
+    RelayConfig, RelayOutcome,
 };
+use crate::proxy::after;
 
 /// Wakes the session for its `stop` future or its timer and notes that it did, so the
 /// session polls those two only after one of them woke it (or the timer was re-armed), not
