@@ -55,25 +55,20 @@ impl<T> SendTimeout<T> {
             self.waiting = false;
             return written;
         }
-        let deadline = after(Instant::now(), self.limit);
-        let timer = match &mut self.timer {
-            Some(timer) => {
-                if !self.waiting {
-                    timer.as_mut().reset(deadline);
-                }
-                timer
+        if !self.waiting {
+            self.waiting = true;
+            let deadline = after(Instant::now(), self.limit);
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
-            None => self
-                .timer
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        self.waiting = true;
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+        }
+        match self.timer.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("the client took nothing for {:?}", self.limit),
             ))),
-            Poll::Pending => Poll::Pending,
+            _ => Poll::Pending,
         }
     }
 }
