@@ -86,12 +86,17 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
     let _ = writeln!(
         w,
         "Strait against nginx, both in front of the same echo backend, and the backend on its own \
-         (\"direct\"). Written by `cargo run --release -p strait-bench -- compare{}{}{}` on {} (the \
+         (\"direct\"). Written by `cargo run --release -p strait-bench -- compare{}{}{}{}` on {} (the \
          measurements took {:.1} minutes); every figure is the **median of {} round(s)**. Ratios are Strait's median divided by the other's: \
          for ↑ metrics above 1 is better for Strait, for ↓ metrics below 1 is. \
          The per-round values are under \"Every round\" at the end: their spread is the noise to \
          read the ratios against.\n",
         if plan.quick { " --quick" } else { "" },
+        if plan.rounds != default.rounds {
+            format!(" --rounds {}", plan.rounds)
+        } else {
+            String::new()
+        },
         if plan.idle_conns != default.idle_conns {
             format!(" --idle-conns {}", plan.idle_conns)
         } else {
@@ -708,9 +713,10 @@ mod tests {
         let mut plan = Plan::full();
         plan.idle_hold = Duration::from_secs(5);
         plan.idle_conns = 500;
+        plan.rounds = 5;
         let changed = markdown(&m, &plan, &results, "plot.svg");
         assert!(
-            changed.contains("-- compare --idle-conns 500 --idle-hold 5` on"),
+            changed.contains("-- compare --rounds 5 --idle-conns 500 --idle-hold 5` on"),
             "{changed}"
         );
         assert!(changed.contains("held 5 s;"), "{changed}");
