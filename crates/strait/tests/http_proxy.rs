@@ -43,6 +43,31 @@ async fn within<F: Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
+/// An HTTP/2 client (prior knowledge) on a fresh connection to `gw`, its connection task
+/// running.
+async fn h2_client(
+    gw: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let tcp = TcpStream::connect(gw).await.expect("connect");
+    let (sender, connection) = within(
+        "h2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
+    )
+    .await
+    .expect("h2 handshake");
+    (sender, tokio::spawn(connection))
+}
+
+/// One environment `test` with these `timeouts` (the inside of the YAML mapping).
+fn timed_env(timeouts: &str, proxies: &str) -> String {
+    format!(
+        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    timeouts: {{ {timeouts} }}\nproxies:\n{proxies}"
+    )
+}
+
 /// One proxy as a YAML list item deployed to `test`; `extra` lines are indented by the caller.
 fn proxy(name: &str, path: &str, backend: &str) -> String {
     proxy_with(name, path, backend, "")
@@ -1114,9 +1139,9 @@ async fn a_backend_dying_mid_body_is_not_hidden_from_the_client() {
 #[tokio::test]
 async fn a_slow_backend_is_504_after_the_response_timeout() {
     let slow = backend(|_req| std::future::pending::<Response<Full<Bytes>>>()).await;
-    let yaml = format!(
-        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    timeouts: {{ response: 300ms }}\nproxies:\n{}",
-        proxy("slow", "/slow/*", &format!("http://{}", slow.addr))
+    let yaml = timed_env(
+        "response: 300ms",
+        &proxy("slow", "/slow/*", &format!("http://{}", slow.addr)),
     );
     let gw = gateway(&yaml).await;
     let started = Instant::now();
@@ -1138,13 +1163,13 @@ async fn a_slow_backend_is_504_after_the_response_timeout() {
 #[tokio::test]
 async fn the_response_timeout_counts_from_the_end_of_the_request_body() {
     let echo = echo().await;
-    let yaml = format!(
-        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    timeouts: {{ response: 300ms }}\nproxies:\n{}",
-        proxy(
+    let yaml = timed_env(
+        "response: 300ms",
+        &proxy(
             "api",
             "/api/*",
-            &format!("http://{}/svc", echo.local_addr())
-        )
+            &format!("http://{}/svc", echo.local_addr()),
+        ),
     );
     let handle = gateway(&yaml).await;
     let gw = addr(&handle);
@@ -1203,9 +1228,9 @@ async fn a_backend_that_stops_taking_the_body_is_the_504() {
             });
         }
     });
-    let yaml = format!(
-        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    timeouts: {{ response: 300ms }}\nproxies:\n{}",
-        proxy("stuck", "/stuck/*", &format!("http://{stuck}"))
+    let yaml = timed_env(
+        "response: 300ms",
+        &proxy("stuck", "/stuck/*", &format!("http://{stuck}")),
     );
     let handle = gateway(&yaml).await;
     let tcp = TcpStream::connect(addr(&handle)).await.expect("connect");
@@ -1262,9 +1287,9 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
         async move { Response::new(StreamBody::new(frames)) }
     })
     .await;
-    let yaml = format!(
-        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    timeouts: {{ send: 300ms }}\nproxies:\n{}",
-        proxy("flood", "/flood/*", &format!("http://{}", flood.addr))
+    let yaml = timed_env(
+        "send: 300ms",
+        &proxy("flood", "/flood/*", &format!("http://{}", flood.addr)),
     );
     let gw = gateway(&yaml).await;
     let mut tcp = TcpStream::connect(addr(&gw)).await.expect("connect");
@@ -1298,13 +1323,13 @@ async fn timeouts_too_long_to_add_to_a_clock_mean_never() {
     // panicking, on HTTP/1 with a body (the response timer) and on HTTP/2 (its pings).
     let echo = echo().await;
     let never = "200000000000000d";
-    let yaml = format!(
-        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    timeouts: {{ response: {never}, send: {never} }}\nproxies:\n{}",
-        proxy(
+    let yaml = timed_env(
+        &format!("response: {never}, send: {never}"),
+        &proxy(
             "api",
             "/api/*",
-            &format!("http://{}/svc", echo.local_addr())
-        )
+            &format!("http://{}/svc", echo.local_addr()),
+        ),
     );
     let handle = gateway(&yaml).await;
     let gw = addr(&handle);
@@ -1314,14 +1339,7 @@ async fn timeouts_too_long_to_add_to_a_clock_mean_never() {
     )
     .await;
     assert_eq!(posted.echo()["body_length"], 5);
-    let tcp = TcpStream::connect(gw).await.expect("connect");
-    let (mut sender, connection) = within(
-        "h2 handshake",
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(connection);
+    let (mut sender, _connection) = h2_client(gw).await;
     let req = Request::get(format!("http://{gw}/api/h2"))
         .body(Full::new(Bytes::new()))
         .expect("request");
@@ -1655,14 +1673,7 @@ async fn an_h2_request_in_flight_finishes_when_the_gateway_shuts_down() {
     let gw = gateway(&single_env(false, &proxies)).await;
     let g = addr(&gw);
 
-    let tcp = TcpStream::connect(g).await.expect("connect");
-    let (mut sender, connection) = within(
-        "h2 handshake",
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
-    )
-    .await
-    .expect("h2 handshake");
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = h2_client(g).await;
     let req = Request::get(format!("http://{g}/slow/x"))
         .body(Full::new(Bytes::new()))
         .expect("request");
@@ -1703,14 +1714,7 @@ async fn h2c_with_prior_knowledge_on_a_plain_listener() {
     let (gw, echo) = api_gateway().await;
     let gw = addr(&gw);
 
-    let tcp = TcpStream::connect(gw).await.expect("connect");
-    let (mut sender, connection) = within(
-        "h2 handshake",
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(connection);
+    let (mut sender, _connection) = h2_client(gw).await;
     for i in 0..3 {
         let req = Request::post(format!("http://{gw}/api/h2/{i}?x=1"))
             .body(Full::new(Bytes::from_static(b"hello")))
@@ -1738,13 +1742,13 @@ async fn h2c_with_prior_knowledge_on_a_plain_listener() {
 #[tokio::test]
 async fn an_h2_peer_that_stops_answering_is_dropped_and_a_live_one_kept() {
     let echo = echo().await;
-    let yaml = format!(
-        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    timeouts: {{ send: 300ms }}\nproxies:\n{}",
-        proxy(
+    let yaml = timed_env(
+        "send: 300ms",
+        &proxy(
             "api",
             "/api/*",
-            &format!("http://{}/svc", echo.local_addr())
-        )
+            &format!("http://{}/svc", echo.local_addr()),
+        ),
     );
     let handle = gateway(&yaml).await;
     let gw = addr(&handle);
@@ -1777,14 +1781,7 @@ async fn an_h2_peer_that_stops_answering_is_dropped_and_a_live_one_kept() {
     }
     assert!(types.contains(&6), "frame types {types:?}");
     // A client that answers PINGs (hyper's) keeps its connection through the same silence.
-    let tcp = TcpStream::connect(gw).await.expect("connect");
-    let (mut sender, connection) = within(
-        "h2 handshake",
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
-    )
-    .await
-    .expect("h2 handshake");
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = h2_client(gw).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let req = Request::get(format!("http://{gw}/api/after"))
         .body(Full::new(Bytes::new()))
