@@ -1084,3 +1084,57 @@ async fn reserved_bits_pass_when_the_backend_accepted_an_extension() {
     assert_eq!(echoed[0], 0xC2, "RSV1 and the opcode as sent");
     assert_eq!(&echoed[2..], b"compressed?");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
+    // The backend floods 16 KiB messages (at most 256 MiB) and reports the close it gets.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let ws = tokio_tungstenite::accept_async(tcp)
+            .await
+            .expect("handshake");
+        let (mut sink, mut stream) = ws.split();
+        let flooding = tokio::spawn(async move {
+            for _ in 0..16 * 1024 {
+                if sink
+                    .send(Message::binary(vec![7u8; 16 * 1024]))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut close = None;
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Close(frame) = message {
+                close = frame;
+                break;
+            }
+        }
+        flooding.abort();
+        let _ = closed_tx.send(close);
+    });
+    let yaml = format!(
+        "environments:\n  - name: test\n    listen: 127.0.0.1:0\n    websocket: true\n    timeouts: {{ send: 300ms }}\nproxies:\n{}",
+        proxy("p", "/p/*", &format!("http://{backend}/"))
+    );
+    let gw = gateway(&yaml).await;
+    // Upgraded, then never read again.
+    let _deaf = RawClient::connect(addr(&gw), "/p/x").await;
+    let started = std::time::Instant::now();
+    let close = within("the backend's close", closed)
+        .await
+        .expect("the backend task")
+        .expect("a close frame");
+    assert_eq!(u16::from(close.code), 1001);
+    assert_eq!(close.reason.as_str(), "client stopped reading");
+    assert!(
+        started.elapsed() >= Duration::from_millis(290),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+}

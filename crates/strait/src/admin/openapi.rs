@@ -350,8 +350,9 @@ pub struct Timeouts {
     #[schema(required = false, default = "60s")]
     response: String,
     /// A client that takes nothing for this long while the gateway has bytes for it (a
-    /// response it stopped reading) is disconnected; an HTTP/2 client silent this long is
-    /// pinged and dropped if it does not answer within as long.
+    /// response it stopped reading) is disconnected, and so is a WebSocket session whose client
+    /// or backend takes none of the frames waiting for it; an HTTP/2 client silent this long
+    /// is pinged and dropped if it does not answer within as long.
     #[schema(required = false, default = "60s")]
     send: String,
     /// A WebSocket session with no frames either way for this long is closed (pongs do not count).

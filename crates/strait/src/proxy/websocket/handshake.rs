@@ -193,6 +193,7 @@ async fn handshake(
     let config = RelayConfig {
         idle_timeout: env.timeouts.websocket_idle,
         close_timeout: shared.close_timeout,
+        send_timeout: env.timeouts.send,
         ping_interval: env.timeouts.websocket_ping,
         pong_timeout: env.timeouts.websocket_pong_timeout,
         ping_rtt: env

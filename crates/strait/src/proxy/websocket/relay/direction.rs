@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 use crate::io::AsTcp;
 use crate::proxy::websocket::frame::{
@@ -136,6 +137,10 @@ pub(super) struct Direction {
     pub(super) active: bool,
     /// Read something from `src` since the session last looked (keepalive).
     pub(super) heard: bool,
+    /// Wrote something to `dst` since the session last looked (the send timeout).
+    pub(super) wrote: bool,
+    /// Since when bytes have been waiting for `dst` to take them, with nothing taken.
+    pub(super) waiting_since: Option<Instant>,
     pub(super) violation: Option<ProtocolError>,
     /// What the source gets for breaking a limit (`None`: a protocol violation, 1002).
     pub(super) refused: Option<(u16, &'static str)>,
@@ -170,6 +175,8 @@ impl Direction {
             need_flush: false,
             active: false,
             heard: false,
+            wrote: false,
+            waiting_since: None,
             violation: None,
             refused: None,
             limits: limits.and_then(MessageLimits::boxed),
@@ -224,6 +231,7 @@ impl Direction {
             return match dst.as_tcp().map(|tcp| pipe.drain(cx, tcp)) {
                 Some(Poll::Ready(Ok(n))) if n > 0 => {
                     self.need_flush = true;
+                    self.wrote = true;
                     Step::Progress
                 }
                 Some(Poll::Pending) => Step::Blocked,
@@ -237,6 +245,7 @@ impl Direction {
                 Poll::Ready(Ok(n)) => {
                     self.head += n;
                     self.need_flush = true;
+                    self.wrote = true;
                     Step::Progress
                 }
                 Poll::Pending => Step::Blocked,
@@ -266,6 +275,7 @@ impl Direction {
                 Poll::Ready(Ok(n)) => {
                     self.inject_pos += n;
                     self.need_flush = true;
+                    self.wrote = true;
                     if self.inject_pos >= bytes.len() {
                         self.inject = None;
                         self.dst = Dst::CloseQueued;
@@ -432,6 +442,11 @@ impl Direction {
         self.head < self.fwd_end || self.pipe.as_ref().is_some_and(|pipe| pipe.held() > 0)
     }
 
+    /// Bytes wait for `dst` to take them: approved ones, or a keepalive ping at a boundary.
+    pub(super) fn write_waits(&self) -> bool {
+        self.backlogged() || self.ping_pos > 0 || (self.ping.is_some() && !self.mid_frame())
+    }
+
     /// Writes (more of) the pending ping.
     fn write_ping<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, dst: &mut W) -> Step {
         let Some(mask) = self.ping else {
@@ -445,6 +460,7 @@ impl Direction {
             Poll::Ready(Ok(n)) => {
                 self.ping_pos += n;
                 self.need_flush = true;
+                self.wrote = true;
                 if self.ping_pos >= ping.as_bytes().len() {
                     self.ping = None;
                     self.ping_pos = 0;

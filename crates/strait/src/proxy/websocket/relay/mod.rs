@@ -28,6 +28,8 @@
 //! - A peer lost (EOF, read or write error) without a Close: the other side gets 1014
 //!   (backend lost) or 1001 (client lost), and its reply is awaited. If the lost peer stopped
 //!   mid-frame, the other side is just shut down (no clean close is possible).
+//! - A side that takes nothing for `send_timeout` while the relay has bytes for it is lost
+//!   the same way (the bytes waiting for it are dropped), as nginx's `send_timeout` does.
 //! - A protocol violation (see [`super::frame`]; includes wrongly masked frames and broken
 //!   fragmentation): 1002 to the offender, 1001 to the other side, whose reply is awaited.
 //! - A gateway close waits for the frame under way toward that side to end; if it never
@@ -112,6 +114,9 @@ pub struct RelayConfig {
     pub pong_timeout: Duration,
     /// How long to wait for the close handshake (and for a frame in flight to finish) before dropping.
     pub close_timeout: Duration,
+    /// A side that takes nothing for this long while the relay has bytes for it (it stopped
+    /// reading) is taken as gone: the other side gets 1001 (client) or 1014 (backend).
+    pub send_timeout: Duration,
     /// Where keepalive round trips are recorded (ping to the side's next frame).
     pub ping_rtt: Option<Histogram>,
     /// What the session's policies allow each side to send (`None`: no limits; boxed, so a

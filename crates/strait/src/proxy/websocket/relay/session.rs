@@ -214,6 +214,9 @@ where
                     self.live.publish(&self.c2b.stats, &self.b2c.stats, now);
                 }
                 changed |= self.react();
+                if self.deadline.is_none() {
+                    self.watch_writes(timer.as_mut(), &mut wakeups);
+                }
                 if self.handshake_done() {
                     self.shutting_down = true;
                     continue;
@@ -254,14 +257,27 @@ where
                 wakeups.timer = true;
                 continue;
             }
+            if let Some(side) = self.stopped_reading(now) {
+                tracing::debug!(?side, "websocket relay: send timeout");
+                let why = "stopped reading";
+                self.note_first(Initiator::Gateway, Some(lost(side, why)));
+                self.on_dead(side, why);
+                continue;
+            }
             let idle_at = after(self.last_activity, self.config.idle_timeout);
             if now < idle_at {
-                let wake = match self.config.ping_interval {
+                let mut wake = match self.config.ping_interval {
                     Some(interval) => idle_at
                         .min(self.client_alive.next(self.config, interval))
                         .min(self.backend_alive.next(self.config, interval)),
                     None => idle_at,
                 };
+                for since in [self.c2b.waiting_since, self.b2c.waiting_since]
+                    .into_iter()
+                    .flatten()
+                {
+                    wake = wake.min(after(since, self.config.send_timeout));
+                }
                 timer.as_mut().reset(wake);
                 wakeups.timer = true;
                 continue;
@@ -269,6 +285,38 @@ where
             tracing::debug!("websocket relay: idle timeout");
             self.gateway_close(CloseFrame::new(CLOSE_GOING_AWAY, "idle timeout"));
         }
+    }
+
+    /// Notes since when each direction's bytes have waited for its destination with nothing
+    /// taken, and brings the timer forward to the first such wait's end. The clock is read
+    /// only when a wait starts or a partial write restarts it: never on a relay that keeps up.
+    fn watch_writes(&mut self, timer: Pin<&mut Sleep>, wakeups: &mut Wakeups<'_>) {
+        let mut now = None;
+        for dir in [&mut self.c2b, &mut self.b2c] {
+            let wrote = std::mem::take(&mut dir.wrote);
+            if !dir.write_waits() {
+                dir.waiting_since = None;
+            } else if wrote || dir.waiting_since.is_none() {
+                dir.waiting_since = Some(*now.get_or_insert_with(Instant::now));
+            }
+        }
+        if let Some(now) = now {
+            let due = after(now, self.config.send_timeout);
+            if timer.deadline() > due {
+                timer.reset(due);
+                wakeups.timer = true;
+            }
+        }
+    }
+
+    /// A side whose bytes have waited `send_timeout` with nothing taken.
+    fn stopped_reading(&self, now: Instant) -> Option<Side> {
+        [(&self.c2b, Side::Backend), (&self.b2c, Side::Client)]
+            .into_iter()
+            .find_map(|(dir, side)| {
+                let since = dir.waiting_since?;
+                (now >= after(since, self.config.send_timeout)).then_some(side)
+            })
     }
 
     /// Pings each side that has been silent for the ping interval, and gives up on a side

@@ -200,6 +200,7 @@ fn config() -> RelayConfig {
     RelayConfig {
         idle_timeout: Duration::from_secs(60),
         close_timeout: Duration::from_secs(5),
+        send_timeout: Duration::from_secs(60),
         ping_interval: None,
         pong_timeout: Duration::from_secs(10),
         ping_rtt: None,
@@ -1248,4 +1249,130 @@ async fn with_drop_a_message_over_the_rate_is_left_out_whole_and_the_session_goe
         out.client_to_backend.dropped, 2,
         "the fragmented one and the binary one"
     );
+}
+
+fn send_timeout(secs: u64) -> RelayConfig {
+    RelayConfig {
+        send_timeout: Duration::from_secs(secs),
+        idle_timeout: Duration::from_secs(3600),
+        ..config()
+    }
+}
+
+/// Sends 16 KiB binary messages (at most 64 MiB) until the relay stops taking them, and
+/// returns what arrived meanwhile.
+fn flood(ws: Ws) -> JoinHandle<Vec<Message>> {
+    let (mut sink, mut stream) = ws.split();
+    tokio::spawn(async move {
+        let flooding = tokio::spawn(async move {
+            for _ in 0..4096 {
+                if sink
+                    .send(Message::binary(vec![7u8; 16 * 1024]))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        while let Some(Ok(msg)) = stream.next().await {
+            seen.push(msg);
+        }
+        flooding.abort();
+        seen
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
+    // The client end is never read: the backend's flood fills the pipes and the relay's
+    // buffer, then waits.
+    let (_deaf, backend, running) = start(send_timeout(30));
+    let started = Instant::now();
+    let seen = bounded(flood(ws(backend, Role::Server).await)).await;
+    assert_eq!(
+        seen.last(),
+        Some(&Message::Close(ws_close(1001, "client stopped reading")))
+    );
+    let out = running.outcome().await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(31),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.initiator, Initiator::Gateway);
+    assert_eq!(
+        out.close,
+        Some(CloseFrame::new(1001, "client stopped reading"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_stops_reading_gives_the_client_1014_after_the_send_timeout() {
+    let (client, _deaf, running) = start(send_timeout(30));
+    let started = Instant::now();
+    let seen = bounded(flood(ws(client, Role::Client).await)).await;
+    // tungstenite shows 1014 (unknown to it) as a protocol error; the outcome names it.
+    assert!(
+        matches!(seen.last(), Some(Message::Close(Some(_)))),
+        "{seen:?}"
+    );
+    let out = running.outcome().await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        out.close,
+        Some(CloseFrame::new(1014, "backend stopped reading"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_is_kept_while_it_takes_something_within_the_send_timeout() {
+    const MESSAGES: usize = 16;
+    const SIZE: usize = 16 * 1024;
+    // Each message: a 4-byte header (16-bit length) and its payload.
+    const BYTES: usize = MESSAGES * (SIZE + 4);
+    let (mut client, backend, running) = start(send_timeout(30));
+    let mut backend = ws(backend, Role::Server).await;
+    let (all_read, read) = oneshot::channel::<()>();
+    let sender = tokio::spawn(async move {
+        for _ in 0..MESSAGES {
+            backend
+                .send(Message::binary(vec![7u8; SIZE]))
+                .await
+                .unwrap();
+        }
+        // Closing starts the close timeout: only once the client has everything.
+        read.await.unwrap();
+        backend.close(ws_close(1000, "done")).await.unwrap();
+        while let Some(Ok(_)) = backend.next().await {}
+    });
+    let started = Instant::now();
+    // 4 KiB every 20 s: far slower than the backend sends, never 30 s without taking some.
+    let mut got = vec![0u8; BYTES];
+    for chunk in got.chunks_mut(4096) {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        client.read_exact(chunk).await.unwrap();
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(1200),
+        "{:?}",
+        started.elapsed()
+    );
+    all_read.send(()).unwrap();
+    let mut client = ws(client, Role::Client).await;
+    assert_eq!(expect_close(&mut client).await, (1000, "done".to_owned()));
+    sender.await.unwrap();
+    let out = running.outcome().await;
+    assert_eq!(out.initiator, Initiator::Backend);
+    assert_eq!(out.backend_to_client.messages, MESSAGES as u64);
 }
