@@ -1262,11 +1262,10 @@ async fn a_backend_that_stops_taking_the_body_is_the_504() {
     );
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
-    // The backend streams up to 256 MiB and says when the gateway let go of it.
+/// A backend that streams up to 256 MiB (64 KiB chunks) and says when the gateway let go
+/// of the body; the gateway's `send` is 300 ms.
+async fn flood_behind_a_300ms_send() -> (strait::GatewayHandle, oneshot::Receiver<()>, impl Sized) {
     const CHUNK: usize = 64 * 1024;
-    const CHUNKS: usize = 4096;
     struct Dropped(Option<oneshot::Sender<()>>);
     impl Drop for Dropped {
         fn drop(&mut self) {
@@ -1280,7 +1279,7 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     let flood = backend(move |_req| {
         let guard = Dropped(dropped_tx.lock().ok().and_then(|mut tx| tx.take()));
         let chunk = Bytes::from(vec![b'x'; CHUNK]);
-        let frames = futures_util::stream::iter(std::iter::repeat_n(chunk, CHUNKS)).map(move |c| {
+        let frames = futures_util::stream::iter(std::iter::repeat_n(chunk, 4096)).map(move |c| {
             let _ = &guard;
             Ok::<_, Infallible>(Frame::data(c))
         });
@@ -1291,7 +1290,12 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
         "send: 300ms",
         &proxy("flood", "/flood/*", &format!("http://{}", flood.addr)),
     );
-    let gw = gateway(&yaml).await;
+    (gateway(&yaml).await, dropped, flood)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    let (gw, dropped, _flood) = flood_behind_a_300ms_send().await;
     let mut tcp = TcpStream::connect(addr(&gw)).await.expect("connect");
     tcp.write_all(b"GET /flood/x HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -1310,11 +1314,89 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     let mut received = Vec::new();
     let _ = within("the rest", tcp.read_to_end(&mut received)).await;
     assert!(received.starts_with(b"HTTP/1.1 200"));
+    assert!(received.len() < 64 << 20, "{} bytes", received.len());
+}
+
+#[tokio::test]
+async fn an_http2_stream_its_client_stops_reading_lets_its_backend_go_after_the_send_timeout() {
+    // The client's connection stays healthy (its pings are answered, other streams could
+    // run); only this stream's window stays shut because its body is never read.
+    let (gw, dropped, _flood) = flood_behind_a_300ms_send().await;
+    let (mut sender, _conn) = h2_client(addr(&gw)).await;
+    let req = Request::get(format!("http://{}/flood/x", addr(&gw)))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = within("the head", sender.send_request(req))
+        .await
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    let started = Instant::now();
+    within("the gateway to let the backend go", dropped)
+        .await
+        .expect("the backend's body was dropped");
     assert!(
-        received.len() < CHUNK * CHUNKS / 4,
-        "{} bytes",
-        received.len()
+        started.elapsed() >= Duration::from_millis(290),
+        "{:?}",
+        started.elapsed()
     );
+    // The stream was reset: reading it now ends in an error, well short of 256 MiB.
+    let mut body = response.into_body();
+    let mut received = 0;
+    let ended = loop {
+        match within("the stream's end", body.frame()).await {
+            Some(Ok(frame)) => received += frame.data_ref().map_or(0, Bytes::len),
+            Some(Err(error)) => break Err(error),
+            None => break Ok(()),
+        }
+    };
+    assert!(ended.is_err(), "reset, not ended: {received} bytes");
+    assert!(received < 64 << 20, "{received} bytes");
+    // The connection itself still serves.
+    let req = Request::get(format!("http://{}/flood/x", addr(&gw)))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let again = within("a second stream", sender.send_request(req)).await;
+    assert_eq!(again.expect("a response").status(), 200);
+}
+
+#[tokio::test]
+async fn an_http2_stream_its_client_resets_lets_a_quiet_backend_go_at_once() {
+    // The backend sends one chunk, then nothing (an event stream between events).
+    let (dropped_tx, dropped) = oneshot::channel::<()>();
+    let dropped_tx = Arc::new(Mutex::new(Some(dropped_tx)));
+    let quiet = backend(move |_req| {
+        let guard = dropped_tx.lock().ok().and_then(|mut tx| tx.take());
+        let first = futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from(
+            "data: 1\n\n",
+        )))]);
+        let frames = first.chain(futures_util::stream::pending()).map(move |f| {
+            let _ = &guard;
+            f
+        });
+        async move { Response::new(StreamBody::new(frames)) }
+    })
+    .await;
+    let gw = gateway(&single_env(
+        false,
+        &proxy("quiet", "/quiet/*", &format!("http://{}", quiet.addr)),
+    ))
+    .await;
+    let (mut sender, _conn) = h2_client(addr(&gw)).await;
+    let req = Request::get(format!("http://{}/quiet/x", addr(&gw)))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = within("the head", sender.send_request(req))
+        .await
+        .expect("a response");
+    let mut body = response.into_body();
+    let first = within("the first event", body.frame()).await;
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    // Dropping the body resets the stream; the backend is let go without waiting for it
+    // to send again (the default `send` is 60 s).
+    drop(body);
+    within("the gateway to let the backend go", dropped)
+        .await
+        .expect_err("the guard is dropped, not sent");
 }
 
 #[tokio::test]

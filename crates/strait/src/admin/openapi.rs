@@ -350,7 +350,8 @@ pub struct Timeouts {
     #[schema(required = false, default = "60s")]
     response: String,
     /// A client that takes nothing for this long while the gateway has bytes for it (a
-    /// response it stopped reading) is disconnected, and so is a WebSocket session whose client
+    /// response it stopped reading) is disconnected (on HTTP/2, that response's stream is
+    /// reset), and so is a WebSocket session whose client
     /// or backend takes none of the frames waiting for it; an HTTP/2 client silent this long
     /// is pinged and dropped if it does not answer within as long.
     #[schema(required = false, default = "60s")]

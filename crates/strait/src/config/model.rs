@@ -100,8 +100,9 @@ pub struct Timeouts {
     /// how long a request body may send nothing (default 60s).
     pub response: Duration,
     /// A client connection whose client takes nothing for this long while the gateway has
-    /// bytes for it (a response it stopped reading) is closed, as is a WebSocket session whose
-    /// client or backend takes none of the frames waiting for it; an HTTP/2 client silent this
+    /// bytes for it (a response it stopped reading) is closed (on HTTP/2, that response's
+    /// stream is reset), as is a WebSocket session whose client or backend takes none of the
+    /// frames waiting for it; an HTTP/2 client silent this
     /// long is pinged and dropped if it does not answer within as long (default 60s).
     pub send: Duration,
     /// A WebSocket session with no frames either way for this long is closed with 1001 (default 1h).

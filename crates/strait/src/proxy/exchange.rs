@@ -293,6 +293,10 @@ impl<B> Logged<B> {
             exchange,
         }
     }
+
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
 }
 
 impl<B> Drop for Logged<B> {

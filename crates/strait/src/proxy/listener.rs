@@ -12,6 +12,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::h2_send;
 use super::head_timer::HeadTimer;
 use super::headers::ip_value;
 use super::pipeline::{ConnInfo, Shared, handle};
@@ -271,23 +274,23 @@ async fn serve_connection(
             (TcpOrTls::Tls(Box::new(stream)), h2)
         }
     };
-    let service = {
+    let respond = {
         let shared = shared.clone();
         // The refused upgrade's answer, for hyper to send when it has read that request.
         let refused = refused.map(|answer| Mutex::new(Some(answer)));
-        service_fn(move |req| {
+        move |req: Request<Incoming>| {
             let shared = shared.clone();
             let conn = conn.clone();
             let answered = refused
                 .as_ref()
                 .and_then(|answer| answer.lock().ok()?.take());
             async move {
-                Ok::<_, Infallible>(match answered {
+                match answered {
                     Some(answer) => answer,
                     None => handle(shared, conn, req).await,
-                })
+                }
             }
-        })
+        }
     };
     let shutdown = &shared.shutdown;
     let result = if h2 {
@@ -296,6 +299,10 @@ async fn serve_connection(
         // a half-open HTTP/2 connection holds no stream that would ever time out. Capped at a
         // year: hyper adds it to an `Instant` unchecked.
         let ping = send_limit.min(Duration::from_secs(86_400 * 365));
+        let service = service_fn(move |req| {
+            let answer = respond(req);
+            async move { Ok::<_, Infallible>(h2_send::guard(answer.await, send_limit)) }
+        });
         let conn = http2
             .keep_alive_interval(ping)
             .keep_alive_timeout(ping)
@@ -303,6 +310,10 @@ async fn serve_connection(
         until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await
     } else {
         let mut http1 = protocols.http1;
+        let service = service_fn(move |req| {
+            let answer = respond(req);
+            async move { Ok::<_, Infallible>(answer.await) }
+        });
         let conn = http1
             .timer(HeadTimer::default())
             .serve_connection(

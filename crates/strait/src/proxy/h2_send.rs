@@ -1,0 +1,135 @@
+//! The `send` timeout of an HTTP/2 stream. hyper polls a stream's response body only while
+//! the client's flow-control window for that stream has room, so a client that stops
+//! reading one stream never blocks the connection's writes (what [`super::send_timeout`]
+//! watches), answers pings, and would hold the stream's backend connection for ever — up to
+//! the connection's concurrent-stream limit of them.
+//!
+//! A backend's body on an HTTP/2 stream is therefore relayed by a task of its own through a
+//! one-frame channel: when a frame has waited `send` for the client to take the one before
+//! it, the task drops the backend's body (its connection is released) and fails the stream,
+//! which hyper resets; a stream that goes away (reset, connection closed) releases it at
+//! once, even while the backend is quiet. Bodies the gateway made itself pass as they are.
+//! Owns only this.
+
+use std::error::Error;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::{BodyExt, Either};
+use hyper::body::{Frame, SizeHint};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::after;
+use super::exchange::Logged;
+use super::pipeline::Body;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The stream's client took nothing for the `send` timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the client took nothing of this HTTP/2 stream for the send timeout ({0:?})")]
+pub struct StreamStalled(Duration);
+
+/// A response body on an HTTP/2 stream: made by the gateway, or a backend's, relayed.
+pub enum H2Body {
+    Direct(Logged<Body>),
+    Relayed {
+        frames: mpsc::Receiver<Frame<Bytes>>,
+        /// Why the relay gave up, after the frames it sent before.
+        failed: oneshot::Receiver<BoxError>,
+    },
+}
+
+impl hyper::body::Body for H2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let (frames, failed) = match self.get_mut() {
+            H2Body::Direct(body) => return Pin::new(body).poll_frame(cx),
+            H2Body::Relayed { frames, failed } => (frames, failed),
+        };
+        if let Poll::Ready(Some(frame)) = frames.poll_recv(cx) {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match Pin::new(failed).poll(cx) {
+            Poll::Ready(Ok(error)) => Poll::Ready(Some(Err(error))),
+            // The relay ended without failing: the frames have all been taken.
+            Poll::Ready(Err(_)) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            H2Body::Direct(body) => body.is_end_stream(),
+            H2Body::Relayed { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            H2Body::Direct(body) => body.size_hint(),
+            H2Body::Relayed { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// `response` with a backend's body relayed under the `send` timeout `limit`.
+pub fn guard(response: Response<Logged<Body>>, limit: Duration) -> Response<H2Body> {
+    response.map(|body| {
+        if !matches!(body.inner(), Either::Left(_)) {
+            return H2Body::Direct(body);
+        }
+        let (tx, frames) = mpsc::channel(1);
+        let (fail, failed) = oneshot::channel();
+        tokio::spawn(relay(body, tx, fail, limit));
+        H2Body::Relayed { frames, failed }
+    })
+}
+
+async fn relay(
+    mut body: Logged<Body>,
+    tx: mpsc::Sender<Frame<Bytes>>,
+    fail: oneshot::Sender<BoxError>,
+    limit: Duration,
+) {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            () = tx.closed() => return,
+        };
+        let frame = match frame {
+            None => return,
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
+                let _ = fail.send(error);
+                return;
+            }
+        };
+        // The timer starts only when the client has not taken the previous frame yet.
+        let frame = match tx.try_send(frame) {
+            Ok(()) => continue,
+            Err(TrySendError::Closed(_)) => return,
+            Err(TrySendError::Full(frame)) => frame,
+        };
+        match tokio::time::timeout_at(after(Instant::now(), limit), tx.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!(?limit, "HTTP/2 stream: the client took nothing, stream cut");
+                let _ = fail.send(Box::new(StreamStalled(limit)));
+                return;
+            }
+        }
+    }
+}
