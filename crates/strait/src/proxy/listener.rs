@@ -12,10 +12,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::Request;
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 #[cfg(target_os = "linux")]
 use tokio::net::TcpSocket;
@@ -25,10 +25,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::exchange::Logged;
 use super::h2_send;
 use super::head_timer::HeadTimer;
 use super::headers::ip_value;
-use super::pipeline::{ConnInfo, Shared, handle};
+use super::pipeline::{Body, ConnInfo, Shared, handle};
 use super::send_timeout::SendTimeout;
 use super::sniff::{self, FirstLook};
 use crate::config::Timeouts;
@@ -274,24 +275,6 @@ async fn serve_connection(
             (TcpOrTls::Tls(Box::new(stream)), h2)
         }
     };
-    let respond = {
-        let shared = shared.clone();
-        // The refused upgrade's answer, for hyper to send when it has read that request.
-        let refused = refused.map(|answer| Mutex::new(Some(answer)));
-        move |req: Request<Incoming>| {
-            let shared = shared.clone();
-            let conn = conn.clone();
-            let answered = refused
-                .as_ref()
-                .and_then(|answer| answer.lock().ok()?.take());
-            async move {
-                match answered {
-                    Some(answer) => answer,
-                    None => handle(shared, conn, req).await,
-                }
-            }
-        }
-    };
     let shutdown = &shared.shutdown;
     let result = if h2 {
         let mut http2 = protocols.http2;
@@ -299,9 +282,8 @@ async fn serve_connection(
         // a half-open HTTP/2 connection holds no stream that would ever time out. Capped at a
         // year: hyper adds it to an `Instant` unchecked.
         let ping = send_limit.min(Duration::from_secs(86_400 * 365));
-        let service = service_fn(move |req| {
-            let answer = respond(req);
-            async move { Ok::<_, Infallible>(h2_send::guard(answer.await, send_limit)) }
+        let service = service(shared.clone(), conn, refused, move |answer| {
+            h2_send::guard(answer, send_limit)
         });
         let conn = http2
             .keep_alive_interval(ping)
@@ -310,10 +292,7 @@ async fn serve_connection(
         until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await
     } else {
         let mut http1 = protocols.http1;
-        let service = service_fn(move |req| {
-            let answer = respond(req);
-            async move { Ok::<_, Infallible>(answer.await) }
-        });
+        let service = service(shared.clone(), conn, refused, |answer| answer);
         let conn = http1
             .timer(HeadTimer::default())
             .serve_connection(
@@ -326,6 +305,39 @@ async fn serve_connection(
     if let Err(error) = result {
         tracing::debug!(%client, %error, "connection ended with an error");
     }
+}
+
+/// The service hyper runs for each request of a connection: the pipeline, its answer passed
+/// through `finish`. One async block around `handle`, so the future hyper stores and moves
+/// per request stays the size of `handle`'s.
+fn service<B: hyper::body::Body>(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    refused: Option<Response<Logged<Body>>>,
+    finish: impl Fn(Response<Logged<Body>>) -> Response<B> + Clone + Send + 'static,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<B>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<B>, Infallible>> + Send,
+> {
+    // The refused upgrade's answer, for hyper to send when it has read that request.
+    let refused = refused.map(|answer| Mutex::new(Some(answer)));
+    service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        let conn = conn.clone();
+        let finish = finish.clone();
+        let answered = refused
+            .as_ref()
+            .and_then(|answer| answer.lock().ok()?.take());
+        async move {
+            let answer = match answered {
+                Some(answer) => answer,
+                None => handle(shared, conn, req).await,
+            };
+            Ok(finish(answer))
+        }
+    })
 }
 
 /// `step` of a new connection, within the head timeout; `None` (logged) if it failed or
