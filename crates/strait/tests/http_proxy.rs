@@ -1359,9 +1359,9 @@ async fn an_http2_stream_its_client_stops_reading_lets_its_backend_go_after_the_
     assert_eq!(again.expect("a response").status(), 200);
 }
 
-#[tokio::test]
-async fn an_http2_stream_its_client_resets_lets_a_quiet_backend_go_at_once() {
-    // The backend sends one chunk, then nothing (an event stream between events).
+/// A backend that sends one chunk, then nothing (an event stream between events); the
+/// receiver ends when the gateway lets go of its body.
+async fn quiet_backend() -> (Backend, oneshot::Receiver<()>) {
     let (dropped_tx, dropped) = oneshot::channel::<()>();
     let dropped_tx = Arc::new(Mutex::new(Some(dropped_tx)));
     let quiet = backend(move |_req| {
@@ -1376,6 +1376,12 @@ async fn an_http2_stream_its_client_resets_lets_a_quiet_backend_go_at_once() {
         async move { Response::new(StreamBody::new(frames)) }
     })
     .await;
+    (quiet, dropped)
+}
+
+#[tokio::test]
+async fn an_http2_stream_its_client_resets_lets_a_quiet_backend_go_at_once() {
+    let (quiet, dropped) = quiet_backend().await;
     let gw = gateway(&single_env(
         false,
         &proxy("quiet", "/quiet/*", &format!("http://{}", quiet.addr)),
@@ -1392,11 +1398,80 @@ async fn an_http2_stream_its_client_resets_lets_a_quiet_backend_go_at_once() {
     let first = within("the first event", body.frame()).await;
     assert!(matches!(first, Some(Ok(_))), "{first:?}");
     // Dropping the body resets the stream; the backend is let go without waiting for it
-    // to send again (the default `send` is 60 s).
+    // to send again (or for the 60-s default `response` timeout).
     drop(body);
     within("the gateway to let the backend go", dropped)
         .await
         .expect_err("the guard is dropped, not sent");
+}
+
+#[tokio::test]
+async fn a_backend_quiet_mid_body_for_the_response_timeout_is_cut() {
+    let (quiet, dropped) = quiet_backend().await;
+    let gw = gateway(&timed_env(
+        "response: 300ms",
+        &proxy("quiet", "/quiet/*", &format!("http://{}", quiet.addr)),
+    ))
+    .await;
+    let req = Request::get(format!("http://{}/quiet/x", addr(&gw)))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = within("the head", client().request(req))
+        .await
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = within("the first event", body.frame()).await;
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    let started = Instant::now();
+    // The response is cut, not ended: the client sees an incomplete body.
+    let next = within("the cut", body.frame()).await;
+    assert!(matches!(next, Some(Err(_))), "{next:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(290),
+        "{:?}",
+        started.elapsed()
+    );
+    within("the gateway to let the backend go", dropped)
+        .await
+        .expect_err("the guard is dropped, not sent");
+}
+
+#[tokio::test]
+async fn a_backend_streaming_slower_in_total_than_the_response_timeout_passes_whole() {
+    // Six chunks 150 ms apart: 900 ms in all, never 300 ms without one.
+    let slow = backend(|_req| async {
+        let frames = futures_util::stream::unfold(0u8, |n| async move {
+            if n == 6 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(vec![n; 10]))),
+                n + 1,
+            ))
+        });
+        Response::new(StreamBody::new(frames))
+    })
+    .await;
+    let gw = gateway(&timed_env(
+        "response: 300ms",
+        &proxy("slow", "/slow/*", &format!("http://{}", slow.addr)),
+    ))
+    .await;
+    let req = Request::get(format!("http://{}/slow/x", addr(&gw)))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let started = Instant::now();
+    let (response, body) = within("the whole body", send(&client(), req)).await;
+    assert_eq!(response.status(), 200);
+    let expected: Vec<u8> = (0..6u8).flat_map(|n| [n; 10]).collect();
+    assert_eq!(body.as_ref(), expected.as_slice());
+    assert!(
+        started.elapsed() >= Duration::from_millis(850),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

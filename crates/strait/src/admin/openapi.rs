@@ -345,8 +345,9 @@ pub struct Timeouts {
     /// TCP (and TLS) connect to the backend.
     #[schema(required = false, default = "5s")]
     connect: String,
-    /// Until the backend's response head arrives, from the end of the request body; also how
-    /// long a request body may send nothing before it is refused with 408.
+    /// Until the backend's response head arrives, from the end of the request body; then the
+    /// most the response body may pause between two parts before it is cut; also how long a
+    /// request body may send nothing before it is refused with 408.
     #[schema(required = false, default = "60s")]
     response: String,
     /// A client that takes nothing for this long while the gateway has bytes for it (a

@@ -96,7 +96,8 @@ pub struct TlsFiles {
 pub struct Timeouts {
     /// TCP (and TLS) connect to the backend (default 5s).
     pub connect: Duration,
-    /// Until the backend's response head arrives, from the end of the request body; also
+    /// Until the backend's response head arrives, from the end of the request body; then the
+    /// most the response body may pause between two parts (it is cut after that); also
     /// how long a request body may send nothing (default 60s).
     pub response: Duration,
     /// A client connection whose client takes nothing for this long while the gateway has

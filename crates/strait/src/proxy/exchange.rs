@@ -1,8 +1,11 @@
 //! Log phase: what one request did, recorded once its response body has ended (or was
 //! dropped): the metrics, and the access-log line. Body wrappers count the bytes each way
-//! as they stream, so nothing is buffered to measure it.
+//! as they stream, so nothing is buffered to measure it; the response's also cuts a backend
+//! that goes quiet mid-body.
 
 use std::borrow::Cow;
+use std::error::Error;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,9 +15,11 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Frame, SizeHint};
+use tokio::time::Sleep;
 
-use super::pipeline::ConnInfo;
+use super::after;
+use super::pipeline::{Body, ConnInfo};
 use super::snapshot::{EnvRoutes, Route};
 use crate::policy::{Admission, Held};
 use crate::telemetry::access::RequestRecord;
@@ -22,6 +27,8 @@ use crate::telemetry::metrics::InFlight;
 use crate::telemetry::trace::TraceContext;
 use crate::telemetry::{BodyProgress, Counted, Tracer};
 use crate::upstream::pool::Lease;
+
+pub type BoxError = Box<dyn Error + Send + Sync>;
 
 /// One request on its way through the phases; finished when dropped.
 pub struct Exchange {
@@ -278,51 +285,89 @@ pub fn version_text(version: Version) -> &'static str {
     }
 }
 
-/// A response body that finishes its [`Exchange`] when it ends or is dropped.
-pub struct Logged<B> {
-    inner: B,
+/// A response body that finishes its [`Exchange`] when it ends or is dropped, and fails
+/// when its backend sends nothing for the environment's `response` timeout between two
+/// frames (nginx's `proxy_read_timeout`): a backend hung mid-body no longer holds its
+/// client, and the client connection, for ever.
+pub struct Logged {
+    inner: Body,
     bytes: u64,
     exchange: Box<Exchange>,
+    /// Runs while the backend is quiet; kept between waits (reset, not reallocated).
+    quiet: Option<Pin<Box<Sleep>>>,
+    quiet_armed: bool,
 }
 
-impl<B> Logged<B> {
-    pub fn new(inner: B, exchange: Box<Exchange>) -> Self {
+/// The backend sent nothing of its response body for this long.
+#[derive(Debug, thiserror::Error)]
+#[error("the backend sent nothing of its response body for {0:?}")]
+pub struct BackendQuiet(Duration);
+
+impl Logged {
+    pub fn new(inner: Body, exchange: Box<Exchange>) -> Self {
         Logged {
             inner,
             bytes: 0,
             exchange,
+            quiet: None,
+            quiet_armed: false,
         }
     }
 
-    pub fn inner(&self) -> &B {
+    pub fn inner(&self) -> &Body {
         &self.inner
+    }
+
+    /// The body is waiting for its backend: the timer starts (once per wait) and fails the
+    /// body when it fires.
+    fn poll_quiet(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(limit) = self.exchange.env.as_ref().map(|env| env.timeouts.response) else {
+            return Poll::Pending;
+        };
+        if !self.quiet_armed {
+            self.quiet_armed = true;
+            let deadline = after(tokio::time::Instant::now(), limit);
+            match self.quiet.as_mut() {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.quiet = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        match self.quiet.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => {
+                tracing::debug!(?limit, path = %self.exchange.logged_path(), "backend quiet mid-body: response cut");
+                Poll::Ready(Some(Err(Box::new(BackendQuiet(limit)))))
+            }
+            _ => Poll::Pending,
+        }
     }
 }
 
-impl<B> Drop for Logged<B> {
+impl Drop for Logged {
     fn drop(&mut self) {
         self.exchange.finish(self.bytes);
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Logged<B> {
+impl hyper::body::Body for Logged {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                this.quiet_armed = false;
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
                 }
             }
             Poll::Ready(None) => this.exchange.finish(this.bytes),
-            _ => {}
+            Poll::Pending => return this.poll_quiet(cx),
+            Poll::Ready(Some(Err(_))) => {}
         }
         polled
     }

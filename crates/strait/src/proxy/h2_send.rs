@@ -11,7 +11,6 @@
 //! once, even while the backend is quiet. Bodies the gateway made itself pass as they are.
 //! Owns only this.
 
-use std::error::Error;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -26,10 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::after;
-use super::exchange::Logged;
-use super::pipeline::Body;
-
-type BoxError = Box<dyn Error + Send + Sync>;
+use super::exchange::{BoxError, Logged};
 
 /// The stream's client took nothing for the `send` timeout.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +34,7 @@ pub struct StreamStalled(Duration);
 
 /// A response body on an HTTP/2 stream: made by the gateway, or a backend's, relayed.
 pub enum H2Body {
-    Direct(Logged<Body>),
+    Direct(Logged),
     Relayed {
         frames: mpsc::Receiver<Frame<Bytes>>,
         /// Why the relay gave up, after the frames it sent before.
@@ -85,7 +81,7 @@ impl hyper::body::Body for H2Body {
 }
 
 /// `response` with a backend's body relayed under the `send` timeout `limit`.
-pub fn guard(response: Response<Logged<Body>>, limit: Duration) -> Response<H2Body> {
+pub fn guard(response: Response<Logged>, limit: Duration) -> Response<H2Body> {
     response.map(|body| {
         if !matches!(body.inner(), Either::Left(_)) {
             return H2Body::Direct(body);
@@ -98,7 +94,7 @@ pub fn guard(response: Response<Logged<Body>>, limit: Duration) -> Response<H2Bo
 }
 
 async fn relay(
-    mut body: Logged<Body>,
+    mut body: Logged,
     tx: mpsc::Sender<Frame<Bytes>>,
     fail: oneshot::Sender<BoxError>,
     limit: Duration,

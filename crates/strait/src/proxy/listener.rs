@@ -29,7 +29,7 @@ use super::exchange::Logged;
 use super::h2_send;
 use super::head_timer::HeadTimer;
 use super::headers::ip_value;
-use super::pipeline::{Body, ConnInfo, Shared, handle};
+use super::pipeline::{ConnInfo, Shared, handle};
 use super::send_timeout::SendTimeout;
 use super::sniff::{self, FirstLook};
 use crate::config::Timeouts;
@@ -313,8 +313,8 @@ async fn serve_connection(
 fn service<B: hyper::body::Body>(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    refused: Option<Response<Logged<Body>>>,
-    finish: impl Fn(Response<Logged<Body>>) -> Response<B> + Clone + Send + 'static,
+    refused: Option<Response<Logged>>,
+    finish: impl Fn(Response<Logged>) -> Response<B> + Clone + Send + 'static,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<B>,

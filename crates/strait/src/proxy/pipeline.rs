@@ -87,7 +87,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     mut req: Request<Incoming>,
-) -> Response<Logged<Body>> {
+) -> Response<Logged> {
     let mut exchange = Exchange::begin(&conn, &req);
     exchange.tracer = shared.tracer.clone();
     let served = if is_websocket_upgrade(&req) {
@@ -105,7 +105,7 @@ pub async fn handle_upgrade(
     conn: &ConnInfo,
     req: Request<()>,
     client: ClientSide,
-) -> Response<Logged<Body>> {
+) -> Response<Logged> {
     let mut exchange = Exchange::begin(conn, &req);
     exchange.tracer = shared.tracer.clone();
     let served = serve_upgrade(shared, conn, req, client, &mut exchange).await;
@@ -118,7 +118,7 @@ fn respond(
     served: Result<Response<Body>, GatewayError>,
     conn: &ConnInfo,
     mut exchange: Box<Exchange>,
-) -> Response<Logged<Body>> {
+) -> Response<Logged> {
     let mut response = match served {
         Ok(response) => response,
         Err(error) => {

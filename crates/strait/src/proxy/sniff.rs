@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::exchange::Logged;
 use super::headers::http1_head;
-use super::pipeline::{Body, ConnInfo, Shared, handle_upgrade, is_websocket_upgrade};
+use super::pipeline::{ConnInfo, Shared, handle_upgrade, is_websocket_upgrade};
 use super::websocket::handshake::ClientSide;
 use crate::error::MAX_HEADERS;
 use crate::io::TcpOrTls;
@@ -139,7 +139,7 @@ pub async fn serve(
     mut tcp: TcpStream,
     upgrade: Box<Upgrade>,
     timeout: Duration,
-) -> Option<(TcpStream, Response<Logged<Body>>)> {
+) -> Option<(TcpStream, Response<Logged>)> {
     let (session, client) = oneshot::channel();
     let response = handle_upgrade(shared, conn, upgrade.req, ClientSide::Direct(client)).await;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
