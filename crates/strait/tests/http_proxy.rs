@@ -1421,6 +1421,57 @@ async fn a_backend_quiet_mid_body_for_the_response_timeout_is_cut() {
 }
 
 #[tokio::test]
+async fn a_backend_that_answers_after_a_long_upload_is_not_taken_for_quiet() {
+    // The backend sends its head at once, then its body (the upload's size) only once the
+    // whole upload is in: quiet for 900 ms while the client sends a chunk every 150 ms.
+    let counting = backend(|req: Request<Incoming>| async move {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        tokio::spawn(async move {
+            let size = req
+                .into_body()
+                .collect()
+                .await
+                .map_or(0, |b| b.to_bytes().len());
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from(size.to_string()))))
+                .await;
+        });
+        Response::new(StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    })
+    .await;
+    let gw = gateway(&timed_env(
+        "response: 300ms",
+        &proxy("count", "/count/*", &format!("http://{}", counting.addr)),
+    ))
+    .await;
+    let upload = futures_util::stream::unfold(0u8, |n| async move {
+        if n == 6 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        Some((
+            Ok::<_, Infallible>(Frame::data(Bytes::from(vec![n; 10]))),
+            n + 1,
+        ))
+    });
+    let req = Request::post(url(addr(&gw), "/count/x"))
+        .body(StreamBody::new(Box::pin(upload)))
+        .expect("request");
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let response = within("the head", client.request(req))
+        .await
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    let body = within("the body", response.into_body().collect())
+        .await
+        .expect("the whole body, not a cut one");
+    assert_eq!(body.to_bytes().as_ref(), b"60");
+}
+
+#[tokio::test]
 async fn a_backend_streaming_slower_in_total_than_the_response_timeout_passes_whole() {
     // Six chunks 150 ms apart: 900 ms in all, never 300 ms without one.
     let slow = backend(|_req| async {

@@ -287,8 +287,8 @@ pub fn version_text(version: Version) -> &'static str {
 
 /// A response body that finishes its [`Exchange`] when it ends or is dropped, and fails
 /// when its backend sends nothing for the environment's `response` timeout between two
-/// frames (nginx's `proxy_read_timeout`): a backend hung mid-body no longer holds its
-/// client, and the client connection, for ever.
+/// frames (nginx's `proxy_read_timeout`) while the client sends nothing either: a backend
+/// hung mid-body no longer holds its client, and the client connection, for ever.
 pub struct Logged {
     inner: Body,
     bytes: u64,
@@ -296,6 +296,9 @@ pub struct Logged {
     /// Runs while the backend is quiet; kept between waits (reset, not reallocated).
     quiet: Option<Pin<Box<Sleep>>>,
     quiet_armed: bool,
+    /// The request body's bytes when the timer was set: a backend may answer only once
+    /// an upload still arriving has ended, so the timer starts again while it grows.
+    quiet_upload: u64,
 }
 
 /// The backend sent nothing of its response body for this long.
@@ -311,6 +314,7 @@ impl Logged {
             exchange,
             quiet: None,
             quiet_armed: false,
+            quiet_upload: 0,
         }
     }
 
@@ -324,20 +328,25 @@ impl Logged {
         let Some(limit) = self.exchange.env.as_ref().map(|env| env.timeouts.response) else {
             return Poll::Pending;
         };
-        if !self.quiet_armed {
-            self.quiet_armed = true;
-            let deadline = after(tokio::time::Instant::now(), limit);
-            match self.quiet.as_mut() {
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => self.quiet = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        loop {
+            if !self.quiet_armed {
+                self.quiet_armed = true;
+                self.quiet_upload = self.exchange.request_body().bytes();
+                let deadline = after(tokio::time::Instant::now(), limit);
+                match self.quiet.as_mut() {
+                    Some(timer) => timer.as_mut().reset(deadline),
+                    None => self.quiet = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
             }
-        }
-        match self.quiet.as_mut().map(|timer| timer.as_mut().poll(cx)) {
-            Some(Poll::Ready(())) => {
+            match self.quiet.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => {}
+                _ => return Poll::Pending,
+            }
+            if self.exchange.request_body().bytes() == self.quiet_upload {
                 tracing::debug!(?limit, path = %self.exchange.logged_path(), "backend quiet mid-body: response cut");
-                Poll::Ready(Some(Err(Box::new(BackendQuiet(limit)))))
+                return Poll::Ready(Some(Err(Box::new(BackendQuiet(limit)))));
             }
-            _ => Poll::Pending,
+            self.quiet_armed = false;
         }
     }
 }
