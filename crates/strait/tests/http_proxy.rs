@@ -68,6 +68,25 @@ fn timed_env(timeouts: &str, proxies: &str) -> String {
     )
 }
 
+/// The echo behind proxy `api` (`/api/*` → `/svc`) in environment `test` with these
+/// `timeouts`; the gateway's handle and address.
+async fn echo_behind(
+    timeouts: &str,
+) -> (strait::echo::EchoHandle, strait::GatewayHandle, SocketAddr) {
+    let echo = echo().await;
+    let yaml = timed_env(
+        timeouts,
+        &proxy(
+            "api",
+            "/api/*",
+            &format!("http://{}/svc", echo.local_addr()),
+        ),
+    );
+    let handle = gateway(&yaml).await;
+    let gw = addr(&handle);
+    (echo, handle, gw)
+}
+
 /// One proxy as a YAML list item deployed to `test`; `extra` lines are indented by the caller.
 fn proxy(name: &str, path: &str, backend: &str) -> String {
     proxy_with(name, path, backend, "")
@@ -1162,17 +1181,7 @@ async fn a_slow_backend_is_504_after_the_response_timeout() {
 
 #[tokio::test]
 async fn the_response_timeout_counts_from_the_end_of_the_request_body() {
-    let echo = echo().await;
-    let yaml = timed_env(
-        "response: 300ms",
-        &proxy(
-            "api",
-            "/api/*",
-            &format!("http://{}/svc", echo.local_addr()),
-        ),
-    );
-    let handle = gateway(&yaml).await;
-    let gw = addr(&handle);
+    let (_echo, handle, gw) = echo_behind("response: 300ms").await;
     // An upload that keeps arriving for a second (over three times the timeout) is not cut:
     // the backend's 300 ms start once it has the whole body.
     let slow = within("a slow upload", async {
@@ -1510,18 +1519,8 @@ async fn a_backend_streaming_slower_in_total_than_the_response_timeout_passes_wh
 async fn timeouts_too_long_to_add_to_a_clock_mean_never() {
     // 200,000,000,000,000 days overflows any `Instant`: the timers saturate instead of
     // panicking, on HTTP/1 with a body (the response timer) and on HTTP/2 (its pings).
-    let echo = echo().await;
     let never = "200000000000000d";
-    let yaml = timed_env(
-        &format!("response: {never}, send: {never}"),
-        &proxy(
-            "api",
-            "/api/*",
-            &format!("http://{}/svc", echo.local_addr()),
-        ),
-    );
-    let handle = gateway(&yaml).await;
-    let gw = addr(&handle);
+    let (_echo, _handle, gw) = echo_behind(&format!("response: {never}, send: {never}")).await;
     let posted = raw(
         gw,
         "POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
@@ -1930,17 +1929,7 @@ async fn h2c_with_prior_knowledge_on_a_plain_listener() {
 
 #[tokio::test]
 async fn an_h2_peer_that_stops_answering_is_dropped_and_a_live_one_kept() {
-    let echo = echo().await;
-    let yaml = timed_env(
-        "send: 300ms",
-        &proxy(
-            "api",
-            "/api/*",
-            &format!("http://{}/svc", echo.local_addr()),
-        ),
-    );
-    let handle = gateway(&yaml).await;
-    let gw = addr(&handle);
+    let (_echo, _handle, gw) = echo_behind("send: 300ms").await;
     // A peer that opens HTTP/2 and then answers nothing, PINGs included: the gateway pings it
     // after 300 ms of silence and closes once 300 ms more pass unanswered.
     let mut dead = TcpStream::connect(gw).await.expect("connect");

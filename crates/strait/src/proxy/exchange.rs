@@ -5,20 +5,18 @@
 
 use std::borrow::Cow;
 use std::error::Error;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use hyper::body::{Frame, SizeHint};
-use tokio::time::Sleep;
 
-use super::after;
+use super::WaitTimer;
 use super::pipeline::{Body, ConnInfo};
 use super::snapshot::{EnvRoutes, Route};
 use crate::policy::{Admission, Held};
@@ -293,9 +291,8 @@ pub struct Logged {
     inner: Body,
     bytes: u64,
     exchange: Box<Exchange>,
-    /// Runs while the backend is quiet; kept between waits (reset, not reallocated).
-    quiet: Option<Pin<Box<Sleep>>>,
-    quiet_armed: bool,
+    /// Runs while the backend is quiet.
+    quiet: WaitTimer,
     /// The request body's bytes when the timer was set: a backend may answer only once
     /// an upload still arriving has ended, so the timer starts again while it grows.
     quiet_upload: u64,
@@ -312,14 +309,14 @@ impl Logged {
             inner,
             bytes: 0,
             exchange,
-            quiet: None,
-            quiet_armed: false,
+            quiet: WaitTimer::default(),
             quiet_upload: 0,
         }
     }
 
-    pub fn inner(&self) -> &Body {
-        &self.inner
+    /// The body streams from a backend (rather than being made by the gateway).
+    pub fn is_backends(&self) -> bool {
+        matches!(self.inner, http_body_util::Either::Left(_))
     }
 
     /// The body is waiting for its backend: the timer starts (once per wait) and fails the
@@ -329,24 +326,15 @@ impl Logged {
             return Poll::Pending;
         };
         loop {
-            if !self.quiet_armed {
-                self.quiet_armed = true;
+            if !self.quiet.waiting() {
                 self.quiet_upload = self.exchange.request_body().bytes();
-                let deadline = after(tokio::time::Instant::now(), limit);
-                match self.quiet.as_mut() {
-                    Some(timer) => timer.as_mut().reset(deadline),
-                    None => self.quiet = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                }
             }
-            match self.quiet.as_mut().map(|timer| timer.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => {}
-                _ => return Poll::Pending,
-            }
+            ready!(self.quiet.poll_expired(cx, limit));
             if self.exchange.request_body().bytes() == self.quiet_upload {
                 tracing::debug!(?limit, path = %self.exchange.logged_path(), "backend quiet mid-body: response cut");
                 return Poll::Ready(Some(Err(Box::new(BackendQuiet(limit)))));
             }
-            self.quiet_armed = false;
+            self.quiet.end();
         }
     }
 }
@@ -369,7 +357,7 @@ impl hyper::body::Body for Logged {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                this.quiet_armed = false;
+                this.quiet.end();
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
                 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
-use http_body_util::{BodyExt, Either};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
@@ -83,7 +83,7 @@ impl hyper::body::Body for H2Body {
 /// `response` with a backend's body relayed under the `send` timeout `limit`.
 pub fn guard(response: Response<Logged>, limit: Duration) -> Response<H2Body> {
     response.map(|body| {
-        if !matches!(body.inner(), Either::Left(_)) {
+        if !body.is_backends() {
             return H2Body::Direct(body);
         }
         let (tx, frames) = mpsc::channel(1);

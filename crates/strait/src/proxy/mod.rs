@@ -34,3 +34,45 @@ fn after(base: tokio::time::Instant, d: std::time::Duration) -> tokio::time::Ins
         .or_else(|| base.checked_add(std::time::Duration::from_secs(86_400 * 365)))
         .unwrap_or(base)
 }
+
+/// The timer of a wait that must not last longer than a limit (a client taking nothing, a
+/// backend sending nothing): set when a wait starts, dropped from consideration when it
+/// ends, and kept between waits (reset, not reallocated), so only waits pay for it.
+#[derive(Debug, Default)]
+struct WaitTimer {
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl WaitTimer {
+    /// A wait is under way (and had started by the last [`WaitTimer::poll_expired`]).
+    fn waiting(&self) -> bool {
+        self.armed
+    }
+
+    /// The wait is over.
+    fn end(&mut self) {
+        self.armed = false;
+    }
+
+    /// A wait goes on: its timer starts if it has not, and is ready once `limit` has passed
+    /// since then (a waker is registered until it is).
+    fn poll_expired(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        limit: std::time::Duration,
+    ) -> std::task::Poll<()> {
+        if !self.armed {
+            self.armed = true;
+            let deadline = after(tokio::time::Instant::now(), limit);
+            match self.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        match self.timer.as_mut() {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => std::task::Poll::Pending,
+        }
+    }
+}

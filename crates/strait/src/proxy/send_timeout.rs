@@ -8,26 +8,22 @@
 //! that proceeds disarms it. Writes that go through at once, nearly all of them, cost one
 //! branch. Owns only this timer; it knows nothing of requests.
 
-use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
 
-use super::after;
+use super::WaitTimer;
 
 /// A client connection's I/O, cut once a write has waited `limit`.
 #[derive(Debug)]
 pub struct SendTimeout<T> {
     io: T,
     limit: Duration,
-    /// The timer, kept between stalls (reset, not reallocated) once a write has waited.
-    timer: Option<Pin<Box<Sleep>>>,
-    /// A write is waiting for the client: the timer runs.
-    waiting: bool,
+    /// Runs while a write waits for the client.
+    timer: WaitTimer,
 }
 
 impl<T> SendTimeout<T> {
@@ -35,8 +31,7 @@ impl<T> SendTimeout<T> {
         SendTimeout {
             io,
             limit,
-            timer: None,
-            waiting: false,
+            timer: WaitTimer::default(),
         }
     }
 
@@ -52,24 +47,14 @@ impl<T> SendTimeout<T> {
         written: Poll<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
         if written.is_ready() {
-            self.waiting = false;
+            self.timer.end();
             return written;
         }
-        if !self.waiting {
-            self.waiting = true;
-            let deadline = after(Instant::now(), self.limit);
-            match &mut self.timer {
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-        }
-        match self.timer.as_mut().map(|timer| timer.as_mut().poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the client took nothing for {:?}", self.limit),
-            ))),
-            _ => Poll::Pending,
-        }
+        ready!(self.timer.poll_expired(cx, self.limit));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client took nothing for {:?}", self.limit),
+        )))
     }
 }
 
@@ -125,6 +110,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::time::Instant;
 
     #[tokio::test(start_paused = true)]
     async fn a_write_waiting_past_the_limit_fails_and_one_that_proceeds_disarms() {
