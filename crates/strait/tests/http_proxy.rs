@@ -1429,6 +1429,18 @@ async fn a_backend_quiet_mid_body_for_the_response_timeout_is_cut() {
     let_go(dropped, started, Duration::from_millis(290)).await;
 }
 
+/// Ten bytes of `n` for n = 0..6, each after 150 ms: 900 ms in all, never 300 ms without one.
+fn six_chunks_150ms_apart()
+-> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
+    futures_util::stream::unfold(0u8, |n| async move {
+        if n == 6 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        Some((Ok(Frame::data(Bytes::from(vec![n; 10]))), n + 1))
+    })
+}
+
 #[tokio::test]
 async fn a_backend_that_answers_after_a_long_upload_is_not_taken_for_quiet() {
     // The backend sends its head at once, then its body (the upload's size) only once the
@@ -1455,18 +1467,8 @@ async fn a_backend_that_answers_after_a_long_upload_is_not_taken_for_quiet() {
         &proxy("count", "/count/*", &format!("http://{}", counting.addr)),
     ))
     .await;
-    let upload = futures_util::stream::unfold(0u8, |n| async move {
-        if n == 6 {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        Some((
-            Ok::<_, Infallible>(Frame::data(Bytes::from(vec![n; 10]))),
-            n + 1,
-        ))
-    });
     let req = Request::post(url(addr(&gw), "/count/x"))
-        .body(StreamBody::new(Box::pin(upload)))
+        .body(StreamBody::new(Box::pin(six_chunks_150ms_apart())))
         .expect("request");
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
@@ -1484,17 +1486,7 @@ async fn a_backend_that_answers_after_a_long_upload_is_not_taken_for_quiet() {
 async fn a_backend_streaming_slower_in_total_than_the_response_timeout_passes_whole() {
     // Six chunks 150 ms apart: 900 ms in all, never 300 ms without one.
     let slow = backend(|_req| async {
-        let frames = futures_util::stream::unfold(0u8, |n| async move {
-            if n == 6 {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            Some((
-                Ok::<_, Infallible>(Frame::data(Bytes::from(vec![n; 10]))),
-                n + 1,
-            ))
-        });
-        Response::new(StreamBody::new(frames))
+        Response::new(StreamBody::new(Box::pin(six_chunks_150ms_apart())))
     })
     .await;
     let gw = gateway(&timed_env(
