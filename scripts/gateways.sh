@@ -7,11 +7,14 @@
 #   wait_listening           waits (up to 30 s) until something accepts on PORT
 #   load MODE SECONDS        runs one workload, prints the units it completed:
 #     http     keep-alive GETs: wrk -t1 -c8                         (unit: request)
+#     h2       HTTP/2 GETs: h2load, 8 connections × 8 streams       (unit: request)
 #     echo     64-byte WebSocket round trips on 50 connections      (unit: message echoed)
 #     connect  WebSocket connect + upgrade + close, 8 workers        (unit: session)
 #
 # STRAIT_BIN=PATH measures another build of the gateway (say, one with debug line tables).
-# Loopback only. Leaves $dir (a temporary folder, removed on exit), $strait, $bench, $gw.
+# Loopback only. Leaves $dir (a temporary folder, removed on exit), $strait, $bench, $gw and
+# $gw_h2 (nginx's HTTP/2 port; Strait serves both on $gw). `load h2` goes to $gw_h2 while
+# $side is nginx.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 require() {
@@ -31,6 +34,7 @@ trap cleanup EXIT
 start_echo() {
     port=$1
     gw=127.0.0.1:$port
+    gw_h2=127.0.0.1:$((port + 2))
     local echo_addr=127.0.0.1:$((port + 1))
     "$strait" echo --listen "$echo_addr" >/dev/null 2>&1 &
     pids+=($!)
@@ -46,7 +50,7 @@ proxies:
     backend: http://$echo_addr/
     deploy: [bench]
 YAML
-    sed -e "s#{{PREFIX}}#$dir#g" -e "s#{{LISTEN}}#$gw#" -e "s#{{ECHO}}#$echo_addr#" \
+    sed -e "s#{{PREFIX}}#$dir#g" -e "s#{{LISTEN}}#$gw#" -e "s#{{LISTEN_H2}}#$gw_h2#" -e "s#{{ECHO}}#$echo_addr#" \
         -e "s#{{WORKERS}}#1#" -e "s#{{NOFILE}}#4096#" -e "s#{{WORKER_CONNECTIONS}}#4096#" \
         -e "s#master_process on#master_process off#" bench/nginx.conf.template >"$dir/nginx.conf"
 }
@@ -62,6 +66,9 @@ load() {
     local mode=$1 secs=$2
     case $mode in
         http) wrk -t1 -c8 -d"${secs}s" "http://$gw/bench/http" | awk '/requests in/ {print $1}' ;;
+        h2) local url=http://$gw/bench/http
+            [[ ${side:-} == nginx ]] && url=http://$gw_h2/bench/http
+            h2load -t1 -c8 -m8 -D"$secs" "$url" | awk '/^requests:/ {print $8}' ;;
         echo) "$bench" echo --json --url "ws://$gw/" --sources 4 --conns 50 --warmup 0 --duration "$secs" \
                 | tail -1 | sed -E 's/.*"messages":([0-9]+).*/\1/' ;;
         connect) "$bench" connect --json --url "ws://$gw/" --sources 4 --workers 8 --duration "$secs" \

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the tools `strait-bench compare` drives: nginx (the comparison gateway) and wrk (the
-# HTTP load generator), valgrind for scripts/callgrind.sh and strace for scripts/syscalls.sh, from Debian/Ubuntu packages. Idempotent: installs only what is missing,
-# then prints the versions found. Needs root (or sudo) for apt-get.
+# HTTP/1 load generator), h2load (HTTP/2's, from nghttp2-client), valgrind for
+# scripts/callgrind.sh and strace for scripts/syscalls.sh, from Debian/Ubuntu packages.
+# Idempotent: installs only what is missing, then prints the versions found. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v h2load >/dev/null 2>&1 || need+=(h2load)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v strace >/dev/null 2>&1 || need+=(strace)
@@ -26,6 +28,7 @@ if ((${#need[@]})); then
             # releases dropped it, so fall back to the plain package.
             nginx)
                 if apt-cache show nginx-light >/dev/null 2>&1; then pkgs+=(nginx-light); else pkgs+=(nginx); fi ;;
+            h2load) pkgs+=(nghttp2-client) ;;
             *) pkgs+=("$tool") ;;
         esac
     done
@@ -37,12 +40,13 @@ if ((${#need[@]})); then
     fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
 else
-    echo "nginx, wrk, taskset, valgrind and strace are already installed"
+    echo "nginx, wrk, h2load, taskset, valgrind and strace are already installed"
 fi
 
 echo "--- versions"
 nginx -v 2>&1
 wrk --version 2>&1 | head -n 1 || true   # wrk prints its version and exits 1
+h2load --version 2>&1 | head -n 1
 taskset --version 2>&1 | head -n 1
 valgrind --version 2>&1 | head -n 1
 strace --version 2>&1 | head -n 1

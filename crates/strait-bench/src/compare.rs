@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
+use crate::h2load::{self, H2Report};
 use crate::machine::Machine;
 use crate::procs::{FdLimits, raise_fd_limit, rss_tree_kib};
 use crate::registry::{self, Endpoint, Probe};
@@ -38,6 +39,9 @@ pub struct Plan {
     pub warmup: Duration,
     pub duration: Duration,
     pub http_conns: usize,
+    /// HTTP/2 connections, and the streams each keeps in flight.
+    pub h2_conns: usize,
+    pub h2_streams: usize,
     pub echo_conns: Vec<usize>,
     pub echo_size: usize,
     pub idle_conns: usize,
@@ -62,6 +66,8 @@ impl Plan {
             warmup: Duration::from_secs(1),
             duration: Duration::from_secs(5),
             http_conns: 64,
+            h2_conns: 8,
+            h2_streams: 8,
             echo_conns: vec![100, 1_000],
             echo_size: 64,
             // The most one gateway holds under a 20,000-descriptor limit: 2 descriptors per
@@ -152,6 +158,7 @@ struct Runner<'a> {
 #[derive(Clone, Copy, Debug)]
 enum Scenario {
     Http,
+    Http2,
     Echo(usize),
     Connect,
     Stream,
@@ -160,7 +167,7 @@ enum Scenario {
 
 impl Runner<'_> {
     async fn all(&self, results: &mut Results) -> Result<()> {
-        let mut scenarios = vec![Scenario::Http];
+        let mut scenarios = vec![Scenario::Http, Scenario::Http2];
         scenarios.extend(self.plan.echo_conns.iter().map(|&c| Scenario::Echo(c)));
         scenarios.extend([Scenario::Connect, Scenario::Stream, Scenario::Idle]);
         for scenario in scenarios {
@@ -215,6 +222,27 @@ impl Runner<'_> {
                 Ok(format!(
                     "{:.0} req/s, p99 {:.0} µs, {errors} errors",
                     r.requests_per_sec, r.latency.p99_us
+                ))
+            }
+            Scenario::Http2 => {
+                let url = format!("http://{}/bench/http", stack.h2_endpoint(side));
+                let r = self.h2load(&url).await?;
+                let s = format!(
+                    "HTTP/2 GET (h2load -c{} -m{} -D{secs})",
+                    plan.h2_conns, plan.h2_streams
+                );
+                results.add(&s, "requests/s", Higher, side, r.requests_per_sec);
+                results.latency(&s, side, &r.latency);
+                results.add(
+                    &s,
+                    "errors (failed + non-2xx)",
+                    Lower,
+                    side,
+                    r.errors as f64,
+                );
+                Ok(format!(
+                    "{:.0} req/s, p99 {:.0} µs, {} errors",
+                    r.requests_per_sec, r.latency.p99_us, r.errors
                 ))
             }
             Scenario::Echo(conns) => {
@@ -400,6 +428,28 @@ impl Runner<'_> {
         let output = run_capture(run(secs, true), Duration::from_secs(secs) + CHILD_GRACE).await;
         let _ = std::fs::remove_file(&script);
         wrk::parse(&output?)
+    }
+
+    /// h2load against `url`, with the plan's warm-up (unrecorded) and duration.
+    async fn h2load(&self, url: &str) -> Result<H2Report> {
+        let plan = self.plan;
+        let log = std::env::temp_dir().join(format!("strait-bench-h2-{}.log", std::process::id()));
+        let secs = plan.duration.as_secs().max(1);
+        let mut cmd = self.pinned(&self.tools.h2load);
+        cmd.args([
+            "-t1",
+            &format!("-c{}", plan.h2_conns),
+            &format!("-m{}", plan.h2_streams),
+            &format!("-D{secs}"),
+        ]);
+        if !plan.warmup.is_zero() {
+            cmd.arg(format!("--warm-up-time={}", plan.warmup.as_secs().max(1)));
+        }
+        cmd.arg(format!("--log-file={}", log.display())).arg(url);
+        let output = run_capture(cmd, plan.warmup + Duration::from_secs(secs) + CHILD_GRACE).await;
+        let logged = std::fs::read_to_string(&log).context("h2load wrote no log file");
+        let _ = std::fs::remove_file(&log);
+        h2load::parse(&output?, &logged?)
     }
 
     /// Idle connections spread over several load-generator processes (each under its own

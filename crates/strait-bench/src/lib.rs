@@ -3,7 +3,7 @@
 //! - [`wsclient`]: a lean WebSocket client (handshake, pre-masked frames, reused read buffer);
 //! - [`ws_load`]: the load-generator modes `idle`, `echo`, `connect` and `stream`;
 //! - [`latency`]: HDR-histogram recording shared by many tasks;
-//! - [`wrk`]: parsing wrk's output for the HTTP load;
+//! - [`wrk`] and [`h2load`]: parsing their output for the HTTP/1.1 and HTTP/2 load;
 //! - [`procs`]: child-process guards, /proc memory, the descriptor limit;
 //! - [`registry`]: timing the admin API's connection list and metrics while sessions are held;
 //! - [`stack`]: the echo backend, nginx and Strait as processes under test;
@@ -12,6 +12,7 @@
 //! - [`report`] and [`plot`]: BENCHMARKS.md and the SVG plot.
 
 pub mod compare;
+pub mod h2load;
 pub mod latency;
 pub mod machine;
 pub mod plot;

@@ -16,6 +16,7 @@ pub struct Machine {
     pub strait: String,
     pub nginx: String,
     pub wrk: String,
+    pub h2load: String,
     pub limits: FdLimits,
     pub pinned_cpu: Option<usize>,
     pub port_range: String,
@@ -56,6 +57,7 @@ impl Machine {
                 .next()
                 .unwrap_or_default()
                 .to_owned(),
+            h2load: first_line(&tools.h2load, &["--version"]),
             limits,
             pinned_cpu,
             port_range: proc_line("/proc/sys/net/ipv4/ip_local_port_range"),
@@ -67,7 +69,7 @@ impl Machine {
 
     pub fn summary(&self) -> String {
         format!(
-            "machine: {} CPU(s) ({}), {:.1} GiB; kernel {}; {}; {}; {}; fd limit {} (soft was {}); load generators pinned to CPU {}",
+            "machine: {} CPU(s) ({}), {:.1} GiB; kernel {}; {}; {}; {}; {}; fd limit {} (soft was {}); load generators pinned to CPU {}",
             self.cpus,
             self.cpu_model,
             self.mem_gib,
@@ -75,6 +77,7 @@ impl Machine {
             self.strait,
             self.nginx,
             self.wrk,
+            self.h2load,
             self.limits.hard,
             self.limits.soft_before,
             self.pinned_cpu

@@ -121,12 +121,12 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
         w,
         "To reproduce (as root, for the packages; the harness itself installs nothing):\n\n\
          ```sh\n\
-         bash scripts/install-bench-tools.sh                    # nginx, wrk, valgrind and strace from Debian, idempotent\n\
+         bash scripts/install-bench-tools.sh                    # nginx, wrk, h2load, valgrind, strace (Debian), idempotent\n\
          cargo build --release                                  # target/release/strait\n\
-         cargo run --release -p strait-bench -- compare         # ~9 minutes (--idle-hold 5: ~6); --quick ~20 s\n\
+         cargo run --release -p strait-bench -- compare         # ~10 minutes (--idle-hold 5: ~7); --quick ~25 s\n\
          cargo run --release -p strait-bench -- compare --quick --idle-conns 9900  # the registry at full size, ~1 minute\n\
-         scripts/callgrind.sh                                   # instructions per unit of work vs nginx, ~1 minute\n\
-         scripts/syscalls.sh                                    # system calls per unit of work vs nginx, ~30 s\n\
+         scripts/callgrind.sh                                   # instructions per unit of work vs nginx, ~2 minutes\n\
+         scripts/syscalls.sh                                    # system calls per unit of work vs nginx, ~40 s\n\
          ```\n\n\
          The load generator also runs on its own, e.g. `cargo run --release -p strait-bench -- echo \
          --url ws://127.0.0.1:8080/api/chat --conns 100 --duration 10` (modes `idle`, `echo`, \
@@ -144,6 +144,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
     let _ = writeln!(w, "| Strait | {} (release build) |", m.strait);
     let _ = writeln!(w, "| nginx | {} (Debian package) |", m.nginx);
     let _ = writeln!(w, "| wrk | {} |", m.wrk);
+    let _ = writeln!(w, "| h2load | {} |", m.h2load);
     let _ = writeln!(
         w,
         "| Descriptor limit | soft {} → {} (raised by the harness), hard {} |",
@@ -252,6 +253,24 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
             ""
         } else {
             " A 1 s wrk run first warms each side up, unrecorded."
+        }
+    );
+    let _ = writeln!(
+        w,
+        "- **HTTP/2**: `h2load -t1 -c{} -m{} -D{secs}` (HTTP/2 without TLS, prior knowledge: {} streams in \
+         flight, as many as wrk's connections) on the same `GET /bench/http`{}; percentiles from its per-request \
+         log. nginx 1.22 serves that on a second port (`listen … http2`); the echo and Strait tell it from \
+         HTTP/1.1 on one. Both gateways forward each stream to the echo over pooled HTTP/1.1 connections.",
+        plan.h2_conns,
+        plan.h2_streams,
+        plan.h2_conns * plan.h2_streams,
+        if plan.warmup.is_zero() {
+            String::new()
+        } else {
+            format!(
+                " after {} s of unrecorded warm-up",
+                plan.warmup.as_secs_f64()
+            )
         }
     );
     let _ = writeln!(
@@ -693,6 +712,7 @@ mod tests {
             strait: text.clone(),
             nginx: text.clone(),
             wrk: text.clone(),
+            h2load: text.clone(),
             limits: FdLimits::default(),
             pinned_cpu: None,
             port_range: text.clone(),

@@ -46,6 +46,7 @@ pub struct Tools {
     pub strait: PathBuf,
     pub nginx: PathBuf,
     pub wrk: PathBuf,
+    pub h2load: PathBuf,
     /// `taskset`, when present, pins the load generators.
     pub taskset: Option<PathBuf>,
     /// This very binary, started again for the WebSocket load.
@@ -58,7 +59,8 @@ impl Tools {
         let mut problems = Vec::new();
         let nginx = which("nginx");
         let wrk = which("wrk");
-        let missing: Vec<&str> = [("nginx", &nginx), ("wrk", &wrk)]
+        let h2load = which("h2load");
+        let missing: Vec<&str> = [("nginx", &nginx), ("wrk", &wrk), ("h2load", &h2load)]
             .iter()
             .filter(|(_, found)| found.is_none())
             .map(|(name, _)| *name)
@@ -66,7 +68,7 @@ impl Tools {
         if !missing.is_empty() {
             problems.push(format!(
                 "{} not installed: run `bash scripts/install-bench-tools.sh` (as root; it installs \
-                 Debian's nginx and wrk packages) and try again.",
+                 Debian's nginx, wrk and nghttp2-client packages) and try again.",
                 missing.join(" and ")
             ));
         }
@@ -78,11 +80,12 @@ impl Tools {
             ));
         }
         let me = std::env::current_exe().context("cannot find this program's own path")?;
-        match (nginx, wrk) {
-            (Some(nginx), Some(wrk)) if problems.is_empty() => Ok(Tools {
+        match (nginx, wrk, h2load) {
+            (Some(nginx), Some(wrk), Some(h2load)) if problems.is_empty() => Ok(Tools {
                 strait: strait.to_owned(),
                 nginx,
                 wrk,
+                h2load,
                 taskset: which("taskset"),
                 me,
             }),
@@ -98,6 +101,8 @@ pub struct Stack {
     echo: ChildGuard,
     pub echo_addr: SocketAddr,
     pub nginx_addr: SocketAddr,
+    /// nginx's HTTP/2 (prior knowledge) port; the echo and Strait serve both on one.
+    pub nginx_h2_addr: SocketAddr,
     pub strait_addr: SocketAddr,
     /// Strait's admin API (loopback, no token).
     pub strait_admin: SocketAddr,
@@ -117,7 +122,8 @@ impl Stack {
         set_mode(dir.path(), 0o755)?;
         let path = dir.path();
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (echo_addr, nginx_addr, strait_addr, strait_admin) = (
+        let (echo_addr, nginx_addr, nginx_h2_addr, strait_addr, strait_admin) = (
+            loopback(free_port()?),
             loopback(free_port()?),
             loopback(free_port()?),
             loopback(free_port()?),
@@ -147,7 +153,8 @@ impl Stack {
             .wait_listening(strait_admin, START_LIMIT, &strait_log)
             .await?;
 
-        let conf = render_nginx(path, nginx_addr, echo_addr, nofile, nginx_workers);
+        let listen = [nginx_addr, nginx_h2_addr];
+        let conf = render_nginx(path, listen, echo_addr, nofile, nginx_workers);
         let conf_path = path.join("nginx.conf");
         std::fs::write(&conf_path, conf).context("cannot write nginx.conf")?;
         let mut nginx_cmd = Command::new(&tools.nginx);
@@ -165,6 +172,7 @@ impl Stack {
             echo,
             echo_addr,
             nginx_addr,
+            nginx_h2_addr,
             strait_addr,
             strait_admin,
             _dir: dir,
@@ -177,6 +185,14 @@ impl Stack {
             Side::Direct => (self.echo_addr, self.echo.pid()),
             Side::Nginx => (self.nginx_addr, self.nginx.pid()),
             Side::Strait => (self.strait_addr, self.strait.pid()),
+        }
+    }
+
+    /// Where `side`'s HTTP/2 load goes.
+    pub fn h2_endpoint(&self, side: Side) -> SocketAddr {
+        match side {
+            Side::Nginx => self.nginx_h2_addr,
+            Side::Direct | Side::Strait => self.endpoint(side).0,
         }
     }
 }
@@ -203,10 +219,10 @@ pub fn strait_yaml(listen: SocketAddr, echo: SocketAddr, admin: Option<SocketAdd
     lines.join("\n") + "\n"
 }
 
-/// Fills in the nginx template.
+/// Fills in the nginx template; `listen` is the HTTP/1.1 address, then the HTTP/2 one.
 pub fn render_nginx(
     prefix: &Path,
-    listen: SocketAddr,
+    [listen, listen_h2]: [SocketAddr; 2],
     echo: SocketAddr,
     nofile: u64,
     workers: usize,
@@ -214,6 +230,7 @@ pub fn render_nginx(
     NGINX_TEMPLATE
         .replace("{{PREFIX}}", &prefix.display().to_string())
         .replace("{{LISTEN}}", &listen.to_string())
+        .replace("{{LISTEN_H2}}", &listen_h2.to_string())
         .replace("{{ECHO}}", &echo.to_string())
         .replace("{{WORKERS}}", &workers.to_string())
         .replace("{{NOFILE}}", &nofile.to_string())
@@ -233,7 +250,7 @@ mod tests {
     #[test]
     fn the_template_has_no_placeholder_left() {
         let a = SocketAddr::from(([127, 0, 0, 1], 1));
-        let conf = render_nginx(Path::new("/tmp/x"), a, a, 20_000, 2);
+        let conf = render_nginx(Path::new("/tmp/x"), [a, a], a, 20_000, 2);
         assert!(!conf.contains("{{"), "{conf}");
         assert!(conf.contains("keepalive 256;"));
     }
