@@ -88,7 +88,8 @@ pub fn guard(response: Response<Logged>, limit: Duration) -> Response<H2Body> {
         }
         let (tx, frames) = mpsc::channel(1);
         let (fail, failed) = oneshot::channel();
-        tokio::spawn(relay(body, tx, fail, limit));
+        // Boxed: spawning moves the future by value several times.
+        tokio::spawn(Box::pin(relay(body, tx, fail, limit)));
         H2Body::Relayed { frames, failed }
     })
 }

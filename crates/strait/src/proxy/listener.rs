@@ -16,7 +16,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{Service, service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 #[cfg(target_os = "linux")]
 use tokio::net::TcpSocket;
 use tokio::net::{TcpListener, TcpStream};
@@ -59,7 +59,22 @@ pub struct Listener {
 #[derive(Clone)]
 struct Protocols {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<BoxedSpawn>,
+}
+
+/// Spawns hyper's HTTP/2 stream tasks boxed: tokio moves a spawned future by value several
+/// times, and a stream's future holds every request phase.
+#[derive(Clone, Copy)]
+struct BoxedSpawn;
+
+impl<F> hyper::rt::Executor<F> for BoxedSpawn
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(Box::pin(future));
+    }
 }
 
 impl Protocols {
@@ -69,7 +84,7 @@ impl Protocols {
         http1
             .header_read_timeout(HEAD_TIMEOUT)
             .max_buf_size(MAX_HEAD_BYTES);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        let mut http2 = http2::Builder::new(BoxedSpawn);
         http2
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEAD_BYTES as u32);

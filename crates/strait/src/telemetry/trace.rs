@@ -4,6 +4,11 @@
 //! characters), otherwise one is generated. A valid `traceparent` continues its trace with
 //! a new span id for the gateway's hop; otherwise a new sampled trace starts. `tracestate`
 //! is forwarded as it came.
+//!
+//! Both values are marked sensitive: HTTP/2 (HPACK) then sends them as never-indexed
+//! literals. A value that differs on every request would only fill each side's header
+//! table, and finding a place for it there cost the encoder ~4k instructions per response
+//! (it compared the new id with every id the table held).
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
@@ -33,11 +38,12 @@ pub struct TraceContext {
 impl TraceContext {
     /// Reads the client's request id and trace context, or starts new ones.
     pub fn from_request(headers: &HeaderMap) -> TraceContext {
-        let request_id = headers
+        let mut request_id = headers
             .get(&X_REQUEST_ID)
             .filter(|v| valid_request_id(v.as_bytes()))
             .cloned()
             .unwrap_or_else(new_request_id);
+        request_id.set_sensitive(true);
         let parent = headers
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
@@ -76,7 +82,10 @@ impl TraceContext {
         put_hex(span, u128::from(self.span_id));
         put_hex(rest.split_at_mut(1).1, u128::from(self.flags));
         // Only hex digits and dashes: always a valid header value.
-        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        let mut value =
+            HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"));
+        value.set_sensitive(true);
+        value
     }
 
     /// The trace id as 32 lowercase hex digits, for logs.
@@ -265,5 +274,17 @@ mod tests {
         let b = TraceContext::from_request(&HeaderMap::new());
         assert_ne!(a.request_id(), b.request_id());
         assert_ne!(a.trace_id, b.trace_id);
+    }
+
+    #[test]
+    fn ids_are_marked_for_hpack_never_to_index() {
+        // h2 sends a sensitive value as a never-indexed literal, outside its header table.
+        let kept = TraceContext::from_request(&headers(&[("x-request-id", "abc-123")]));
+        let made = TraceContext::from_request(&HeaderMap::new());
+        for trace in [kept, made] {
+            assert!(trace.request_id.is_sensitive());
+            assert!(trace.request_id.clone().is_sensitive(), "kept by clones");
+            assert!(trace.traceparent().is_sensitive());
+        }
     }
 }
