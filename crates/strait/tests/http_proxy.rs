@@ -1076,6 +1076,76 @@ async fn a_client_connections_requests_share_one_backend_connection() {
 }
 
 #[tokio::test]
+async fn an_http2_client_keeps_sixteen_backend_connections_of_its_own_and_pools_the_rest() {
+    // A backend that counts its open connections and holds every request until released.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("address");
+    let (open, mut open_rx) = tokio::sync::watch::channel(0usize);
+    let (arrived, mut arrived_rx) = tokio::sync::watch::channel(0usize);
+    let (release, release_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (open, arrived, release) = (open.clone(), arrived.clone(), release_rx.clone());
+            open.send_modify(|n| *n += 1);
+            tokio::spawn(async move {
+                let service = service_fn(move |_req| {
+                    let (arrived, mut release) = (arrived.clone(), release.clone());
+                    async move {
+                        arrived.send_modify(|n| *n += 1);
+                        let _ = release.wait_for(|go| *go).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+                open.send_modify(|n| *n -= 1);
+            });
+        }
+    });
+    let proxies = proxy("h2own", "/own/*", &format!("http://{backend}"));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let (sender, connection) = h2_client(addr(&gw)).await;
+
+    // 20 streams at once: the connection's first request and the 3 beyond its 16 own
+    // backend connections go through the shared pool.
+    let streams: Vec<_> = (0..20)
+        .map(|i| {
+            let mut sender = sender.clone();
+            let req = Request::get(format!("http://{}/own/{i}", addr(&gw)))
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            tokio::spawn(async move { sender.send_request(req).await })
+        })
+        .collect();
+    within(
+        "20 requests at the backend",
+        arrived_rx.wait_for(|n| *n == 20),
+    )
+    .await
+    .expect("backend running");
+    assert_eq!(*open_rx.borrow(), 20, "one backend connection per stream");
+    release.send_replace(true);
+    for stream in streams {
+        let response = within("an answer", stream)
+            .await
+            .expect("task")
+            .expect("answered");
+        assert_eq!(response.status(), 200);
+    }
+
+    // The client goes: its own 16 close with it, the 4 pooled stay for other clients.
+    drop(sender);
+    connection.abort();
+    within(
+        "the client's own connections to close",
+        open_rx.wait_for(|n| *n == 4),
+    )
+    .await
+    .expect("backend running");
+}
+
+#[tokio::test]
 async fn a_pinned_backend_connection_closed_while_idle_is_replaced_unseen() {
     // One answer per connection, keep-alive implied, then it closes: by the next request
     // the pinned connection is stale.

@@ -1,18 +1,19 @@
 //! Connect + relay phases for plain HTTP: stream the request to the backend and stream its
 //! response back. Bodies are never buffered whole.
 //!
-//! An HTTP/1 client connection keeps one backend connection pinned to it ([`Pinned`], in
-//! its [`ConnInfo`]). From its second request on, a request finding the slot empty opens a
-//! connection to its target and leaves it there once the response head is in; the next
-//! request to the same target (and upstream) takes it — no pool lookup, no shared lock —
-//! and puts it back the same way. A pinned connection the backend closed while idle is
-//! replaced by a fresh one transparently (nothing was sent: neither a retry nor a failure
-//! counts). The first request of a connection (many connections carry only one), a request
-//! to another target than the pinned one, and HTTP/2 clients (many requests at once on one
-//! connection) use the shared pooled client.
+//! Each client connection keeps backend HTTP/1 connections of its own ([`Pinned`], in its
+//! [`ConnInfo`]): one for an HTTP/1 client, which sends one request at a time, up to
+//! [`H2_OWN`] for an HTTP/2 client, whose streams run at once. From the connection's second
+//! request on, a request takes an idle one to its target, or opens one while the connection
+//! has fewer than its share; once the response head is in, the connection is left idle for
+//! the next request — no pool lookup, no lock shared with other client connections. One
+//! the backend closed while idle is replaced by a fresh one transparently (nothing was
+//! sent: neither a retry nor a failure counts). The first request of a connection (many
+//! connections carry only one), requests beyond the share, and CONNECT use the shared
+//! pooled client.
 
 use std::pin::pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, Uri, Version};
@@ -33,24 +34,27 @@ use crate::upstream::{HttpSender, MAX_RESPONSE_HEAD, Upstream, UpstreamError, Up
 /// A request as the backend gets it.
 type Outgoing = Request<Replay<Counted<Incoming>>>;
 
-/// A client connection's one-slot cache of a backend HTTP/1 connection.
+/// Backend connections an HTTP/2 client connection keeps of its own; streams beyond that
+/// many at once go through the shared pool.
+const H2_OWN: usize = 16;
+
+/// A client connection's own backend HTTP/1 connections.
 ///
-/// Only `try_lock`ed, and never held across an await: an HTTP/1 connection serves one
-/// request at a time, so it is never contended (when it is, the pooled client serves).
+/// Locked only for a few instructions, never across an await, and only by the tasks of one
+/// client connection (one worker thread): in practice never contended.
 #[derive(Default)]
-pub struct Pinned(Mutex<Slot>);
+pub struct Pinned(Mutex<Own>);
 
 #[derive(Default)]
-enum Slot {
-    /// No request yet: the first one goes through the pool.
-    #[default]
-    Fresh,
-    /// Free for a connection; a request that opens one leaves it here.
-    Empty,
-    Held(Held),
+struct Own {
+    /// A request has come: the first one goes through the pool.
+    started: bool,
+    idle: Vec<Held>,
+    /// Connections out with a request, or being opened.
+    lent: usize,
 }
 
-/// A pinned connection and where it goes.
+/// An idle connection and where it goes.
 struct Held {
     target: Arc<TargetState>,
     upstream: UpstreamId,
@@ -58,57 +62,65 @@ struct Held {
 }
 
 /// How an attempt reaches its backend.
-enum Path {
+enum Path<'a> {
     Pooled,
-    /// The pinned connection to this target, or `None` to open one.
-    Pinned(Option<HttpSender>),
+    /// One of the client connection's own: idle to this target, or `None` to open one.
+    Own(Lent<'a>, Option<HttpSender>),
 }
 
+/// A connection out of [`Pinned`]'s share, given back when dropped (kept idle by
+/// [`Lent::keep`] first, or gone with a failed attempt).
+struct Lent<'a>(&'a Pinned);
+
 impl Pinned {
-    fn checkout(&self, lease: &Lease, upstream: &Upstream) -> Path {
-        let Ok(mut slot) = self.0.try_lock() else {
-            return Path::Pooled;
-        };
-        match &*slot {
-            Slot::Fresh => {
-                *slot = Slot::Empty;
-                Path::Pooled
-            }
-            Slot::Empty => Path::Pinned(None),
-            Slot::Held(held)
-                if Arc::ptr_eq(&held.target, lease.target()) && held.upstream == *upstream.id() =>
-            {
-                match std::mem::replace(&mut *slot, Slot::Empty) {
-                    Slot::Held(held) => Path::Pinned(Some(held.sender)),
-                    Slot::Fresh | Slot::Empty => Path::Pinned(None),
-                }
-            }
-            Slot::Held(_) => Path::Pooled,
-        }
+    fn own(&self) -> std::sync::MutexGuard<'_, Own> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keeps `sender` for the next request, unless the slot was filled meanwhile.
-    fn put(&self, lease: &Lease, upstream: &Upstream, sender: HttpSender) {
-        if let Ok(mut slot) = self.0.try_lock()
-            && matches!(*slot, Slot::Empty)
-        {
-            *slot = Slot::Held(Held {
-                target: lease.target().clone(),
-                upstream: upstream.id().clone(),
-                sender,
-            });
+    /// A connection of this client connection's `share` to `lease`'s target, if it may.
+    fn checkout(&self, lease: &Lease, upstream: &Upstream, share: usize) -> Path<'_> {
+        let mut own = self.own();
+        if !std::mem::replace(&mut own.started, true) {
+            return Path::Pooled;
         }
+        let to_target = |held: &Held| {
+            Arc::ptr_eq(&held.target, lease.target()) && held.upstream == *upstream.id()
+        };
+        let sender = match own.idle.iter().position(to_target) {
+            Some(i) => Some(own.idle.swap_remove(i).sender),
+            None if own.idle.len() + own.lent < share => None,
+            None => return Path::Pooled,
+        };
+        own.lent += 1;
+        Path::Own(Lent(self), sender)
+    }
+}
+
+impl Lent<'_> {
+    /// Keeps `sender` idle for the next request to `lease`'s target.
+    fn keep(self, lease: &Lease, upstream: &Upstream, sender: HttpSender) {
+        self.0.own().idle.push(Held {
+            target: lease.target().clone(),
+            upstream: upstream.id().clone(),
+            sender,
+        });
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let mut own = self.0.own();
+        own.lent = own.lent.saturating_sub(1);
     }
 }
 
 impl std::fmt::Debug for Pinned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let held = self
-            .0
-            .try_lock()
-            .map(|slot| matches!(*slot, Slot::Held(_)))
-            .ok();
-        f.debug_struct("Pinned").field("held", &held).finish()
+        let own = self.own();
+        f.debug_struct("Pinned")
+            .field("idle", &own.idle.len())
+            .field("lent", &own.lent)
+            .finish()
     }
 }
 
@@ -139,29 +151,30 @@ impl Failure {
     }
 }
 
-/// One attempt on `lease`: over the pinned connection when it may, else through the pool.
+/// One attempt on `lease`: over one of the client connection's own backend connections
+/// when it may (`share` of them at most), else through the pool.
 async fn send(
     conn: &ConnInfo,
-    pinning: bool,
+    share: usize,
     lease: &Lease,
     upstream: &Upstream,
     req: Outgoing,
 ) -> Result<Response<Incoming>, Failure> {
-    let path = match pinning {
-        true => conn.backend.checkout(lease, upstream),
-        false => Path::Pooled,
+    let path = match share {
+        0 => Path::Pooled,
+        _ => conn.backend.checkout(lease, upstream, share),
     };
-    let pinned = match path {
+    let (lent, idle) = match path {
         Path::Pooled => return upstream.http().request(req).await.map_err(Failure::Pooled),
-        Path::Pinned(pinned) => pinned,
+        Path::Own(lent, idle) => (lent, idle),
     };
     let mut req = origin_form(req);
-    if let Some(mut sender) = pinned
+    if let Some(mut sender) = idle
         && sender.ready().await.is_ok()
     {
         match sender.try_send_request(req).await {
             Ok(response) => {
-                conn.backend.put(lease, upstream, sender);
+                lent.keep(lease, upstream, sender);
                 return Ok(response);
             }
             // Not written: the backend had closed the idle connection. A fresh one takes it.
@@ -176,7 +189,7 @@ async fn send(
         .await
         .map_err(Failure::Connect)?;
     let response = sender.send_request(req).await.map_err(Failure::Lost)?;
-    conn.backend.put(lease, upstream, sender);
+    lent.keep(lease, upstream, sender);
     Ok(response)
 }
 
@@ -204,8 +217,12 @@ pub async fn forward(
         remaining,
     } = matched;
     let (mut parts, body) = req.into_parts();
-    // HTTP/2 clients send many requests at once on one connection: the pool serves them.
-    let pinning = parts.version <= Version::HTTP_11 && parts.method != Method::CONNECT;
+    // How many backend connections of its own the client connection may use.
+    let share = match parts.version {
+        _ if parts.method == Method::CONNECT => 0,
+        Version::HTTP_2 => H2_OWN,
+        _ => 1,
+    };
     to_backend(&mut parts.headers, parts.uri.authority(), conn, &route)?;
     parts.version = Version::HTTP_11;
     let mut attempts = Attempts::new(&route, &parts.headers, &target, conn.client);
@@ -243,7 +260,7 @@ pub async fn forward(
         let streaming = (!body.is_end_stream()).then(|| exchange.request_body());
         let sent = send(
             conn,
-            pinning,
+            share,
             &lease,
             &route.upstream,
             Request::from_parts(head, body),

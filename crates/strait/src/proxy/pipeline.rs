@@ -67,7 +67,7 @@ pub struct ConnInfo {
     pub client_ip: Option<http::HeaderValue>,
     pub tls: bool,
     pub env: Arc<str>,
-    /// The backend connection pinned to this client connection.
+    /// The backend connections this client connection keeps of its own.
     pub backend: forward::Pinned,
 }
 
