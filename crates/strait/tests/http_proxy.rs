@@ -1075,57 +1075,102 @@ async fn a_client_connections_requests_share_one_backend_connection() {
     assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test]
-async fn an_http2_client_keeps_sixteen_backend_connections_of_its_own_and_pools_the_rest() {
-    // A backend that counts its open connections and holds every request until released.
+/// A backend that counts its open connections and the requests that reached it, and holds
+/// every request until `release` says so — or until the gateway closes that connection.
+struct HeldBackend {
+    addr: SocketAddr,
+    open: tokio::sync::watch::Receiver<usize>,
+    arrived: tokio::sync::watch::Receiver<usize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+async fn held_backend() -> HeldBackend {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let backend = listener.local_addr().expect("address");
-    let (open, mut open_rx) = tokio::sync::watch::channel(0usize);
-    let (arrived, mut arrived_rx) = tokio::sync::watch::channel(0usize);
+    let addr = listener.local_addr().expect("address");
+    let (open, open_rx) = tokio::sync::watch::channel(0usize);
+    let (arrived, arrived_rx) = tokio::sync::watch::channel(0usize);
     let (release, release_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (open, arrived, release) = (open.clone(), arrived.clone(), release_rx.clone());
+            let (open, arrived) = (open.clone(), arrived.clone());
+            let mut release = release_rx.clone();
             open.send_modify(|n| *n += 1);
             tokio::spawn(async move {
-                let service = service_fn(move |_req| {
-                    let (arrived, mut release) = (arrived.clone(), release.clone());
-                    async move {
-                        arrived.send_modify(|n| *n += 1);
-                        let _ = release.wait_for(|go| *go).await;
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                let mut reader = BufReader::new(tcp);
+                'requests: loop {
+                    // A bodyless request head, then the answer once released.
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line).await {
+                            Ok(0) | Err(_) => break 'requests,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
                     }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
+                    arrived.send_modify(|n| *n += 1);
+                    let mut byte = [0u8; 1];
+                    tokio::select! {
+                        _ = release.wait_for(|go| *go) => {}
+                        // The gateway closed the connection (or sent more than asked).
+                        _ = reader.read(&mut byte) => break 'requests,
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if reader.get_mut().write_all(answer).await.is_err() {
+                        break;
+                    }
+                }
                 open.send_modify(|n| *n -= 1);
             });
         }
     });
-    let proxies = proxy("h2own", "/own/*", &format!("http://{backend}"));
+    HeldBackend {
+        addr,
+        open: open_rx,
+        arrived: arrived_rx,
+        release,
+    }
+}
+
+/// `count` GETs sent at once on `sender`'s HTTP/2 connection, each in a task of its own.
+fn h2_streams(
+    sender: &hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    gw: SocketAddr,
+    count: usize,
+) -> Vec<tokio::task::JoinHandle<hyper::Result<Response<Incoming>>>> {
+    (0..count)
+        .map(|i| {
+            let mut sender = sender.clone();
+            let req = Request::get(format!("http://{gw}/own/{i}"))
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            tokio::spawn(async move { sender.send_request(req).await })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_http2_client_keeps_sixteen_backend_connections_of_its_own_and_pools_the_rest() {
+    let mut backend = held_backend().await;
+    let proxies = proxy("h2own", "/own/*", &format!("http://{}", backend.addr));
     let gw = gateway(&single_env(false, &proxies)).await;
     let (sender, connection) = h2_client(addr(&gw)).await;
 
     // 20 streams at once: the connection's first request and the 3 beyond its 16 own
     // backend connections go through the shared pool.
-    let streams: Vec<_> = (0..20)
-        .map(|i| {
-            let mut sender = sender.clone();
-            let req = Request::get(format!("http://{}/own/{i}", addr(&gw)))
-                .body(Full::new(Bytes::new()))
-                .expect("request");
-            tokio::spawn(async move { sender.send_request(req).await })
-        })
-        .collect();
+    let streams = h2_streams(&sender, addr(&gw), 20);
     within(
         "20 requests at the backend",
-        arrived_rx.wait_for(|n| *n == 20),
+        backend.arrived.wait_for(|n| *n == 20),
     )
     .await
     .expect("backend running");
-    assert_eq!(*open_rx.borrow(), 20, "one backend connection per stream");
-    release.send_replace(true);
+    assert_eq!(
+        *backend.open.borrow(),
+        20,
+        "one backend connection per stream"
+    );
+    backend.release.send_replace(true);
     for stream in streams {
         let response = within("an answer", stream)
             .await
@@ -1139,7 +1184,65 @@ async fn an_http2_client_keeps_sixteen_backend_connections_of_its_own_and_pools_
     connection.abort();
     within(
         "the client's own connections to close",
-        open_rx.wait_for(|n| *n == 4),
+        backend.open.wait_for(|n| *n == 4),
+    )
+    .await
+    .expect("backend running");
+}
+
+#[tokio::test]
+async fn http2_streams_reset_mid_request_give_their_backend_connections_back() {
+    let mut backend = held_backend().await;
+    let proxies = proxy("h2own", "/own/*", &format!("http://{}", backend.addr));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let (sender, connection) = h2_client(addr(&gw)).await;
+
+    // The first request (pooled) and 16 on the connection's own, all held by the backend,
+    // then reset by the client: the gateway drops them and closes their connections.
+    let streams = h2_streams(&sender, addr(&gw), 17);
+    within(
+        "17 requests at the backend",
+        backend.arrived.wait_for(|n| *n == 17),
+    )
+    .await
+    .expect("backend running");
+    for stream in &streams {
+        stream.abort();
+    }
+    within(
+        "the reset streams' connections to close",
+        backend.open.wait_for(|n| *n == 0),
+    )
+    .await
+    .expect("backend running");
+
+    // 16 at once again. Had the resets kept their share, these would go through the pool,
+    // whose connections outlive the client; on its own connections, they close with it.
+    let streams = h2_streams(&sender, addr(&gw), 16);
+    within(
+        "16 more at the backend",
+        backend.arrived.wait_for(|n| *n == 17 + 16),
+    )
+    .await
+    .expect("backend running");
+    assert_eq!(
+        *backend.open.borrow(),
+        16,
+        "one backend connection per stream"
+    );
+    backend.release.send_replace(true);
+    for stream in streams {
+        let response = within("an answer", stream)
+            .await
+            .expect("task")
+            .expect("answered");
+        assert_eq!(response.status(), 200);
+    }
+    drop(sender);
+    connection.abort();
+    within(
+        "the client's own connections to close",
+        backend.open.wait_for(|n| *n == 0),
     )
     .await
     .expect("backend running");
