@@ -25,6 +25,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
+use strait::GatewayHandle;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -1132,16 +1133,64 @@ async fn held_backend() -> HeldBackend {
     }
 }
 
+type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+type H2Stream = tokio::task::JoinHandle<hyper::Result<Response<Incoming>>>;
+
+impl HeldBackend {
+    /// A gateway proxying `/own/*` to this backend, and an HTTP/2 client connected to it.
+    async fn behind_a_gateway(
+        &self,
+    ) -> (
+        GatewayHandle,
+        H2Sender,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ) {
+        let proxies = proxy("h2own", "/own/*", &format!("http://{}", self.addr));
+        let gw = gateway(&single_env(false, &proxies)).await;
+        let (sender, connection) = h2_client(addr(&gw)).await;
+        (gw, sender, connection)
+    }
+
+    /// Waits until `arrived` requests in all have reached it; then it has `open` connections.
+    async fn holds(&mut self, arrived: usize, open: usize) {
+        within(
+            "the requests at the backend",
+            self.arrived.wait_for(|n| *n == arrived),
+        )
+        .await
+        .expect("backend running");
+        assert_eq!(*self.open.borrow(), open, "backend connections");
+    }
+
+    /// Releases the requests it holds; every one of `streams` gets its 200.
+    async fn answers(&self, streams: Vec<H2Stream>) {
+        self.release.send_replace(true);
+        for stream in streams {
+            let response = within("an answer", stream)
+                .await
+                .expect("task")
+                .expect("answered");
+            assert_eq!(response.status(), 200);
+        }
+    }
+
+    /// Waits until `open` of its connections are left.
+    async fn keeps(&mut self, open: usize) {
+        within(
+            "backend connections to close",
+            self.open.wait_for(|n| *n == open),
+        )
+        .await
+        .expect("backend running");
+    }
+}
+
 /// `count` GETs sent at once on `sender`'s HTTP/2 connection, each in a task of its own.
-fn h2_streams(
-    sender: &hyper::client::conn::http2::SendRequest<Full<Bytes>>,
-    gw: SocketAddr,
-    count: usize,
-) -> Vec<tokio::task::JoinHandle<hyper::Result<Response<Incoming>>>> {
+fn h2_streams(sender: &H2Sender, gw: &GatewayHandle, count: usize) -> Vec<H2Stream> {
     (0..count)
         .map(|i| {
             let mut sender = sender.clone();
-            let req = Request::get(format!("http://{gw}/own/{i}"))
+            let req = Request::get(format!("http://{}/own/{i}", addr(gw)))
                 .body(Full::new(Bytes::new()))
                 .expect("request");
             tokio::spawn(async move { sender.send_request(req).await })
@@ -1152,100 +1201,38 @@ fn h2_streams(
 #[tokio::test]
 async fn an_http2_client_keeps_sixteen_backend_connections_of_its_own_and_pools_the_rest() {
     let mut backend = held_backend().await;
-    let proxies = proxy("h2own", "/own/*", &format!("http://{}", backend.addr));
-    let gw = gateway(&single_env(false, &proxies)).await;
-    let (sender, connection) = h2_client(addr(&gw)).await;
-
+    let (gw, sender, connection) = backend.behind_a_gateway().await;
     // 20 streams at once: the connection's first request and the 3 beyond its 16 own
     // backend connections go through the shared pool.
-    let streams = h2_streams(&sender, addr(&gw), 20);
-    within(
-        "20 requests at the backend",
-        backend.arrived.wait_for(|n| *n == 20),
-    )
-    .await
-    .expect("backend running");
-    assert_eq!(
-        *backend.open.borrow(),
-        20,
-        "one backend connection per stream"
-    );
-    backend.release.send_replace(true);
-    for stream in streams {
-        let response = within("an answer", stream)
-            .await
-            .expect("task")
-            .expect("answered");
-        assert_eq!(response.status(), 200);
-    }
-
+    let streams = h2_streams(&sender, &gw, 20);
+    backend.holds(20, 20).await;
+    backend.answers(streams).await;
     // The client goes: its own 16 close with it, the 4 pooled stay for other clients.
     drop(sender);
     connection.abort();
-    within(
-        "the client's own connections to close",
-        backend.open.wait_for(|n| *n == 4),
-    )
-    .await
-    .expect("backend running");
+    backend.keeps(4).await;
 }
 
 #[tokio::test]
 async fn http2_streams_reset_mid_request_give_their_backend_connections_back() {
     let mut backend = held_backend().await;
-    let proxies = proxy("h2own", "/own/*", &format!("http://{}", backend.addr));
-    let gw = gateway(&single_env(false, &proxies)).await;
-    let (sender, connection) = h2_client(addr(&gw)).await;
-
+    let (gw, sender, connection) = backend.behind_a_gateway().await;
     // The first request (pooled) and 16 on the connection's own, all held by the backend,
     // then reset by the client: the gateway drops them and closes their connections.
-    let streams = h2_streams(&sender, addr(&gw), 17);
-    within(
-        "17 requests at the backend",
-        backend.arrived.wait_for(|n| *n == 17),
-    )
-    .await
-    .expect("backend running");
+    let streams = h2_streams(&sender, &gw, 17);
+    backend.holds(17, 17).await;
     for stream in &streams {
         stream.abort();
     }
-    within(
-        "the reset streams' connections to close",
-        backend.open.wait_for(|n| *n == 0),
-    )
-    .await
-    .expect("backend running");
-
+    backend.keeps(0).await;
     // 16 at once again. Had the resets kept their share, these would go through the pool,
     // whose connections outlive the client; on its own connections, they close with it.
-    let streams = h2_streams(&sender, addr(&gw), 16);
-    within(
-        "16 more at the backend",
-        backend.arrived.wait_for(|n| *n == 17 + 16),
-    )
-    .await
-    .expect("backend running");
-    assert_eq!(
-        *backend.open.borrow(),
-        16,
-        "one backend connection per stream"
-    );
-    backend.release.send_replace(true);
-    for stream in streams {
-        let response = within("an answer", stream)
-            .await
-            .expect("task")
-            .expect("answered");
-        assert_eq!(response.status(), 200);
-    }
+    let streams = h2_streams(&sender, &gw, 16);
+    backend.holds(17 + 16, 16).await;
+    backend.answers(streams).await;
     drop(sender);
     connection.abort();
-    within(
-        "the client's own connections to close",
-        backend.open.wait_for(|n| *n == 0),
-    )
-    .await
-    .expect("backend running");
+    backend.keeps(0).await;
 }
 
 #[tokio::test]
