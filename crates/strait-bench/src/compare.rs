@@ -235,7 +235,7 @@ impl Runner<'_> {
                 results.latency(&s, side, &r.latency);
                 results.add(
                     &s,
-                    "errors (failed + non-2xx)",
+                    "errors (failed requests, 4xx/5xx included)",
                     Lower,
                     side,
                     r.errors as f64,
