@@ -4,17 +4,18 @@
 # under callgrind in front of `strait echo`, warm up for 2 s, zero the counters, load it for
 # 8 s, dump, and divide the instructions by the units the load generator completed.
 #
-#   scripts/callgrind.sh [http|h2|echo|connect]...   (default: all four; see scripts/gateways.sh)
+#   scripts/callgrind.sh [http|h2|https|h2tls|echo|connect]...   (default: http h2 echo connect;
+#   see scripts/gateways.sh)
 #
 # Needs the release build (cargo build --release -p strait-cli -p strait-bench), nginx, wrk,
 # h2load and valgrind (scripts/install-bench-tools.sh installs them). Loopback only; every run is
-# bounded (10 s of load each). Ports: STRAIT_CG_PORT (default 19080) and the next two.
+# bounded (10 s of load each). Ports: STRAIT_CG_PORT (default 19080) and the next three.
 # STRAIT_CG_KEEP=DIR keeps the profiles there (cg.MODE.GATEWAY.*) for callgrind_annotate.
 set -euo pipefail
 source "$(dirname "$0")/gateways.sh"
 modes=("$@")
 ((${#modes[@]})) || modes=(http h2 echo connect)
-require valgrind callgrind_control nginx wrk h2load
+require valgrind callgrind_control nginx wrk h2load openssl
 start_echo "${STRAIT_CG_PORT:-19080}"
 
 printf '%-8s %-7s %10s %14s\n' mode gateway units instructions/unit

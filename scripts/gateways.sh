@@ -8,12 +8,15 @@
 #   load MODE SECONDS        runs one workload, prints the units it completed:
 #     http     keep-alive GETs: wrk -t1 -c8                         (unit: request)
 #     h2       HTTP/2 GETs: h2load, 8 connections × 8 streams       (unit: request)
+#     https    keep-alive GETs over TLS: wrk -t1 -c8                (unit: request)
+#     h2tls    HTTP/2 GETs over TLS (ALPN h2): as h2                (unit: request)
 #     echo     64-byte WebSocket round trips on 50 connections      (unit: message echoed)
 #     connect  WebSocket connect + upgrade + close, 8 workers        (unit: session)
 #
 # STRAIT_BIN=PATH measures another build of the gateway (say, one with debug line tables).
-# Loopback only. Leaves $dir (a temporary folder, removed on exit), $strait, $bench, $gw and
-# $gw_h2 (nginx's HTTP/2 port; Strait serves both on $gw). `load h2` goes to $gw_h2 while
+# Loopback only. Leaves $dir (a temporary folder, removed on exit), $strait, $bench, $gw,
+# $gw_h2 (nginx's HTTP/2 port; Strait serves both on $gw) and $gw_tls (both gateways' TLS
+# port, with a self-signed certificate made by openssl). `load h2` goes to $gw_h2 while
 # $side is nginx.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -35,22 +38,31 @@ start_echo() {
     port=$1
     gw=127.0.0.1:$port
     gw_h2=127.0.0.1:$((port + 2))
+    gw_tls=127.0.0.1:$((port + 3))
     local echo_addr=127.0.0.1:$((port + 1))
     "$strait" echo --listen "$echo_addr" >/dev/null 2>&1 &
     pids+=($!)
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+        -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
     cat >"$dir/strait.yaml" <<YAML
 environments:
   - name: bench
     listen: $gw
     websocket: true
     access_log: { format: off }
+  - name: bench-tls
+    listen: $gw_tls
+    websocket: true
+    access_log: { format: off }
+    tls: { cert: $dir/cert.pem, key: $dir/key.pem }
 proxies:
   - name: echo
     path: /*
     backend: http://$echo_addr/
-    deploy: [bench]
+    deploy: [bench, bench-tls]
 YAML
     sed -e "s#{{PREFIX}}#$dir#g" -e "s#{{LISTEN}}#$gw#" -e "s#{{LISTEN_H2}}#$gw_h2#" -e "s#{{ECHO}}#$echo_addr#" \
+        -e "s#{{LISTEN_TLS}}#$gw_tls#" -e "s#{{CERT}}#$dir/cert.pem#" -e "s#{{KEY}}#$dir/key.pem#" \
         -e "s#{{WORKERS}}#1#" -e "s#{{NOFILE}}#4096#" -e "s#{{WORKER_CONNECTIONS}}#4096#" \
         -e "s#master_process on#master_process off#" bench/nginx.conf.template >"$dir/nginx.conf"
 }
@@ -69,6 +81,8 @@ load() {
         h2) local url=http://$gw/bench/http
             [[ ${side:-} == nginx ]] && url=http://$gw_h2/bench/http
             h2load -t1 -c8 -m8 -D"$secs" "$url" | awk '/^requests:/ {print $8}' ;;
+        https) wrk -t1 -c8 -d"${secs}s" "https://$gw_tls/bench/http" | awk '/requests in/ {print $1}' ;;
+        h2tls) h2load -t1 -c8 -m8 -D"$secs" "https://$gw_tls/bench/http" | awk '/^requests:/ {print $8}' ;;
         echo) "$bench" echo --json --url "ws://$gw/" --sources 4 --conns 50 --warmup 0 --duration "$secs" \
                 | tail -1 | sed -E 's/.*"messages":([0-9]+).*/\1/' ;;
         connect) "$bench" connect --json --url "ws://$gw/" --sources 4 --workers 8 --duration "$secs" \

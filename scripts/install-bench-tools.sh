@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools `strait-bench compare` drives: nginx (the comparison gateway) and wrk (the
 # HTTP/1 load generator), h2load (HTTP/2's, from nghttp2-client), valgrind for
-# scripts/callgrind.sh and strace for scripts/syscalls.sh, from Debian/Ubuntu packages.
+# scripts/callgrind.sh and strace for scripts/syscalls.sh (openssl makes their TLS certificate),
+# from Debian/Ubuntu packages.
 # Idempotent: installs only what is missing, then prints the versions found. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ command -v h2load >/dev/null 2>&1 || need+=(h2load)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v strace >/dev/null 2>&1 || need+=(strace)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
 if ((${#need[@]})); then
     SUDO=""

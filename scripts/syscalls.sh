@@ -4,17 +4,17 @@
 # both when these agree. Counts only: strace slows both gateways down, so rates here mean
 # nothing.
 #
-#   scripts/syscalls.sh [http|h2|echo|connect]...   (default: all four)
+#   scripts/syscalls.sh [http|h2|https|h2tls|echo|connect]...   (default: http h2 echo connect)
 #
 # Workloads as in scripts/callgrind.sh (wrk -t1 -c8; h2load, 8 connections × 8 streams; 50
 # echoing WebSocket connections; 8 workers connecting and closing), 3 s each. Needs the
 # release build, nginx, wrk, h2load and strace (scripts/install-bench-tools.sh). Loopback
-# only. Ports: STRAIT_SC_PORT (default 19180) and the next two.
+# only. Ports: STRAIT_SC_PORT (default 19180) and the next three.
 set -euo pipefail
 source "$(dirname "$0")/gateways.sh"
 modes=("$@")
 ((${#modes[@]})) || modes=(http h2 echo connect)
-require strace nginx wrk h2load
+require strace nginx wrk h2load openssl
 start_echo "${STRAIT_SC_PORT:-19180}"
 
 for mode in "${modes[@]}"; do

@@ -85,6 +85,7 @@ fn live_sessions(c: &mut Criterion) {
             SocketAddr::from(([127, 0, 0, 1], 0)),
             echo.local_addr(),
             None,
+            None,
         );
         let config =
             strait::config::parse_str(&yaml, Path::new("bench.yaml")).expect("valid config");

@@ -159,6 +159,9 @@ struct Runner<'a> {
 enum Scenario {
     Http,
     Http2,
+    /// HTTP/1.1 and HTTP/2 over TLS (ALPN) at the gateways; the echo has no TLS to compare.
+    Https,
+    Http2Tls,
     Echo(usize),
     Connect,
     Stream,
@@ -167,7 +170,12 @@ enum Scenario {
 
 impl Runner<'_> {
     async fn all(&self, results: &mut Results) -> Result<()> {
-        let mut scenarios = vec![Scenario::Http, Scenario::Http2];
+        let mut scenarios = vec![
+            Scenario::Http,
+            Scenario::Http2,
+            Scenario::Https,
+            Scenario::Http2Tls,
+        ];
         scenarios.extend(self.plan.echo_conns.iter().map(|&c| Scenario::Echo(c)));
         scenarios.extend([Scenario::Connect, Scenario::Stream, Scenario::Idle]);
         for scenario in scenarios {
@@ -209,10 +217,18 @@ impl Runner<'_> {
         let (warmup, duration) = (plan.warmup.as_secs_f64().to_string(), secs.to_string());
         let url = |path: &str| format!("ws://{addr}{path}");
         match scenario {
-            Scenario::Http => {
-                let r = self.wrk(&format!("http://{addr}/bench/http")).await?;
+            Scenario::Http | Scenario::Https => {
+                let Some(url) = http_url(scenario, stack, side) else {
+                    return Ok(NO_TLS.into());
+                };
+                let r = self.wrk(&url).await?;
                 let s = format!(
-                    "HTTP keep-alive GET (wrk -t1 -c{} -d{secs}s)",
+                    "{} keep-alive GET (wrk -t1 -c{} -d{secs}s)",
+                    if matches!(scenario, Scenario::Http) {
+                        "HTTP"
+                    } else {
+                        "HTTPS"
+                    },
                     plan.http_conns
                 );
                 let errors = (r.socket_errors + r.non2xx) as f64;
@@ -224,12 +240,20 @@ impl Runner<'_> {
                     r.requests_per_sec, r.latency.p99_us
                 ))
             }
-            Scenario::Http2 => {
-                let url = format!("http://{}/bench/http", stack.h2_endpoint(side));
+            Scenario::Http2 | Scenario::Http2Tls => {
+                let Some(url) = http_url(scenario, stack, side) else {
+                    return Ok(NO_TLS.into());
+                };
                 let r = self.h2load(&url).await?;
                 let s = format!(
-                    "HTTP/2 GET (h2load -c{} -m{} -D{secs})",
-                    plan.h2_conns, plan.h2_streams
+                    "HTTP/2{} GET (h2load -c{} -m{} -D{secs})",
+                    if matches!(scenario, Scenario::Http2) {
+                        ""
+                    } else {
+                        " over TLS"
+                    },
+                    plan.h2_conns,
+                    plan.h2_streams
                 );
                 results.add(&s, "requests/s", Higher, side, r.requests_per_sec);
                 results.latency(&s, side, &r.latency);
@@ -370,7 +394,22 @@ impl Runner<'_> {
             }
         }
     }
+}
 
+/// What a TLS scenario says for the direct side.
+const NO_TLS: &str = "skipped: the echo backend speaks no TLS";
+
+/// Where an HTTP scenario's load goes on `side`: `None` for the echo backend over TLS.
+fn http_url(scenario: Scenario, stack: &Stack, side: Side) -> Option<String> {
+    let (scheme, addr) = match scenario {
+        Scenario::Http2 => ("http", stack.h2_endpoint(side)),
+        Scenario::Https | Scenario::Http2Tls => ("https", stack.tls_endpoint(side)?),
+        _ => ("http", stack.endpoint(side).0),
+    };
+    Some(format!("{scheme}://{addr}/bench/http"))
+}
+
+impl Runner<'_> {
     /// A command that runs `program` pinned to the load generator's CPU when pinning is on.
     fn pinned(&self, program: &std::path::Path) -> Command {
         match (self.pin, &self.tools.taskset) {

@@ -1,9 +1,9 @@
 //! The machine and software a comparison ran on: CPUs, memory, kernel, versions of strait,
-//! nginx and wrk, the descriptor limits and the network sysctls that matter for large runs.
+//! nginx (and its TLS library), wrk and h2load, the descriptor limits and the network sysctls that matter for large runs.
 
 use std::path::Path;
 
-use crate::procs::{FdLimits, first_line};
+use crate::procs::{FdLimits, first_line, line_where};
 use crate::stack::Tools;
 
 /// The machine and software a comparison ran on.
@@ -15,6 +15,8 @@ pub struct Machine {
     pub date: String,
     pub strait: String,
     pub nginx: String,
+    /// The TLS library nginx was built with (`nginx -V`).
+    pub nginx_tls: String,
     pub wrk: String,
     pub h2load: String,
     pub limits: FdLimits,
@@ -52,6 +54,7 @@ impl Machine {
             date: first_line(Path::new("date"), &["-u", "+%Y-%m-%d %H:%M UTC"]),
             strait: first_line(&tools.strait, &["--version"]),
             nginx: first_line(&tools.nginx, &["-v"]).replace("nginx version: ", ""),
+            nginx_tls: line_where(&tools.nginx, &["-V"], |l| l.starts_with("built with")),
             wrk: first_line(&tools.wrk, &["-v"])
                 .split(" Copyright")
                 .next()

@@ -165,12 +165,22 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 
 /// First line of a command's combined output (for version strings); empty if it cannot run.
 pub fn first_line(program: &Path, args: &[&str]) -> String {
+    line_where(program, args, |_| true)
+}
+
+/// The first line of what `program args` prints (stdout, then stderr) that `wanted` picks,
+/// trimmed; empty when it cannot run or prints none.
+pub fn line_where(program: &Path, args: &[&str], wanted: impl Fn(&str) -> bool) -> String {
     let Ok(output) = Command::new(program).args(args).output() else {
         return String::new();
     };
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
-    text.lines().next().unwrap_or_default().trim().to_owned()
+    text.lines()
+        .map(str::trim)
+        .find(|line| wanted(line))
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// VmRSS of one process in KiB.

@@ -141,8 +141,16 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
     );
     let _ = writeln!(w, "| Memory | {:.1} GiB |", m.mem_gib);
     let _ = writeln!(w, "| Kernel | {} |", m.kernel);
-    let _ = writeln!(w, "| Strait | {} (release build) |", m.strait);
-    let _ = writeln!(w, "| nginx | {} (Debian package) |", m.nginx);
+    let _ = writeln!(
+        w,
+        "| Strait | {} (release build; TLS by rustls, ring provider) |",
+        m.strait
+    );
+    let _ = writeln!(
+        w,
+        "| nginx | {} (Debian package; {}) |",
+        m.nginx, m.nginx_tls
+    );
     let _ = writeln!(w, "| wrk | {} |", m.wrk);
     let _ = writeln!(w, "| h2load | {} |", m.h2load);
     let _ = writeln!(
@@ -273,6 +281,15 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
                 plan.warmup.as_secs_f64()
             )
         }
+    );
+    let _ = writeln!(
+        w,
+        "- **TLS**: the same two loads on each gateway's TLS port — `wrk` over HTTPS (HTTP/1.1) and `h2load` \
+         offering ALPN `h2` — with one self-signed ECDSA P-256 certificate made per run (rcgen) that both \
+         serve, TLS 1.3 as client and server negotiate it. nginx terminates TLS with OpenSSL (`listen … ssl \
+         http2`, `ssl_session_cache shared:SSL:10m`), Strait with rustls (an environment with `tls`). The \
+         connections are kept alive, so this measures record encryption and framing, not handshakes; the \
+         echo speaks no TLS, so there is no direct figure."
     );
     let _ = writeln!(
         w,
@@ -712,6 +729,7 @@ mod tests {
             date: text.clone(),
             strait: text.clone(),
             nginx: text.clone(),
+            nginx_tls: text.clone(),
             wrk: text.clone(),
             h2load: text.clone(),
             limits: FdLimits::default(),

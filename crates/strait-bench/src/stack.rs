@@ -103,7 +103,11 @@ pub struct Stack {
     pub nginx_addr: SocketAddr,
     /// nginx's HTTP/2 (prior knowledge) port; the echo and Strait serve both on one.
     pub nginx_h2_addr: SocketAddr,
+    /// nginx's TLS port (HTTP/1.1 or HTTP/2 by ALPN).
+    pub nginx_tls_addr: SocketAddr,
     pub strait_addr: SocketAddr,
+    /// Strait's TLS environment (HTTP/1.1 or HTTP/2 by ALPN), with the same certificate.
+    pub strait_tls_addr: SocketAddr,
     /// Strait's admin API (loopback, no token).
     pub strait_admin: SocketAddr,
     _dir: tempfile::TempDir,
@@ -121,14 +125,11 @@ impl Stack {
         // able to enter the folder holding their temp paths.
         set_mode(dir.path(), 0o755)?;
         let path = dir.path();
-        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (echo_addr, nginx_addr, nginx_h2_addr, strait_addr, strait_admin) = (
-            loopback(free_port()?),
-            loopback(free_port()?),
-            loopback(free_port()?),
-            loopback(free_port()?),
-            loopback(free_port()?),
-        );
+        let port = || free_port().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+        let (echo_addr, strait_addr, strait_tls_addr, strait_admin) =
+            (port()?, port()?, port()?, port()?);
+        let (nginx_addr, nginx_h2_addr, nginx_tls_addr) = (port()?, port()?, port()?);
+        let cert = Certificate::write(path)?;
 
         let mut echo_cmd = Command::new(&tools.strait);
         echo_cmd.args(["echo", "--listen", &echo_addr.to_string()]);
@@ -137,7 +138,12 @@ impl Stack {
         echo.wait_listening(echo_addr, START_LIMIT, &echo_log)
             .await?;
 
-        let yaml = strait_yaml(strait_addr, echo_addr, Some(strait_admin));
+        let yaml = strait_yaml(
+            strait_addr,
+            echo_addr,
+            Some(strait_admin),
+            Some((strait_tls_addr, &cert)),
+        );
         let yaml_path = path.join("strait.yaml");
         std::fs::write(&yaml_path, &yaml).context("cannot write strait.yaml")?;
         let mut strait_cmd = Command::new(&tools.strait);
@@ -149,12 +155,14 @@ impl Stack {
         strait
             .wait_listening(strait_addr, START_LIMIT, &strait_log)
             .await?;
-        strait
-            .wait_listening(strait_admin, START_LIMIT, &strait_log)
-            .await?;
+        for addr in [strait_tls_addr, strait_admin] {
+            strait
+                .wait_listening(addr, START_LIMIT, &strait_log)
+                .await?;
+        }
 
-        let listen = [nginx_addr, nginx_h2_addr];
-        let conf = render_nginx(path, listen, echo_addr, nofile, nginx_workers);
+        let listen = [nginx_addr, nginx_h2_addr, nginx_tls_addr];
+        let conf = render_nginx(path, listen, &cert, echo_addr, nofile, nginx_workers);
         let conf_path = path.join("nginx.conf");
         std::fs::write(&conf_path, conf).context("cannot write nginx.conf")?;
         let mut nginx_cmd = Command::new(&tools.nginx);
@@ -162,9 +170,9 @@ impl Stack {
         // Start-up problems go to stderr (captured here); later ones to error.log.
         let nginx_log = path.join("nginx.out");
         let mut nginx = ChildGuard::spawn("nginx", nginx_cmd, &nginx_log)?;
-        nginx
-            .wait_listening(nginx_addr, START_LIMIT, &nginx_log)
-            .await?;
+        for addr in [nginx_addr, nginx_tls_addr] {
+            nginx.wait_listening(addr, START_LIMIT, &nginx_log).await?;
+        }
 
         Ok(Stack {
             strait,
@@ -173,7 +181,9 @@ impl Stack {
             echo_addr,
             nginx_addr,
             nginx_h2_addr,
+            nginx_tls_addr,
             strait_addr,
+            strait_tls_addr,
             strait_admin,
             _dir: dir,
         })
@@ -195,34 +205,87 @@ impl Stack {
             Side::Direct | Side::Strait => self.endpoint(side).0,
         }
     }
+
+    /// Where `side`'s TLS load goes: none for the echo backend, which speaks no TLS.
+    pub fn tls_endpoint(&self, side: Side) -> Option<SocketAddr> {
+        match side {
+            Side::Direct => None,
+            Side::Nginx => Some(self.nginx_tls_addr),
+            Side::Strait => Some(self.strait_tls_addr),
+        }
+    }
 }
 
-/// One environment with WebSocket on and its access log off (as nginx's is), one proxy `/*`
-/// to the echo backend, and the admin API on `admin` when given.
-pub fn strait_yaml(listen: SocketAddr, echo: SocketAddr, admin: Option<SocketAddr>) -> String {
-    let mut lines = vec![
-        "environments:".to_owned(),
-        "  - name: bench".into(),
-        format!("    listen: {listen}"),
-        "    websocket: true".into(),
-        "    access_log:".into(),
-        "      format: off".into(),
+/// A self-signed certificate for `localhost` and 127.0.0.1 (ECDSA P-256, rcgen's default)
+/// that both gateways serve; the load generators do not verify it.
+pub struct Certificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Certificate {
+    /// Makes one and writes it into `dir` as `cert.pem` and `key.pem`.
+    pub fn write(dir: &Path) -> Result<Certificate> {
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let made = rcgen::generate_simple_self_signed(names)
+            .context("cannot make a self-signed certificate")?;
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, made.cert.pem()).context("cannot write cert.pem")?;
+        std::fs::write(&key, made.signing_key.serialize_pem()).context("cannot write key.pem")?;
+        Ok(Certificate { cert, key })
+    }
+}
+
+/// One environment with WebSocket on and its access log off (as nginx's is), and a second
+/// like it on `tls` with that certificate when given; one proxy `/*` to the echo backend
+/// deployed to both, and the admin API on `admin` when given.
+pub fn strait_yaml(
+    listen: SocketAddr,
+    echo: SocketAddr,
+    admin: Option<SocketAddr>,
+    tls: Option<(SocketAddr, &Certificate)>,
+) -> String {
+    let env = |name: &str, listen: SocketAddr| {
+        [
+            format!("  - name: {name}"),
+            format!("    listen: {listen}"),
+            "    websocket: true".into(),
+            "    access_log:".into(),
+            "      format: off".into(),
+        ]
+    };
+    let mut lines = vec!["environments:".to_owned()];
+    lines.extend(env("bench", listen));
+    if let Some((listen, cert)) = tls {
+        lines.extend(env("bench-tls", listen));
+        lines.push(format!(
+            "    tls: {{ cert: {:?}, key: {:?} }}",
+            cert.cert.display().to_string(),
+            cert.key.display().to_string()
+        ));
+    }
+    lines.extend([
         "proxies:".into(),
         "  - name: echo".into(),
         "    path: /*".into(),
         format!("    backend: http://{echo}"),
-        "    deploy: [bench]".into(),
-    ];
+        format!(
+            "    deploy: [bench{}]",
+            if tls.is_some() { ", bench-tls" } else { "" }
+        ),
+    ]);
     if let Some(admin) = admin {
         lines.extend(["admin:".into(), format!("  listen: {admin}")]);
     }
     lines.join("\n") + "\n"
 }
 
-/// Fills in the nginx template; `listen` is the HTTP/1.1 address, then the HTTP/2 one.
+/// Fills in the nginx template; `listen` is the HTTP/1.1 address, the HTTP/2 one, then the
+/// TLS one (serving `cert`).
 pub fn render_nginx(
     prefix: &Path,
-    [listen, listen_h2]: [SocketAddr; 2],
+    [listen, listen_h2, listen_tls]: [SocketAddr; 3],
+    cert: &Certificate,
     echo: SocketAddr,
     nofile: u64,
     workers: usize,
@@ -231,6 +294,9 @@ pub fn render_nginx(
         .replace("{{PREFIX}}", &prefix.display().to_string())
         .replace("{{LISTEN}}", &listen.to_string())
         .replace("{{LISTEN_H2}}", &listen_h2.to_string())
+        .replace("{{LISTEN_TLS}}", &listen_tls.to_string())
+        .replace("{{CERT}}", &cert.cert.display().to_string())
+        .replace("{{KEY}}", &cert.key.display().to_string())
         .replace("{{ECHO}}", &echo.to_string())
         .replace("{{WORKERS}}", &workers.to_string())
         .replace("{{NOFILE}}", &nofile.to_string())
@@ -250,8 +316,16 @@ mod tests {
     #[test]
     fn the_template_has_no_placeholder_left() {
         let a = SocketAddr::from(([127, 0, 0, 1], 1));
-        let conf = render_nginx(Path::new("/tmp/x"), [a, a], a, 20_000, 2);
+        let cert = Certificate {
+            cert: "/tmp/x/cert.pem".into(),
+            key: "/tmp/x/key.pem".into(),
+        };
+        let conf = render_nginx(Path::new("/tmp/x"), [a, a, a], &cert, a, 20_000, 2);
         assert!(!conf.contains("{{"), "{conf}");
+        assert!(
+            conf.contains("ssl_certificate_key /tmp/x/key.pem;"),
+            "{conf}"
+        );
         assert!(conf.contains("keepalive 256;"));
     }
 
@@ -259,11 +333,17 @@ mod tests {
     fn the_strait_yaml_is_valid() {
         let a = SocketAddr::from(([127, 0, 0, 1], 1));
         let admin = SocketAddr::from(([127, 0, 0, 1], 2));
-        for admin in [None, Some(admin)] {
-            let yaml = strait_yaml(a, a, admin);
+        let dir = tempfile::tempdir().unwrap();
+        let cert = Certificate::write(dir.path()).unwrap();
+        let tls = SocketAddr::from(([127, 0, 0, 1], 3));
+        for (admin, tls) in [(None, None), (Some(admin), Some((tls, &cert)))] {
+            let yaml = strait_yaml(a, a, admin, tls);
             let config = strait::config::parse_str(&yaml, Path::new("bench.yaml"))
                 .unwrap_or_else(|e| panic!("{yaml}\n{e}"));
             assert_eq!(config.admin.map(|a| a.listen), admin, "{yaml}");
+            let envs = if tls.is_some() { 2 } else { 1 };
+            assert_eq!(config.environments.len(), envs, "{yaml}");
+            assert_eq!(config.proxies[0].deploy.len(), envs, "{yaml}");
             for env in &config.environments {
                 assert_eq!(env.access_log.format, None, "access log off in {yaml}");
             }

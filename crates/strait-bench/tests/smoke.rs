@@ -20,8 +20,15 @@ async fn every_mode_runs_through_the_gateway() {
         .await
         .expect("echo backend binds");
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let yaml = strait_bench::stack::strait_yaml(loopback, echo.local_addr(), None);
     let dir = tempfile::tempdir().expect("a temporary folder");
+    // The TLS environment as `compare` runs it: its certificate must load.
+    let cert = strait_bench::stack::Certificate::write(dir.path()).expect("a certificate");
+    let yaml = strait_bench::stack::strait_yaml(
+        loopback,
+        echo.local_addr(),
+        None,
+        Some((loopback, &cert)),
+    );
     let file = dir.path().join("smoke.yaml");
     std::fs::write(&file, &yaml).expect("the config is written");
     let config = strait::config::load(&file).expect("valid config");
@@ -35,6 +42,7 @@ async fn every_mode_runs_through_the_gateway() {
     let addr = gateway
         .local_addr("bench")
         .expect("environment bench listens");
+    assert!(gateway.local_addr("bench-tls").is_some(), "{yaml}");
     let target = Target::parse(&format!("ws://{addr}/smoke"), 4).expect("valid URL");
 
     // The admin probe as `compare` runs it on Strait's idle turn: sessions held, then checked.
