@@ -1235,6 +1235,72 @@ async fn http2_streams_reset_mid_request_give_their_backend_connections_back() {
     backend.keeps(0).await;
 }
 
+/// A gateway proxying `/own/*` to `backend` whose environment has `client_idle: 1s`.
+async fn gateway_with_client_idle(backend: SocketAddr) -> GatewayHandle {
+    let proxies = proxy("idle", "/own/*", &format!("http://{backend}"));
+    let yaml = single_env(false, &proxies).replace(
+        "    websocket: false\n",
+        "    websocket: false\n    timeouts: { client_idle: 1s }\n",
+    );
+    gateway(&yaml).await
+}
+
+#[tokio::test]
+async fn an_idle_http2_client_is_let_go_after_client_idle_and_its_backend_connections_too() {
+    let mut backend = held_backend().await;
+    let gw = gateway_with_client_idle(backend.addr).await;
+    let (sender, connection) = h2_client(addr(&gw)).await;
+    // The first stream goes through the pool, the other two on the connection's own.
+    let streams = h2_streams(&sender, &gw, 3);
+    backend.holds(3, 3).await;
+    // Streams in progress keep the connection however long they take: here, over twice
+    // `client_idle` (the most it takes to notice idleness).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(!connection.is_finished(), "closed with streams in progress");
+    backend.answers(streams).await;
+    let answered = Instant::now();
+    // Then nothing: the gateway says GOAWAY and closes, and the connection's own backend
+    // connections with it; the pooled one stays for other clients.
+    let _ = within("the idle HTTP/2 connection to close", connection).await;
+    let after = answered.elapsed();
+    assert!(
+        after >= Duration::from_secs(1),
+        "closed {after:?} after the last answer"
+    );
+    backend.keeps(1).await;
+    drop(sender);
+}
+
+#[tokio::test]
+async fn an_idle_http1_client_is_let_go_after_client_idle() {
+    let backend = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = gateway_with_client_idle(backend).await;
+    let mut tcp = TcpStream::connect(addr(&gw)).await.expect("connect");
+    let request = format!("GET /own/x HTTP/1.1\r\nHost: {}\r\n\r\n", addr(&gw));
+    tcp.write_all(request.as_bytes()).await.expect("request");
+    let mut reader = BufReader::new(tcp);
+    let mut status = String::new();
+    within("the answer", reader.read_line(&mut status))
+        .await
+        .expect("status line");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let answered = Instant::now();
+    // Kept alive, then closed once no request came for `client_idle` (the default is 30 s).
+    let mut rest = Vec::new();
+    within(
+        "the idle connection to close",
+        reader.read_to_end(&mut rest),
+    )
+    .await
+    .expect("closed cleanly");
+    assert!(rest.ends_with(b"ok"), "{}", String::from_utf8_lossy(&rest));
+    let after = answered.elapsed();
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed {after:?} after the answer"
+    );
+}
+
 #[tokio::test]
 async fn a_pinned_backend_connection_closed_while_idle_is_replaced_unseen() {
     // One answer per connection, keep-alive implied, then it closes: by the next request

@@ -246,7 +246,7 @@ pub fn document_json() -> Result<String, serde_json::Error> {
     "websocket": true,
     "tls": {"cert": "certs/gw.pem", "key": "certs/gw-key.pem"},
     "timeouts": {
-        "connect": "5s", "response": "60s", "send": "60s", "websocket_idle": "1h",
+        "connect": "5s", "response": "60s", "send": "60s", "client_idle": "30s", "websocket_idle": "1h",
         "websocket_ping": "30s", "websocket_pong_timeout": "10s", "websocket_max_lifetime": "24h"
     },
     "shutdown_grace": "30s",
@@ -357,6 +357,10 @@ pub struct Timeouts {
     /// is pinged and dropped if it does not answer within as long.
     #[schema(required = false, default = "60s")]
     send: String,
+    /// A client connection with no request in progress for this long is closed: HTTP/1
+    /// between requests (a request head must arrive within it), HTTP/2 with no open stream.
+    #[schema(required = false, default = "30s")]
+    client_idle: String,
     /// A WebSocket session with no frames either way for this long is closed (pongs do not count).
     #[schema(required = false, default = "1h")]
     websocket_idle: String,

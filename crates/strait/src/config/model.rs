@@ -106,6 +106,10 @@ pub struct Timeouts {
     /// frames waiting for it; an HTTP/2 client silent this
     /// long is pinged and dropped if it does not answer within as long (default 60s).
     pub send: Duration,
+    /// A client connection with no request in progress for this long is closed: HTTP/1
+    /// between requests (a request head, the first one included, must arrive within it),
+    /// HTTP/2 with no open stream (GOAWAY, noticed within twice as long) (default 30s).
+    pub client_idle: Duration,
     /// A WebSocket session with no frames either way for this long is closed with 1001 (default 1h).
     pub websocket_idle: Duration,
     /// Keepalive: a side of a WebSocket session that sent nothing for this long is pinged by
@@ -123,6 +127,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             response: Duration::from_secs(60),
             send: Duration::from_secs(60),
+            client_idle: Duration::from_secs(30),
             websocket_idle: Duration::from_secs(3600),
             websocket_ping: None,
             websocket_pong_timeout: Duration::from_secs(10),

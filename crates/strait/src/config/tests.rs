@@ -82,6 +82,7 @@ fn the_example_round_trips_into_the_model() {
                 websocket_idle: Duration::from_secs(3600),
                 websocket_ping: None,
                 websocket_pong_timeout: Duration::from_secs(10),
+                client_idle: Duration::from_secs(30),
                 websocket_max_lifetime: None,
             },
             shutdown_grace: Duration::from_secs(30),
@@ -266,7 +267,7 @@ proxies:
         6,
         &[
             "unknown key \"idle\" in timeouts",
-            "connect, response, send, websocket_idle",
+            "connect, response, send, client_idle, websocket_idle",
         ],
     );
     assert_problem(
@@ -967,6 +968,23 @@ fn websocket_keepalive_and_lifetime_are_optional_and_never_zero() {
     assert_problem(&found, 4, &["websocket_pong_timeout", "more than 0s"]);
     assert_problem(&found, 4, &["websocket_max_lifetime"]);
     assert_problem(&found, 4, &["send", "more than 0s"]);
+}
+
+#[test]
+fn client_idle_defaults_to_30s_and_is_never_zero() {
+    let set = parse(&env("    timeouts: { client_idle: 75s }\n")).unwrap();
+    assert_eq!(
+        set.environments[0].timeouts.client_idle,
+        Duration::from_secs(75)
+    );
+    let unset = parse(&env("    timeouts: { connect: 1s }\n")).unwrap();
+    assert_eq!(
+        unset.environments[0].timeouts.client_idle,
+        Duration::from_secs(30)
+    );
+    let found = problems(&env("    timeouts: { client_idle: 0s }\n"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_problem(&found, 4, &["client_idle", "more than 0s"]);
 }
 
 #[test]

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::exchange::Logged;
+use super::h2_idle::{self, InProgress, Streams};
 use super::h2_send;
 use super::head_timer::HeadTimer;
 use super::headers::ip_value;
@@ -39,9 +40,6 @@ use crate::io::TcpOrTls;
 /// A client connection as accepted, with its TLS session if the environment has one. A
 /// WebSocket handshake unwraps it from hyper's upgrade, so the relay reads it directly.
 pub type ClientStream = TcpOrTls<tokio_rustls::server::TlsStream<TcpStream>>;
-
-/// A client that has not sent its request head (or finished TLS) in this time is dropped.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Listener {
     pub env: Arc<str>,
@@ -80,10 +78,8 @@ where
 impl Protocols {
     fn new() -> Self {
         let mut http1 = http1::Builder::new();
-        // The head timer is set per connection (see `serve_connection`).
-        http1
-            .header_read_timeout(HEAD_TIMEOUT)
-            .max_buf_size(MAX_HEAD_BYTES);
+        // The head timer and its limit are set per connection (see `serve_connection`).
+        http1.max_buf_size(MAX_HEAD_BYTES);
         let mut http2 = http2::Builder::new(BoxedSpawn);
         http2
             .timer(TokioTimer::new())
@@ -245,10 +241,11 @@ async fn serve_connection(
     env: Arc<str>,
     shared: Arc<Shared>,
 ) {
-    let (tls, send_limit): (Option<TlsAcceptor>, _) = match shared.snapshot.load().env(&env) {
-        Some(e) => (e.tls.clone(), e.timeouts.send),
-        None => (None, Timeouts::default().send),
+    let (tls, timeouts): (Option<TlsAcceptor>, _) = match shared.snapshot.load().env(&env) {
+        Some(e) => (e.tls.clone(), e.timeouts),
+        None => (None, Timeouts::default()),
     };
+    let (send_limit, idle_limit) = (timeouts.send, timeouts.client_idle);
     let client_ip = ip_value(client.ip());
     let conn = Arc::new(ConnInfo {
         client,
@@ -263,15 +260,15 @@ async fn serve_connection(
     let (stream, h2) = match tls {
         None => {
             let look = sniff::first_look(&tcp);
-            let Some(look) = before_head_timeout(client, "reading the first request", look).await
-            else {
+            let first = "reading the first request";
+            let Some(look) = before_head_timeout(client, idle_limit, first, look).await else {
                 return;
             };
             match look {
                 FirstLook::Http2 => (TcpOrTls::Plain(tcp), true),
                 FirstLook::Http1 => (TcpOrTls::Plain(tcp), false),
                 FirstLook::Upgrade(upgrade) => {
-                    let served = sniff::serve(&shared, &conn, tcp, upgrade, HEAD_TIMEOUT);
+                    let served = sniff::serve(&shared, &conn, tcp, upgrade, idle_limit);
                     let Some((tcp, answer)) = served.await else {
                         return;
                     };
@@ -282,7 +279,8 @@ async fn serve_connection(
         }
         Some(acceptor) => {
             let accepted = acceptor.accept(tcp);
-            let Some(stream) = before_head_timeout(client, "the TLS handshake", accepted).await
+            let handshake = "the TLS handshake";
+            let Some(stream) = before_head_timeout(client, idle_limit, handshake, accepted).await
             else {
                 return;
             };
@@ -297,39 +295,61 @@ async fn serve_connection(
         // a half-open HTTP/2 connection holds no stream that would ever time out. Capped at a
         // year: hyper adds it to an `Instant` unchecked.
         let ping = send_limit.min(Duration::from_secs(86_400 * 365));
-        let service = service(shared.clone(), conn, refused, move |answer| {
-            h2_send::guard(answer, send_limit)
-        });
+        // Each stream counts as in progress until its response body is done.
+        let streams = Arc::new(Streams::default());
+        let counted = streams.clone();
+        let begin = move || InProgress::begin(&counted);
+        let service = service(
+            shared.clone(),
+            conn,
+            refused,
+            begin,
+            move |answer, stream| {
+                h2_send::guard(answer, send_limit).map(|body| h2_idle::Counted::new(body, stream))
+            },
+        );
         let conn = http2
             .keep_alive_interval(ping)
             .keep_alive_timeout(ping)
             .serve_connection(TokioIo::new(SendTimeout::new(stream, send_limit)), service);
-        until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await
+        // GOAWAY when the gateway shuts down, or once the client has been idle.
+        let stop = async {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = streams.idle(idle_limit) => {
+                    tracing::debug!(%client, "HTTP/2 connection idle for client_idle: closing");
+                }
+            }
+        };
+        until_stopped(conn, stop, |c| c.graceful_shutdown()).await
     } else {
         let mut http1 = protocols.http1;
-        let service = service(shared.clone(), conn, refused, |answer| answer);
+        let service = service(shared.clone(), conn, refused, || (), |answer, ()| answer);
         let conn = http1
             .timer(HeadTimer::default())
+            .header_read_timeout(idle_limit)
             .serve_connection(
                 TokioIo::new(SendTimeout::new(JsonAnswers::new(stream), send_limit)),
                 service,
             )
             .with_upgrades();
-        until_shutdown(conn, shutdown, |c| c.graceful_shutdown()).await
+        until_stopped(conn, shutdown.cancelled(), |c| c.graceful_shutdown()).await
     };
     if let Err(error) = result {
         tracing::debug!(%client, %error, "connection ended with an error");
     }
 }
 
-/// The service hyper runs for each request of a connection: the pipeline, its answer passed
-/// through `finish`. One async block around `handle`, so the future hyper stores and moves
-/// per request stays the size of `handle`'s.
-fn service<B: hyper::body::Body>(
+/// The service hyper runs for each request of a connection: `begin` as it comes (what it
+/// makes lives until `finish` has the answer), the pipeline, its answer passed through
+/// `finish`. One async block around `handle`, so the future hyper stores and moves per
+/// request stays the size of `handle`'s.
+fn service<B: hyper::body::Body, T: Send + 'static>(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     refused: Option<Response<Logged>>,
-    finish: impl Fn(Response<Logged>) -> Response<B> + Clone + Send + 'static,
+    begin: impl Fn() -> T + Clone + Send + 'static,
+    finish: impl Fn(Response<Logged>, T) -> Response<B> + Clone + Send + 'static,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<B>,
@@ -342,6 +362,7 @@ fn service<B: hyper::body::Body>(
         let shared = shared.clone();
         let conn = conn.clone();
         let finish = finish.clone();
+        let begun = begin();
         let answered = refused
             .as_ref()
             .and_then(|answer| answer.lock().ok()?.take());
@@ -350,19 +371,20 @@ fn service<B: hyper::body::Body>(
                 Some(answer) => answer,
                 None => handle(shared, conn, req).await,
             };
-            Ok(finish(answer))
+            Ok(finish(answer, begun))
         }
     })
 }
 
-/// `step` of a new connection, within the head timeout; `None` (logged) if it failed or
-/// took too long.
+/// `step` of a new connection, within `limit` (the environment's `client_idle`); `None`
+/// (logged) if it failed or took too long.
 async fn before_head_timeout<T, E: std::fmt::Display>(
     client: SocketAddr,
+    limit: Duration,
     step: &str,
     future: impl Future<Output = Result<T, E>>,
 ) -> Option<T> {
-    match tokio::time::timeout(HEAD_TIMEOUT, future).await {
+    match tokio::time::timeout(limit, future).await {
         Ok(Ok(value)) => Some(value),
         Ok(Err(error)) => {
             tracing::debug!(%client, %error, "{step} failed");
@@ -375,11 +397,12 @@ async fn before_head_timeout<T, E: std::fmt::Display>(
     }
 }
 
-/// Serves `conn`; once the gateway shuts down, asks it to finish what is in flight and
-/// close (HTTP/1: after the current response; HTTP/2: GOAWAY) and waits for that.
-async fn until_shutdown<C, E>(
+/// Serves `conn`; once `stop` resolves (the gateway shuts down, an HTTP/2 client is idle),
+/// asks it to finish what is in flight and close (HTTP/1: after the current response;
+/// HTTP/2: GOAWAY) and waits for that.
+async fn until_stopped<C, E>(
     conn: C,
-    shutdown: &CancellationToken,
+    stop: impl Future<Output = ()>,
     graceful: impl FnOnce(Pin<&mut C>),
 ) -> Result<(), E>
 where
@@ -388,7 +411,7 @@ where
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => return result,
-        _ = shutdown.cancelled() => {}
+        () = stop => {}
     }
     graceful(conn.as_mut());
     conn.await

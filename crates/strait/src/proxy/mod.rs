@@ -10,6 +10,7 @@ mod connect;
 mod exchange;
 mod forward;
 mod gateway;
+mod h2_idle;
 mod h2_send;
 mod head_timer;
 mod headers;

@@ -281,7 +281,7 @@ impl Check<'_> {
         let websocket_idle = timeout("websocket_idle", defaults.websocket_idle);
         // These may be left out (`Some(None)`: off, or the default) but not zero: a zero
         // interval would ping without end, a zero `send` cut every connection that waits to
-        // write. `None`: reported.
+        // write, a zero `client_idle` every connection before its first request. `None`: reported.
         let mut positive = |key: &str| {
             let Some(node) = fields.optional(key) else {
                 return Some(None);
@@ -297,6 +297,7 @@ impl Check<'_> {
             Some(Some(d))
         };
         let send = positive("send");
+        let client_idle = positive("client_idle");
         let websocket_ping = positive("websocket_ping");
         let websocket_pong_timeout = positive("websocket_pong_timeout");
         let websocket_max_lifetime = positive("websocket_max_lifetime");
@@ -304,6 +305,7 @@ impl Check<'_> {
             connect: connect?,
             response: response?,
             send: send?.unwrap_or(defaults.send),
+            client_idle: client_idle?.unwrap_or(defaults.client_idle),
             websocket_idle: websocket_idle?,
             websocket_ping: websocket_ping?,
             websocket_pong_timeout: websocket_pong_timeout?

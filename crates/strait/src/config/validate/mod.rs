@@ -45,6 +45,7 @@ pub(super) const TIMEOUT_KEYS: &[&str] = &[
     "connect",
     "response",
     "send",
+    "client_idle",
     "websocket_idle",
     "websocket_ping",
     "websocket_pong_timeout",
