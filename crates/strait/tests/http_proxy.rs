@@ -1302,6 +1302,25 @@ async fn an_idle_http1_client_is_let_go_after_client_idle() {
 }
 
 #[tokio::test]
+async fn a_client_that_sends_nothing_is_dropped_after_client_idle() {
+    let backend = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = gateway_with_client_idle(backend).await;
+    let mut tcp = TcpStream::connect(addr(&gw)).await.expect("connect");
+    let connected = Instant::now();
+    // Not a byte: the first look gives up at `client_idle` (under its 30 s cap).
+    let mut rest = Vec::new();
+    within("the silent connection to close", tcp.read_to_end(&mut rest))
+        .await
+        .expect("closed cleanly");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    let after = connected.elapsed();
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed {after:?} after connecting"
+    );
+}
+
+#[tokio::test]
 async fn a_pinned_backend_connection_closed_while_idle_is_replaced_unseen() {
     // One answer per connection, keep-alive implied, then it closes: by the next request
     // the pinned connection is stale.

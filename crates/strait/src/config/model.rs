@@ -108,7 +108,8 @@ pub struct Timeouts {
     pub send: Duration,
     /// A client connection with no request in progress for this long is closed: HTTP/1
     /// between requests (a request head, the first one included, must arrive within it),
-    /// HTTP/2 with no open stream (GOAWAY, noticed within twice as long) (default 30s).
+    /// HTTP/2 with no open stream (GOAWAY, noticed within twice as long); a new
+    /// connection's TLS handshake and first bytes get at most 30s of it (default 30s).
     pub client_idle: Duration,
     /// A WebSocket session with no frames either way for this long is closed with 1001 (default 1h).
     pub websocket_idle: Duration,

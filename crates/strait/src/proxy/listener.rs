@@ -41,6 +41,10 @@ use crate::io::TcpOrTls;
 /// WebSocket handshake unwraps it from hyper's upgrade, so the relay reads it directly.
 pub type ClientStream = TcpOrTls<tokio_rustls::server::TlsStream<TcpStream>>;
 
+/// The most a new connection's TLS handshake or first bytes may take, however long
+/// `client_idle` is: a client that sends nothing is dropped at the shorter of the two.
+const FIRST_BYTES: Duration = Duration::from_secs(30);
+
 pub struct Listener {
     pub env: Arc<str>,
     /// The listening sockets: one per worker thread (sharing the port), or one.
@@ -246,6 +250,7 @@ async fn serve_connection(
         None => (None, Timeouts::default()),
     };
     let (send_limit, idle_limit) = (timeouts.send, timeouts.client_idle);
+    let first_limit = idle_limit.min(FIRST_BYTES);
     let client_ip = ip_value(client.ip());
     let conn = Arc::new(ConnInfo {
         client,
@@ -261,14 +266,14 @@ async fn serve_connection(
         None => {
             let look = sniff::first_look(&tcp);
             let first = "reading the first request";
-            let Some(look) = before_head_timeout(client, idle_limit, first, look).await else {
+            let Some(look) = before_head_timeout(client, first_limit, first, look).await else {
                 return;
             };
             match look {
                 FirstLook::Http2 => (TcpOrTls::Plain(tcp), true),
                 FirstLook::Http1 => (TcpOrTls::Plain(tcp), false),
                 FirstLook::Upgrade(upgrade) => {
-                    let served = sniff::serve(&shared, &conn, tcp, upgrade, idle_limit);
+                    let served = sniff::serve(&shared, &conn, tcp, upgrade, first_limit);
                     let Some((tcp, answer)) = served.await else {
                         return;
                     };
@@ -280,7 +285,7 @@ async fn serve_connection(
         Some(acceptor) => {
             let accepted = acceptor.accept(tcp);
             let handshake = "the TLS handshake";
-            let Some(stream) = before_head_timeout(client, idle_limit, handshake, accepted).await
+            let Some(stream) = before_head_timeout(client, first_limit, handshake, accepted).await
             else {
                 return;
             };
@@ -376,8 +381,7 @@ fn service<B: hyper::body::Body, T: Send + 'static>(
     })
 }
 
-/// `step` of a new connection, within `limit` (the environment's `client_idle`); `None`
-/// (logged) if it failed or took too long.
+/// `step` of a new connection, within `limit`; `None` (logged) if it failed or took too long.
 async fn before_head_timeout<T, E: std::fmt::Display>(
     client: SocketAddr,
     limit: Duration,
