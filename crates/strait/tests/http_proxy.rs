@@ -1235,6 +1235,37 @@ async fn http2_streams_reset_mid_request_give_their_backend_connections_back() {
     backend.keeps(0).await;
 }
 
+#[tokio::test]
+async fn an_http2_response_ends_with_its_last_data_frame() {
+    let backend = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxies = proxy("eos", "/eos/*", &format!("http://{backend}"));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let tcp = TcpStream::connect(addr(&gw)).await.expect("connect");
+    let (mut client, connection) = within("h2 handshake", h2::client::handshake(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    // The first request goes through the pool, the second on the connection's own.
+    for i in 0..2 {
+        let req = Request::get(format!("http://{}/eos/{i}", addr(&gw)))
+            .body(())
+            .expect("request");
+        let (response, _) = client.send_request(req, true).expect("stream opens");
+        let mut body = within("an answer", response)
+            .await
+            .expect("answered")
+            .into_body();
+        let data = within("the body", body.data()).await;
+        assert_eq!(data.expect("a DATA frame").expect("data"), "ok");
+        // The backend said how long its body is: its end goes out with the data (END_STREAM
+        // on that DATA frame), not as an empty frame of its own after it.
+        assert!(
+            body.is_end_stream(),
+            "request {i}: the stream did not end with its data"
+        );
+    }
+}
+
 /// A gateway proxying `/own/*` to `backend` whose environment has `client_idle: 1s`.
 async fn gateway_with_client_idle(backend: SocketAddr) -> GatewayHandle {
     let proxies = proxy("idle", "/own/*", &format!("http://{backend}"));

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Response;
 use http_body_util::BodyExt;
-use hyper::body::{Frame, SizeHint};
+use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -32,13 +32,19 @@ use super::exchange::{BoxError, Logged};
 #[error("the client took nothing of this HTTP/2 stream for the send timeout ({0:?})")]
 pub struct StreamStalled(Duration);
 
+/// A frame as the relay passes it on, and whether the backend's body ends with it.
+type Relayed = (Frame<Bytes>, bool);
+
 /// A response body on an HTTP/2 stream: made by the gateway, or a backend's, relayed.
 pub enum H2Body {
     Direct(Logged),
     Relayed {
-        frames: mpsc::Receiver<Frame<Bytes>>,
+        frames: mpsc::Receiver<Relayed>,
         /// Why the relay gave up, after the frames it sent before.
         failed: oneshot::Receiver<BoxError>,
+        /// The last frame came: hyper sends it with END_STREAM instead of an empty DATA
+        /// frame after it (and stops polling).
+        ended: bool,
     },
 }
 
@@ -50,11 +56,16 @@ impl hyper::body::Body for H2Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (frames, failed) = match self.get_mut() {
+        let (frames, failed, ended) = match self.get_mut() {
             H2Body::Direct(body) => return Pin::new(body).poll_frame(cx),
-            H2Body::Relayed { frames, failed } => (frames, failed),
+            H2Body::Relayed {
+                frames,
+                failed,
+                ended,
+            } => (frames, failed, ended),
         };
-        if let Poll::Ready(Some(frame)) = frames.poll_recv(cx) {
+        if let Poll::Ready(Some((frame, last))) = frames.poll_recv(cx) {
+            *ended = last;
             return Poll::Ready(Some(Ok(frame)));
         }
         match Pin::new(failed).poll(cx) {
@@ -68,7 +79,7 @@ impl hyper::body::Body for H2Body {
     fn is_end_stream(&self) -> bool {
         match self {
             H2Body::Direct(body) => body.is_end_stream(),
-            H2Body::Relayed { .. } => false,
+            H2Body::Relayed { ended, .. } => *ended,
         }
     }
 
@@ -90,13 +101,17 @@ pub fn guard(response: Response<Logged>, limit: Duration) -> Response<H2Body> {
         let (fail, failed) = oneshot::channel();
         // Boxed: spawning moves the future by value several times.
         tokio::spawn(Box::pin(relay(body, tx, fail, limit)));
-        H2Body::Relayed { frames, failed }
+        H2Body::Relayed {
+            frames,
+            failed,
+            ended: false,
+        }
     })
 }
 
 async fn relay(
     mut body: Logged,
-    tx: mpsc::Sender<Frame<Bytes>>,
+    tx: mpsc::Sender<Relayed>,
     fail: oneshot::Sender<BoxError>,
     limit: Duration,
 ) {
@@ -107,19 +122,22 @@ async fn relay(
         };
         let frame = match frame {
             None => return,
-            Some(Ok(frame)) => frame,
+            Some(Ok(frame)) => (frame, body.is_end_stream()),
             Some(Err(error)) => {
                 let _ = fail.send(error);
                 return;
             }
         };
         // The timer starts only when the client has not taken the previous frame yet.
+        let last = frame.1;
         let frame = match tx.try_send(frame) {
+            Ok(()) if last => return,
             Ok(()) => continue,
             Err(TrySendError::Closed(_)) => return,
             Err(TrySendError::Full(frame)) => frame,
         };
         match tokio::time::timeout_at(after(Instant::now(), limit), tx.send(frame)).await {
+            Ok(Ok(())) if last => return,
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {
