@@ -168,6 +168,19 @@ enum Scenario {
     Idle,
 }
 
+/// What a TLS scenario says for the direct side.
+const NO_TLS: &str = "skipped: the echo backend speaks no TLS";
+
+/// Where an HTTP scenario's load goes on `side`: `None` for the echo backend over TLS.
+fn http_url(scenario: Scenario, stack: &Stack, side: Side) -> Option<String> {
+    let (scheme, addr) = match scenario {
+        Scenario::Http2 => ("http", stack.h2_endpoint(side)),
+        Scenario::Https | Scenario::Http2Tls => ("https", stack.tls_endpoint(side)?),
+        _ => ("http", stack.endpoint(side).0),
+    };
+    Some(format!("{scheme}://{addr}/bench/http"))
+}
+
 impl Runner<'_> {
     async fn all(&self, results: &mut Results) -> Result<()> {
         let mut scenarios = vec![
@@ -394,22 +407,7 @@ impl Runner<'_> {
             }
         }
     }
-}
 
-/// What a TLS scenario says for the direct side.
-const NO_TLS: &str = "skipped: the echo backend speaks no TLS";
-
-/// Where an HTTP scenario's load goes on `side`: `None` for the echo backend over TLS.
-fn http_url(scenario: Scenario, stack: &Stack, side: Side) -> Option<String> {
-    let (scheme, addr) = match scenario {
-        Scenario::Http2 => ("http", stack.h2_endpoint(side)),
-        Scenario::Https | Scenario::Http2Tls => ("https", stack.tls_endpoint(side)?),
-        _ => ("http", stack.endpoint(side).0),
-    };
-    Some(format!("{scheme}://{addr}/bench/http"))
-}
-
-impl Runner<'_> {
     /// A command that runs `program` pinned to the load generator's CPU when pinning is on.
     fn pinned(&self, program: &std::path::Path) -> Command {
         match (self.pin, &self.tools.taskset) {

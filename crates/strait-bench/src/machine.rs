@@ -1,5 +1,6 @@
 //! The machine and software a comparison ran on: CPUs, memory, kernel, versions of strait,
-//! nginx (and its TLS library), wrk and h2load, the descriptor limits and the network sysctls that matter for large runs.
+//! nginx (and its TLS library), wrk and h2load, the descriptor limits and the network
+//! sysctls that matter for large runs.
 
 use std::path::Path;
 
