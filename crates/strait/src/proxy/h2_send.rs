@@ -122,15 +122,16 @@ async fn relay(
         };
         let frame = match frame {
             None => return,
-            Some(Ok(frame)) => (frame, body.is_end_stream()),
+            Some(Ok(frame)) => frame,
             Some(Err(error)) => {
                 let _ = fail.send(error);
                 return;
             }
         };
+        // Whether the backend's body ends with this frame (its length says so).
+        let last = body.is_end_stream();
         // The timer starts only when the client has not taken the previous frame yet.
-        let last = frame.1;
-        let frame = match tx.try_send(frame) {
+        let frame = match tx.try_send((frame, last)) {
             Ok(()) if last => return,
             Ok(()) => continue,
             Err(TrySendError::Closed(_)) => return,
