@@ -1065,15 +1065,38 @@ async fn a_client_connections_requests_share_one_backend_connection() {
     let proxies = proxy("pinned", "/pinned/*", &format!("http://{}", backend.addr));
     let gw = gateway(&single_env(false, &proxies)).await;
     let gw_addr = addr(&gw);
-    let requests: Vec<String> = (0..6)
+    let requests: Vec<String> = (0..12)
         .map(|i| format!("GET /pinned/{i} HTTP/1.1\r\nHost: {gw_addr}\r\n\r\n"))
         .collect();
     for answer in on_one_connection(gw_addr, &requests).await {
         assert_eq!(answer.status, 200, "{answer:?}");
         assert_eq!(answer.text(), "ok");
     }
-    // The first request's, from the shared pool, and the one pinned to the client connection.
+    // The first 8 requests' (one after another: the same one), from the shared pool, and the
+    // one pinned to the client connection for the other 4.
     assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn short_client_connections_share_pooled_backend_connections() {
+    let backend = backend(|_req: Request<Incoming>| async {
+        Response::new(Full::new(Bytes::from_static(b"ok")))
+    })
+    .await;
+    let proxies = proxy("short", "/short/*", &format!("http://{}", backend.addr));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let gw_addr = addr(&gw);
+    // Five clients one after another, each with a few requests: all through the pool, on
+    // the one backend connection, none opening one of its own that would close with it.
+    for client in 0..5 {
+        let requests: Vec<String> = (0..3)
+            .map(|i| format!("GET /short/{client}/{i} HTTP/1.1\r\nHost: {gw_addr}\r\n\r\n"))
+            .collect();
+        for answer in on_one_connection(gw_addr, &requests).await {
+            assert_eq!(answer.status, 200, "{answer:?}");
+        }
+    }
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
 }
 
 /// A backend that counts its open connections and the requests that reached it, and holds
@@ -1202,25 +1225,25 @@ fn h2_streams(sender: &H2Sender, gw: &GatewayHandle, count: usize) -> Vec<H2Stre
 async fn an_http2_client_keeps_sixteen_backend_connections_of_its_own_and_pools_the_rest() {
     let mut backend = held_backend().await;
     let (gw, sender, connection) = backend.behind_a_gateway().await;
-    // 20 streams at once: the connection's first request and the 3 beyond its 16 own
+    // 28 streams at once: the connection's first 8 requests and the 4 beyond its 16 own
     // backend connections go through the shared pool.
-    let streams = h2_streams(&sender, &gw, 20);
-    backend.holds(20, 20).await;
+    let streams = h2_streams(&sender, &gw, 28);
+    backend.holds(28, 28).await;
     backend.answers(streams).await;
-    // The client goes: its own 16 close with it, the 4 pooled stay for other clients.
+    // The client goes: its own 16 close with it, the 12 pooled stay for other clients.
     drop(sender);
     connection.abort();
-    backend.keeps(4).await;
+    backend.keeps(12).await;
 }
 
 #[tokio::test]
 async fn http2_streams_reset_mid_request_give_their_backend_connections_back() {
     let mut backend = held_backend().await;
     let (gw, sender, connection) = backend.behind_a_gateway().await;
-    // The first request (pooled) and 16 on the connection's own, all held by the backend,
+    // The first 8 requests (pooled) and 16 on the connection's own, all held by the backend,
     // then reset by the client: the gateway drops them and closes their connections.
-    let streams = h2_streams(&sender, &gw, 17);
-    backend.holds(17, 17).await;
+    let streams = h2_streams(&sender, &gw, 24);
+    backend.holds(24, 24).await;
     for stream in &streams {
         stream.abort();
     }
@@ -1228,7 +1251,7 @@ async fn http2_streams_reset_mid_request_give_their_backend_connections_back() {
     // 16 at once again. Had the resets kept their share, these would go through the pool,
     // whose connections outlive the client; on its own connections, they close with it.
     let streams = h2_streams(&sender, &gw, 16);
-    backend.holds(17 + 16, 16).await;
+    backend.holds(24 + 16, 16).await;
     backend.answers(streams).await;
     drop(sender);
     connection.abort();
@@ -1245,8 +1268,8 @@ async fn an_http2_response_ends_with_its_last_data_frame() {
         .await
         .expect("h2 handshake");
     tokio::spawn(connection);
-    // The first request goes through the pool, the second on the connection's own.
-    for i in 0..2 {
+    // The first 8 requests go through the pool, the 9th on the connection's own.
+    for i in 0..9 {
         let req = Request::get(format!("http://{}/eos/{i}", addr(&gw)))
             .body(())
             .expect("request");
@@ -1281,9 +1304,9 @@ async fn an_idle_http2_client_is_let_go_after_client_idle_and_its_backend_connec
     let mut backend = held_backend().await;
     let gw = gateway_with_client_idle(backend.addr).await;
     let (sender, connection) = h2_client(addr(&gw)).await;
-    // The first stream goes through the pool, the other two on the connection's own.
-    let streams = h2_streams(&sender, &gw, 3);
-    backend.holds(3, 3).await;
+    // The first 8 streams go through the pool, the other two on the connection's own.
+    let streams = h2_streams(&sender, &gw, 10);
+    backend.holds(10, 10).await;
     // Streams in progress keep the connection however long they take: here, over twice
     // `client_idle` (the most it takes to notice idleness).
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -1291,14 +1314,14 @@ async fn an_idle_http2_client_is_let_go_after_client_idle_and_its_backend_connec
     backend.answers(streams).await;
     let answered = Instant::now();
     // Then nothing: the gateway says GOAWAY and closes, and the connection's own backend
-    // connections with it; the pooled one stays for other clients.
+    // connections with it; the pooled ones stay for other clients.
     let _ = within("the idle HTTP/2 connection to close", connection).await;
     let after = answered.elapsed();
     assert!(
         after >= Duration::from_secs(1),
         "closed {after:?} after the last answer"
     );
-    backend.keeps(1).await;
+    backend.keeps(8).await;
     drop(sender);
 }
 
@@ -1353,7 +1376,8 @@ async fn a_pinned_backend_connection_closed_while_idle_is_replaced_unseen() {
     let proxies = proxy("stale", "/stale/*", &format!("http://{backend}"));
     let gw = gateway(&single_env(false, &proxies)).await;
     let gw_addr = addr(&gw);
-    let requests: Vec<String> = (0..6)
+    // The first 8 go through the pool, the rest on the client connection's own.
+    let requests: Vec<String> = (0..14)
         .map(|i| match i % 2 {
             0 => format!("GET /stale/{i} HTTP/1.1\r\nHost: {gw_addr}\r\n\r\n"),
             _ => format!(
