@@ -269,7 +269,8 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
          flight, as many as wrk's connections) on the same `GET /bench/http`{}; percentiles from its per-request \
          log. nginx 1.22 serves that on a second port (`listen … http2`); the echo and Strait tell it from \
          HTTP/1.1 on one. Both gateways forward each stream to the echo over keep-alive HTTP/1.1 \
-         connections: nginx's upstream pool; Strait's own, up to 16 per client connection, then its pool.",
+         connections: nginx's upstream pool; Strait's pool for a client connection's first 8 requests, then \
+         its own, up to 16 per client connection, and its pool beyond those.",
         plan.h2_conns,
         plan.h2_streams,
         plan.h2_conns * plan.h2_streams,
