@@ -40,9 +40,9 @@ type Outgoing = Request<Replay<Counted<Incoming>>>;
 const H2_OWN: usize = 16;
 
 /// Requests a client connection sends through the shared pool before it opens backend
-/// connections of its own: with fewer, an own connection's connect costs more than the pool
-/// lookups it would save (2026-12-03: 1,000 clients of two requests each made 1,741 backend
-/// connects through Strait, 476 through nginx, when the second request opened one).
+/// connections of its own, which pay for their connect only over many requests (a guess,
+/// not a measured break-even). Opening one on the second request, 1,000 clients of two
+/// requests each made 1,741 backend connects through Strait, 476 through nginx.
 const POOLED_FIRST: u8 = 8;
 
 /// A client connection's own backend HTTP/1 connections.
