@@ -1344,6 +1344,27 @@ async fn an_idle_http1_client_is_let_go_after_client_idle() {
 }
 
 #[tokio::test]
+async fn a_client_idle_of_any_length_serves_requests() {
+    let backend = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxies = proxy("long", "/own/*", &format!("http://{backend}"));
+    // The config accepts this; hyper adds the head timeout to an `Instant` unchecked.
+    let yaml = single_env(false, &proxies).replace(
+        "    websocket: false\n",
+        "    websocket: false\n    timeouts: { client_idle: 200000000000000d }\n",
+    );
+    let gw = gateway(&yaml).await;
+    let request = format!("GET /own/x HTTP/1.1\r\nHost: {}\r\n\r\n", addr(&gw));
+    for answer in on_one_connection(addr(&gw), &[request.clone(), request]).await {
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    let (sender, _connection) = h2_client(addr(&gw)).await;
+    for stream in h2_streams(&sender, &gw, 2) {
+        let response = within("an HTTP/2 answer", stream).await.expect("task");
+        assert_eq!(response.expect("answered").status(), 200);
+    }
+}
+
+#[tokio::test]
 async fn a_client_that_sends_nothing_is_dropped_after_client_idle() {
     let backend = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
     let gw = gateway_with_client_idle(backend).await;

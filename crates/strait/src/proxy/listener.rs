@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::LONGEST;
 use super::exchange::Logged;
 use super::h2_idle::{self, InProgress, Streams};
 use super::h2_send;
@@ -249,7 +250,8 @@ async fn serve_connection(
         Some(e) => (e.tls.clone(), e.timeouts),
         None => (None, Timeouts::default()),
     };
-    let (send_limit, idle_limit) = (timeouts.send, timeouts.client_idle);
+    // Capped: hyper adds its timeouts to an `Instant` unchecked.
+    let (send_limit, idle_limit) = (timeouts.send, timeouts.client_idle.min(LONGEST));
     let first_limit = idle_limit.min(FIRST_BYTES);
     let client_ip = ip_value(client.ip());
     let conn = Arc::new(ConnInfo {
@@ -297,9 +299,8 @@ async fn serve_connection(
     let result = if h2 {
         let mut http2 = protocols.http2;
         // A peer silent for `send` is pinged, and dropped if it does not answer within `send`:
-        // a half-open HTTP/2 connection holds no stream that would ever time out. Capped at a
-        // year: hyper adds it to an `Instant` unchecked.
-        let ping = send_limit.min(Duration::from_secs(86_400 * 365));
+        // a half-open HTTP/2 connection holds no stream that would ever time out.
+        let ping = send_limit.min(LONGEST);
         // Each stream counts as in progress until its response body is done.
         let streams = Arc::new(Streams::default());
         let counted = streams.clone();

@@ -28,11 +28,14 @@ pub use gateway::{Gateway, GatewayHandle, GatewayOptions, StartError};
 pub use sessions::{Registration, Registry, Session, SessionInfo};
 pub use snapshot::{EnvRoutes, Route, Snapshot};
 
-/// `base + d`, saturating far in the future instead of overflowing: durations come from
-/// configuration, where `response: 200000000000000d` parses.
+/// A year: the farthest the data plane sets a timer. Durations come from configuration,
+/// where `response: 200000000000000d` parses, and an `Instant` ends before that.
+const LONGEST: std::time::Duration = std::time::Duration::from_secs(86_400 * 365);
+
+/// `base + d`, saturating [`LONGEST`] in the future instead of overflowing.
 fn after(base: tokio::time::Instant, d: std::time::Duration) -> tokio::time::Instant {
     base.checked_add(d)
-        .or_else(|| base.checked_add(std::time::Duration::from_secs(86_400 * 365)))
+        .or_else(|| base.checked_add(LONGEST))
         .unwrap_or(base)
 }
 
