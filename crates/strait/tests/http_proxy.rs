@@ -1056,22 +1056,32 @@ async fn on_one_connection(gw: SocketAddr, requests: &[String]) -> Vec<RawRespon
     .await
 }
 
-#[tokio::test]
-async fn a_client_connections_requests_share_one_backend_connection() {
+/// A backend answering "ok" (counting its connections) behind a gateway proxying `/ok/*`.
+async fn ok_backend_behind_a_gateway() -> (Backend, GatewayHandle) {
     let backend = backend(|_req: Request<Incoming>| async {
         Response::new(Full::new(Bytes::from_static(b"ok")))
     })
     .await;
-    let proxies = proxy("pinned", "/pinned/*", &format!("http://{}", backend.addr));
+    let proxies = proxy("ok", "/ok/*", &format!("http://{}", backend.addr));
     let gw = gateway(&single_env(false, &proxies)).await;
-    let gw_addr = addr(&gw);
-    let requests: Vec<String> = (0..12)
-        .map(|i| format!("GET /pinned/{i} HTTP/1.1\r\nHost: {gw_addr}\r\n\r\n"))
+    (backend, gw)
+}
+
+/// `count` GETs of `/ok/...` one after another on one client connection, each answered "ok".
+async fn oks_on_one_connection(gw: SocketAddr, count: usize) {
+    let requests: Vec<String> = (0..count)
+        .map(|i| format!("GET /ok/{i} HTTP/1.1\r\nHost: {gw}\r\n\r\n"))
         .collect();
-    for answer in on_one_connection(gw_addr, &requests).await {
+    for answer in on_one_connection(gw, &requests).await {
         assert_eq!(answer.status, 200, "{answer:?}");
         assert_eq!(answer.text(), "ok");
     }
+}
+
+#[tokio::test]
+async fn a_client_connections_requests_share_one_backend_connection() {
+    let (backend, gw) = ok_backend_behind_a_gateway().await;
+    oks_on_one_connection(addr(&gw), 12).await;
     // The first 8 requests' (one after another: the same one), from the shared pool, and the
     // one pinned to the client connection for the other 4.
     assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
@@ -1079,22 +1089,11 @@ async fn a_client_connections_requests_share_one_backend_connection() {
 
 #[tokio::test]
 async fn short_client_connections_share_pooled_backend_connections() {
-    let backend = backend(|_req: Request<Incoming>| async {
-        Response::new(Full::new(Bytes::from_static(b"ok")))
-    })
-    .await;
-    let proxies = proxy("short", "/short/*", &format!("http://{}", backend.addr));
-    let gw = gateway(&single_env(false, &proxies)).await;
-    let gw_addr = addr(&gw);
+    let (backend, gw) = ok_backend_behind_a_gateway().await;
     // Five clients one after another, each with a few requests: all through the pool, on
     // the one backend connection, none opening one of its own that would close with it.
-    for client in 0..5 {
-        let requests: Vec<String> = (0..3)
-            .map(|i| format!("GET /short/{client}/{i} HTTP/1.1\r\nHost: {gw_addr}\r\n\r\n"))
-            .collect();
-        for answer in on_one_connection(gw_addr, &requests).await {
-            assert_eq!(answer.status, 200, "{answer:?}");
-        }
+    for _ in 0..5 {
+        oks_on_one_connection(addr(&gw), 3).await;
     }
     assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
 }
@@ -1289,12 +1288,12 @@ async fn an_http2_response_ends_with_its_last_data_frame() {
     }
 }
 
-/// A gateway proxying `/own/*` to `backend` whose environment has `client_idle: 1s`.
-async fn gateway_with_client_idle(backend: SocketAddr) -> GatewayHandle {
+/// A gateway proxying `/own/*` to `backend` whose environment has `client_idle: {idle}`.
+async fn gateway_with_client_idle(backend: SocketAddr, idle: &str) -> GatewayHandle {
     let proxies = proxy("idle", "/own/*", &format!("http://{backend}"));
     let yaml = single_env(false, &proxies).replace(
         "    websocket: false\n",
-        "    websocket: false\n    timeouts: { client_idle: 1s }\n",
+        &format!("    websocket: false\n    timeouts: {{ client_idle: {idle} }}\n"),
     );
     gateway(&yaml).await
 }
@@ -1302,7 +1301,7 @@ async fn gateway_with_client_idle(backend: SocketAddr) -> GatewayHandle {
 #[tokio::test]
 async fn an_idle_http2_client_is_let_go_after_client_idle_and_its_backend_connections_too() {
     let mut backend = held_backend().await;
-    let gw = gateway_with_client_idle(backend.addr).await;
+    let gw = gateway_with_client_idle(backend.addr, "1s").await;
     let (sender, connection) = h2_client(addr(&gw)).await;
     // The first 8 streams go through the pool, the other two on the connection's own.
     let streams = h2_streams(&sender, &gw, 10);
@@ -1328,7 +1327,7 @@ async fn an_idle_http2_client_is_let_go_after_client_idle_and_its_backend_connec
 #[tokio::test]
 async fn an_idle_http1_client_is_let_go_after_client_idle() {
     let backend = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let gw = gateway_with_client_idle(backend).await;
+    let gw = gateway_with_client_idle(backend, "1s").await;
     let mut tcp = TcpStream::connect(addr(&gw)).await.expect("connect");
     let request = format!("GET /own/x HTTP/1.1\r\nHost: {}\r\n\r\n", addr(&gw));
     tcp.write_all(request.as_bytes()).await.expect("request");
@@ -1346,13 +1345,8 @@ async fn an_idle_http1_client_is_let_go_after_client_idle() {
 #[tokio::test]
 async fn a_client_idle_of_any_length_serves_requests() {
     let backend = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let proxies = proxy("long", "/own/*", &format!("http://{backend}"));
     // The config accepts this; hyper adds the head timeout to an `Instant` unchecked.
-    let yaml = single_env(false, &proxies).replace(
-        "    websocket: false\n",
-        "    websocket: false\n    timeouts: { client_idle: 200000000000000d }\n",
-    );
-    let gw = gateway(&yaml).await;
+    let gw = gateway_with_client_idle(backend, "200000000000000d").await;
     let request = format!("GET /own/x HTTP/1.1\r\nHost: {}\r\n\r\n", addr(&gw));
     for answer in on_one_connection(addr(&gw), &[request.clone(), request]).await {
         assert_eq!(answer.status, 200, "{answer:?}");
@@ -1367,7 +1361,7 @@ async fn a_client_idle_of_any_length_serves_requests() {
 #[tokio::test]
 async fn a_client_that_sends_nothing_is_dropped_after_client_idle() {
     let backend = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let gw = gateway_with_client_idle(backend).await;
+    let gw = gateway_with_client_idle(backend, "1s").await;
     let tcp = TcpStream::connect(addr(&gw)).await.expect("connect");
     // Not a byte: the first look gives up at `client_idle` (under its 30 s cap).
     let rest = closed_when_idle("the silent connection", Instant::now(), tcp).await;

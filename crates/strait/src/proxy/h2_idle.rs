@@ -59,21 +59,21 @@ impl Drop for InProgress {
 }
 
 /// A response body that keeps its stream [`InProgress`] until hyper drops it.
-pub struct Counted<B> {
+pub struct Holding<B> {
     body: B,
     _stream: InProgress,
 }
 
-impl<B> Counted<B> {
+impl<B> Holding<B> {
     pub fn new(body: B, stream: InProgress) -> Self {
-        Counted {
+        Holding {
             body,
             _stream: stream,
         }
     }
 }
 
-impl<B: Body + Unpin> Body for Counted<B> {
+impl<B: Body + Unpin> Body for Holding<B> {
     type Data = B::Data;
     type Error = B::Error;
 

@@ -33,13 +33,13 @@ use super::exchange::{BoxError, Logged};
 pub struct StreamStalled(Duration);
 
 /// A frame as the relay passes it on, and whether the backend's body ends with it.
-type Relayed = (Frame<Bytes>, bool);
+type Passed = (Frame<Bytes>, bool);
 
 /// A response body on an HTTP/2 stream: made by the gateway, or a backend's, relayed.
 pub enum H2Body {
     Direct(Logged),
     Relayed {
-        frames: mpsc::Receiver<Relayed>,
+        frames: mpsc::Receiver<Passed>,
         /// Why the relay gave up, after the frames it sent before.
         failed: oneshot::Receiver<BoxError>,
         /// The last frame came: hyper sends it with END_STREAM instead of an empty DATA
@@ -111,7 +111,7 @@ pub fn guard(response: Response<Logged>, limit: Duration) -> Response<H2Body> {
 
 async fn relay(
     mut body: Logged,
-    tx: mpsc::Sender<Relayed>,
+    tx: mpsc::Sender<Passed>,
     fail: oneshot::Sender<BoxError>,
     limit: Duration,
 ) {

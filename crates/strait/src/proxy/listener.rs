@@ -311,7 +311,7 @@ async fn serve_connection(
             refused,
             begin,
             move |answer, stream| {
-                h2_send::guard(answer, send_limit).map(|body| h2_idle::Counted::new(body, stream))
+                h2_send::guard(answer, send_limit).map(|body| h2_idle::Holding::new(body, stream))
             },
         );
         let conn = http2
