@@ -16,7 +16,7 @@ use tokio::process::Command;
 
 use crate::h2load::{self, H2Report};
 use crate::machine::Machine;
-use crate::procs::{FdLimits, raise_fd_limit, rss_tree_kib};
+use crate::procs::{FdLimits, raise_fd_limit, rss_tree_kib, tree_cpu_seconds};
 use crate::registry::{self, Endpoint, Probe};
 use crate::results::{Better, Results};
 use crate::stack::{Side, Stack, Tools};
@@ -181,6 +181,59 @@ fn http_url(scenario: Scenario, stack: &Stack, side: Side) -> Option<String> {
     Some(format!("{scheme}://{addr}/bench/http"))
 }
 
+/// The CPU time of the process answering the load (the echo for the direct run, nginx's master
+/// and workers, Strait), over the recorded part of a run: read when the warm-up should be over,
+/// by a task of its own, and again once the run has ended. Clock ticks are 10 ms and the
+/// load generator takes a few milliseconds to start, so a 5 s run is read to within ~1 %.
+struct ServerCpu {
+    pid: u32,
+    start: tokio::task::JoinHandle<Option<(f64, f64)>>,
+}
+
+impl ServerCpu {
+    fn after(pid: u32, warmup: Duration) -> ServerCpu {
+        let start = tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            tree_cpu_seconds(pid)
+        });
+        ServerCpu { pid, start }
+    }
+
+    /// Records user and kernel CPU time per `unit`, `units` of which the recorded part did.
+    async fn record(
+        self,
+        results: &mut Results,
+        section: &str,
+        unit: &str,
+        side: Side,
+        units: f64,
+    ) {
+        let (Ok(Some(start)), Some(end)) = (self.start.await, tree_cpu_seconds(self.pid)) else {
+            return;
+        };
+        if units <= 0.0 {
+            return;
+        }
+        let per_unit = |from: f64, to: f64| (to - from) / units * 1e6;
+        let user = format!("server CPU in user space (µs per {unit})");
+        let kernel = format!("server CPU in the kernel (µs per {unit})");
+        results.add(
+            section,
+            &user,
+            Better::Lower,
+            side,
+            per_unit(start.0, end.0),
+        );
+        results.add(
+            section,
+            &kernel,
+            Better::Lower,
+            side,
+            per_unit(start.1, end.1),
+        );
+    }
+}
+
 impl Runner<'_> {
     async fn all(&self, results: &mut Results) -> Result<()> {
         let mut scenarios = vec![
@@ -234,6 +287,7 @@ impl Runner<'_> {
                 let Some(url) = http_url(scenario, stack, side) else {
                     return Ok(NO_TLS.into());
                 };
+                let cpu = ServerCpu::after(pid, plan.warmup);
                 let r = self.wrk(&url).await?;
                 let s = format!(
                     "{} keep-alive GET (wrk -t1 -c{} -d{secs}s)",
@@ -248,6 +302,8 @@ impl Runner<'_> {
                 results.add(&s, "requests/s", Higher, side, r.requests_per_sec);
                 results.latency(&s, side, &r.latency);
                 results.add(&s, "errors (socket + non-2xx)", Lower, side, errors);
+                cpu.record(results, &s, "request", side, r.requests_per_sec * secs)
+                    .await;
                 Ok(format!(
                     "{:.0} req/s, p99 {:.0} µs, {errors} errors",
                     r.requests_per_sec, r.latency.p99_us
@@ -257,6 +313,7 @@ impl Runner<'_> {
                 let Some(url) = http_url(scenario, stack, side) else {
                     return Ok(NO_TLS.into());
                 };
+                let cpu = ServerCpu::after(pid, plan.warmup);
                 let r = self.h2load(&url).await?;
                 let s = format!(
                     "HTTP/2{} GET (h2load -c{} -m{} -D{secs})",
@@ -277,6 +334,8 @@ impl Runner<'_> {
                     side,
                     r.errors as f64,
                 );
+                cpu.record(results, &s, "request", side, r.requests_per_sec * secs)
+                    .await;
                 Ok(format!(
                     "{:.0} req/s, p99 {:.0} µs, {} errors",
                     r.requests_per_sec, r.latency.p99_us, r.errors
@@ -291,6 +350,7 @@ impl Runner<'_> {
                     ("--duration", duration),
                 ];
                 let args = self.ws_args("echo", &url("/bench/echo"), &extra);
+                let cpu = ServerCpu::after(pid, plan.warmup);
                 let r: EchoReport = self.run_json(args, plan.warmup + plan.duration).await?;
                 let s = format!(
                     "WebSocket echo, {} B messages, {conns} connections",
@@ -305,6 +365,8 @@ impl Runner<'_> {
                 );
                 results.latency(&s, side, &r.latency);
                 results.add(&s, "errors", Lower, side, r.errors as f64);
+                cpu.record(results, &s, "round trip", side, r.messages_per_sec * secs)
+                    .await;
                 results.add(&s, LOAD_CPU, Neither, side, r.load_cpu_percent);
                 results.error(&s, side, r.first_error.as_deref());
                 Ok(format!(
@@ -318,6 +380,8 @@ impl Runner<'_> {
                     ("--duration", duration),
                 ];
                 let args = self.ws_args("connect", &url("/bench/connect"), &extra);
+                // Connection set-up has no warm-up.
+                let cpu = ServerCpu::after(pid, Duration::ZERO);
                 let r: ConnectReport = self.run_json(args, plan.duration).await?;
                 let s = format!(
                     "WebSocket connection set-up, {} concurrent clients",
@@ -333,6 +397,8 @@ impl Runner<'_> {
                 results.add(&s, "handshake p50 (µs)", Lower, side, r.handshake.p50_us);
                 results.add(&s, "handshake p99 (µs)", Lower, side, r.handshake.p99_us);
                 results.add(&s, "failed connects", Lower, side, r.failures as f64);
+                cpu.record(results, &s, "session", side, r.sessions_per_sec * secs)
+                    .await;
                 results.add(&s, LOAD_CPU, Neither, side, r.load_cpu_percent);
                 results.error(&s, side, r.first_error.as_deref());
                 Ok(format!(
@@ -349,6 +415,7 @@ impl Runner<'_> {
                     ("--duration", duration),
                 ];
                 let args = self.ws_args("stream", &url("/bench/stream"), &extra);
+                let cpu = ServerCpu::after(pid, plan.warmup);
                 let r: StreamReport = self.run_json(args, plan.warmup + plan.duration).await?;
                 let s = format!(
                     "WebSocket stream, {} KiB messages, {} connection(s)",
@@ -356,6 +423,8 @@ impl Runner<'_> {
                     plan.stream_conns
                 );
                 results.add(&s, "echoed MB/s", Higher, side, r.mb_per_sec);
+                cpu.record(results, &s, "MB echoed", side, r.mb_per_sec * secs)
+                    .await;
                 results.add(&s, LOAD_CPU, Neither, side, r.load_cpu_percent);
                 results.error(&s, side, r.first_error.as_deref());
                 Ok(format!("{:.1} MB/s", r.mb_per_sec))

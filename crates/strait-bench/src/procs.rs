@@ -235,15 +235,36 @@ pub fn raise_fd_limit() -> FdLimits {
     }
 }
 
-/// CPU time (user + system) this process has used, in seconds, from /proc/self/stat.
+/// User and system CPU seconds a process has used (all its threads), from its stat file.
 /// Assumes the usual 100 clock ticks per second (`getconf CLK_TCK`).
-pub fn self_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+fn cpu_seconds(stat_file: &str) -> Option<(f64, f64)> {
+    parse_cpu_seconds(&std::fs::read_to_string(stat_file).ok()?)
+}
+
+fn parse_cpu_seconds(stat: &str) -> Option<(f64, f64)> {
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
     // After the comm: state is field 3; utime and stime are fields 14 and 15.
     let utime: f64 = fields.nth(11)?.parse().ok()?;
     let stime: f64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    Some((utime / 100.0, stime / 100.0))
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+pub fn self_cpu_seconds() -> Option<f64> {
+    cpu_seconds("/proc/self/stat").map(|(user, system)| user + system)
+}
+
+/// User and system CPU seconds of a process plus its direct children (nginx's master and
+/// workers).
+pub fn tree_cpu_seconds(pid: u32) -> Option<(f64, f64)> {
+    let (mut user, mut system) = cpu_seconds(&format!("/proc/{pid}/stat"))?;
+    for child in children(pid) {
+        if let Some((u, s)) = cpu_seconds(&format!("/proc/{child}/stat")) {
+            user += u;
+            system += s;
+        }
+    }
+    Some((user, system))
 }
 
 /// Measures this process's CPU use between [`CpuMeter::start`] and [`CpuMeter::percent`].
@@ -272,6 +293,17 @@ impl CpuMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_times_are_read_after_the_command_name() {
+        // comm may hold spaces and parentheses; utime and stime are fields 14 and 15.
+        let stat = "42 (nginx: worker (1)) S 41 41 41 0 -1 4194624 300 0 0 0 250 125 0 0 20 0";
+        assert_eq!(parse_cpu_seconds(stat), Some((2.5, 1.25)));
+        assert_eq!(parse_cpu_seconds("42 (short) S 41"), None);
+        let (user, system) = tree_cpu_seconds(std::process::id()).unwrap();
+        assert!(user >= 0.0 && system >= 0.0);
+        assert_eq!(tree_cpu_seconds(u32::MAX), None);
+    }
 
     #[test]
     fn free_ports_differ_and_stay_out_of_the_ephemeral_range() {

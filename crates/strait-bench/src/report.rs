@@ -331,6 +331,17 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
     );
     let _ = writeln!(
         w,
+        "- **Server CPU**: for each throughput run, the user-space and kernel CPU time of the process \
+         answering the load (the echo itself for \"direct\", nginx's master and workers, Strait; \
+         utime and stime from /proc, every thread) over the recorded part of the run, divided by the \
+         units that part completed. The kernel's share is the TCP work both gateways do for the same \
+         system calls; user space is what each gateway's own code costs. Everything runs on the same \
+         {} CPUs, so a server's CPU per unit, with the load generator's and the echo's, is what \
+         bounds its rate.",
+        m.cpus
+    );
+    let _ = writeln!(
+        w,
         "- **Source addresses**: client sockets bind to 127.0.0.1–127.0.0.{} (port 0) before connecting, so \
          large runs do not run out of ephemeral ports.\n",
         plan.sources
