@@ -21,7 +21,7 @@ use crate::registry::{self, Endpoint, Probe};
 use crate::results::{Better, Results};
 use crate::stack::{Side, Stack, Tools};
 use crate::wrk::{self, WrkReport};
-use crate::ws_load::{ConnectReport, EchoReport, IdleReport, StreamReport};
+use crate::ws_load::{ConnectReport, ECHO_OPEN_RATE, EchoReport, IdleReport, StreamReport};
 use crate::wsclient::Target;
 
 /// The metric name of the load generator's own CPU use.
@@ -350,7 +350,9 @@ impl Runner<'_> {
                     ("--duration", duration),
                 ];
                 let args = self.ws_args("echo", &url("/bench/echo"), &extra);
-                let cpu = ServerCpu::after(pid, plan.warmup);
+                // Its warm-up starts once every connection is open.
+                let opening = Duration::from_secs_f64(conns as f64 / ECHO_OPEN_RATE);
+                let cpu = ServerCpu::after(pid, opening + plan.warmup);
                 let r: EchoReport = self.run_json(args, plan.warmup + plan.duration).await?;
                 let s = format!(
                     "WebSocket echo, {} B messages, {conns} connections",

@@ -187,6 +187,9 @@ pub struct EchoReport {
     pub load_cpu_percent: f64,
 }
 
+/// Connections per second `echo` opens before its warm-up starts.
+pub const ECHO_OPEN_RATE: f64 = 5_000.0;
+
 /// `echo`: `conns` connections each doing closed-loop round trips of `size`-byte messages;
 /// the first `warmup` is not recorded, then `duration` is.
 pub async fn echo(
@@ -196,7 +199,7 @@ pub async fn echo(
     warmup: Duration,
     duration: Duration,
 ) -> Result<EchoReport> {
-    let opened = open_many(target, conns, 5_000.0).await;
+    let opened = open_many(target, conns, ECHO_OPEN_RATE).await;
     if opened.conns.is_empty() {
         bail!(
             "no connection opened: {}",
