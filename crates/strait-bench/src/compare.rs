@@ -16,7 +16,9 @@ use tokio::process::Command;
 
 use crate::h2load::{self, H2Report};
 use crate::machine::Machine;
-use crate::procs::{FdLimits, raise_fd_limit, rss_tree_kib, tree_cpu_seconds};
+use crate::procs::{
+    FdLimits, ended_children_cpu_seconds, raise_fd_limit, rss_tree_kib, tree_cpu_seconds,
+};
 use crate::registry::{self, Endpoint, Probe};
 use crate::results::{Better, Results};
 use crate::stack::{Side, Stack, Tools};
@@ -26,6 +28,9 @@ use crate::wsclient::Target;
 
 /// The metric name of the load generator's own CPU use.
 pub const LOAD_CPU: &str = "load generator CPU (% of its one core)";
+/// How the server-CPU rows' metrics begin (the unit follows).
+pub const SERVER_USER: &str = "server CPU in user space";
+pub const SERVER_KERNEL: &str = "server CPU in the kernel";
 /// The metric name of the idle run's memory per connection (the plot and projection use it).
 pub const MEMORY_PER_CONN: &str = "resident memory per connection (KiB)";
 /// Extra time a sub-process may take beyond its planned duration.
@@ -215,8 +220,8 @@ impl ServerCpu {
             return;
         }
         let per_unit = |from: f64, to: f64| (to - from) / units * 1e6;
-        let user = format!("server CPU in user space (µs per {unit})");
-        let kernel = format!("server CPU in the kernel (µs per {unit})");
+        let user = format!("{SERVER_USER} (µs per {unit})");
+        let kernel = format!("{SERVER_KERNEL} (µs per {unit})");
         results.add(
             section,
             &user,
@@ -288,7 +293,7 @@ impl Runner<'_> {
                     return Ok(NO_TLS.into());
                 };
                 let cpu = ServerCpu::after(pid, plan.warmup);
-                let r = self.wrk(&url).await?;
+                let (r, load_cpu) = self.wrk(&url).await?;
                 let s = format!(
                     "{} keep-alive GET (wrk -t1 -c{} -d{secs}s)",
                     if matches!(scenario, Scenario::Http) {
@@ -304,6 +309,7 @@ impl Runner<'_> {
                 results.add(&s, "errors (socket + non-2xx)", Lower, side, errors);
                 cpu.record(results, &s, "request", side, r.requests_per_sec * secs)
                     .await;
+                results.add(&s, LOAD_CPU, Neither, side, load_cpu);
                 Ok(format!(
                     "{:.0} req/s, p99 {:.0} µs, {errors} errors",
                     r.requests_per_sec, r.latency.p99_us
@@ -314,7 +320,7 @@ impl Runner<'_> {
                     return Ok(NO_TLS.into());
                 };
                 let cpu = ServerCpu::after(pid, plan.warmup);
-                let r = self.h2load(&url).await?;
+                let (r, load_cpu) = self.h2load(&url).await?;
                 let s = format!(
                     "HTTP/2{} GET (h2load -c{} -m{} -D{secs})",
                     if matches!(scenario, Scenario::Http2) {
@@ -336,6 +342,7 @@ impl Runner<'_> {
                 );
                 cpu.record(results, &s, "request", side, r.requests_per_sec * secs)
                     .await;
+                results.add(&s, LOAD_CPU, Neither, side, load_cpu);
                 Ok(format!(
                     "{:.0} req/s, p99 {:.0} µs, {} errors",
                     r.requests_per_sec, r.latency.p99_us, r.errors
@@ -509,8 +516,9 @@ impl Runner<'_> {
         last_json(&stdout)
     }
 
-    /// wrk against `url` (after a short unrecorded warm-up when the plan has one).
-    async fn wrk(&self, url: &str) -> Result<WrkReport> {
+    /// wrk against `url` (after a short unrecorded warm-up when the plan has one), and the
+    /// recorded run's CPU use (% of one core).
+    async fn wrk(&self, url: &str) -> Result<(WrkReport, f64)> {
         let plan = self.plan;
         let script =
             std::env::temp_dir().join(format!("strait-bench-wrk-{}.lua", std::process::id()));
@@ -533,13 +541,16 @@ impl Runner<'_> {
             run_capture(run(secs, false), Duration::from_secs(secs) + CHILD_GRACE).await?;
         }
         let secs = plan.duration.as_secs().max(1);
-        let output = run_capture(run(secs, true), Duration::from_secs(secs) + CHILD_GRACE).await;
+        let limit = Duration::from_secs(secs) + CHILD_GRACE;
+        let output = run_measured(run(secs, true), limit).await;
         let _ = std::fs::remove_file(&script);
-        wrk::parse(&output?)
+        let (output, cpu) = output?;
+        Ok((wrk::parse(&output)?, cpu / secs as f64 * 100.0))
     }
 
-    /// h2load against `url`, with the plan's warm-up (unrecorded) and duration.
-    async fn h2load(&self, url: &str) -> Result<H2Report> {
+    /// h2load against `url`, with the plan's warm-up (unrecorded) and duration, and its CPU
+    /// use (% of one core).
+    async fn h2load(&self, url: &str) -> Result<(H2Report, f64)> {
         let plan = self.plan;
         let log = std::env::temp_dir().join(format!("strait-bench-h2-{}.log", std::process::id()));
         let secs = plan.duration.as_secs().max(1);
@@ -554,10 +565,14 @@ impl Runner<'_> {
             cmd.arg(format!("--warm-up-time={}", plan.warmup.as_secs().max(1)));
         }
         cmd.arg(format!("--log-file={}", log.display())).arg(url);
-        let output = run_capture(cmd, plan.warmup + Duration::from_secs(secs) + CHILD_GRACE).await;
+        let ran = plan.warmup + Duration::from_secs(secs);
+        let output = run_measured(cmd, ran + CHILD_GRACE).await;
         let logged = std::fs::read_to_string(&log).context("h2load wrote no log file");
         let _ = std::fs::remove_file(&log);
-        h2load::parse(&output?, &logged?)
+        let (output, cpu) = output?;
+        // Its warm-up runs in the same process, at about the same rate.
+        let load_cpu = cpu / ran.as_secs_f64() * 100.0;
+        Ok((h2load::parse(&output, &logged?)?, load_cpu))
     }
 
     /// Idle connections spread over several load-generator processes (each under its own
@@ -737,6 +752,18 @@ async fn run_capture(mut cmd: Command, limit: Duration) -> Result<String> {
         );
     }
     Ok(stdout)
+}
+
+/// [`run_capture`], and the CPU seconds the child used (read as this process's ended
+/// children's, before it starts and once it is reaped; `NaN` where /proc says nothing).
+async fn run_measured(cmd: Command, limit: Duration) -> Result<(String, f64)> {
+    let before = ended_children_cpu_seconds();
+    let stdout = run_capture(cmd, limit).await?;
+    let cpu = match (before, ended_children_cpu_seconds()) {
+        (Some(a), Some(b)) => b - a,
+        _ => f64::NAN,
+    };
+    Ok((stdout, cpu))
 }
 
 /// The last non-empty line of `stdout`, parsed as JSON.

@@ -236,17 +236,32 @@ pub fn raise_fd_limit() -> FdLimits {
 }
 
 /// User and system CPU seconds a process has used (all its threads), from its stat file.
-/// Assumes the usual 100 clock ticks per second (`getconf CLK_TCK`).
 fn cpu_seconds(stat_file: &str) -> Option<(f64, f64)> {
-    parse_cpu_seconds(&std::fs::read_to_string(stat_file).ok()?)
+    let [user, system, _, _] = parse_cpu_seconds(&std::fs::read_to_string(stat_file).ok()?)?;
+    Some((user, system))
 }
 
-fn parse_cpu_seconds(stat: &str) -> Option<(f64, f64)> {
+/// utime, stime, cutime and cstime (its waited-for children's) of a stat file, in seconds.
+/// Assumes the usual 100 clock ticks per second (`getconf CLK_TCK`).
+fn parse_cpu_seconds(stat: &str) -> Option<[f64; 4]> {
     let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    // After the comm: state is field 3; utime and stime are fields 14 and 15.
+    // After the comm: state is field 3; utime, stime, cutime and cstime are fields 14 to 17.
     let utime: f64 = fields.nth(11)?.parse().ok()?;
-    let stime: f64 = fields.next()?.parse().ok()?;
-    Some((utime / 100.0, stime / 100.0))
+    let mut next = || fields.next()?.parse::<f64>().ok();
+    Some([
+        utime / 100.0,
+        next()? / 100.0,
+        next()? / 100.0,
+        next()? / 100.0,
+    ])
+}
+
+/// CPU seconds (user + system) of this process's children that have ended and been waited
+/// for: a load generator's own CPU, read before it starts and after it is reaped.
+pub fn ended_children_cpu_seconds() -> Option<f64> {
+    let [_, _, user, system] =
+        parse_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    Some(user + system)
 }
 
 /// CPU time (user + system) this process has used, in seconds.
@@ -297,8 +312,8 @@ mod tests {
     #[test]
     fn cpu_times_are_read_after_the_command_name() {
         // comm may hold spaces and parentheses; utime and stime are fields 14 and 15.
-        let stat = "42 (nginx: worker (1)) S 41 41 41 0 -1 4194624 300 0 0 0 250 125 0 0 20 0";
-        assert_eq!(parse_cpu_seconds(stat), Some((2.5, 1.25)));
+        let stat = "42 (nginx: worker (1)) S 41 41 41 0 -1 4194624 300 0 0 0 250 125 7 3 20 0";
+        assert_eq!(parse_cpu_seconds(stat), Some([2.5, 1.25, 0.07, 0.03]));
         assert_eq!(parse_cpu_seconds("42 (short) S 41"), None);
         let (user, system) = tree_cpu_seconds(std::process::id()).unwrap();
         assert!(user >= 0.0 && system >= 0.0);

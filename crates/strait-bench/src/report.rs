@@ -213,6 +213,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
     registry(w, plan, results);
     micro(w);
     falls_short(w, results);
+    bounds(w, m, results);
     settings(w, m);
     scaling(w, m, results, plan);
     appendix(w, results);
@@ -417,6 +418,150 @@ fn falls_short(w: &mut String, results: &Results) {
         for note in &results.notes {
             let _ = writeln!(w, "- {}", note.replace('\n', " "));
         }
+    }
+    let _ = writeln!(w);
+}
+
+/// One section's figures for [`bounds`], all per unit of work in µs (rates per second).
+struct Shares {
+    /// The load generator's CPU per unit, from the run through Strait (or the direct run).
+    load: f64,
+    /// The echo's own CPU per unit, from the direct run.
+    echo: f64,
+    /// The reference's server CPU (nginx's; none against direct).
+    reference: f64,
+    user: f64,
+    kernel: f64,
+    /// Strait's rate over the reference's.
+    measured: f64,
+}
+
+impl Shares {
+    /// Against nginx, or (a stream) against the direct run.
+    fn read(results: &Results, section: &str, against: Side) -> Option<Shares> {
+        let median = |prefix: &str, side: Side| {
+            results
+                .rows
+                .iter()
+                .find(|r| r.section == section && r.metric.starts_with(prefix))
+                .and_then(|r| r.median(side))
+        };
+        let rate = |side: Side| {
+            results
+                .rows
+                .iter()
+                .find(|r| r.section == section && r.better == Better::Higher)
+                .and_then(|r| r.median(side))
+        };
+        let server = |side: Side| {
+            Some(
+                median(crate::compare::SERVER_USER, side)?
+                    + median(crate::compare::SERVER_KERNEL, side)?,
+            )
+        };
+        // The load generator's CPU per unit, on the run whose load it was.
+        let from = if against == Side::Direct {
+            Side::Direct
+        } else {
+            Side::Strait
+        };
+        let load = median(crate::compare::LOAD_CPU, from)? / 100.0 / rate(from)? * 1e6;
+        Some(Shares {
+            load,
+            echo: server(Side::Direct)?,
+            reference: if against == Side::Direct {
+                0.0
+            } else {
+                server(against)?
+            },
+            user: median(crate::compare::SERVER_USER, Side::Strait)?,
+            kernel: median(crate::compare::SERVER_KERNEL, Side::Strait)?,
+            measured: rate(Side::Strait)? / rate(against)?,
+        })
+    }
+
+    fn shared(&self) -> f64 {
+        self.load + self.echo
+    }
+
+    /// Strait's rate over the reference's if only CPU time counted.
+    fn modelled(&self) -> f64 {
+        (self.shared() + self.reference) / (self.shared() + self.user + self.kernel)
+    }
+
+    /// The same with Strait's user-space time at zero.
+    fn ceiling(&self) -> f64 {
+        (self.shared() + self.reference) / (self.shared() + self.kernel)
+    }
+}
+
+/// What bounds the ratios on a host where the load generator, the echo and the gateway share
+/// the CPUs: the modelled ratio, and its ceiling for a gateway that spent nothing in user space.
+fn bounds(w: &mut String, m: &Machine, results: &Results) {
+    let mut sections: Vec<&str> = Vec::new();
+    for row in &results.rows {
+        if row.metric.starts_with(crate::compare::SERVER_USER) && !sections.contains(&&*row.section)
+        {
+            sections.push(&row.section);
+        }
+    }
+    let rows: Vec<(&str, Side, Shares)> = sections
+        .into_iter()
+        .filter_map(|section| {
+            let against = if section.starts_with("WebSocket stream") {
+                Side::Direct
+            } else {
+                Side::Nginx
+            };
+            Some((section, against, Shares::read(results, section, against)?))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "## What bounds the ratios on this host
+"
+    );
+    let _ = writeln!(
+        w,
+        "Generated from the medians above. The load generator (L), the echo (E) and the gateway \
+         (G) share the same {} CPUs, so while they keep them busy a side's rate is about \
+         CPUs / (L + E + G) per unit of work, and Strait's over nginx's is (L + E + G_nginx) / \
+         (L + E + G_Strait) — against the direct run, whose figure has no G, (L + E) / (L + E + \
+         G_Strait). L is the load generator's CPU row over the rate; E the direct run's server \
+         rows; G a gateway's user-space plus kernel rows. A gateway's kernel time is the TCP work \
+         of its system calls, the same calls for both (`scripts/syscalls.sh`), so the **ceiling** \
+         — the same ratio with Strait's user-space time at zero — bounds what any gateway could \
+         reach here. Where model and measurement part, the servers also wait on each other, not \
+         only on CPU; for HTTP/2 the direct run's echo serves HTTP/2 itself, so E is approximate. \
+         Sections without a direct run (TLS) have no E and are left out.\n",
+        m.cpus
+    );
+    let _ = writeln!(
+        w,
+        "| workload | against | L + E (µs) | reference's G (µs) | Strait's G: user + kernel (µs) | \
+         ratio modelled / measured | ceiling at zero user space |"
+    );
+    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|");
+    for (section, against, shares) in rows {
+        let _ = writeln!(
+            w,
+            "| {section} | {} | {} | {} | {} + {} | {:.2}× / {:.2}× | {:.2}× |",
+            against.name(),
+            num(shares.shared()),
+            if against == Side::Direct {
+                "—".into()
+            } else {
+                num(shares.reference)
+            },
+            num(shares.user),
+            num(shares.kernel),
+            shares.modelled(),
+            shares.measured,
+            shares.ceiling(),
+        );
     }
     let _ = writeln!(w);
 }
@@ -751,6 +896,76 @@ mod tests {
             tw_reuse: text.clone(),
             nr_open: text,
         }
+    }
+
+    #[test]
+    fn bounds_model_each_section_against_its_reference() {
+        use crate::compare::{LOAD_CPU, SERVER_KERNEL, SERVER_USER};
+        let mut results = Results::default();
+        let mut add = |section: &str, metric: &str, better, values: [f64; 3]| {
+            for (side, value) in Side::ALL.into_iter().zip(values) {
+                if value.is_finite() {
+                    results.add(section, metric, better, side, value);
+                }
+            }
+        };
+        let http = "HTTP keep-alive GET";
+        add(
+            http,
+            "requests/s",
+            Better::Higher,
+            [80_000.0, 44_796.0, 42_221.0],
+        );
+        let user = format!("{SERVER_USER} (µs per request)");
+        let kernel = format!("{SERVER_KERNEL} (µs per request)");
+        add(http, &user, Better::Lower, [3.23, 4.87, 9.05]);
+        add(http, &kernel, Better::Lower, [7.58, 15.2, 13.9]);
+        add(http, LOAD_CPU, Better::Neither, [90.0, 60.0, 60.0]);
+        let stream = "WebSocket stream, 1024 KiB messages";
+        add(
+            stream,
+            "echoed MB/s",
+            Better::Higher,
+            [1207.0, 263.0, 574.0],
+        );
+        add(stream, &user, Better::Lower, [138.0, 107.0, 28.7]);
+        add(stream, &kernel, Better::Lower, [689.0, 3512.0, 982.0]);
+        add(stream, LOAD_CPU, Better::Neither, [75.9, 33.6, 37.0]);
+        // No direct run over TLS: no E, no row.
+        let tls = "HTTPS keep-alive GET";
+        add(
+            tls,
+            "requests/s",
+            Better::Higher,
+            [f64::NAN, 37_469.0, 37_592.0],
+        );
+        add(tls, &user, Better::Lower, [f64::NAN, 9.18, 11.1]);
+        add(tls, &kernel, Better::Lower, [f64::NAN, 14.8, 14.4]);
+        add(tls, LOAD_CPU, Better::Neither, [f64::NAN, 60.0, 60.0]);
+
+        let mut w = String::new();
+        bounds(&mut w, &machine(), &results);
+        // L = 60 % of a core / 42,221 per s = 14.2 µs, E = 10.8 µs: (25.0 + 20.1) / (25.0 +
+        // 23.0) modelled, (25.0 + 20.1) / (25.0 + 13.9) at zero user space.
+        let http_row = w
+            .lines()
+            .find(|l| l.starts_with("| HTTP keep-alive"))
+            .unwrap();
+        assert!(
+            http_row.contains("| nginx | 25.0 | 20.1 | 9.05 + 13.9 | 0.94× / 0.94× | 1.16× |"),
+            "{http_row}"
+        );
+        // Against direct: (629 + 827) / (1,456 + 1,011); measured 574 / 1,207.
+        let stream_row = w
+            .lines()
+            .find(|l| l.starts_with("| WebSocket stream"))
+            .unwrap();
+        assert!(
+            stream_row.contains("| direct | 1,456 | — | 28.7 + 982 | 0.59× / 0.48× | 0.60× |"),
+            "{stream_row}"
+        );
+        assert!(!w.contains("| HTTPS"), "{w}");
+        assert!(w.contains("same 2 CPUs"), "{w}");
     }
 
     #[test]
