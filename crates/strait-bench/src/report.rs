@@ -902,46 +902,56 @@ mod tests {
     fn bounds_model_each_section_against_its_reference() {
         use crate::compare::{LOAD_CPU, SERVER_KERNEL, SERVER_USER};
         let mut results = Results::default();
-        let mut add = |section: &str, metric: &str, better, values: [f64; 3]| {
-            for (side, value) in Side::ALL.into_iter().zip(values) {
-                if value.is_finite() {
-                    results.add(section, metric, better, side, value);
+        let user = format!("{SERVER_USER} (µs per request)");
+        let kernel = format!("{SERVER_KERNEL} (µs per request)");
+        // A section's rate, server user and kernel CPU, and load-generator CPU, per side.
+        let mut section = |name: &str, rate: &str, figures: [[f64; 3]; 4]| {
+            let metrics = [
+                (rate, Better::Higher),
+                (user.as_str(), Better::Lower),
+                (kernel.as_str(), Better::Lower),
+                (LOAD_CPU, Better::Neither),
+            ];
+            for ((metric, better), values) in metrics.into_iter().zip(figures) {
+                for (side, value) in Side::ALL.into_iter().zip(values) {
+                    if value.is_finite() {
+                        results.add(name, metric, better, side, value);
+                    }
                 }
             }
         };
-        let http = "HTTP keep-alive GET";
-        add(
-            http,
+        section(
+            "HTTP keep-alive GET",
             "requests/s",
-            Better::Higher,
-            [80_000.0, 44_796.0, 42_221.0],
+            [
+                [80_000.0, 44_796.0, 42_221.0],
+                [3.23, 4.87, 9.05],
+                [7.58, 15.2, 13.9],
+                [90.0, 60.0, 60.0],
+            ],
         );
-        let user = format!("{SERVER_USER} (µs per request)");
-        let kernel = format!("{SERVER_KERNEL} (µs per request)");
-        add(http, &user, Better::Lower, [3.23, 4.87, 9.05]);
-        add(http, &kernel, Better::Lower, [7.58, 15.2, 13.9]);
-        add(http, LOAD_CPU, Better::Neither, [90.0, 60.0, 60.0]);
-        let stream = "WebSocket stream, 1024 KiB messages";
-        add(
-            stream,
+        section(
+            "WebSocket stream, 1024 KiB messages",
             "echoed MB/s",
-            Better::Higher,
-            [1207.0, 263.0, 574.0],
+            [
+                [1207.0, 263.0, 574.0],
+                [138.0, 107.0, 28.7],
+                [689.0, 3512.0, 982.0],
+                [75.9, 33.6, 37.0],
+            ],
         );
-        add(stream, &user, Better::Lower, [138.0, 107.0, 28.7]);
-        add(stream, &kernel, Better::Lower, [689.0, 3512.0, 982.0]);
-        add(stream, LOAD_CPU, Better::Neither, [75.9, 33.6, 37.0]);
         // No direct run over TLS: no E, no row.
-        let tls = "HTTPS keep-alive GET";
-        add(
-            tls,
+        let none = f64::NAN;
+        section(
+            "HTTPS keep-alive GET",
             "requests/s",
-            Better::Higher,
-            [f64::NAN, 37_469.0, 37_592.0],
+            [
+                [none, 37_469.0, 37_592.0],
+                [none, 9.18, 11.1],
+                [none, 14.8, 14.4],
+                [none, 60.0, 60.0],
+            ],
         );
-        add(tls, &user, Better::Lower, [f64::NAN, 9.18, 11.1]);
-        add(tls, &kernel, Better::Lower, [f64::NAN, 14.8, 14.4]);
-        add(tls, LOAD_CPU, Better::Neither, [f64::NAN, 60.0, 60.0]);
 
         let mut w = String::new();
         bounds(&mut w, &machine(), &results);
