@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn cpu_times_are_read_after_the_command_name() {
-        // comm may hold spaces and parentheses; utime and stime are fields 14 and 15.
+        // comm may hold spaces and parentheses; utime to cstime are fields 14 to 17.
         let stat = "42 (nginx: worker (1)) S 41 41 41 0 -1 4194624 300 0 0 0 250 125 7 3 20 0";
         assert_eq!(parse_cpu_seconds(stat), Some([2.5, 1.25, 0.07, 0.03]));
         assert_eq!(parse_cpu_seconds("42 (short) S 41"), None);
