@@ -519,11 +519,7 @@ fn bounds(w: &mut String, m: &Machine, results: &Results) {
     if rows.is_empty() {
         return;
     }
-    let _ = writeln!(
-        w,
-        "## What bounds the ratios on this host
-"
-    );
+    let _ = writeln!(w, "## What bounds the ratios on this host\n");
     let _ = writeln!(
         w,
         "Generated from the medians above. The load generator (L), the echo (E) and the gateway \
