@@ -167,30 +167,46 @@ impl FrameParser {
         }
         let mut used = 0;
         if self.current.is_none() {
-            loop {
-                let need = self.header_needed();
-                if self.hdr_len >= need {
-                    break;
+            let header = match *input {
+                // The whole header is in `input` (the usual case): decoded where it lies.
+                [b0, b1, ..] if self.hdr_len == 0 && input.len() >= header_len(b1) => {
+                    self.check_first_bytes(b0, b1).map_err(|e| self.fail(e))?;
+                    let header = decode_header(input).map_err(|e| self.fail(e))?;
+                    used = usize::from(header.header_len);
+                    header
                 }
-                let rest = input.get(used..).unwrap_or_default();
-                let take = (need - self.hdr_len).min(rest.len());
-                if take == 0 {
-                    self.position += used as u64;
-                    return Ok((used, None));
+                _ => {
+                    // Split across reads: gathered in `hdr` until complete.
+                    loop {
+                        let need = match self.hdr {
+                            _ if self.hdr_len < 2 => 2,
+                            [_, b1, ..] => header_len(b1),
+                        };
+                        if self.hdr_len >= need {
+                            break;
+                        }
+                        let rest = input.get(used..).unwrap_or_default();
+                        let take = (need - self.hdr_len).min(rest.len());
+                        if take == 0 {
+                            self.position += used as u64;
+                            return Ok((used, None));
+                        }
+                        if let (Some(dst), Some(src)) = (
+                            self.hdr.get_mut(self.hdr_len..self.hdr_len + take),
+                            rest.get(..take),
+                        ) {
+                            dst.copy_from_slice(src);
+                        }
+                        self.hdr_len += take;
+                        used += take;
+                        if self.hdr_len == 2 {
+                            let [b0, b1, ..] = self.hdr;
+                            self.check_first_bytes(b0, b1).map_err(|e| self.fail(e))?;
+                        }
+                    }
+                    decode_header(&self.hdr).map_err(|e| self.fail(e))?
                 }
-                if let (Some(dst), Some(src)) = (
-                    self.hdr.get_mut(self.hdr_len..self.hdr_len + take),
-                    rest.get(..take),
-                ) {
-                    dst.copy_from_slice(src);
-                }
-                self.hdr_len += take;
-                used += take;
-                if self.hdr_len == 2 {
-                    self.check_first_bytes().map_err(|e| self.fail(e))?;
-                }
-            }
-            let header = self.decode_header().map_err(|e| self.fail(e))?;
+            };
             self.start_frame(header);
         }
         let rest = input.get(used..).unwrap_or_default();
@@ -293,24 +309,8 @@ impl FrameParser {
         self
     }
 
-    /// Bytes the header needs: 2 until the length byte is known, then the full length.
-    fn header_needed(&self) -> usize {
-        if self.hdr_len < 2 {
-            return 2;
-        }
-        let b1 = self.hdr.get(1).copied().unwrap_or(0);
-        let ext = match b1 & 0x7F {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
-        2 + ext + mask
-    }
-
     /// Checks everything the first two bytes decide, before the rest of the header arrives.
-    fn check_first_bytes(&self) -> Result<(), ProtocolError> {
-        let [b0, b1, ..] = self.hdr;
+    fn check_first_bytes(&self, b0: u8, b1: u8) -> Result<(), ProtocolError> {
         let fin = b0 & 0x80 != 0;
         if b0 & 0x70 != 0 && !self.reserved_bits {
             return Err(ProtocolError::ReservedBits);
@@ -340,47 +340,6 @@ impl FrameParser {
             MaskPolicy::Forbidden if masked => Err(ProtocolError::Masked),
             _ => Ok(()),
         }
-    }
-
-    /// Decodes the complete header in `hdr` (first bytes already checked).
-    fn decode_header(&self) -> Result<FrameHeader, ProtocolError> {
-        let h = &self.hdr;
-        let [b0, b1, ..] = *h;
-        let bits = b0 & 0x0F;
-        let opcode = OpCode::from_bits(bits).ok_or(ProtocolError::ReservedOpcode(bits))?;
-        let (payload_len, mut at) = match b1 & 0x7F {
-            126 => {
-                let [_, _, a, b, ..] = *h;
-                (u64::from(u16::from_be_bytes([a, b])), 4)
-            }
-            127 => {
-                let [_, _, a, b, c, d, e, f, g, i, ..] = *h;
-                let len = u64::from_be_bytes([a, b, c, d, e, f, g, i]);
-                if len >> 63 != 0 {
-                    return Err(ProtocolError::LengthOverflow);
-                }
-                (len, 10)
-            }
-            len => (u64::from(len), 2),
-        };
-        let mask = if b1 & 0x80 != 0 {
-            let key = h
-                .get(at..at + 4)
-                .and_then(|k| <[u8; 4]>::try_from(k).ok())
-                .unwrap_or_default();
-            at += 4;
-            Some(key)
-        } else {
-            None
-        };
-        Ok(FrameHeader {
-            fin: b0 & 0x80 != 0,
-            rsv: (b0 >> 4) & 0x07,
-            opcode,
-            mask,
-            payload_len,
-            header_len: at as u8,
-        })
     }
 
     fn start_frame(&mut self, header: FrameHeader) {
@@ -414,6 +373,60 @@ impl FrameParser {
             }
         }
     }
+}
+
+/// The length of a header whose second byte is `b1`.
+fn header_len(b1: u8) -> usize {
+    let ext = match b1 & 0x7F {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    2 + ext + mask
+}
+
+/// `N` bytes of `h` from `at` (zeros past its end: the caller checked the length).
+fn bytes_at<const N: usize>(h: &[u8], at: usize) -> [u8; N] {
+    h.get(at..at + N)
+        .and_then(|b| <[u8; N]>::try_from(b).ok())
+        .unwrap_or([0; N])
+}
+
+/// Decodes the complete header at the start of `h` (first bytes already checked).
+fn decode_header(h: &[u8]) -> Result<FrameHeader, ProtocolError> {
+    let [b0, b1] = bytes_at(h, 0);
+    let bits = b0 & 0x0F;
+    let opcode = OpCode::from_bits(bits).ok_or(ProtocolError::ReservedOpcode(bits))?;
+    let (payload_len, mut at) = match b1 & 0x7F {
+        126 => {
+            let [a, b] = bytes_at(h, 2);
+            (u64::from(u16::from_be_bytes([a, b])), 4)
+        }
+        127 => {
+            let len = u64::from_be_bytes(bytes_at(h, 2));
+            if len >> 63 != 0 {
+                return Err(ProtocolError::LengthOverflow);
+            }
+            (len, 10)
+        }
+        len => (u64::from(len), 2),
+    };
+    let mask = if b1 & 0x80 != 0 {
+        let key = bytes_at(h, at);
+        at += 4;
+        Some(key)
+    } else {
+        None
+    };
+    Ok(FrameHeader {
+        fin: b0 & 0x80 != 0,
+        rsv: (b0 >> 4) & 0x07,
+        opcode,
+        mask,
+        payload_len,
+        header_len: at as u8,
+    })
 }
 
 /// Reads a close payload: `None` when it carries no status code (empty, or a lone byte).
