@@ -153,6 +153,10 @@ pub(super) struct Direction {
     pub(super) pipe: Option<Pipe>,
     /// No pipe could be made (descriptors run out, say): copy for the rest of the session.
     no_splice: bool,
+    /// The last read of `src` found nothing and registered this direction's waker: reading
+    /// again before that waker fires would find nothing either, so `step` does not try. The
+    /// session clears it when the waker fires.
+    pub(super) read_armed: bool,
 }
 
 impl Direction {
@@ -184,6 +188,7 @@ impl Direction {
             stats: DirectionStats::default(),
             pipe: None,
             no_splice: false,
+            read_armed: false,
         }
     }
 
@@ -314,7 +319,9 @@ impl Direction {
         if splice.is_none() && self.pipe.as_ref().is_some_and(|pipe| pipe.held() == 0) {
             self.pipe = None;
         }
-        if let Some(max) = splice {
+        if self.read_armed {
+            // Nothing has arrived since the last read came back empty.
+        } else if let Some(max) = splice {
             if let Some(step) = self.splice_in(cx, src, max) {
                 return step;
             }
@@ -344,7 +351,7 @@ impl Direction {
                     return Step::Progress;
                 }
                 Poll::Ready(Err(err)) => return self.src_lost(Some(err)),
-                Poll::Pending => {}
+                Poll::Pending => self.read_armed = true,
             }
         } else if self.reading()
             && let Some(space) = self.read_space()
@@ -364,6 +371,7 @@ impl Direction {
                 }
                 Poll::Ready(Err(err)) => return self.src_lost(Some(err)),
                 Poll::Pending => {
+                    self.read_armed = true;
                     if self.tail == 0 {
                         // Nothing held: give the buffer back until the peer sends again.
                         self.buf = Vec::new();
@@ -423,7 +431,10 @@ impl Direction {
                 Some(Step::Progress)
             }
             Poll::Ready(Err(err)) => Some(self.src_lost(Some(err))),
-            Poll::Pending => None,
+            Poll::Pending => {
+                self.read_armed = true;
+                None
+            }
         }
     }
 

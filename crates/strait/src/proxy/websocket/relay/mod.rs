@@ -4,7 +4,8 @@
 //! [`super::frame`]. Design:
 //! - One future drives both directions by hand-written polling (no `split`, no spawned tasks,
 //!   no locks): each stream is polled for reading by one direction and for writing by the
-//!   other, in turn, from the same `poll`.
+//!   other, in turn, from the same `poll`. Each direction registers its own waker, so a
+//!   side whose last read found nothing is not read again until its direction is woken.
 //! - Each direction owns one buffer, held only while bytes are in flight: a small message gets
 //!   one of its size, a stream starts at 16 KiB and doubles while reads fill it, up to
 //!   256 KiB (fewer, larger reads and writes: the kernel's per-call cost dominates a stream).
@@ -51,7 +52,7 @@ mod tests;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -65,7 +66,7 @@ use crate::proxy::after;
 use crate::telemetry::histogram::Histogram;
 
 pub use limits::{MessageLimits, SenderLimits};
-use session::{Session, Signal, Wakeups};
+use session::{B2C, C2B, DirectionWaker, EVENTS, Session, Signal, Wakeups};
 pub use stats::{DirectionStats, LiveStats};
 
 /// A close frame's code and reason.
@@ -170,17 +171,27 @@ where
     session.c2b.seed(from_client);
     session.b2c.seed(from_backend);
     let signal = Arc::new(Signal {
-        woken: AtomicBool::new(true),
+        woken: AtomicU8::new(EVENTS | C2B | B2C),
         task: AtomicWaker::new(),
     });
+    let direction_waker = |bit| {
+        Waker::from(Arc::new(DirectionWaker {
+            signal: signal.clone(),
+            bit,
+        }))
+    };
+    let (c2b, b2c) = (direction_waker(C2B), direction_waker(B2C));
     let waker = Waker::from(signal.clone());
     poll_fn(|cx| {
         signal.task.register(cx.waker());
-        let woken = signal.woken.swap(false, Ordering::AcqRel);
+        let woken = signal.woken.swap(0, Ordering::AcqRel);
         let wakeups = Wakeups {
             waker: &waker,
-            stop: woken,
-            timer: woken,
+            c2b: &c2b,
+            b2c: &b2c,
+            woken,
+            stop: woken & EVENTS != 0,
+            timer: woken & EVENTS != 0,
         };
         session.poll(cx, stop.as_mut(), timer.as_mut(), wakeups)
     })

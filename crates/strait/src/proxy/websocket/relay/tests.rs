@@ -41,6 +41,13 @@ async fn an_idle_direction_holds_no_buffer() {
         .await
         .expect("write a frame");
     direction.pump(&mut cx, &mut src, &mut dst);
+    assert_eq!(
+        direction.stats.frames, 0,
+        "the empty read armed a wake-up: no read until it fires"
+    );
+    // The session does this when the direction's waker fires.
+    direction.read_armed = false;
+    direction.pump(&mut cx, &mut src, &mut dst);
     let mut relayed = [0u8; 5];
     sink.read_exact(&mut relayed).await.expect("frame relayed");
     assert_eq!(relayed, [0x82, 3, 1, 2, 3]);
@@ -126,6 +133,8 @@ async fn a_large_frame_between_plain_tcp_connections_is_spliced_byte_for_byte() 
     let mut direction = Direction::new(MaskPolicy::Forbidden, false, None);
     let mut spliced = false;
     let relayed = poll_fn(|cx| {
+        // Polled when woken (the session's waker would have cleared it).
+        direction.read_armed = false;
         loop {
             let step = direction.step(cx, &mut src, &mut dst);
             spliced |= direction.pipe.as_ref().is_some_and(|pipe| pipe.held() > 0);
