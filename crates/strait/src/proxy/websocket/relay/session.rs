@@ -31,15 +31,48 @@ use crate::proxy::after;
 /// burst of traffic (a cancellation token's lock, the timer wheel, a read that is sure to
 /// find nothing) cost over 10 % of the relay's instructions per message.
 pub(super) struct Signal {
-    pub(super) woken: AtomicU8,
-    pub(super) task: AtomicWaker,
+    woken: AtomicU8,
+    task: AtomicWaker,
 }
 
-pub(super) const EVENTS: u8 = 1;
-pub(super) const C2B: u8 = 2;
-pub(super) const B2C: u8 = 4;
+const EVENTS: u8 = 1;
+const C2B: u8 = 2;
+const B2C: u8 = 4;
 
 impl Signal {
+    /// A signal that reports everything as woken (the first poll looks at every source), and
+    /// its three wakers: events, client to backend, backend to client. Boxed together: held
+    /// inline, they made every session's task a size class larger (idle: 3.9 -> 4.4 KiB).
+    pub(super) fn new() -> (Arc<Self>, Box<[Waker; 3]>) {
+        let signal = Arc::new(Self {
+            woken: AtomicU8::new(EVENTS | C2B | B2C),
+            task: AtomicWaker::new(),
+        });
+        let direction = |bit| {
+            Waker::from(Arc::new(DirectionWaker {
+                signal: signal.clone(),
+                bit,
+            }))
+        };
+        let wakers = Box::new([Waker::from(signal.clone()), direction(C2B), direction(B2C)]);
+        (signal, wakers)
+    }
+
+    /// Registers the task's waker and takes what woke it since the last poll.
+    pub(super) fn wakeups<'w>(&self, cx: &Context<'_>, wakers: &'w [Waker; 3]) -> Wakeups<'w> {
+        self.task.register(cx.waker());
+        let woken = self.woken.swap(0, Ordering::AcqRel);
+        let [waker, c2b, b2c] = wakers;
+        Wakeups {
+            waker,
+            c2b,
+            b2c,
+            woken,
+            stop: woken & EVENTS != 0,
+            timer: woken & EVENTS != 0,
+        }
+    }
+
     fn note(&self, bit: u8) {
         self.woken.fetch_or(bit, Ordering::AcqRel);
         self.task.wake();
@@ -57,9 +90,9 @@ impl Wake for Signal {
 }
 
 /// The waker of one direction's reads and writes.
-pub(super) struct DirectionWaker {
-    pub(super) signal: Arc<Signal>,
-    pub(super) bit: u8,
+struct DirectionWaker {
+    signal: Arc<Signal>,
+    bit: u8,
 }
 
 impl Wake for DirectionWaker {
@@ -77,10 +110,10 @@ pub(super) struct Wakeups<'w> {
     /// Registers `stop` and the timer with the [`Signal`].
     pub(super) waker: &'w Waker,
     /// Register each direction's reads and writes.
-    pub(super) c2b: &'w Waker,
-    pub(super) b2c: &'w Waker,
+    c2b: &'w Waker,
+    b2c: &'w Waker,
     /// What woke the session (bits of [`Signal::woken`]).
-    pub(super) woken: u8,
+    woken: u8,
     /// `stop` may have resolved.
     pub(super) stop: bool,
     /// The timer may have fired (or must be polled to register its new deadline).
