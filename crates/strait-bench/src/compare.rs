@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
+use crate::cpus::{Layout, Role};
 use crate::h2load::{self, H2Report};
 use crate::machine::Machine;
 use crate::procs::{
@@ -27,7 +28,7 @@ use crate::ws_load::{ConnectReport, ECHO_OPEN_RATE, EchoReport, IdleReport, Stre
 use crate::wsclient::Target;
 
 /// The metric name of the load generator's own CPU use.
-pub const LOAD_CPU: &str = "load generator CPU (% of its one core)";
+pub const LOAD_CPU: &str = "load generator CPU (% of one core)";
 /// How the server-CPU rows' metrics begin (the unit follows).
 pub const SERVER_USER: &str = "server CPU in user space";
 pub const SERVER_KERNEL: &str = "server CPU in the kernel";
@@ -114,8 +115,10 @@ pub struct Options {
     pub strait: PathBuf,
     pub markdown: PathBuf,
     pub svg: PathBuf,
-    /// Pin load generators to the last CPU with taskset (when there are 2+ CPUs).
-    pub pin: bool,
+    /// Which CPUs each role runs on (see [`Layout::default_for`]).
+    pub layout: Layout,
+    /// Whether the layout was asked for (then a missing `taskset` is an error, not a note).
+    pub chosen_layout: bool,
 }
 
 /// Runs the whole comparison and writes the report and the plot.
@@ -123,14 +126,20 @@ pub async fn compare(options: Options) -> Result<()> {
     let limits = raise_fd_limit();
     let tools = Tools::find(&options.strait)?;
     let plan = &options.plan;
-    let machine = Machine::read(&tools, limits, pin_cpu(&tools, options.pin));
+    let mut layout = options.layout;
+    if tools.taskset.is_none() && layout.is_pinned() {
+        if options.chosen_layout {
+            bail!("taskset is missing, so the CPU lists cannot be applied (Debian: util-linux)");
+        }
+        layout = Layout::unpinned(layout.cpus);
+    }
+    let machine = Machine::read(&tools, limits, layout);
     eprintln!("{}", machine.summary());
     let runner = Runner {
         tools: &tools,
         plan,
         limits,
-        pin: machine.pinned_cpu,
-        nginx_workers: machine.cpus,
+        layout: &machine.layout,
     };
     let started = std::time::Instant::now();
     let mut results = Results::default();
@@ -145,18 +154,11 @@ pub async fn compare(options: Options) -> Result<()> {
     Ok(())
 }
 
-/// The last CPU, when pinning is wanted and possible.
-fn pin_cpu(tools: &Tools, pin: bool) -> Option<usize> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (pin && cpus >= 2 && tools.taskset.is_some()).then_some(cpus - 1)
-}
-
 struct Runner<'a> {
     tools: &'a Tools,
     plan: &'a Plan,
     limits: FdLimits,
-    pin: Option<usize>,
-    nginx_workers: usize,
+    layout: &'a Layout,
 }
 
 /// One measurement kind, run for every side in every round.
@@ -253,7 +255,7 @@ impl Runner<'_> {
             for round in 1..=self.plan.rounds {
                 // A fresh stack per round: no memory high-water mark or pooled connection
                 // carries over from one measurement to the next.
-                let stack = Stack::start(self.tools, self.limits.hard, self.nginx_workers).await?;
+                let stack = Stack::start(self.tools, self.limits.hard, self.layout).await?;
                 for side in Side::ALL {
                     let label = format!(
                         "{scenario:?} round {round}/{} {}",
@@ -295,12 +297,13 @@ impl Runner<'_> {
                 let cpu = ServerCpu::after(pid, plan.warmup);
                 let (r, load_cpu) = self.wrk(&url).await?;
                 let s = format!(
-                    "{} keep-alive GET (wrk -t1 -c{} -d{secs}s)",
+                    "{} keep-alive GET (wrk -t{} -c{} -d{secs}s)",
                     if matches!(scenario, Scenario::Http) {
                         "HTTP"
                     } else {
                         "HTTPS"
                     },
+                    self.layout.load_threads(plan.http_conns),
                     plan.http_conns
                 );
                 let errors = (r.socket_errors + r.non2xx) as f64;
@@ -486,16 +489,10 @@ impl Runner<'_> {
         }
     }
 
-    /// A command that runs `program` pinned to the load generator's CPU when pinning is on.
+    /// A command that runs `program` on the load generators' CPUs.
     fn pinned(&self, program: &std::path::Path) -> Command {
-        match (self.pin, &self.tools.taskset) {
-            (Some(cpu), Some(taskset)) => {
-                let mut cmd = Command::new(taskset);
-                cmd.arg("-c").arg(cpu.to_string()).arg(program);
-                cmd
-            }
-            _ => Command::new(program),
-        }
+        let taskset = self.tools.taskset.as_deref();
+        Command::from(self.layout.command(Role::Load, program, taskset))
     }
 
     fn ws_args(&self, mode: &str, url: &str, extra: &[(&str, String)]) -> Command {
@@ -526,7 +523,7 @@ impl Runner<'_> {
         let run = |secs: u64, latency: bool| {
             let mut cmd = self.pinned(&self.tools.wrk);
             cmd.args([
-                "-t1",
+                &format!("-t{}", self.layout.load_threads(plan.http_conns)),
                 &format!("-c{}", plan.http_conns),
                 &format!("-d{secs}s"),
             ]);
@@ -556,7 +553,7 @@ impl Runner<'_> {
         let secs = plan.duration.as_secs().max(1);
         let mut cmd = self.pinned(&self.tools.h2load);
         cmd.args([
-            "-t1",
+            &format!("-t{}", self.layout.load_threads(plan.h2_conns)),
             &format!("-c{}", plan.h2_conns),
             &format!("-m{}", plan.h2_streams),
             &format!("-D{secs}"),

@@ -7,11 +7,13 @@
 //! - [`procs`]: child-process guards, /proc memory, the descriptor limit;
 //! - [`registry`]: timing the admin API's connection list and metrics while sessions are held;
 //! - [`stack`]: the echo backend, nginx and Strait as processes under test;
+//! - [`cpus`]: which CPUs the gateway, the echo and the load generators run on;
 //! - [`compare`]: the alternating direct → nginx → Strait rounds;
 //! - [`results`] and [`machine`]: the figures and where they were measured;
 //! - [`report`] and [`plot`]: BENCHMARKS.md and the SVG plot.
 
 pub mod compare;
+pub mod cpus;
 pub mod h2load;
 pub mod latency;
 pub mod machine;

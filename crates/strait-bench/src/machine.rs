@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use crate::cpus::Layout;
 use crate::procs::{FdLimits, first_line, line_where};
 use crate::stack::Tools;
 
@@ -21,7 +22,8 @@ pub struct Machine {
     pub wrk: String,
     pub h2load: String,
     pub limits: FdLimits,
-    pub pinned_cpu: Option<usize>,
+    /// Which CPUs the gateway, the echo and the load generators ran on.
+    pub layout: Layout,
     pub port_range: String,
     pub somaxconn: String,
     pub tw_reuse: String,
@@ -29,7 +31,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn read(tools: &Tools, limits: FdLimits, pinned_cpu: Option<usize>) -> Machine {
+    pub fn read(tools: &Tools, limits: FdLimits, layout: Layout) -> Machine {
         let proc_line = |file: &str| {
             std::fs::read_to_string(file)
                 .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -48,7 +50,7 @@ impl Machine {
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0.0);
         Machine {
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: layout.cpus,
             cpu_model,
             mem_gib: mem_kib / (1024.0 * 1024.0),
             kernel: proc_line("/proc/sys/kernel/osrelease"),
@@ -63,7 +65,7 @@ impl Machine {
                 .to_owned(),
             h2load: first_line(&tools.h2load, &["--version"]),
             limits,
-            pinned_cpu,
+            layout,
             port_range: proc_line("/proc/sys/net/ipv4/ip_local_port_range"),
             somaxconn: proc_line("/proc/sys/net/core/somaxconn"),
             tw_reuse: proc_line("/proc/sys/net/ipv4/tcp_tw_reuse"),
@@ -73,7 +75,7 @@ impl Machine {
 
     pub fn summary(&self) -> String {
         format!(
-            "machine: {} CPU(s) ({}), {:.1} GiB; kernel {}; {}; {}; {}; {}; fd limit {} (soft was {}); load generators pinned to CPU {}",
+            "machine: {} CPU(s) ({}), {:.1} GiB; kernel {}; {}; {}; {}; {}; fd limit {} (soft was {}); {}",
             self.cpus,
             self.cpu_model,
             self.mem_gib,
@@ -84,8 +86,7 @@ impl Machine {
             self.h2load,
             self.limits.hard,
             self.limits.soft_before,
-            self.pinned_cpu
-                .map_or("none (not pinned)".into(), |c| c.to_string())
+            self.layout.describe()
         )
     }
 

@@ -10,6 +10,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use strait_bench::compare::{self, OpenedLine, Options, Plan};
+use strait_bench::cpus::{CpuSet, Layout};
 use strait_bench::procs::raise_fd_limit;
 use strait_bench::ws_load;
 use strait_bench::wsclient::Target;
@@ -124,9 +125,22 @@ enum Cmd {
         /// Where to write the plot (default: bench/results.svg in this workspace).
         #[arg(long)]
         svg: Option<PathBuf>,
-        /// Do not pin the load generators with taskset.
-        #[arg(long)]
+        /// Pin nothing: every process may run on any CPU.
+        #[arg(long, conflicts_with_all = ["gateway_cpus", "backend_cpus", "load_cpus"])]
         no_pin: bool,
+        /// CPUs for the gateways, nginx and Strait alike, as `taskset -c` takes them (e.g.
+        /// `0-3`); each runs a worker per CPU of the set. Default: the first half of the CPUs
+        /// from 4 CPUs up, else not pinned.
+        #[arg(long, value_name = "LIST")]
+        gateway_cpus: Option<String>,
+        /// CPUs for the echo backend. Default: the next quarter from 4 CPUs up, else not
+        /// pinned.
+        #[arg(long, value_name = "LIST")]
+        backend_cpus: Option<String>,
+        /// CPUs for the load generators (wrk and h2load get a thread per CPU). Default: the
+        /// rest from 4 CPUs up, else the last CPU.
+        #[arg(long, value_name = "LIST")]
+        load_cpus: Option<String>,
     },
 }
 
@@ -267,6 +281,9 @@ async fn run(command: Cmd) -> Result<()> {
             out,
             svg,
             no_pin,
+            gateway_cpus,
+            backend_cpus,
+            load_cpus,
         } => {
             let mut plan = if quick { Plan::quick() } else { Plan::full() };
             if let Some(rounds) = rounds {
@@ -282,13 +299,32 @@ async fn run(command: Cmd) -> Result<()> {
             if let Some(secs) = idle_hold {
                 plan.idle_hold = seconds("idle-hold", secs)?;
             }
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let mut layout = if no_pin {
+                Layout::unpinned(cpus)
+            } else {
+                Layout::default_for(cpus)
+            };
+            let chosen = [&gateway_cpus, &backend_cpus, &load_cpus]
+                .iter()
+                .any(|list| list.is_some());
+            for (list, slot) in [
+                (gateway_cpus, &mut layout.gateway),
+                (backend_cpus, &mut layout.backend),
+                (load_cpus, &mut layout.load),
+            ] {
+                if let Some(list) = list {
+                    *slot = Some(CpuSet::parse(&list, cpus)?);
+                }
+            }
             let root = workspace();
             compare::compare(Options {
                 plan,
                 strait: strait.unwrap_or_else(|| root.join("target/release/strait")),
                 markdown: out.unwrap_or_else(|| root.join("BENCHMARKS.md")),
                 svg: svg.unwrap_or_else(|| root.join("bench/results.svg")),
-                pin: !no_pin,
+                layout,
+                chosen_layout: chosen,
             })
             .await
         }

@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::compare::Plan;
+use crate::cpus::{CpuSet, Layout, Role};
 use crate::machine::Machine;
 use crate::registry::{self as probe, Endpoint};
 use crate::results::{Better, Results};
@@ -86,7 +87,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
     let _ = writeln!(
         w,
         "Strait against nginx, both in front of the same echo backend, and the backend on its own \
-         (\"direct\"). Written by `cargo run --release -p strait-bench -- compare{}{}{}{}` on {} (the \
+         (\"direct\"). Written by `cargo run --release -p strait-bench -- compare{}{}{}{}{}` on {} (the \
          measurements took {:.1} minutes); every figure is the **median of {} round(s)**. Ratios are Strait's median divided by the other's: \
          for ↑ metrics above 1 is better for Strait, for ↓ metrics below 1 is. \
          The per-round values are under \"Every round\" at the end: their spread is the noise to \
@@ -107,6 +108,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
         } else {
             String::new()
         },
+        layout_flags(&m.layout),
         m.date,
         results.took.as_secs_f64() / 60.0,
         plan.rounds
@@ -125,6 +127,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
          cargo build --release                                  # target/release/strait\n\
          cargo run --release -p strait-bench -- compare         # ~10 minutes (--idle-hold 5: ~7); --quick ~25 s\n\
          cargo run --release -p strait-bench -- compare --quick --idle-conns 9900  # the registry at full size, ~1 minute\n\
+         cargo run --release -p strait-bench -- compare --gateway-cpus 0-3 --backend-cpus 4-5 --load-cpus 6-7  # CPUs per role (8-CPU default)\n\
          scripts/callgrind.sh                                   # instructions per unit of work vs nginx, ~2 minutes\n\
          scripts/syscalls.sh                                    # system calls per unit of work vs nginx, ~40 s\n\
          ```\n\n\
@@ -212,7 +215,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
 
     registry(w, plan, results);
     micro(w);
-    falls_short(w, results);
+    falls_short(w, m, results);
     bounds(w, m, results);
     settings(w, m);
     scaling(w, m, results, plan);
@@ -220,30 +223,59 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
     out
 }
 
-fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
-    let pin = match m.pinned_cpu {
-        Some(cpu) => format!(
-            "The load generators (wrk and `strait-bench`'s WebSocket modes) are pinned with `taskset -c {cpu}` \
-             so the scheduler does not bounce them between cores; the servers are not pinned and share all {} CPUs \
-             with them. Load generator, gateway and echo backend all run on this one machine, so absolute figures \
-             are lower than on separate hosts; the ratios are the point.",
-            m.cpus
-        ),
-        None => "The load generators are not pinned (taskset missing, one CPU, or --no-pin); load generator, \
-                 gateway and echo backend share the machine, so the ratios are the point."
-            .into(),
+/// The options that give `layout`, empty for this machine's default.
+fn layout_flags(layout: &Layout) -> String {
+    if *layout == Layout::default_for(layout.cpus) {
+        return String::new();
+    }
+    if !layout.is_pinned() {
+        return " --no-pin".into();
+    }
+    let flag = |name: &str, set: Option<&CpuSet>| {
+        set.map_or(String::new(), |set| format!(" --{name}-cpus {set}"))
     };
+    flag("gateway", layout.gateway.as_ref())
+        + &flag("backend", layout.backend.as_ref())
+        + &flag("load", layout.load.as_ref())
+}
+
+fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
+    let layout = &m.layout;
+    let pin = if layout.groups().len() > 1 {
+        format!(
+            "Pinned with `taskset` to sets of CPUs that are the same or disjoint: {}. Both gateways get the same \
+             CPUs (nginx a worker per CPU, Strait a worker thread per CPU), and wrk and h2load a \
+             thread per load-generator CPU. A gateway's rate is then bounded by its own CPUs, unless \
+             the echo's or the load generators' run out first (see \"What bounds the ratios on this \
+             host\"). All run on this one machine and talk over loopback.",
+            layout.describe()
+        )
+    } else if layout.is_pinned() {
+        format!(
+            "Set with `taskset`: {}. The sets overlap, so the roles share those CPUs; the load \
+             generators are pinned so the scheduler does not bounce them between cores. Load \
+             generator, gateway and echo backend all run on this one machine, so absolute figures \
+             are lower than on separate hosts; the ratios are the point.",
+            layout.describe()
+        )
+    } else {
+        "Nothing is pinned (taskset missing, one CPU, or --no-pin); load generator, gateway and \
+         echo backend share the machine, so the ratios are the point."
+            .into()
+    };
+    let workers = layout.cpus_of(Role::Gateway);
+    let plural = if workers == 1 { "" } else { "s" };
     let _ = writeln!(w, "## Method\n");
     let _ = writeln!(
         w,
         "- **Topology**: load generator → (nothing | nginx | Strait) → `strait echo`, all over loopback. \
          Strait runs `strait run` with one environment (`websocket: true`, `access_log: {{format: off}}` as \
          nginx's is off) and one proxy `/*` to the echo, and its admin API on another loopback port; \
-         nginx runs [`bench/nginx.conf.template`](bench/nginx.conf.template) ({} workers, `worker_rlimit_nofile` \
+         nginx runs [`bench/nginx.conf.template`](bench/nginx.conf.template) ({workers} worker{plural}, `worker_rlimit_nofile` \
          and `worker_connections` at the hard limit, upstream `keepalive 256`, HTTP/1.1 upstream, the \
          `$connection_upgrade` map, 1 h read timeout, `access_log off`, buffering left on). Strait serves \
-         connections on {} worker threads (its default: one per CPU), each with its own runtime and listening socket.",
-        m.cpus, m.cpus
+         connections on {workers} worker thread{plural} (its default: one per CPU it may run on), each with its own \
+         runtime and listening socket."
     );
     let _ = writeln!(
         w,
@@ -255,8 +287,9 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
     let _ = writeln!(w, "- **Pinning**: {pin}");
     let _ = writeln!(
         w,
-        "- **HTTP**: `wrk -t1 -c{} -d{secs}s --latency` with [`bench/wrk-report.lua`](bench/wrk-report.lua) \
+        "- **HTTP**: `wrk -t{} -c{} -d{secs}s --latency` with [`bench/wrk-report.lua`](bench/wrk-report.lua) \
          (which adds p99.9) on `GET /bench/http`; the echo answers a ~0.5 KB JSON body.{}",
+        layout.load_threads(plan.http_conns),
         plan.http_conns,
         if plan.warmup.is_zero() {
             ""
@@ -266,12 +299,13 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
     );
     let _ = writeln!(
         w,
-        "- **HTTP/2**: `h2load -t1 -c{} -m{} -D{secs}` (HTTP/2 without TLS, prior knowledge: {} streams in \
+        "- **HTTP/2**: `h2load -t{} -c{} -m{} -D{secs}` (HTTP/2 without TLS, prior knowledge: {} streams in \
          flight, as many as wrk's connections) on the same `GET /bench/http`{}; percentiles from its per-request \
          log. nginx 1.22 serves that on a second port (`listen … http2`); the echo and Strait tell it from \
          HTTP/1.1 on one. Both gateways forward each stream to the echo over keep-alive HTTP/1.1 \
          connections: nginx's upstream pool; Strait's pool for a client connection's first 8 requests, then \
          its own, up to 16 per client connection, and its pool beyond those.",
+        layout.load_threads(plan.h2_conns),
         plan.h2_conns,
         plan.h2_streams,
         plan.h2_conns * plan.h2_streams,
@@ -336,10 +370,8 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
          answering the load (the echo itself for \"direct\", nginx's master and workers, Strait; \
          utime and stime from /proc, every thread) over the recorded part of the run, divided by the \
          units that part completed. The kernel's share is the TCP work both gateways do for the same \
-         system calls; user space is what each gateway's own code costs. Everything runs on the same \
-         {} CPUs, so a server's CPU per unit, with the load generator's and the echo's, is what \
-         bounds its rate.",
-        m.cpus
+         system calls; user space is what each gateway's own code costs. With the load generator's \
+         and the echo's, it is what bounds a side's rate on CPUs they share.",
     );
     let _ = writeln!(
         w,
@@ -349,7 +381,7 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
     );
 }
 
-fn falls_short(w: &mut String, results: &Results) {
+fn falls_short(w: &mut String, m: &Machine, results: &Results) {
     let _ = writeln!(w, "## Where Strait falls short\n");
     let _ = writeln!(
         w,
@@ -400,13 +432,23 @@ fn falls_short(w: &mut String, results: &Results) {
         .iter()
         .filter(|r| r.metric == crate::compare::LOAD_CPU)
     {
-        if let Some(cpu) = row.median(Side::Direct).filter(|c| *c >= 90.0) {
+        let cores = m.layout.cpus_of(Role::Load);
+        if let Some(cpu) = row
+            .median(Side::Direct)
+            .filter(|c| *c >= 90.0 * cores as f64)
+        {
             let _ = writeln!(
                 w,
-                "\nCaveat: in \"{}\" the load generator's own core was {cpu:.0} % busy even without a \
+                "\nCaveat: in \"{}\" the load generator's {} {:.0} % busy even without a \
                  proxy, so that run measures the generator as much as the servers and its ratios are \
                  pulled towards 1.",
-                row.section
+                row.section,
+                if cores == 1 {
+                    "own core was"
+                } else {
+                    "cores were"
+                },
+                cpu / cores as f64
             );
         }
     }
@@ -484,14 +526,34 @@ impl Shares {
         self.load + self.echo
     }
 
+    /// A side's rate (units per µs) if only CPU time counted, with `gateway` µs per unit in
+    /// the gateway: the least, over the groups of roles sharing CPUs, of a group's CPUs over
+    /// its members' CPU time per unit.
+    fn rate(&self, groups: &[(usize, Vec<Role>)], gateway: f64) -> f64 {
+        groups
+            .iter()
+            .map(|(cpus, roles)| {
+                let cost: f64 = roles
+                    .iter()
+                    .map(|role| match role {
+                        Role::Gateway => gateway,
+                        Role::Backend => self.echo,
+                        Role::Load => self.load,
+                    })
+                    .sum();
+                *cpus as f64 / cost
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
     /// Strait's rate over the reference's if only CPU time counted.
-    fn modelled(&self) -> f64 {
-        (self.shared() + self.reference) / (self.shared() + self.user + self.kernel)
+    fn modelled(&self, groups: &[(usize, Vec<Role>)]) -> f64 {
+        self.rate(groups, self.user + self.kernel) / self.rate(groups, self.reference)
     }
 
     /// The same with Strait's user-space time at zero.
-    fn ceiling(&self) -> f64 {
-        (self.shared() + self.reference) / (self.shared() + self.kernel)
+    fn ceiling(&self, groups: &[(usize, Vec<Role>)]) -> f64 {
+        self.rate(groups, self.kernel) / self.rate(groups, self.reference)
     }
 }
 
@@ -519,21 +581,34 @@ fn bounds(w: &mut String, m: &Machine, results: &Results) {
     if rows.is_empty() {
         return;
     }
+    let groups = m.layout.groups();
+    let how = match groups.as_slice() {
+        [(cpus, _)] => format!(
+            "The load generator (L), the echo (E) and the gateway (G) share the same {cpus} CPUs, \
+             so while they keep them busy a side's rate is about CPUs / (L + E + G) per unit of \
+             work, and Strait's over nginx's is (L + E + G_nginx) / (L + E + G_Strait) — against \
+             the direct run, whose figure has no G, (L + E) / (L + E + G_Strait)."
+        ),
+        _ => format!(
+            "The load generator (L), the echo (E) and the gateway (G) are pinned to sets of CPUs \
+             that are the same or disjoint ({}), so a side's rate is about the least, over each \
+             set, of its CPU count \
+             over the CPU time per unit of work of the roles on it: a gateway limited by its own \
+             CPUs gives Strait's rate over nginx's as G_nginx / G_Strait.",
+            m.layout.describe()
+        ),
+    };
     let _ = writeln!(w, "## What bounds the ratios on this host\n");
     let _ = writeln!(
         w,
-        "Generated from the medians above. The load generator (L), the echo (E) and the gateway \
-         (G) share the same {} CPUs, so while they keep them busy a side's rate is about \
-         CPUs / (L + E + G) per unit of work, and Strait's over nginx's is (L + E + G_nginx) / \
-         (L + E + G_Strait) — against the direct run, whose figure has no G, (L + E) / (L + E + \
-         G_Strait). L is the load generator's CPU row over the rate; E the direct run's server \
-         rows; G a gateway's user-space plus kernel rows. A gateway's kernel time is the TCP work \
-         of its system calls, the same calls for both (`scripts/syscalls.sh`), so the **ceiling** \
-         — the same ratio with Strait's user-space time at zero — bounds what any gateway could \
-         reach here. Where model and measurement part, the servers also wait on each other, not \
-         only on CPU; for HTTP/2 the direct run's echo serves HTTP/2 itself, so E is approximate. \
-         Sections without a direct run (TLS) have no E and are left out.\n",
-        m.cpus
+        "Generated from the medians above. {how} L is the load generator's CPU row over the rate; \
+         E the direct run's server rows; G a gateway's user-space plus kernel rows. A gateway's \
+         kernel time is the TCP work of its system calls, the same calls for both \
+         (`scripts/syscalls.sh`), so the **ceiling** — the same ratio with Strait's user-space \
+         time at zero — bounds what any gateway could reach here. Where model and measurement \
+         part, the servers also wait on each other, not only on CPU; for HTTP/2 the direct run's \
+         echo serves HTTP/2 itself, so E is approximate. Sections without a direct run (TLS) have \
+         no E and are left out.\n"
     );
     let _ = writeln!(
         w,
@@ -554,9 +629,9 @@ fn bounds(w: &mut String, m: &Machine, results: &Results) {
             },
             num(shares.user),
             num(shares.kernel),
-            shares.modelled(),
+            shares.modelled(&groups),
             shares.measured,
-            shares.ceiling(),
+            shares.ceiling(&groups),
         );
     }
     let _ = writeln!(w);
@@ -886,7 +961,7 @@ mod tests {
             wrk: text.clone(),
             h2load: text.clone(),
             limits: FdLimits::default(),
-            pinned_cpu: None,
+            layout: Layout::default_for(2),
             port_range: text.clone(),
             somaxconn: text.clone(),
             tw_reuse: text.clone(),
@@ -972,6 +1047,59 @@ mod tests {
         );
         assert!(!w.contains("| HTTPS"), "{w}");
         assert!(w.contains("same 2 CPUs"), "{w}");
+
+        // The gateway on CPU 0, the echo and the load generator on CPU 1: HTTP is bound by
+        // CPU 1 (L + E = 25.0 µs against G = 20.1 or 23.0), so both gateways model alike.
+        let mut split = machine();
+        split.layout.gateway = Some(CpuSet::parse("0", 2).unwrap());
+        split.layout.backend = Some(CpuSet::parse("1", 2).unwrap());
+        let mut w = String::new();
+        bounds(&mut w, &split, &results);
+        let http_row = w.lines().find(|l| l.starts_with("| HTTP keep-alive"));
+        let http_row = http_row.unwrap();
+        assert!(
+            http_row.contains("| 9.05 + 13.9 | 1.00× / 0.94× | 1.00× |"),
+            "{http_row}"
+        );
+        // The stream is bound by the gateway's CPU: 1,456 µs of L + E against 1,011 of G.
+        let stream_row = w.lines().find(|l| l.starts_with("| WebSocket stream"));
+        let stream_row = stream_row.unwrap();
+        assert!(
+            stream_row.contains("| 28.7 + 982 | 1.00× / 0.48× | 1.00× |"),
+            "{stream_row}"
+        );
+        assert!(
+            w.contains("the same or disjoint (gateway CPU 0 (1 of 2)"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn the_method_says_where_each_role_ran() {
+        let mut m = machine();
+        let shared = markdown(&m, &Plan::full(), &Results::default(), "plot.svg");
+        assert!(
+            shared.contains("load generators CPU 1 (1 of 2)"),
+            "{shared}"
+        );
+        assert!(shared.contains("the roles share those CPUs"), "{shared}");
+        assert!(shared.contains(
+            "nginx runs [`bench/nginx.conf.template`](bench/nginx.conf.template) (2 workers"
+        ));
+        m.cpus = 8;
+        m.layout = Layout::default_for(8);
+        let own = markdown(&m, &Plan::full(), &Results::default(), "plot.svg");
+        assert!(own.contains("gateway CPU 0-3 (4 of 8)"), "{own}");
+        assert!(
+            own.contains("sets of CPUs that are the same or disjoint"),
+            "{own}"
+        );
+        assert!(own.contains("(4 workers"), "{own}");
+        assert!(own.contains("`wrk -t2 -c64"), "{own}");
+        m.layout = Layout::unpinned(8);
+        let none = markdown(&m, &Plan::full(), &Results::default(), "plot.svg");
+        assert!(none.contains("Nothing is pinned"), "{none}");
+        assert!(none.contains("`wrk -t8 -c64"), "{none}");
     }
 
     #[test]
@@ -992,5 +1120,19 @@ mod tests {
             "{changed}"
         );
         assert!(changed.contains("held 5 s;"), "{changed}");
+
+        let mut split = m;
+        split.layout.gateway = Some(CpuSet::parse("0", 2).unwrap());
+        let pinned = markdown(&split, &plan, &results, "plot.svg");
+        assert!(
+            pinned.contains("--idle-hold 5 --gateway-cpus 0 --load-cpus 1` on"),
+            "{pinned}"
+        );
+        split.layout = Layout::unpinned(2);
+        let unpinned = markdown(&split, &plan, &results, "plot.svg");
+        assert!(
+            unpinned.contains("--idle-hold 5 --no-pin` on"),
+            "{unpinned}"
+        );
     }
 }

@@ -4,11 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::cpus::{Layout, Role};
 use crate::procs::{ChildGuard, free_port, which};
 
 /// The nginx configuration template, filled in by [`render_nginx`].
@@ -47,7 +47,7 @@ pub struct Tools {
     pub nginx: PathBuf,
     pub wrk: PathBuf,
     pub h2load: PathBuf,
-    /// `taskset`, when present, pins the load generators.
+    /// `taskset`, when present, puts each role on its CPUs.
     pub taskset: Option<PathBuf>,
     /// This very binary, started again for the WebSocket load.
     pub me: PathBuf,
@@ -114,9 +114,12 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts all three on fresh loopback ports and waits until each accepts connections.
-    /// `nofile` is the descriptor limit nginx's workers ask for.
-    pub async fn start(tools: &Tools, nofile: u64, nginx_workers: usize) -> Result<Stack> {
+    /// Starts all three on fresh loopback ports, each on its CPUs in `layout`, and waits
+    /// until each accepts connections. `nofile` is the descriptor limit nginx's workers ask
+    /// for; nginx gets a worker per gateway CPU, as Strait takes a worker thread per CPU it
+    /// may run on.
+    pub async fn start(tools: &Tools, nofile: u64, layout: &Layout) -> Result<Stack> {
+        let taskset = tools.taskset.as_deref();
         let dir = tempfile::Builder::new()
             .prefix("strait-bench-")
             .tempdir()
@@ -131,7 +134,7 @@ impl Stack {
         let (nginx_addr, nginx_h2_addr, nginx_tls_addr) = (port()?, port()?, port()?);
         let cert = Certificate::write(path)?;
 
-        let mut echo_cmd = Command::new(&tools.strait);
+        let mut echo_cmd = layout.command(Role::Backend, &tools.strait, taskset);
         echo_cmd.args(["echo", "--listen", &echo_addr.to_string()]);
         let echo_log = path.join("echo.log");
         let mut echo = ChildGuard::spawn("the echo backend (strait echo)", echo_cmd, &echo_log)?;
@@ -146,7 +149,7 @@ impl Stack {
         );
         let yaml_path = path.join("strait.yaml");
         std::fs::write(&yaml_path, &yaml).context("cannot write strait.yaml")?;
-        let mut strait_cmd = Command::new(&tools.strait);
+        let mut strait_cmd = layout.command(Role::Gateway, &tools.strait, taskset);
         strait_cmd.arg("run").arg("--config").arg(&yaml_path);
         // Its stdout and stderr go to a file, never to a pipe that could fill and stall it;
         // the access log that `strait run` would write to stdout is off in the YAML anyway.
@@ -162,10 +165,11 @@ impl Stack {
         }
 
         let listen = [nginx_addr, nginx_h2_addr, nginx_tls_addr];
-        let conf = render_nginx(path, listen, &cert, echo_addr, nofile, nginx_workers);
+        let workers = layout.cpus_of(Role::Gateway);
+        let conf = render_nginx(path, listen, &cert, echo_addr, nofile, workers);
         let conf_path = path.join("nginx.conf");
         std::fs::write(&conf_path, conf).context("cannot write nginx.conf")?;
-        let mut nginx_cmd = Command::new(&tools.nginx);
+        let mut nginx_cmd = layout.command(Role::Gateway, &tools.nginx, taskset);
         nginx_cmd.arg("-p").arg(path).arg("-c").arg(&conf_path);
         // Start-up problems go to stderr (captured here); later ones to error.log.
         let nginx_log = path.join("nginx.out");
