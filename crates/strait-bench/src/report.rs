@@ -252,8 +252,9 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
         )
     } else if layout.is_pinned() {
         format!(
-            "Set with `taskset`: {}. The sets overlap, so the roles share those CPUs; the load \
-             generators are pinned so the scheduler does not bounce them between cores. Load \
+            "CPUs by `taskset`: {}. The roles share CPUs (a role that is not pinned, or sets that \
+             overlap); the load generators are pinned so the scheduler does not bounce them between \
+             cores. Load \
              generator, gateway and echo backend all run on this one machine, so absolute figures \
              are lower than on separate hosts; the ratios are the point.",
             layout.describe()
@@ -1082,7 +1083,7 @@ mod tests {
             shared.contains("load generators CPU 1 (1 of 2)"),
             "{shared}"
         );
-        assert!(shared.contains("the roles share those CPUs"), "{shared}");
+        assert!(shared.contains("The roles share CPUs"), "{shared}");
         assert!(shared.contains(
             "nginx runs [`bench/nginx.conf.template`](bench/nginx.conf.template) (2 workers"
         ));
