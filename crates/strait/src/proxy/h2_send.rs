@@ -4,44 +4,77 @@
 //! watches), answers pings, and would hold the stream's backend connection for ever — up to
 //! the connection's concurrent-stream limit of them.
 //!
-//! A backend's body on an HTTP/2 stream is therefore relayed by a task of its own through a
-//! one-frame channel: when a frame has waited `send` for the client to take the one before
-//! it, the task drops the backend's body (its connection is released) and fails the stream,
-//! which hyper resets; a stream that goes away (reset, connection closed) releases it at
-//! once, even while the backend is quiet. Bodies the gateway made itself pass as they are.
-//! Owns only this.
+//! A backend's body on an HTTP/2 stream is therefore watched from the stream's own task:
+//! the gateway's executor runs each stream's task inside [`watched`], which, whenever hyper
+//! has taken a frame and waits for the client's window, reads the backend's next frame ahead
+//! (one at most) and times it. When that frame has waited `send` for the client to take the
+//! one before it, the watch drops the backend's body (its connection is released) and fails
+//! the stream, which hyper resets; a stream that goes away (reset, connection closed) ends its
+//! task and releases it at once, even while the backend is quiet. No task, channel or timer
+//! of its own per stream while the client keeps up. Bodies the gateway made itself pass as
+//! they are. Owns only this.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
-use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::after;
 use super::exchange::{BoxError, Logged};
+
+tokio::task_local! {
+    /// The stream whose task is running, set by [`watched`].
+    static STREAM: Arc<Stream>;
+}
 
 /// The stream's client took nothing for the `send` timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("the client took nothing of this HTTP/2 stream for the send timeout ({0:?})")]
 pub struct StreamStalled(Duration);
 
-/// A frame as the relay passes it on, and whether the backend's body ends with it.
+/// A frame of the backend's, and whether its body ends with it.
 type Passed = (Frame<Bytes>, bool);
 
-/// A response body on an HTTP/2 stream: made by the gateway, or a backend's, relayed.
+/// One HTTP/2 stream's guarded body, shared by its [`H2Body`] and its task's [`Watched`].
+#[derive(Default)]
+pub struct Stream(Mutex<State>);
+
+#[derive(Default)]
+struct State {
+    /// The backend's body, until its end, a failure, a cut or the stream's end.
+    body: Option<Logged>,
+    /// The `send` timeout; `None` until a guarded body is set.
+    limit: Option<Duration>,
+    /// hyper has taken a frame and not asked for the next yet (it waits for the window).
+    handed: bool,
+    /// What the watch read from the backend while hyper was not asking.
+    ahead: Option<Ahead>,
+}
+
+enum Ahead {
+    /// A frame, whether the body ends with it, and since when it waits.
+    Frame(Frame<Bytes>, bool, Instant),
+    End,
+    Failed(BoxError),
+}
+
+impl Stream {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A response body on an HTTP/2 stream: made by the gateway, or a backend's, guarded.
 pub enum H2Body {
     Direct(Logged),
-    Relayed {
-        frames: mpsc::Receiver<Passed>,
-        /// Why the relay gave up, after the frames it sent before.
-        failed: oneshot::Receiver<BoxError>,
+    Guarded {
+        stream: Arc<Stream>,
         /// The last frame came: hyper sends it with END_STREAM instead of an empty DATA
         /// frame after it (and stops polling).
         ended: bool,
@@ -56,96 +89,163 @@ impl hyper::body::Body for H2Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (frames, failed, ended) = match self.get_mut() {
+        let (stream, ended) = match self.get_mut() {
             H2Body::Direct(body) => return Pin::new(body).poll_frame(cx),
-            H2Body::Relayed {
-                frames,
-                failed,
-                ended,
-            } => (frames, failed, ended),
+            H2Body::Guarded { stream, ended } => (stream, ended),
         };
-        if let Poll::Ready(Some((frame, last))) = frames.poll_recv(cx) {
-            *ended = last;
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        match Pin::new(failed).poll(cx) {
-            Poll::Ready(Ok(error)) => Poll::Ready(Some(Err(error))),
-            // The relay ended without failing: the frames have all been taken.
-            Poll::Ready(Err(_)) => Poll::Ready(None),
+        let mut state = stream.state();
+        state.handed = false;
+        let polled = match state.ahead.take() {
+            Some(Ahead::Frame(frame, last, _)) => Poll::Ready(Some(Ok((frame, last)))),
+            Some(Ahead::End) => Poll::Ready(None),
+            Some(Ahead::Failed(error)) => Poll::Ready(Some(Err(error))),
+            None => match state.body.as_mut() {
+                None => Poll::Ready(None),
+                Some(body) => read(body, cx),
+            },
+        };
+        match polled {
             Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok((frame, last)))) => {
+                if last {
+                    state.body = None;
+                }
+                state.handed = !last;
+                *ended = last;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                state.body = None;
+                Poll::Ready(Some(Err(error)))
+            }
+            Poll::Ready(None) => {
+                state.body = None;
+                Poll::Ready(None)
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             H2Body::Direct(body) => body.is_end_stream(),
-            H2Body::Relayed { ended, .. } => *ended,
+            H2Body::Guarded { ended, .. } => *ended,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             H2Body::Direct(body) => body.size_hint(),
-            H2Body::Relayed { .. } => SizeHint::default(),
+            H2Body::Guarded { .. } => SizeHint::default(),
         }
     }
 }
 
-/// `response` with a backend's body relayed under the `send` timeout `limit`.
+/// The backend's next frame, and whether its body ends with it (its length says so).
+fn read(body: &mut Logged, cx: &mut Context<'_>) -> Poll<Option<Result<Passed, BoxError>>> {
+    Pin::new(&mut *body)
+        .poll_frame(cx)
+        .map_ok(|frame| (frame, body.is_end_stream()))
+}
+
+/// `response` with a backend's body guarded by the `send` timeout `limit`, on the stream
+/// whose task runs this (see [`watched`]; elsewhere it passes unguarded).
 pub fn guard(response: Response<Logged>, limit: Duration) -> Response<H2Body> {
     response.map(|body| {
-        if !body.is_backends() {
+        let Some(stream) = body
+            .is_backends()
+            .then(|| STREAM.try_with(Arc::clone).ok())
+            .flatten()
+        else {
             return H2Body::Direct(body);
+        };
+        {
+            let mut state = stream.state();
+            state.body = Some(body);
+            state.limit = Some(limit);
         }
-        let (tx, frames) = mpsc::channel(1);
-        let (fail, failed) = oneshot::channel();
-        // Boxed: spawning moves the future by value several times.
-        tokio::spawn(Box::pin(relay(body, tx, fail, limit)));
-        H2Body::Relayed {
-            frames,
-            failed,
+        H2Body::Guarded {
+            stream,
             ended: false,
         }
     })
 }
 
-async fn relay(
-    mut body: Logged,
-    tx: mpsc::Sender<Passed>,
-    fail: oneshot::Sender<BoxError>,
-    limit: Duration,
-) {
-    loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            () = tx.closed() => return,
+/// A stream's task (hyper's future for it), with its body's watch.
+pub fn watched<F: Future + Send + 'static>(
+    future: F,
+) -> impl Future<Output = F::Output> + Send + 'static
+where
+    F::Output: Send,
+{
+    let stream = Arc::new(Stream::default());
+    let task = Watched {
+        inner: Box::pin(future),
+        stream: stream.clone(),
+        sleep: None,
+    };
+    STREAM.scope(stream, task)
+}
+
+struct Watched<F> {
+    inner: Pin<Box<F>>,
+    stream: Arc<Stream>,
+    /// Armed while a frame read ahead waits for the client.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<F: Future> Future for Watched<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(output) = this.inner.as_mut().poll(cx) {
+            return Poll::Ready(output);
+        }
+        this.watch(cx);
+        Poll::Pending
+    }
+}
+
+impl<F> Watched<F> {
+    /// While hyper waits for the client's window: read one frame ahead, and cut the stream
+    /// once that frame has waited `send`.
+    fn watch(&mut self, cx: &mut Context<'_>) {
+        let mut state = self.stream.state();
+        let Some(limit) = state.limit else {
+            return;
         };
-        let frame = match frame {
-            None => return,
-            Some(Ok(frame)) => frame,
-            Some(Err(error)) => {
-                let _ = fail.send(error);
-                return;
+        if state.handed
+            && state.ahead.is_none()
+            && let Some(body) = state.body.as_mut()
+            && let Poll::Ready(next) = read(body, cx)
+        {
+            let ahead = match next {
+                Some(Ok((frame, last))) => Ahead::Frame(frame, last, Instant::now()),
+                Some(Err(error)) => Ahead::Failed(error),
+                None => Ahead::End,
+            };
+            // Nothing more to read: the backend is let go whether or not the client reads.
+            if !matches!(ahead, Ahead::Frame(_, false, _)) {
+                state.body = None;
             }
+            state.ahead = Some(ahead);
+        }
+        let Some(Ahead::Frame(_, false, since)) = state.ahead else {
+            self.sleep = None;
+            return;
         };
-        // Whether the backend's body ends with this frame (its length says so).
-        let last = body.is_end_stream();
-        // The timer starts only when the client has not taken the previous frame yet.
-        let frame = match tx.try_send((frame, last)) {
-            Ok(()) if last => return,
-            Ok(()) => continue,
-            Err(TrySendError::Closed(_)) => return,
-            Err(TrySendError::Full(frame)) => frame,
-        };
-        match tokio::time::timeout_at(after(Instant::now(), limit), tx.send(frame)).await {
-            Ok(Ok(())) if last => return,
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
-                tracing::debug!(?limit, "HTTP/2 stream: the client took nothing, stream cut");
-                let _ = fail.send(Box::new(StreamStalled(limit)));
-                return;
-            }
+        let due = after(since, limit);
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if sleep.deadline() != due {
+            sleep.as_mut().reset(due);
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            tracing::debug!(?limit, "HTTP/2 stream: the client took nothing, stream cut");
+            state.body = None;
+            state.ahead = Some(Ahead::Failed(Box::new(StreamStalled(limit))));
+            self.sleep = None;
         }
     }
 }

@@ -65,8 +65,9 @@ struct Protocols {
     http2: http2::Builder<BoxedSpawn>,
 }
 
-/// Spawns hyper's HTTP/2 stream tasks boxed: tokio moves a spawned future by value several
-/// times, and a stream's future holds every request phase.
+/// Spawns hyper's HTTP/2 stream tasks boxed (tokio moves a spawned future by value several
+/// times, and a stream's future holds every request phase), each with the watch that keeps
+/// its body's `send` timeout (see [`h2_send`]).
 #[derive(Clone, Copy)]
 struct BoxedSpawn;
 
@@ -76,7 +77,7 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, future: F) {
-        tokio::spawn(Box::pin(future));
+        tokio::spawn(h2_send::watched(future));
     }
 }
 
