@@ -199,7 +199,7 @@ impl Layout {
         }
     }
 
-    /// One sentence per role, for the report and the start-up line.
+    /// Where each role runs, in one clause each, for the report and the start-up line.
     pub fn describe(&self) -> String {
         let place = |role: Role| match self.get(role) {
             Some(set) => format!("CPU {set} ({} of {})", set.len(), self.cpus),

@@ -10,7 +10,6 @@ use crate::stack::Tools;
 
 /// The machine and software a comparison ran on.
 pub struct Machine {
-    pub cpus: usize,
     pub cpu_model: String,
     pub mem_gib: f64,
     pub kernel: String,
@@ -22,7 +21,8 @@ pub struct Machine {
     pub wrk: String,
     pub h2load: String,
     pub limits: FdLimits,
-    /// Which CPUs the gateway, the echo and the load generators ran on.
+    /// The machine's CPU count, and which of them the gateway, the echo and the load
+    /// generators ran on.
     pub layout: Layout,
     pub port_range: String,
     pub somaxconn: String,
@@ -50,7 +50,6 @@ impl Machine {
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0.0);
         Machine {
-            cpus: layout.cpus,
             cpu_model,
             mem_gib: mem_kib / (1024.0 * 1024.0),
             kernel: proc_line("/proc/sys/kernel/osrelease"),
@@ -76,7 +75,7 @@ impl Machine {
     pub fn summary(&self) -> String {
         format!(
             "machine: {} CPU(s) ({}), {:.1} GiB; kernel {}; {}; {}; {}; {}; fd limit {} (soft was {}); {}",
-            self.cpus,
+            self.layout.cpus,
             self.cpu_model,
             self.mem_gib,
             self.kernel,

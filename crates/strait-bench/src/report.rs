@@ -140,7 +140,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
     let _ = writeln!(
         w,
         "| CPU | {} × {} (`nproc` = {}) |",
-        m.cpus, m.cpu_model, m.cpus
+        m.layout.cpus, m.cpu_model, m.layout.cpus
     );
     let _ = writeln!(w, "| Memory | {:.1} GiB |", m.mem_gib);
     let _ = writeln!(w, "| Kernel | {} |", m.kernel);
@@ -951,7 +951,6 @@ mod tests {
     fn machine() -> Machine {
         let text = String::from("x");
         Machine {
-            cpus: 2,
             cpu_model: text.clone(),
             mem_gib: 1.0,
             kernel: text.clone(),
@@ -1087,7 +1086,6 @@ mod tests {
         assert!(shared.contains(
             "nginx runs [`bench/nginx.conf.template`](bench/nginx.conf.template) (2 workers"
         ));
-        m.cpus = 8;
         m.layout = Layout::default_for(8);
         let own = markdown(&m, &Plan::full(), &Results::default(), "plot.svg");
         assert!(own.contains("gateway CPU 0-3 (4 of 8)"), "{own}");

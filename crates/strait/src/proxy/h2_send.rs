@@ -148,14 +148,19 @@ fn read(body: &mut Logged, cx: &mut Context<'_>) -> Poll<Option<Result<Passed, B
 }
 
 /// `response` with a backend's body guarded by the `send` timeout `limit`, on the stream
-/// whose task runs this (see [`watched`]; elsewhere it passes unguarded).
+/// whose task runs this: every HTTP/2 stream task is spawned through [`watched`] (a test
+/// build fails loudly if one is not; a release build passes the body unguarded).
 pub fn guard(response: Response<Logged>, limit: Duration) -> Response<H2Body> {
     response.map(|body| {
-        let Some(stream) = body
-            .is_backends()
-            .then(|| STREAM.try_with(Arc::clone).ok())
-            .flatten()
-        else {
+        if !body.is_backends() {
+            return H2Body::Direct(body);
+        }
+        let stream = STREAM.try_with(Arc::clone);
+        debug_assert!(
+            stream.is_ok(),
+            "an HTTP/2 stream task not spawned by `watched`"
+        );
+        let Ok(stream) = stream else {
             return H2Body::Direct(body);
         };
         {
