@@ -375,8 +375,8 @@ enum Late {
 /// [`Late::Backend`] when the backend stopped taking it.
 ///
 /// `sent` comes pinned by the caller: taken by value and pinned here, it would sit twice in
-/// this future (the argument's slot stays reserved), which every request's future carries
-/// and moves — 1.1 KiB of its 5.6.
+/// this future (the argument's slot stays reserved), 1.1 KiB more in every request's future,
+/// which hyper moves several times per request.
 async fn answered_within<F: Future>(
     mut sent: Pin<&mut F>,
     limit: Duration,
