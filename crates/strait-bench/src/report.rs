@@ -253,10 +253,9 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
     } else if layout.is_pinned() {
         format!(
             "CPUs by `taskset`: {}. The roles share CPUs (a role that is not pinned, or sets that \
-             overlap); the load generators are pinned so the scheduler does not bounce them between \
-             cores. Load \
-             generator, gateway and echo backend all run on this one machine, so absolute figures \
-             are lower than on separate hosts; the ratios are the point.",
+             overlap); the load generators are pinned so the scheduler does not bounce them \
+             between cores. Load generator, gateway and echo backend all run on this one machine, \
+             so absolute figures are lower than on separate hosts; the ratios are the point.",
             layout.describe()
         )
     } else {

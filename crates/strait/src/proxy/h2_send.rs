@@ -9,14 +9,16 @@
 //! has taken a frame and waits for the client's window, reads the backend's next frame ahead
 //! (one at most) and times it. When that frame has waited `send` for the client to take the
 //! one before it, the watch drops the backend's body (its connection is released) and fails
-//! the stream, which hyper resets; a stream that goes away (reset, connection closed) ends its
+//! the stream, which hyper resets when it next asks for a frame (once the client's window
+//! opens; a client that never reads again is the connection's ping's to find); a stream that
+//! goes away (reset, connection closed) ends its
 //! task and releases it at once, even while the backend is quiet. No task, channel or timer
 //! of its own per stream while the client keeps up. Bodies the gateway made itself pass as
 //! they are. Owns only this.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -43,14 +45,17 @@ type Passed = (Frame<Bytes>, bool);
 
 /// One HTTP/2 stream's guarded body, shared by its [`H2Body`] and its task's [`Watched`].
 #[derive(Default)]
-pub struct Stream(Mutex<State>);
+pub struct Stream {
+    /// The `send` timeout, set with a backend's body: until then (and for a body the gateway
+    /// made) the watch has nothing to do and takes no lock.
+    limit: OnceLock<Duration>,
+    state: Mutex<State>,
+}
 
 #[derive(Default)]
 struct State {
     /// The backend's body, until its end, a failure, a cut or the stream's end.
     body: Option<Logged>,
-    /// The `send` timeout; `None` until a guarded body is set.
-    limit: Option<Duration>,
     /// hyper has taken a frame and not asked for the next yet (it waits for the window).
     handed: bool,
     /// What the watch read from the backend while hyper was not asking.
@@ -66,7 +71,7 @@ enum Ahead {
 
 impl Stream {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -163,11 +168,9 @@ pub fn guard(response: Response<Logged>, limit: Duration) -> Response<H2Body> {
         let Ok(stream) = stream else {
             return H2Body::Direct(body);
         };
-        {
-            let mut state = stream.state();
-            state.body = Some(body);
-            state.limit = Some(limit);
-        }
+        stream.state().body = Some(body);
+        // One response per stream: set once.
+        let _ = stream.limit.set(limit);
         H2Body::Guarded {
             stream,
             ended: false,
@@ -215,10 +218,10 @@ impl<F> Watched<F> {
     /// While hyper waits for the client's window: read one frame ahead, and cut the stream
     /// once that frame has waited `send`.
     fn watch(&mut self, cx: &mut Context<'_>) {
-        let mut state = self.stream.state();
-        let Some(limit) = state.limit else {
+        let Some(&limit) = self.stream.limit.get() else {
             return;
         };
+        let mut state = self.stream.state();
         if state.handed
             && state.ahead.is_none()
             && let Some(body) = state.body.as_mut()
