@@ -115,11 +115,15 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
-            metrics: Arc::new(
-                Metrics::new(registry.clone())
+            metrics: Arc::new({
+                let metrics = Metrics::new(registry.clone())
                     .with_targets(Arc::new(LiveTargets(weak.clone())))
-                    .with_runtimes(workers.iter().flat_map(|w| w.handles()).cloned().collect()),
-            ),
+                    .with_runtimes(workers.iter().flat_map(|w| w.handles()).cloned().collect());
+                match &workers {
+                    Some(workers) => metrics.with_worker_connections(workers.loads()),
+                    None => metrics,
+                }
+            }),
             tracer,
             registry,
             close_timeout: CLOSE_TIMEOUT,

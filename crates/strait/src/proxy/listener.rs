@@ -34,6 +34,7 @@ use super::headers::ip_value;
 use super::pipeline::{ConnInfo, Shared, handle};
 use super::send_timeout::SendTimeout;
 use super::sniff::{self, FirstLook};
+use super::workers::Serving;
 use crate::config::Timeouts;
 use crate::error::{JsonAnswers, MAX_HEAD_BYTES};
 use crate::io::TcpOrTls;
@@ -143,14 +144,16 @@ impl Listener {
         let accepting = TaskTracker::new();
         let workers = shared.workers.as_ref().map_or(&[][..], |w| w.handles());
         for (i, tcp) in self.tcp.into_iter().enumerate() {
+            let index = i % workers.len().max(1);
             let accept = Accept {
                 env: self.env.clone(),
                 protocols: protocols.clone(),
                 connections: connections.clone(),
                 retire: self.retire.clone(),
                 shared: shared.clone(),
+                worker: index,
             };
-            let Some(worker) = workers.get(i % workers.len().max(1)) else {
+            let Some(worker) = workers.get(index) else {
                 accepting.spawn(accept.run(tcp));
                 continue;
             };
@@ -191,6 +194,8 @@ struct Accept {
     connections: TaskTracker,
     retire: CancellationToken,
     shared: Arc<Shared>,
+    /// The worker this loop runs on (when there are workers).
+    worker: usize,
 }
 
 impl Accept {
@@ -227,25 +232,59 @@ impl Accept {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            // Boxed: spawning moves the future by value several times; a pointer is cheaper
-            // to move than the whole connection state.
-            self.connections.spawn(Box::pin(serve_connection(
+            let Some(workers) = &shared.workers else {
+                self.serve(tcp, client, None);
+                continue;
+            };
+            let to = workers.balance(self.worker);
+            let serving = Some(workers.serving(to));
+            let Some(handle) = workers.handles().get(to).filter(|_| to != self.worker) else {
+                self.serve(tcp, client, serving);
+                continue;
+            };
+            // Handed to a less busy worker: the socket leaves this reactor for that one's.
+            let (protocols, env, shared) = (
                 self.protocols.clone(),
-                tcp,
-                client,
                 self.env.clone(),
-                shared.clone(),
-            )));
+                self.shared.clone(),
+            );
+            let moved = async move {
+                let moving = tcp.into_std().and_then(TcpStream::from_std);
+                match moving {
+                    Ok(tcp) => serve_connection(protocols, tcp, client, env, shared, serving).await,
+                    Err(error) => {
+                        tracing::error!(%client, %error, "cannot move a connection to another worker")
+                    }
+                }
+            };
+            self.connections.spawn_on(Box::pin(moved), handle);
         }
+    }
+
+    /// Serves `tcp` on this runtime.
+    fn serve(&self, tcp: TcpStream, client: SocketAddr, serving: Option<Serving>) {
+        // Boxed: spawning moves the future by value several times; a pointer is cheaper
+        // to move than the whole connection state.
+        self.connections.spawn(Box::pin(serve_connection(
+            self.protocols.clone(),
+            tcp,
+            client,
+            self.env.clone(),
+            self.shared.clone(),
+            serving,
+        )));
     }
 }
 
+/// Serves one client connection; `serving` counts it (and its WebSocket session) on its
+/// worker.
 async fn serve_connection(
     protocols: Protocols,
     tcp: TcpStream,
     client: SocketAddr,
     env: Arc<str>,
     shared: Arc<Shared>,
+    serving: Option<Serving>,
 ) {
     let (tls, timeouts): (Option<TlsAcceptor>, _) = match shared.snapshot.load().env(&env) {
         Some(e) => (e.tls.clone(), e.timeouts),
@@ -261,6 +300,7 @@ async fn serve_connection(
         tls: tls.is_some(),
         env,
         backend: Default::default(),
+        serving: serving.map(Arc::new),
     });
     // HTTP/2 by ALPN on TLS, by its preface (prior knowledge) on plain TCP. A plain-TCP
     // connection opening with a WebSocket upgrade is served without hyper, unless refused.

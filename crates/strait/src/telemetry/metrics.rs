@@ -8,6 +8,7 @@
 //! read from the session registry at scrape time ([`SessionSource`]), so the relay pays
 //! nothing per frame for them.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -238,6 +239,14 @@ impl Metrics {
     /// of the runtime that scrapes.
     pub fn with_runtimes(self, runtimes: Vec<tokio::runtime::Handle>) -> Metrics {
         let _ = self.runtimes.set(runtimes);
+        self
+    }
+
+    /// Adds the client connections each worker serves (WebSocket sessions included), read
+    /// from `loads` (one per worker, by index) when scraped.
+    pub fn with_worker_connections(mut self, loads: Arc<[AtomicUsize]>) -> Metrics {
+        self.registry
+            .register_collector(Box::new(WorkerCollector(loads)));
         self
     }
 
@@ -582,6 +591,26 @@ impl Collector for TargetCollector {
             for t in &targets {
                 ConstCounter::new(value(t)).encode(family.encode_family(&labels(t))?)?;
             }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct WorkerCollector(Arc<[AtomicUsize]>);
+
+impl Collector for WorkerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "strait_worker_connections",
+            "Client connections (WebSocket sessions included) each worker thread serves",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (worker, load) in self.0.iter().enumerate() {
+            let value = i64::try_from(load.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+            let labels = [("worker", worker.to_string())];
+            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -257,6 +257,8 @@ async fn handshake(
     };
     let proxy = route.proxy.clone();
     let client = conn.client;
+    // The session counts on its worker as the connection did.
+    let serving = conn.serving.clone();
     // Listed from the moment the client is told 101; the record goes if the upgrade fails.
     let (registration, close_requested) = shared.registry.register(info);
     // What the policies handed the handshake (a `ws_connections` slot) lives as long as the
@@ -275,7 +277,7 @@ async fn handshake(
         .zip(env.undeploy_grace);
     // Boxed, like connection tasks: cheaper to spawn than moving the session state by value.
     shared.sessions.spawn(Box::pin(async move {
-        let held = held;
+        let (held, _serving) = (held, serving);
         // The target counts the session as open until it ends.
         let lease = lease;
         let client_io = match client_upgrade.upgraded().await {
