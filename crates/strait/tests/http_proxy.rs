@@ -2318,3 +2318,37 @@ async fn ten_thousand_proxies_in_one_environment() {
         "starting with {N} proxies took {startup:?}"
     );
 }
+
+/// Each worker listens on its own socket with `SO_REUSEPORT`; a second gateway (a stale one of
+/// the same user, say) must not be able to join that group and take part of the connections.
+#[tokio::test]
+async fn a_second_gateway_cannot_listen_on_a_port_the_first_holds() {
+    let backend = echo().await;
+    let proxy = format!(
+        "  - name: echo\n    path: /*\n    backend: http://{}\n    deploy: [test]\n",
+        backend.local_addr()
+    );
+    let first = gateway(&single_env(false, &proxy)).await;
+    let taken = addr(&first);
+    let yaml = single_env(false, &proxy).replace("127.0.0.1:0", &taken.to_string());
+    let config = strait::config::parse_str(&yaml, std::path::Path::new("test.yaml"))
+        .expect("valid configuration");
+    let options = strait::GatewayOptions {
+        workers: 2,
+        ..strait::GatewayOptions::default()
+    };
+    let refused = match strait::Gateway::start_with(&config, options).await {
+        Ok(second) => panic!(
+            "a second gateway listens on {:?}",
+            second.local_addr("test")
+        ),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        refused.contains(&format!("cannot listen on {taken}")),
+        "{refused}"
+    );
+    // The first serves on.
+    let (response, _) = get(&client(), &format!("http://{taken}/x")).await;
+    assert_eq!(response.status(), 200);
+}

@@ -98,7 +98,7 @@ impl Protocols {
 /// Binds `addr` for `count` accept loops; returns the sockets and the address they got.
 /// Several (on Linux) are as many sockets sharing the port with `SO_REUSEPORT`: the kernel
 /// gives each new connection to one of them, so each worker accepts its own without waking
-/// the others. Otherwise one socket.
+/// the others. Otherwise one socket. Either way a port in use is an error.
 pub async fn bind(
     addr: SocketAddr,
     count: usize,
@@ -115,11 +115,13 @@ pub async fn bind(
             socket.bind(addr)?;
             socket.listen(BACKLOG)
         };
-        let first = shared_port(addr)?;
-        // The others join the port the first got (`addr` may say port 0).
-        let local = first.local_addr()?;
-        let mut all = vec![first];
-        for _ in 1..count {
+        // A port something already listens on is refused, as a plain bind would refuse it:
+        // sockets with `SO_REUSEPORT` would join the group of one that set it too (a stale
+        // gateway of the same user, say) and take half its connections, or it half theirs.
+        // The probe also picks the port when `addr` says 0.
+        let local = std::net::TcpListener::bind(addr)?.local_addr()?;
+        let mut all = Vec::with_capacity(count);
+        for _ in 0..count {
             all.push(shared_port(local)?);
         }
         return Ok((all, local));
