@@ -142,18 +142,18 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// Writes the low `out.len()` hex digits of `value`, lowercase, most significant first.
+/// Writes the low `out.len()` (at most 32) hex digits of `value`, lowercase, most significant
+/// first. By 64-bit halves and a digit table: shifting a `u128` and choosing between two
+/// ranges per digit cost ~600 instructions per proxied request (82 digits of ids).
 fn put_hex(out: &mut [u8], value: u128) {
-    let mut rest = value;
-    for slot in out.iter_mut().rev() {
-        // The low four bits: always below 16.
-        let digit = (rest & 0xf) as u8;
-        *slot = if digit < 10 {
-            b'0' + digit
-        } else {
-            b'a' + digit - 10
-        };
-        rest >>= 4;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let halves = [value as u64, (value >> 64) as u64];
+    for (chunk, mut rest) in out.rchunks_mut(16).zip(halves) {
+        for slot in chunk.iter_mut().rev() {
+            // The low four bits: always a valid index.
+            *slot = DIGITS[(rest & 0xf) as usize];
+            rest >>= 4;
+        }
     }
 }
 
