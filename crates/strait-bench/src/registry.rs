@@ -101,6 +101,10 @@ pub struct Probe {
     /// The same while the idle run's sessions were held.
     #[serde(default)]
     pub new_held: Option<Timings>,
+    /// Connections each worker thread served, by worker (`strait_worker_connections` in the
+    /// last `/metrics` answer; empty if it has none).
+    #[serde(default)]
+    pub workers: Vec<u64>,
 }
 
 /// Most mismatch descriptions kept per probe.
@@ -158,6 +162,9 @@ pub async fn probe(admin: SocketAddr, held: usize, requests: usize) -> Result<Pr
                 probe.checked += 1;
                 if let Err(problem) = check(endpoint, &body, held) {
                     probe.mismatch(format!("GET {path}: {problem}"));
+                }
+                if endpoint == Endpoint::Metrics {
+                    probe.workers = worker_connections(&String::from_utf8_lossy(&body));
                 }
             }
             probe.timings.push(timings);
@@ -296,6 +303,20 @@ pub fn active_sessions(metrics: &str) -> Option<u64> {
     sum
 }
 
+/// `strait_worker_connections` by worker, in the workers' order.
+pub fn worker_connections(metrics: &str) -> Vec<u64> {
+    let mut counts: Vec<(u64, u64)> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("strait_worker_connections{worker=\""))
+        .filter_map(|rest| {
+            let (worker, value) = rest.split_once("\"} ")?;
+            Some((worker.parse().ok()?, value.trim().parse().ok()?))
+        })
+        .collect();
+    counts.sort_unstable();
+    counts.into_iter().map(|(_, n)| n).collect()
+}
+
 /// Median, p99 (nearest rank) and maximum of `values`, or `None` when there are none.
 pub fn summary(values: &[f64]) -> Option<(f64, f64, f64)> {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
@@ -311,6 +332,17 @@ pub fn summary(values: &[f64]) -> Option<(f64, f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_connections_come_in_the_workers_order() {
+        let text = "# TYPE strait_worker_connections gauge\n\
+                    strait_worker_connections{worker=\"10\"} 7\n\
+                    strait_worker_connections{worker=\"2\"} 5\n\
+                    strait_worker_connections{worker=\"0\"} 4951\n\
+                    strait_worker_connections_other{worker=\"1\"} 9\n# EOF\n";
+        assert_eq!(worker_connections(text), [4951, 5, 7]);
+        assert!(worker_connections("# EOF\n").is_empty());
+    }
 
     #[test]
     fn active_sessions_add_up_over_series() {

@@ -866,6 +866,22 @@ fn registry(w: &mut String, plan: &Plan, results: &Results) {
     }
     let checked: usize = probes.iter().map(|p| p.checked).sum();
     let mismatched: usize = probes.iter().map(|p| p.mismatched).sum();
+    let shares: Vec<String> = probes
+        .iter()
+        .filter(|p| !p.workers.is_empty())
+        .map(|p| {
+            let counts: Vec<String> = p.workers.iter().map(|&n| num(n as f64)).collect();
+            counts.join(" / ")
+        })
+        .collect();
+    if !shares.is_empty() {
+        let _ = writeln!(
+            w,
+            "\nThe worker threads' shares of the connections held (`strait_worker_connections`, \
+             by worker), round by round: {}.",
+            shares.join("; ")
+        );
+    }
     if mismatched == 0 {
         let _ = writeln!(
             w,
