@@ -11,10 +11,9 @@
 //! one before it, the watch drops the backend's body (its connection is released) and fails
 //! the stream, which hyper resets when it next asks for a frame (once the client's window
 //! opens; a client that never reads again is the connection's ping's to find); a stream that
-//! goes away (reset, connection closed) ends its
-//! task and releases it at once, even while the backend is quiet. No task, channel or timer
-//! of its own per stream while the client keeps up. Bodies the gateway made itself pass as
-//! they are. Owns only this.
+//! goes away (reset, connection closed) ends its task and releases it at once, even while
+//! the backend is quiet. No task, channel or timer of its own per stream while the client
+//! keeps up. Bodies the gateway made itself pass as they are. Owns only this.
 
 use std::future::Future;
 use std::pin::Pin;

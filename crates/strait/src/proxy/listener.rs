@@ -234,60 +234,55 @@ impl Accept {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let Some(workers) = &shared.workers else {
-                self.serve(tcp, client, None);
-                continue;
-            };
-            let to = workers.balance(self.worker);
-            let serving = Some(workers.serving(to));
-            let Some(handle) = workers.handles().get(to).filter(|_| to != self.worker) else {
-                self.serve(tcp, client, serving);
-                continue;
-            };
-            // Handed to a less busy worker: the socket leaves this reactor for that one's.
-            let (protocols, env, shared) = (
-                self.protocols.clone(),
-                self.env.clone(),
-                self.shared.clone(),
-            );
-            let moved = async move {
-                let moving = tcp.into_std().and_then(TcpStream::from_std);
-                match moving {
-                    Ok(tcp) => serve_connection(protocols, tcp, client, env, shared, serving).await,
-                    Err(error) => {
-                        tracing::error!(%client, %error, "cannot move a connection to another worker")
-                    }
+            // Counted on the worker that serves it: this one, or a less busy one.
+            let (serving, elsewhere) = match &shared.workers {
+                Some(workers) => {
+                    let (serving, elsewhere) = workers.assign(self.worker);
+                    (Some(serving), elsewhere)
                 }
+                None => (None, None),
             };
-            self.connections.spawn_on(Box::pin(moved), handle);
+            let serve = serve_connection(
+                self.protocols.clone(),
+                tcp,
+                elsewhere.is_some(),
+                client,
+                self.env.clone(),
+                shared.clone(),
+                serving,
+            );
+            // Boxed: spawning moves the future by value several times; a pointer is cheaper
+            // to move than the whole connection state.
+            _ = match elsewhere {
+                Some(worker) => self.connections.spawn_on(Box::pin(serve), worker),
+                None => self.connections.spawn(Box::pin(serve)),
+            };
         }
-    }
-
-    /// Serves `tcp` on this runtime.
-    fn serve(&self, tcp: TcpStream, client: SocketAddr, serving: Option<Serving>) {
-        // Boxed: spawning moves the future by value several times; a pointer is cheaper
-        // to move than the whole connection state.
-        self.connections.spawn(Box::pin(serve_connection(
-            self.protocols.clone(),
-            tcp,
-            client,
-            self.env.clone(),
-            self.shared.clone(),
-            serving,
-        )));
     }
 }
 
 /// Serves one client connection; `serving` counts it (and its WebSocket session) on its
-/// worker.
+/// worker. A connection `moved` from the worker that accepted it first leaves that one's
+/// reactor for this one's.
 async fn serve_connection(
     protocols: Protocols,
     tcp: TcpStream,
+    moved: bool,
     client: SocketAddr,
     env: Arc<str>,
     shared: Arc<Shared>,
     serving: Option<Serving>,
 ) {
+    let tcp = match moved {
+        false => tcp,
+        true => match tcp.into_std().and_then(TcpStream::from_std) {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                tracing::error!(%client, %error, "cannot move a connection to another worker");
+                return;
+            }
+        },
+    };
     let (tls, timeouts): (Option<TlsAcceptor>, _) = match shared.snapshot.load().env(&env) {
         Some(e) => (e.tls.clone(), e.timeouts),
         None => (None, Timeouts::default()),

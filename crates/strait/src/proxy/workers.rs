@@ -1,7 +1,7 @@
 //! Data-plane workers: threads that each run a single-threaded runtime — like nginx's worker
 //! processes. Each runs an accept loop per listener (on its own socket, see
 //! [`super::listener`]) and serves what it accepts — or hands it to the least loaded worker
-//! when clearly busier ([`Workers::balance`]) — with everything those connections open
+//! when clearly busier ([`Workers::assign`]) — with everything those connections open
 //! (backend connections, WebSocket sessions, their timers), so a connection's requests and
 //! frames never wait for a wake-up from another thread. The control plane (admin, reloads,
 //! health checks) stays on the runtime that started the gateway.
@@ -59,25 +59,23 @@ impl Workers {
         &self.handles
     }
 
-    /// Where a connection `worker` accepted should be served (see [`pick`]).
-    pub fn balance(&self, worker: usize) -> usize {
-        pick(worker, self.load.iter().map(|l| l.load(Ordering::Relaxed)))
+    /// Counts a connection `worker` accepted on the worker that should serve it (see
+    /// [`pick`]); that worker's runtime when it is another one.
+    pub fn assign(&self, worker: usize) -> (Serving, Option<&Handle>) {
+        let to = pick(worker, self.load.iter().map(|l| l.load(Ordering::Relaxed)));
+        if let Some(load) = self.load.get(to) {
+            load.fetch_add(1, Ordering::Relaxed);
+        }
+        let serving = Serving {
+            load: self.load.clone(),
+            worker: to,
+        };
+        (serving, self.handles.get(to).filter(|_| to != worker))
     }
 
     /// Client connections each worker serves, by index.
     pub fn loads(&self) -> Arc<[AtomicUsize]> {
         self.load.clone()
-    }
-
-    /// Counts a connection on `worker` until the guard is dropped.
-    pub fn serving(&self, worker: usize) -> Serving {
-        if let Some(load) = self.load.get(worker) {
-            load.fetch_add(1, Ordering::Relaxed);
-        }
-        Serving {
-            load: self.load.clone(),
-            worker,
-        }
     }
 }
 
@@ -105,7 +103,7 @@ fn pick(worker: usize, loads: impl Iterator<Item = usize>) -> usize {
     }
 }
 
-/// One connection counted on its worker (see [`Workers::serving`]).
+/// One connection counted on its worker (see [`Workers::assign`]), until dropped.
 #[derive(Debug)]
 pub struct Serving {
     load: Arc<[AtomicUsize]>,
