@@ -130,6 +130,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
          cargo run --release -p strait-bench -- compare --gateway-cpus 0-3 --backend-cpus 4-5 --load-cpus 6-7  # CPUs per role (8-CPU default)\n\
          scripts/callgrind.sh                                   # instructions per unit of work vs nginx, ~2 minutes\n\
          scripts/syscalls.sh                                    # system calls per unit of work vs nginx, ~40 s\n\
+         scripts/ab.sh OLD_STRAIT NEW_STRAIT http               # two builds in alternation (http, h2, echo, connect), ~1 minute\n\
          ```\n\n\
          The load generator also runs on its own, e.g. `cargo run --release -p strait-bench -- echo \
          --url ws://127.0.0.1:8080/api/chat --conns 100 --duration 10` (modes `idle`, `echo`, \

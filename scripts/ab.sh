@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Two builds of Strait measured in alternation on one workload: how to tell a change's effect
+# on throughput from this shared machine's noise (20–35 % between runs), where callgrind's
+# instruction counts are not the whole story. Each run starts a fresh gateway (the callgrind
+# configuration, default workers) in front of one `strait echo`, warms it up for 1 s and
+# records 4 s; each pair of runs alternates which build goes first.
+#
+#   scripts/ab.sh BUILD_A BUILD_B [http|h2|echo|connect] [PAIRS]   (default: http, 6 pairs)
+#
+#   http     keep-alive GETs: wrk -t1 -c64          (requests/s, p99 µs)
+#   h2       HTTP/2 GETs: h2load -t1 -c8 -m8        (requests/s, p99 µs)
+#   echo     64-byte WebSocket round trips, 100 connections  (messages/s, p99 µs)
+#   connect  WebSocket connect + upgrade + close, 32 clients (sessions/s, handshake p99 µs)
+#
+# BUILD_A and BUILD_B are `strait` binaries (copy one aside before rebuilding). Prints one line
+# per run and each build's medians, and how many pairs B won. Loopback only; the load
+# generator runs on the last CPU; every run is bounded (5 s). Needs the release build of
+# strait-bench, wrk and h2load (scripts/install-bench-tools.sh). Ports: STRAIT_AB_PORT (default
+# 19780) and the next three.
+set -euo pipefail
+(($# >= 2)) || { sed -n 8p "$0" >&2; exit 2; }
+a=$(realpath "$1") b=$(realpath "$2") mode=${3:-http} pairs=${4:-6}
+STRAIT_BIN=$a
+source "$(dirname "$0")/gateways.sh"
+require wrk h2load openssl taskset
+start_echo "${STRAIT_AB_PORT:-19780}"
+cpu=$(($(nproc) - 1))
+url=$gw
+
+# One recorded run of $mode against the gateway on $gw: "rate p99_us".
+measure() {
+    case $mode in
+        http) taskset -c "$cpu" wrk -t1 -c64 -d1s "http://$url/bench/http" >/dev/null
+              taskset -c "$cpu" wrk -t1 -c64 -d4s --latency "http://$url/bench/http" | awk '
+                  function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; return v * 1e6 }
+                  /Requests\/sec/ { r = $2 } / 99%/ { p = us($2) } END { printf "%d %d\n", r, p }' ;;
+        h2) taskset -c "$cpu" h2load -t1 -c8 -m8 -D1 "http://$url/bench/http" >/dev/null
+            local r
+            r=$(taskset -c "$cpu" h2load -t1 -c8 -m8 -D4 --log-file="$dir/h2.log" "http://$url/bench/http" \
+                | awk '/^requests:/ { print int($8 / 4) }')
+            echo "$r $(awk '{ print $3 }' "$dir/h2.log" | sort -n | awk '{ v[NR] = $1 } END { print v[int(NR * 0.99)] }')" ;;
+        echo) taskset -c "$cpu" "$bench" echo --json --url "ws://$url/" --sources 4 --conns 100 --warmup 1 --duration 4 \
+                | tail -1 | sed -E 's/.*"messages_per_sec":([0-9]+).*"p99_us":([0-9]+).*/\1 \2/' ;;
+        connect) taskset -c "$cpu" "$bench" connect --json --url "ws://$url/" --sources 4 --workers 32 --duration 1 >/dev/null
+                 taskset -c "$cpu" "$bench" connect --json --url "ws://$url/" --sources 4 --workers 32 --duration 4 \
+                     | tail -1 | sed -E 's/.*"sessions_per_sec":([0-9]+).*"p99_us":([0-9]+).*/\1 \2/' ;;
+        *) echo "error: unknown workload $mode" >&2; exit 2 ;;
+    esac
+}
+
+run() {
+    "$1" run --config "$dir/strait.yaml" >/dev/null 2>&1 &
+    local pid=$!
+    pids+=("$pid")
+    wait_listening
+    measure
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+printf '%-5s %-5s %10s %10s\n' pair build rate p99_us
+for pair in $(seq "$pairs"); do
+    order=(A B); ((pair % 2)) || order=(B A)
+    for side in "${order[@]}"; do
+        bin=$a; [[ $side == B ]] && bin=$b
+        run "$bin" >"$dir/out"
+        read -r rate p99 <"$dir/out"
+        printf '%-5s %-5s %10s %10s\n' "$pair" "$side" "$rate" "$p99"
+        echo "$pair $side $rate $p99" >>"$dir/runs"
+    done
+done
+# The median of column $2 over build $1's runs.
+median() {
+    awk -v side="$1" -v col="$2" '$2 == side { print $col }' "$dir/runs" | sort -n \
+        | awk '{ v[NR] = $1 } END { print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+read -r won lower < <(awk '{ r[$2, $1] = $3; p[$2, $1] = $4; n = $1 > n ? $1 : n }
+    END { for (i = 1; i <= n; i++) { w += r["B", i] > r["A", i]; l += p["B", i] < p["A", i] }; print w + 0, l + 0 }' "$dir/runs")
+ra=$(median A 3) rb=$(median B 3)
+echo "medians: A $ra/s, p99 $(median A 4) µs; B $rb/s, p99 $(median B 4) µs; B/A $(awk -v a="$ra" -v b="$rb" 'BEGIN { printf "%.3f", b / a }')"
+echo "B faster in $won of $pairs pairs, lower p99 in $lower"
