@@ -3,12 +3,12 @@
 //! lock) and a handle to close it. A shard's lock is taken when one of its sessions opens or
 //! closes and when the control plane looks — never per frame.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use foldhash::HashMap;
 use tokio::sync::oneshot;
 
 use super::websocket::relay::{CloseFrame, LiveStats};
@@ -250,7 +250,7 @@ impl SessionSource for Registry {
     /// shard is read under its own lock, so every figure only grows from one scrape to the
     /// next.
     fn totals(&self) -> Vec<SessionTotals> {
-        let mut totals: HashMap<(Arc<str>, Arc<str>), (u64, Traffic)> = HashMap::new();
+        let mut totals: HashMap<(Arc<str>, Arc<str>), (u64, Traffic)> = HashMap::default();
         for shard in &self.shards {
             for (env, proxy, active, traffic) in lock(shard, |shard| shard.totals()) {
                 let (sum, all) = totals.entry((env, proxy)).or_default();

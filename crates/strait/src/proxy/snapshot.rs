@@ -2,10 +2,11 @@
 //! environment, each route with its policy chain, and the consumers those policies look
 //! credentials up in. A new configuration compiles into a new snapshot that is swapped whole.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::HashMap;
 use http::Method;
 use tokio_rustls::TlsAcceptor;
 
@@ -117,11 +118,11 @@ impl Snapshot {
             sinks,
             default_log,
         } = telemetry;
-        let mut envs = HashMap::new();
+        let mut envs = HashMap::default();
         let mut destinations = HashSet::new();
         let consumers = Arc::new(Directory::new(&config.consumers));
         // A named upstream's targets are one state whichever proxies use it.
-        let mut backends: HashMap<Arc<str>, Arc<Pool>> = HashMap::new();
+        let mut backends: HashMap<Arc<str>, Arc<Pool>> = HashMap::default();
         let mut checked = Vec::new();
         let mut checked_keys = HashSet::new();
         for proxy in &config.proxies {

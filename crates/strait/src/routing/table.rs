@@ -5,7 +5,7 @@
 //! matches every path. Among the matches, an exact path wins, else the longest prefix.
 //! Lookup walks one trie node per request segment, whatever the number of proxies.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use super::ProxyPath;
 
@@ -41,7 +41,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
+            children: HashMap::default(),
             exact: None,
             wildcard: None,
         }
