@@ -1142,12 +1142,13 @@ async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
 /// `strait_worker_connections` by worker, from the gateway's metrics.
 fn worker_connections(gw: &GatewayHandle) -> Vec<u64> {
     let text = gw.metrics().encode().expect("metrics encode");
-    let mut counts: Vec<(String, u64)> = text
+    // By worker number: as text, "10" would sort before "2".
+    let mut counts: Vec<(u64, u64)> = text
         .lines()
         .filter_map(|l| l.strip_prefix("strait_worker_connections{worker=\""))
         .filter_map(|l| {
             let (worker, value) = l.split_once("\"} ")?;
-            Some((worker.to_owned(), value.trim().parse().ok()?))
+            Some((worker.parse().ok()?, value.trim().parse().ok()?))
         })
         .collect();
     counts.sort();
