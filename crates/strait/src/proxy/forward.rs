@@ -4,14 +4,14 @@
 //! Each client connection keeps backend HTTP/1 connections of its own ([`Pinned`], in its
 //! [`ConnInfo`]): one for an HTTP/1 client, which sends one request at a time, up to
 //! [`H2_OWN`] for an HTTP/2 client, whose streams run at once. Once the connection has sent
-//! [`POOLED_FIRST`] requests through the shared pool, a request takes an idle one to its
+//! [`POOLED_FIRST`] requests through the pool, a request takes an idle one to its
 //! target, or opens one while the connection has fewer than its share; once the response
 //! head is in, the connection is left idle for the next request — no pool lookup, no lock
 //! shared with other client connections. One the backend closed while idle is replaced by
 //! a fresh one transparently (nothing was sent: neither a retry nor a failure counts). A
 //! connection's first requests (many connections carry only a few, and a backend connection
 //! opened for them would close with them: a connect nginx, which only pools, does not pay),
-//! requests beyond the share, and CONNECT use the shared pooled client.
+//! requests beyond the share, and CONNECT use the pooled client of the connection's worker.
 
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,10 +36,10 @@ use crate::upstream::{HttpSender, MAX_RESPONSE_HEAD, Upstream, UpstreamError, Up
 type Outgoing = Request<Replay<Counted<Incoming>>>;
 
 /// Backend connections an HTTP/2 client connection keeps of its own; streams beyond that
-/// many at once go through the shared pool.
+/// many at once go through the pool.
 const H2_OWN: usize = 16;
 
-/// Requests a client connection sends through the shared pool before it opens backend
+/// Requests a client connection sends through the pool before it opens backend
 /// connections of its own, which pay for their connect only over many requests (a guess,
 /// not a measured break-even). Opening one on the second request, 1,000 clients of two
 /// requests each made 1,741 backend connects through Strait, 476 through nginx.

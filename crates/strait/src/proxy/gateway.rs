@@ -111,6 +111,8 @@ impl Gateway {
                 Some(workers)
             }
         };
+        // Each worker keeps its own backend connections.
+        let pools = workers.as_ref().map_or(0, |w| w.handles().len());
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             shutdown: CancellationToken::new(),
@@ -133,7 +135,7 @@ impl Gateway {
             shared,
             tasks: TaskTracker::new(),
             running: Mutex::new(Running {
-                upstreams: UpstreamCache::new(resolver),
+                upstreams: UpstreamCache::new(resolver, pools),
                 listeners: HashMap::new(),
                 pools: PoolCache::default(),
                 checks: Vec::new(),

@@ -45,7 +45,10 @@ impl Workers {
             let stopped = stop.clone();
             std::thread::Builder::new()
                 .name(format!("strait-worker-{i}"))
-                .spawn(move || runtime.block_on(stopped.cancelled()))?;
+                .spawn(move || {
+                    crate::upstream::use_worker_pool(i);
+                    runtime.block_on(stopped.cancelled())
+                })?;
         }
         let load = handles.iter().map(|_| AtomicUsize::new(0)).collect();
         Ok(Workers {

@@ -572,7 +572,7 @@ mod tests {
         let pool = cache.pool("p", &spec);
         cache.commit();
         let resolver = crate::upstream::Resolver::new(None).unwrap();
-        let upstream = Upstream::new(None, Duration::from_secs(1), &[], resolver).unwrap();
+        let upstream = Upstream::new(None, Duration::from_secs(1), &[], resolver, 0).unwrap();
         let checks = start_active_checks(&pool, upstream).unwrap().unwrap();
         let target = Arc::clone(pool.targets().first().unwrap());
 
@@ -623,7 +623,7 @@ mod tests {
         let mut cache = PoolCache::default();
         let pool = cache.pool("p", &spec);
         let resolver = crate::upstream::Resolver::new(None).unwrap();
-        let upstream = Upstream::new(None, Duration::from_secs(1), &[], resolver).unwrap();
+        let upstream = Upstream::new(None, Duration::from_secs(1), &[], resolver, 0).unwrap();
         let _checks = start_active_checks(&pool, upstream).unwrap().unwrap();
         let first = Arc::clone(pool.targets().first().unwrap());
         until(&pool, || first.health().state() == HealthState::Down).await;

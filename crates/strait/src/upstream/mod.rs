@@ -1,7 +1,7 @@
 //! Upstream: how the gateway reaches backends.
 //!
-//! Owns the pooled HTTP client for request/response traffic, the TLS trust for https/wss
-//! backends (system roots plus an optional `ca_file`), single HTTP/1 connections (which
+//! Owns the pooled HTTP clients for request/response traffic (one per worker thread, see
+//! [`use_worker_pool`]), the TLS trust for https/wss backends (system roots plus an optional `ca_file`), single HTTP/1 connections (which
 //! the proxy pins to a client connection) and dedicated connections for WebSocket
 //! upgrades; and, per backend, its targets ([`pool`]): which one takes a request
 //! ([`balance`]), whether it is up ([`health`], [`breaker`]), what its settings are
@@ -16,6 +16,7 @@ pub mod pool;
 pub mod replay;
 pub mod settings;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -90,11 +91,30 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Replay<Cou
 /// The sending half of one HTTP/1 connection to a backend (see [`Upstream::connect_http`]).
 pub type HttpSender = hyper::client::conn::http1::SendRequest<Replay<Counted<Incoming>>>;
 
+thread_local! {
+    /// The worker whose pool this thread's requests use (`None`: not a worker thread).
+    static WORKER_POOL: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Makes this thread's requests use worker `index`'s pool: called once by each worker thread.
+/// A pooled connection's task runs on the runtime that opened it, so a request taking a
+/// connection another worker opened is relayed by that worker's thread, each way woken
+/// across threads (an eventfd write and an `epoll_wait` per wake-up) and delayed behind
+/// whatever that worker is doing: with one shared pool, 64 fresh TLS clients waited up to
+/// ~35 ms for their first responses while the other worker ran handshakes. nginx's workers
+/// keep their upstream connections apart in the same way.
+pub fn use_worker_pool(index: usize) {
+    WORKER_POOL.with(|pool| pool.set(Some(index)));
+}
+
 /// One way of reaching backends: a trust store, a connect timeout, the source addresses and
-/// the HTTP pool built on them.
+/// the HTTP pools built on them.
 #[derive(Clone)]
 pub struct Upstream {
+    /// The pool of threads that are not workers (all of them with `--workers 0`).
     http: HttpClient,
+    /// Each worker's own pool (see [`use_worker_pool`]).
+    worker_http: Arc<[HttpClient]>,
     /// ALPN `http/1.1` only: WebSocket upgrades need HTTP/1.1.
     ws_tls: TlsConnector,
     resolver: Resolver,
@@ -191,11 +211,13 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
+    /// `workers`: how many worker threads get a pool of their own.
     pub fn new(
         ca_file: Option<&Path>,
         connect_timeout: Duration,
         sources: &[IpAddr],
         resolver: Resolver,
+        workers: usize,
     ) -> Result<Self, UpstreamError> {
         // A source address this machine does not have is refused with the configuration.
         for &address in sources {
@@ -232,13 +254,16 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
-        let http = Client::builder(TokioExecutor::new())
-            .http1_max_buf_size(MAX_RESPONSE_HEAD)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(https);
+        let pool = || {
+            Client::builder(TokioExecutor::new())
+                .http1_max_buf_size(MAX_RESPONSE_HEAD)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(256)
+                .build(https.clone())
+        };
         Ok(Upstream {
-            http,
+            http: pool(),
+            worker_http: (0..workers).map(|_| pool()).collect(),
             ws_tls: TlsConnector::from(Arc::new(ws_tls)),
             resolver,
             connect_timeout,
@@ -247,8 +272,12 @@ impl Upstream {
         })
     }
 
+    /// The pooled client of this thread's worker (see [`use_worker_pool`]).
     pub fn http(&self) -> &HttpClient {
-        &self.http
+        WORKER_POOL
+            .get()
+            .and_then(|index| self.worker_http.get(index))
+            .unwrap_or(&self.http)
     }
 
     pub fn id(&self) -> &UpstreamId {
@@ -330,18 +359,21 @@ impl Upstream {
 }
 
 /// Builds [`Upstream`]s once per distinct (CA file, connect timeout, source addresses) and
-/// shares them, so proxies with the same trust share one connection pool. All resolve through
-/// one resolver.
+/// shares them, so proxies with the same trust share their connection pools. All resolve
+/// through one resolver.
 pub struct UpstreamCache {
     built: HashMap<(Option<PathBuf>, Duration, Vec<IpAddr>), Upstream>,
     resolver: Resolver,
+    workers: usize,
 }
 
 impl UpstreamCache {
-    pub fn new(resolver: Resolver) -> Self {
+    /// `workers`: how many worker threads each [`Upstream`] keeps a pool for.
+    pub fn new(resolver: Resolver, workers: usize) -> Self {
         UpstreamCache {
             built: HashMap::new(),
             resolver,
+            workers,
         }
     }
 
@@ -359,7 +391,13 @@ impl UpstreamCache {
         if let Some(found) = self.built.get(&key) {
             return Ok(found.clone());
         }
-        let built = Upstream::new(ca_file, connect_timeout, sources, self.resolver.clone())?;
+        let built = Upstream::new(
+            ca_file,
+            connect_timeout,
+            sources,
+            self.resolver.clone(),
+            self.workers,
+        )?;
         self.built.insert(key, built.clone());
         Ok(built)
     }
@@ -401,6 +439,38 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, UpstreamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A worker thread sends through its own pool, any other thread through the shared one.
+    #[test]
+    fn each_worker_thread_has_a_pool_of_its_own() {
+        let resolver = Resolver::new(None).unwrap();
+        let upstream = Upstream::new(None, Duration::from_secs(1), &[], resolver, 2).unwrap();
+        // On a thread that declared `worker`: the index of the worker pool used, `None` for
+        // the shared one.
+        let pool_of = |worker: Option<usize>| {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                if let Some(index) = worker {
+                    use_worker_pool(index);
+                }
+                let used = upstream.http();
+                assert!(std::ptr::eq(used, upstream.http()), "the same every time");
+                let own = upstream
+                    .worker_http
+                    .iter()
+                    .position(|p| std::ptr::eq(p, used));
+                assert!(own.is_some() || std::ptr::eq(used, &upstream.http));
+                own
+            })
+            .join()
+            .unwrap()
+        };
+        assert_eq!(pool_of(None), None);
+        assert_eq!(pool_of(Some(0)), Some(0));
+        assert_eq!(pool_of(Some(1)), Some(1));
+        // A worker beyond those the upstream was built for falls back to the shared pool.
+        assert_eq!(pool_of(Some(2)), None);
+    }
 
     /// Bound to a source address, a socket reserves no port until it connects (so the port
     /// is picked per destination); connected, it leaves from that address.
