@@ -14,6 +14,7 @@
 //! - [`echo`]: the built-in echo backend used by the demo, the tests and the benchmarks.
 //! - [`error`]: the JSON error every gateway-made response uses, hyper's own answers included.
 //! - [`io`]: a TCP connection, plain or with TLS, as both sides of the proxy use it.
+//! - [`worker`]: which data-plane worker thread the current one is.
 
 pub mod admin;
 pub mod config;
@@ -27,5 +28,6 @@ pub mod routing;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod worker;
 
 pub use proxy::{Gateway, GatewayHandle, GatewayOptions, StartError};

@@ -20,7 +20,7 @@ use super::WaitTimer;
 use super::pipeline::{Body, ConnInfo};
 use super::snapshot::{EnvRoutes, Route};
 use crate::policy::{Admission, Held};
-use crate::telemetry::access::RequestRecord;
+use crate::telemetry::access::{ClientIp, RequestRecord};
 use crate::telemetry::metrics::InFlight;
 use crate::telemetry::trace::TraceContext;
 use crate::telemetry::{BodyProgress, Counted, Tracer};
@@ -38,6 +38,8 @@ pub struct Exchange {
     /// Path and query as the client sent them.
     pub uri: Uri,
     pub client: SocketAddr,
+    /// The client's address as text (the connection's, made once).
+    client_ip: Option<HeaderValue>,
     pub referer: Option<HeaderValue>,
     pub user_agent: Option<HeaderValue>,
     /// Set by the match phase once the environment is known.
@@ -86,6 +88,7 @@ impl Exchange {
             version: req.version(),
             uri: req.uri().clone(),
             client: conn.client,
+            client_ip: conn.client_ip.clone(),
             referer: headers.get(header::REFERER).cloned(),
             user_agent: headers.get(header::USER_AGENT).cloned(),
             env: None,
@@ -183,7 +186,7 @@ impl Exchange {
         if self.upgraded && !log.log_handshake {
             return;
         }
-        let target = self.target.as_ref().map(Uri::to_string);
+        let target = self.target.as_ref().map(uri_text);
         let target = target.as_deref().map(|t| self.shown(t));
         let path = self.logged_path();
         log.request(&RequestRecord {
@@ -205,13 +208,36 @@ impl Exchange {
             backend_duration: self.backend_took,
             bytes_in,
             bytes_out,
-            client: self.client,
+            client: ClientIp {
+                addr: self.client,
+                text: self.client_ip.as_ref().and_then(|v| v.to_str().ok()),
+            },
             consumer: self.consumer.as_deref(),
             backend: target.as_deref(),
             referer: self.referer.as_ref().and_then(|v| v.to_str().ok()),
             user_agent: self.user_agent.as_ref().and_then(|v| v.to_str().ok()),
         });
     }
+}
+
+/// `uri` as its `Display` writes it, without the formatting machinery (~1,600 instructions
+/// per access-log line).
+fn uri_text(uri: &Uri) -> String {
+    let path = uri.path_and_query().map_or("", |pq| pq.as_str());
+    let mut text = String::with_capacity(
+        uri.scheme_str().map_or(0, |s| s.len() + 3)
+            + uri.authority().map_or(0, |a| a.as_str().len())
+            + path.len(),
+    );
+    if let Some(scheme) = uri.scheme_str() {
+        text.push_str(scheme);
+        text.push_str("://");
+    }
+    if let Some(authority) = uri.authority() {
+        text.push_str(authority.as_str());
+    }
+    text.push_str(path);
+    text
 }
 
 #[cfg(feature = "otlp")]

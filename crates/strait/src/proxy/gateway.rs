@@ -139,7 +139,7 @@ impl Gateway {
                 listeners: HashMap::new(),
                 pools: PoolCache::default(),
                 checks: Vec::new(),
-                sinks: Sinks::default(),
+                sinks: Sinks::new(pools),
             }),
             addrs: std::sync::Mutex::default(),
             options,

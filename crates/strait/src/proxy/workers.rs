@@ -46,7 +46,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("strait-worker-{i}"))
                 .spawn(move || {
-                    crate::upstream::use_worker_pool(i);
+                    crate::worker::set(i);
                     runtime.block_on(stopped.cancelled())
                 })?;
         }

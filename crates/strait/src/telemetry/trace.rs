@@ -92,7 +92,7 @@ impl TraceContext {
     pub fn trace_id_hex(&self) -> String {
         let mut text = [b'0'; 32];
         put_hex(&mut text, self.trace_id);
-        text.iter().map(|b| char::from(*b)).collect()
+        String::from_utf8(text.to_vec()).unwrap_or_default()
     }
 
     /// Sets `X-Request-Id` and `traceparent` on a request to the backend.

@@ -1,7 +1,7 @@
 //! Upstream: how the gateway reaches backends.
 //!
 //! Owns the pooled HTTP clients for request/response traffic (one per worker thread, see
-//! [`use_worker_pool`]), the TLS trust for https/wss backends (system roots plus an optional `ca_file`), single HTTP/1 connections (which
+//! [`Upstream::http`]), the TLS trust for https/wss backends (system roots plus an optional `ca_file`), single HTTP/1 connections (which
 //! the proxy pins to a client connection) and dedicated connections for WebSocket
 //! upgrades; and, per backend, its targets ([`pool`]): which one takes a request
 //! ([`balance`]), whether it is up ([`health`], [`breaker`]), what its settings are
@@ -16,7 +16,6 @@ pub mod pool;
 pub mod replay;
 pub mod settings;
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -91,29 +90,13 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Replay<Cou
 /// The sending half of one HTTP/1 connection to a backend (see [`Upstream::connect_http`]).
 pub type HttpSender = hyper::client::conn::http1::SendRequest<Replay<Counted<Incoming>>>;
 
-thread_local! {
-    /// The worker whose pool this thread's requests use (`None`: not a worker thread).
-    static WORKER_POOL: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// Makes this thread's requests use worker `index`'s pool: called once by each worker thread.
-/// A pooled connection's task runs on the runtime that opened it, so a request taking a
-/// connection another worker opened is relayed by that worker's thread, each way woken
-/// across threads (an eventfd write and an `epoll_wait` per wake-up) and delayed behind
-/// whatever that worker is doing: with one shared pool, 64 fresh TLS clients waited up to
-/// ~35 ms for their first responses while the other worker ran handshakes. nginx's workers
-/// keep their upstream connections apart in the same way.
-pub fn use_worker_pool(index: usize) {
-    WORKER_POOL.with(|pool| pool.set(Some(index)));
-}
-
 /// One way of reaching backends: a trust store, a connect timeout, the source addresses and
 /// the HTTP pools built on them.
 #[derive(Clone)]
 pub struct Upstream {
     /// The pool of threads that are not workers (all of them with `--workers 0`).
     http: HttpClient,
-    /// Each worker's own pool (see [`use_worker_pool`]).
+    /// Each worker's own pool (see [`Upstream::http`]).
     worker_http: Arc<[HttpClient]>,
     /// ALPN `http/1.1` only: WebSocket upgrades need HTTP/1.1.
     ws_tls: TlsConnector,
@@ -272,10 +255,14 @@ impl Upstream {
         })
     }
 
-    /// The pooled client of this thread's worker (see [`use_worker_pool`]).
+    /// The pooled client of this thread's worker ([`crate::worker`]), the shared one on
+    /// other threads. A pooled connection's task runs on the runtime that opened it, so a
+    /// request taking a connection another worker opened would be relayed by that worker's
+    /// thread: woken across threads each way (an eventfd write and an `epoll_wait` per
+    /// wake-up) and delayed behind whatever that worker is doing. nginx's workers keep their
+    /// upstream connections apart in the same way.
     pub fn http(&self) -> &HttpClient {
-        WORKER_POOL
-            .get()
+        crate::worker::current()
             .and_then(|index| self.worker_http.get(index))
             .unwrap_or(&self.http)
     }
@@ -451,7 +438,7 @@ mod tests {
             let upstream = upstream.clone();
             std::thread::spawn(move || {
                 if let Some(index) = worker {
-                    use_worker_pool(index);
+                    crate::worker::set(index);
                 }
                 let used = upstream.http();
                 assert!(std::ptr::eq(used, upstream.http()), "the same every time");
