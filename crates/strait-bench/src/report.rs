@@ -131,6 +131,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
          scripts/callgrind.sh                                   # instructions per unit of work vs nginx, ~2 minutes\n\
          scripts/syscalls.sh                                    # system calls per unit of work vs nginx, ~40 s\n\
          scripts/ab.sh OLD_STRAIT NEW_STRAIT http               # two builds in alternation (http, h2, echo, connect), ~1 minute\n\
+         scripts/access-log.sh                                  # both gateways with their access log off and on, ~2 minutes\n\
          ```\n\n\
          The load generator also runs on its own, e.g. `cargo run --release -p strait-bench -- echo \
          --url ws://127.0.0.1:8080/api/chat --conns 100 --duration 10` (modes `idle`, `echo`, \
@@ -276,7 +277,8 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
          and `worker_connections` at the hard limit, upstream `keepalive 256`, HTTP/1.1 upstream, the \
          `$connection_upgrade` map, 1 h read timeout, `access_log off`, buffering left on). Strait serves \
          connections on {workers} worker thread{plural} (its default: one per CPU it may run on), each with its own \
-         runtime and listening socket."
+         runtime and listening socket. What each gateway's access log costs is measured apart \
+         (`scripts/access-log.sh`, in the micro-benchmarks below)."
     );
     let _ = writeln!(
         w,
