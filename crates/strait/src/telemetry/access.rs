@@ -385,15 +385,6 @@ impl ClientIp<'_> {
     }
 }
 
-impl std::fmt::Display for ClientIp<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.text {
-            Some(text) => f.write_str(text),
-            None => self.addr.ip().fmt(f),
-        }
-    }
-}
-
 impl Serialize for ClientIp<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.text {

@@ -1,12 +1,12 @@
 //! Upstream: how the gateway reaches backends.
 //!
 //! Owns the pooled HTTP clients for request/response traffic (one per worker thread, see
-//! [`Upstream::http`]), the TLS trust for https/wss backends (system roots plus an optional `ca_file`), single HTTP/1 connections (which
-//! the proxy pins to a client connection) and dedicated connections for WebSocket
-//! upgrades; and, per backend, its targets ([`pool`]): which one takes a request
-//! ([`balance`]), whether it is up ([`health`], [`breaker`]), what its settings are
-//! ([`settings`]). Knows nothing of routes or client connections. Backend host names are
-//! resolved at connect time through the gateway's [`Resolver`] ([`dns`]).
+//! [`Upstream::http`]), the TLS trust for https/wss backends (system roots plus an optional
+//! `ca_file`), single HTTP/1 connections (which the proxy pins to a client connection) and
+//! dedicated connections for WebSocket upgrades; and, per backend, its targets ([`pool`]):
+//! which one takes a request ([`balance`]), whether it is up ([`health`], [`breaker`]), what
+//! its settings are ([`settings`]). Knows nothing of routes or client connections. Backend
+//! host names are resolved at connect time through the gateway's [`Resolver`] ([`dns`]).
 
 pub mod balance;
 pub mod breaker;
