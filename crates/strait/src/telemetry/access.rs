@@ -616,16 +616,23 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn lines_reach_the_file_in_order_and_flush_waits_for_them() {
+    /// A log to `access.log` in a fresh folder (kept while the first value lives), for a
+    /// gateway with `workers` worker threads; its sinks and its dropped-lines counter.
+    fn file_log(workers: usize) -> (tempfile::TempDir, PathBuf, Sinks, AccessLog, Counter) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
-        let mut sinks = Sinks::default();
+        let mut sinks = Sinks::new(workers);
         let dropped = Counter::default();
         let destination = Destination::File(path.clone());
         let log = sinks
             .get(&destination, Format::Json, false, &dropped)
             .unwrap();
+        (dir, path, sinks, log, dropped)
+    }
+
+    #[tokio::test]
+    async fn lines_reach_the_file_in_order_and_flush_waits_for_them() {
+        let (_dir, path, sinks, log, dropped) = file_log(0);
         for i in 0..1000 {
             log.send(format!("{{\"n\":{i}}}").as_bytes());
         }
@@ -647,18 +654,7 @@ mod tests {
     /// the order it logged them, through buffers handed over when full and taken at the flush.
     #[tokio::test]
     async fn lines_of_every_worker_arrive_in_each_workers_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("access.log");
-        let mut sinks = Sinks::new(2);
-        let dropped = Counter::default();
-        let log = sinks
-            .get(
-                &Destination::File(path.clone()),
-                Format::Json,
-                false,
-                &dropped,
-            )
-            .unwrap();
+        let (_dir, path, sinks, log, dropped) = file_log(2);
         // 5,000 lines of ~16 bytes per thread: each buffer is handed over twice.
         let threads: Vec<_> = [Some(0), Some(1), None]
             .into_iter()
@@ -694,17 +690,7 @@ mod tests {
     /// Without a flush, a line reaches the file on the writer's next tick.
     #[tokio::test]
     async fn a_line_is_written_soon_without_a_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("access.log");
-        let mut sinks = Sinks::new(1);
-        let log = sinks
-            .get(
-                &Destination::File(path.clone()),
-                Format::Json,
-                false,
-                &Counter::default(),
-            )
-            .unwrap();
+        let (_dir, path, _sinks, log, _) = file_log(1);
         log.send(b"{\"n\":1}");
         let written = async {
             while std::fs::read_to_string(&path).unwrap_or_default() != "{\"n\":1}\n" {
