@@ -220,7 +220,7 @@ impl Exchange {
     }
 }
 
-/// `uri` as its `Display` writes it, without the formatting machinery (~1,600 instructions
+/// `uri` as its `Display` writes it, without the formatting machinery (~850 instructions
 /// per access-log line).
 fn uri_text(uri: &Uri) -> String {
     let path = uri.path_and_query().map_or("", |pq| pq.as_str());

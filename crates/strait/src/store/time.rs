@@ -10,7 +10,7 @@ pub(crate) fn rfc3339_millis(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let (year, month, day, of_day) = civil(since.as_secs());
     let millis = u64::from(since.subsec_millis());
-    // Written digit by digit: `format!` cost ~2,700 instructions per access-log line.
+    // Written digit by digit: `format!` cost ~3,000 instructions per access-log line.
     let mut text = *b"0000-00-00T00:00:00.000Z";
     let fields = [
         (0..4, year),
