@@ -403,3 +403,25 @@ impl hyper::body::Body for Logged {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `uri_text` writes what `Display` does, whatever parts the URI has.
+    #[test]
+    fn uri_text_is_the_display_text() {
+        for text in [
+            "http://backend:8080/api/v1/users?id=7&x=%20",
+            "https://backend",
+            "ws://127.0.0.1:9/chat",
+            "/only/a/path?q",
+            "/",
+            "backend.example:443",
+            "*",
+        ] {
+            let uri: Uri = text.parse().unwrap();
+            assert_eq!(uri_text(&uri), uri.to_string(), "{text}");
+        }
+    }
+}
