@@ -10,6 +10,11 @@ use super::pipeline::ConnInfo;
 use super::snapshot::Route;
 use crate::error::{ErrorKind, GatewayError};
 
+/// Room for the headers the gateway adds to a handshake's request on its way to the backend
+/// (`X-Request-Id`, `traceparent`, `X-Forwarded-For`/`-Proto`/`-Host`, `Host`, `Connection`,
+/// `Upgrade`): a map made with it never grows (a rehash of every header) on the way.
+pub const ADDED_TO_REQUEST: usize = 8;
+
 /// Turns the client's request headers into the backend's: hop-by-hop headers removed,
 /// `X-Forwarded-*` set, and `Host` set to the backend's authority (or kept with
 /// `preserve_host`). `authority` is the request target's (HTTP/2's `:authority`, or an

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::exchange::Logged;
-use super::headers::http1_head;
+use super::headers::{ADDED_TO_REQUEST, http1_head};
 use super::pipeline::{ConnInfo, Shared, handle_upgrade, is_websocket_upgrade};
 use super::websocket::handshake::ClientSide;
 use crate::error::MAX_HEADERS;
@@ -108,7 +108,7 @@ fn upgrade_head(buf: &[u8]) -> Option<Upgrade> {
         Some(head.slice(start..end))
     };
     let uri = Uri::from_maybe_shared(shared(parsed.path?.as_bytes())?).ok()?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + ADDED_TO_REQUEST);
     for line in parsed.headers.iter() {
         let name = HeaderName::from_bytes(line.name.as_bytes()).ok()?;
         let value = match line.value {

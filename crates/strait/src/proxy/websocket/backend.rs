@@ -100,7 +100,9 @@ pub fn parse(buf: &[u8]) -> Result<Head, AnswerError> {
             Head::Refused(status)
         });
     }
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    // Room for what the client's 101 gains (`X-Request-Id`, a policy's headers): a full map
+    // would grow, rehashing every header.
+    let mut headers = HeaderMap::with_capacity(response.headers.len() + 4);
     for line in response.headers.iter() {
         let invalid = || AnswerError::Header(line.name.to_owned());
         let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| invalid())?;
