@@ -16,7 +16,7 @@
 # per run and each build's medians, and how many pairs B won. Loopback only; the load
 # generator runs on the last CPU; every run is bounded (5 s). Needs the release build of
 # strait-bench, wrk and h2load (scripts/install-bench-tools.sh). Ports: STRAIT_AB_PORT (default
-# 19780) and the next three.
+# 19780) and the next four.
 set -euo pipefail
 (($# >= 2)) || { sed -n 8p "$0" >&2; exit 2; }
 a=$(realpath "$1") b=$(realpath "$2") mode=${3:-http} pairs=${4:-6}

@@ -9,7 +9,7 @@
 #
 # Needs the release build, nginx and wrk (scripts/install-bench-tools.sh). Loopback only; the
 # logs go to a temporary folder, removed after each run. Ports: STRAIT_LOG_PORT (default
-# 19980) and the next three.
+# 19980) and the next four.
 set -euo pipefail
 rounds=${1:-5}
 source "$(dirname "$0")/gateways.sh"

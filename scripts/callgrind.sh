@@ -9,7 +9,7 @@
 #
 # Needs the release build (cargo build --release -p strait-cli -p strait-bench), nginx, wrk,
 # h2load and valgrind (scripts/install-bench-tools.sh installs them). Loopback only; every run is
-# bounded (10 s of load each). Ports: STRAIT_CG_PORT (default 19080) and the next three.
+# bounded (10 s of load each). Ports: STRAIT_CG_PORT (default 19080) and the next four.
 # STRAIT_CG_KEEP=DIR keeps the profiles there (cg.MODE.GATEWAY.*) for callgrind_annotate.
 set -euo pipefail
 source "$(dirname "$0")/gateways.sh"

@@ -15,8 +15,9 @@
 #
 # STRAIT_BIN=PATH measures another build of the gateway (say, one with debug line tables).
 # Loopback only. Leaves $dir (a temporary folder, removed on exit), $strait, $bench, $gw,
-# $gw_h2 (nginx's HTTP/2 port; Strait serves both on $gw) and $gw_tls (both gateways' TLS
-# port, with a self-signed certificate made by openssl). `load h2` goes to $gw_h2 while
+# $gw_h2 (nginx's HTTP/2 port; Strait serves both on $gw), $gw_tls (both gateways' TLS
+# port, with a self-signed certificate made by openssl) and $gw_logged (nginx's port that
+# writes an access log; the scripts leave it unused). `load h2` goes to $gw_h2 while
 # $side is nginx.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -39,6 +40,7 @@ start_echo() {
     gw=127.0.0.1:$port
     gw_h2=127.0.0.1:$((port + 2))
     gw_tls=127.0.0.1:$((port + 3))
+    gw_logged=127.0.0.1:$((port + 4))
     local echo_addr=127.0.0.1:$((port + 1))
     "$strait" echo --listen "$echo_addr" >/dev/null 2>&1 &
     pids+=($!)
@@ -62,7 +64,7 @@ proxies:
     deploy: [bench, bench-tls]
 YAML
     sed -e "s#{{PREFIX}}#$dir#g" -e "s#{{LISTEN}}#$gw#" -e "s#{{LISTEN_H2}}#$gw_h2#" -e "s#{{ECHO}}#$echo_addr#" \
-        -e "s#{{LISTEN_TLS}}#$gw_tls#" -e "s#{{CERT}}#$dir/cert.pem#" -e "s#{{KEY}}#$dir/key.pem#" \
+        -e "s#{{LISTEN_TLS}}#$gw_tls#" -e "s#{{LISTEN_LOGGED}}#$gw_logged#" -e "s#{{CERT}}#$dir/cert.pem#" -e "s#{{KEY}}#$dir/key.pem#" \
         -e "s#{{WORKERS}}#1#" -e "s#{{NOFILE}}#4096#" -e "s#{{WORKER_CONNECTIONS}}#4096#" \
         -e "s#master_process on#master_process off#" bench/nginx.conf.template >"$dir/nginx.conf"
 }

@@ -86,6 +86,7 @@ fn live_sessions(c: &mut Criterion) {
             echo.local_addr(),
             None,
             None,
+            None,
         );
         let config =
             strait::config::parse_str(&yaml, Path::new("bench.yaml")).expect("valid config");

@@ -165,6 +165,8 @@ struct Runner<'a> {
 #[derive(Clone, Copy, Debug)]
 enum Scenario {
     Http,
+    /// HTTP/1.1 again, on each gateway's listener that writes an access log.
+    HttpLogged,
     Http2,
     /// HTTP/1.1 and HTTP/2 over TLS (ALPN) at the gateways; the echo has no TLS to compare.
     Https,
@@ -175,14 +177,17 @@ enum Scenario {
     Idle,
 }
 
-/// What a TLS scenario says for the direct side.
+/// What a TLS scenario says for the direct side, and what a logged one says.
 const NO_TLS: &str = "skipped: the echo backend speaks no TLS";
+const NO_LOG: &str = "skipped: the echo backend writes no access log";
 
-/// Where an HTTP scenario's load goes on `side`: `None` for the echo backend over TLS.
+/// Where an HTTP scenario's load goes on `side`: `None` for the echo backend over TLS or
+/// logged.
 fn http_url(scenario: Scenario, stack: &Stack, side: Side) -> Option<String> {
     let (scheme, addr) = match scenario {
         Scenario::Http2 => ("http", stack.h2_endpoint(side)),
         Scenario::Https | Scenario::Http2Tls => ("https", stack.tls_endpoint(side)?),
+        Scenario::HttpLogged => ("http", stack.logged_endpoint(side)?),
         _ => ("http", stack.endpoint(side).0),
     };
     Some(format!("{scheme}://{addr}/bench/http"))
@@ -245,6 +250,7 @@ impl Runner<'_> {
     async fn all(&self, results: &mut Results) -> Result<()> {
         let mut scenarios = vec![
             Scenario::Http,
+            Scenario::HttpLogged,
             Scenario::Http2,
             Scenario::Https,
             Scenario::Http2Tls,
@@ -290,18 +296,25 @@ impl Runner<'_> {
         let (warmup, duration) = (plan.warmup.as_secs_f64().to_string(), secs.to_string());
         let url = |path: &str| format!("ws://{addr}{path}");
         match scenario {
-            Scenario::Http | Scenario::Https => {
+            Scenario::Http | Scenario::HttpLogged | Scenario::Https => {
                 let Some(url) = http_url(scenario, stack, side) else {
-                    return Ok(NO_TLS.into());
+                    return Ok(match scenario {
+                        Scenario::HttpLogged => NO_LOG,
+                        _ => NO_TLS,
+                    }
+                    .into());
                 };
                 let cpu = ServerCpu::after(pid, plan.warmup);
                 let (r, load_cpu) = self.wrk(&url).await?;
                 let s = format!(
-                    "{} keep-alive GET (wrk -t{} -c{} -d{secs}s)",
-                    if matches!(scenario, Scenario::Http) {
-                        "HTTP"
-                    } else {
-                        "HTTPS"
+                    "{} keep-alive GET{} (wrk -t{} -c{} -d{secs}s)",
+                    match scenario {
+                        Scenario::Https => "HTTPS",
+                        _ => "HTTP",
+                    },
+                    match scenario {
+                        Scenario::HttpLogged => ", access log on",
+                        _ => "",
                     },
                     self.layout.load_threads(plan.http_conns),
                     plan.http_conns

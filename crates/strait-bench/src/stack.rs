@@ -108,6 +108,9 @@ pub struct Stack {
     pub strait_addr: SocketAddr,
     /// Strait's TLS environment (HTTP/1.1 or HTTP/2 by ALPN), with the same certificate.
     pub strait_tls_addr: SocketAddr,
+    /// Each gateway's listener that writes an access log (nginx's, Strait's).
+    pub nginx_logged_addr: SocketAddr,
+    pub strait_logged_addr: SocketAddr,
     /// Strait's admin API (loopback, no token).
     pub strait_admin: SocketAddr,
     _dir: tempfile::TempDir,
@@ -129,9 +132,10 @@ impl Stack {
         set_mode(dir.path(), 0o755)?;
         let path = dir.path();
         let port = || free_port().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
-        let (echo_addr, strait_addr, strait_tls_addr, strait_admin) =
+        let (echo_addr, strait_addr, strait_tls_addr, strait_logged_addr, strait_admin) =
+            (port()?, port()?, port()?, port()?, port()?);
+        let (nginx_addr, nginx_h2_addr, nginx_tls_addr, nginx_logged_addr) =
             (port()?, port()?, port()?, port()?);
-        let (nginx_addr, nginx_h2_addr, nginx_tls_addr) = (port()?, port()?, port()?);
         let cert = Certificate::write(path)?;
 
         let mut echo_cmd = layout.command(Role::Backend, &tools.strait, taskset);
@@ -146,25 +150,26 @@ impl Stack {
             echo_addr,
             Some(strait_admin),
             Some((strait_tls_addr, &cert)),
+            Some((strait_logged_addr, &path.join("strait-access.log"))),
         );
         let yaml_path = path.join("strait.yaml");
         std::fs::write(&yaml_path, &yaml).context("cannot write strait.yaml")?;
         let mut strait_cmd = layout.command(Role::Gateway, &tools.strait, taskset);
         strait_cmd.arg("run").arg("--config").arg(&yaml_path);
         // Its stdout and stderr go to a file, never to a pipe that could fill and stall it;
-        // the access log that `strait run` would write to stdout is off in the YAML anyway.
+        // its access logs are off in the YAML, or go to a file of their own.
         let strait_log = path.join("strait.log");
         let mut strait = ChildGuard::spawn("strait run", strait_cmd, &strait_log)?;
         strait
             .wait_listening(strait_addr, START_LIMIT, &strait_log)
             .await?;
-        for addr in [strait_tls_addr, strait_admin] {
+        for addr in [strait_tls_addr, strait_logged_addr, strait_admin] {
             strait
                 .wait_listening(addr, START_LIMIT, &strait_log)
                 .await?;
         }
 
-        let listen = [nginx_addr, nginx_h2_addr, nginx_tls_addr];
+        let listen = [nginx_addr, nginx_h2_addr, nginx_tls_addr, nginx_logged_addr];
         let workers = layout.cpus_of(Role::Gateway);
         let conf = render_nginx(path, listen, &cert, echo_addr, nofile, workers);
         let conf_path = path.join("nginx.conf");
@@ -174,7 +179,7 @@ impl Stack {
         // Start-up problems go to stderr (captured here); later ones to error.log.
         let nginx_log = path.join("nginx.out");
         let mut nginx = ChildGuard::spawn("nginx", nginx_cmd, &nginx_log)?;
-        for addr in [nginx_addr, nginx_tls_addr] {
+        for addr in [nginx_addr, nginx_tls_addr, nginx_logged_addr] {
             nginx.wait_listening(addr, START_LIMIT, &nginx_log).await?;
         }
 
@@ -188,6 +193,8 @@ impl Stack {
             nginx_tls_addr,
             strait_addr,
             strait_tls_addr,
+            nginx_logged_addr,
+            strait_logged_addr,
             strait_admin,
             _dir: dir,
         })
@@ -218,6 +225,15 @@ impl Stack {
             Side::Strait => Some(self.strait_tls_addr),
         }
     }
+
+    /// Where `side`'s load goes to be logged: none for the echo backend, which logs nothing.
+    pub fn logged_endpoint(&self, side: Side) -> Option<SocketAddr> {
+        match side {
+            Side::Direct => None,
+            Side::Nginx => Some(self.nginx_logged_addr),
+            Side::Strait => Some(self.strait_logged_addr),
+        }
+    }
 }
 
 /// A self-signed certificate for `localhost` and 127.0.0.1 (ECDSA P-256, rcgen's default)
@@ -240,43 +256,54 @@ impl Certificate {
     }
 }
 
-/// One environment with WebSocket on and its access log off (as nginx's is), and a second
-/// like it on `tls` with that certificate when given; one proxy `/*` to the echo backend
-/// deployed to both, and the admin API on `admin` when given.
+/// One environment with WebSocket on and its access log off (as nginx's is); when given, a
+/// second like it on `tls` with that certificate, and a third on `logged` writing its
+/// `combined` access log to that file (as nginx's logged server does); one proxy `/*` to the
+/// echo backend deployed to each, and the admin API on `admin` when given.
 pub fn strait_yaml(
     listen: SocketAddr,
     echo: SocketAddr,
     admin: Option<SocketAddr>,
     tls: Option<(SocketAddr, &Certificate)>,
+    logged: Option<(SocketAddr, &Path)>,
 ) -> String {
-    let env = |name: &str, listen: SocketAddr| {
+    let quoted = |path: &Path| format!("{:?}", path.display().to_string());
+    let env = |name: &str, listen: SocketAddr, log: Option<&Path>| {
         [
             format!("  - name: {name}"),
             format!("    listen: {listen}"),
             "    websocket: true".into(),
-            "    access_log:".into(),
-            "      format: off".into(),
+            match log {
+                None => "    access_log: { format: off }".into(),
+                Some(file) => format!(
+                    "    access_log: {{ format: combined, file: {} }}",
+                    quoted(file)
+                ),
+            },
         ]
     };
     let mut lines = vec!["environments:".to_owned()];
-    lines.extend(env("bench", listen));
+    let mut deploy = vec!["bench"];
+    lines.extend(env("bench", listen, None));
     if let Some((listen, cert)) = tls {
-        lines.extend(env("bench-tls", listen));
+        lines.extend(env("bench-tls", listen, None));
         lines.push(format!(
-            "    tls: {{ cert: {:?}, key: {:?} }}",
-            cert.cert.display().to_string(),
-            cert.key.display().to_string()
+            "    tls: {{ cert: {}, key: {} }}",
+            quoted(&cert.cert),
+            quoted(&cert.key)
         ));
+        deploy.push("bench-tls");
+    }
+    if let Some((listen, file)) = logged {
+        lines.extend(env("bench-logged", listen, Some(file)));
+        deploy.push("bench-logged");
     }
     lines.extend([
         "proxies:".into(),
         "  - name: echo".into(),
         "    path: /*".into(),
         format!("    backend: http://{echo}"),
-        format!(
-            "    deploy: [bench{}]",
-            if tls.is_some() { ", bench-tls" } else { "" }
-        ),
+        format!("    deploy: [{}]", deploy.join(", ")),
     ]);
     if let Some(admin) = admin {
         lines.extend(["admin:".into(), format!("  listen: {admin}")]);
@@ -284,11 +311,11 @@ pub fn strait_yaml(
     lines.join("\n") + "\n"
 }
 
-/// Fills in the nginx template; `listen` is the HTTP/1.1 address, the HTTP/2 one, then the
-/// TLS one (serving `cert`).
+/// Fills in the nginx template; `listen` is the HTTP/1.1 address, the HTTP/2 one, the TLS one
+/// (serving `cert`), then the one that logs.
 pub fn render_nginx(
     prefix: &Path,
-    [listen, listen_h2, listen_tls]: [SocketAddr; 3],
+    [listen, listen_h2, listen_tls, listen_logged]: [SocketAddr; 4],
     cert: &Certificate,
     echo: SocketAddr,
     nofile: u64,
@@ -299,6 +326,7 @@ pub fn render_nginx(
         .replace("{{LISTEN}}", &listen.to_string())
         .replace("{{LISTEN_H2}}", &listen_h2.to_string())
         .replace("{{LISTEN_TLS}}", &listen_tls.to_string())
+        .replace("{{LISTEN_LOGGED}}", &listen_logged.to_string())
         .replace("{{CERT}}", &cert.cert.display().to_string())
         .replace("{{KEY}}", &cert.key.display().to_string())
         .replace("{{ECHO}}", &echo.to_string())
@@ -324,7 +352,7 @@ mod tests {
             cert: "/tmp/x/cert.pem".into(),
             key: "/tmp/x/key.pem".into(),
         };
-        let conf = render_nginx(Path::new("/tmp/x"), [a, a, a], &cert, a, 20_000, 2);
+        let conf = render_nginx(Path::new("/tmp/x"), [a, a, a, a], &cert, a, 20_000, 2);
         assert!(!conf.contains("{{"), "{conf}");
         assert!(
             conf.contains("ssl_certificate_key /tmp/x/key.pem;"),
@@ -335,21 +363,36 @@ mod tests {
 
     #[test]
     fn the_strait_yaml_is_valid() {
+        use strait::config::AccessLogFormat;
         let a = SocketAddr::from(([127, 0, 0, 1], 1));
         let admin = SocketAddr::from(([127, 0, 0, 1], 2));
         let dir = tempfile::tempdir().unwrap();
         let cert = Certificate::write(dir.path()).unwrap();
         let tls = SocketAddr::from(([127, 0, 0, 1], 3));
-        for (admin, tls) in [(None, None), (Some(admin), Some((tls, &cert)))] {
-            let yaml = strait_yaml(a, a, admin, tls);
+        let logged = SocketAddr::from(([127, 0, 0, 1], 4));
+        let log = dir.path().join("access.log");
+        let all = (
+            Some(admin),
+            Some((tls, &cert)),
+            Some((logged, log.as_path())),
+        );
+        for (admin, tls, logged) in [(None, None, None), all] {
+            let yaml = strait_yaml(a, a, admin, tls, logged);
             let config = strait::config::parse_str(&yaml, Path::new("bench.yaml"))
                 .unwrap_or_else(|e| panic!("{yaml}\n{e}"));
             assert_eq!(config.admin.map(|a| a.listen), admin, "{yaml}");
-            let envs = if tls.is_some() { 2 } else { 1 };
+            let envs = 1 + usize::from(tls.is_some()) + usize::from(logged.is_some());
             assert_eq!(config.environments.len(), envs, "{yaml}");
             assert_eq!(config.proxies[0].deploy.len(), envs, "{yaml}");
             for env in &config.environments {
-                assert_eq!(env.access_log.format, None, "access log off in {yaml}");
+                let log = &env.access_log;
+                if env.name == "bench-logged" {
+                    assert_eq!(env.listen, logged.unwrap().0, "{yaml}");
+                    assert_eq!(log.format, Some(AccessLogFormat::Combined), "{yaml}");
+                    assert_eq!(log.file.as_deref(), logged.map(|l| l.1), "{yaml}");
+                } else {
+                    assert_eq!(log.format, None, "access log off in {yaml}");
+                }
             }
         }
     }

@@ -21,13 +21,15 @@ async fn every_mode_runs_through_the_gateway() {
         .expect("echo backend binds");
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let dir = tempfile::tempdir().expect("a temporary folder");
-    // The TLS environment as `compare` runs it: its certificate must load.
+    // The TLS and logging environments as `compare` runs them: the certificate must load.
     let cert = strait_bench::stack::Certificate::write(dir.path()).expect("a certificate");
+    let log = dir.path().join("access.log");
     let yaml = strait_bench::stack::strait_yaml(
         loopback,
         echo.local_addr(),
         None,
         Some((loopback, &cert)),
+        Some((loopback, &log)),
     );
     let file = dir.path().join("smoke.yaml");
     std::fs::write(&file, &yaml).expect("the config is written");
@@ -134,6 +136,22 @@ async fn every_mode_runs_through_the_gateway() {
     assert!(connected.sessions > 0, "{connected:?}");
     assert_eq!(connected.failures, 0, "{connected:?}");
     assert!(connected.handshake.p50_us <= connected.handshake.p99_us);
+
+    // The logging environment writes a `combined` line per session to its file.
+    let logged = gateway
+        .local_addr("bench-logged")
+        .expect("environment bench-logged listens");
+    let logged = Target::parse(&format!("ws://{logged}/logged"), 4).expect("valid URL");
+    let connected = ws_load::connect(&logged, 2, Duration::from_millis(200)).await;
+    assert!(connected.sessions > 0, "{connected:?}");
+    gateway.flush_access_logs().await;
+    let text = std::fs::read_to_string(&log).expect("the access log is written");
+    assert!(text.lines().count() > 0, "{yaml}");
+    assert!(
+        text.lines()
+            .all(|line| line.contains("\"GET /logged HTTP/1.1\" 101 ")),
+        "{text}"
+    );
 
     admin.shutdown().await;
     gateway.shutdown().await;
