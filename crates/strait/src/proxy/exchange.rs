@@ -20,7 +20,7 @@ use super::WaitTimer;
 use super::pipeline::{Body, ConnInfo};
 use super::snapshot::{EnvRoutes, Route};
 use crate::policy::{Admission, Held};
-use crate::telemetry::access::{ClientIp, RequestRecord};
+use crate::telemetry::access::{ClientIp, Format, RequestRecord};
 use crate::telemetry::metrics::InFlight;
 use crate::telemetry::trace::TraceContext;
 use crate::telemetry::{BodyProgress, Counted, Tracer};
@@ -186,7 +186,10 @@ impl Exchange {
         if self.upgraded && !log.log_handshake {
             return;
         }
-        let target = self.target.as_ref().map(uri_text);
+        // The combined line shows no backend: not made for it.
+        let target = (log.format == Format::Json)
+            .then(|| self.target.as_ref().map(uri_text))
+            .flatten();
         let target = target.as_deref().map(|t| self.shown(t));
         let path = self.logged_path();
         log.request(&RequestRecord {
@@ -197,7 +200,7 @@ impl Exchange {
             },
             time: self.time,
             request_id: self.trace.request_id(),
-            trace_id: self.trace.trace_id_hex(),
+            trace_id: self.trace.trace_id,
             environment: &env.name,
             proxy: self.route.as_ref().map(|r| &*r.proxy),
             method: self.method.as_str(),

@@ -1,6 +1,7 @@
 //! History timestamps: RFC 3339 in UTC with milliseconds, computed from `SystemTime` with
 //! the proleptic Gregorian calendar (no date crate needed for this one format).
 
+use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const SECONDS_PER_DAY: u64 = 86_400;
@@ -32,8 +33,8 @@ pub(crate) fn rfc3339_millis(time: SystemTime) -> String {
     String::from_utf8(text.to_vec()).unwrap_or_default()
 }
 
-/// nginx's `$time_local` in UTC: `02/Dec/2026:01:52:46 +0000`.
-pub(crate) fn combined_time(time: SystemTime) -> String {
+/// Appends nginx's `$time_local` in UTC: `02/Dec/2026:01:52:46 +0000`.
+pub(crate) fn push_combined_time(out: &mut String, time: SystemTime) {
     const MONTHS: [&[u8; 3]; 12] = [
         b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
         b"Dec",
@@ -58,16 +59,20 @@ pub(crate) fn combined_time(time: SystemTime) -> String {
         (15..17, of_day % 3600 / 60),
         (18..20, of_day % 60),
     ];
-    if year > 9999 || !put_fields(&mut text, fields) {
-        return format!(
-            "{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000",
-            String::from_utf8_lossy(*name),
-            of_day / 3600,
-            of_day % 3600 / 60,
-            of_day % 60,
-        );
+    let written = year <= 9999 && put_fields(&mut text, fields);
+    match std::str::from_utf8(&text) {
+        Ok(text) if written => out.push_str(text),
+        _ => {
+            let _ = write!(
+                out,
+                "{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000",
+                String::from_utf8_lossy(*name),
+                of_day / 3600,
+                of_day % 3600 / 60,
+                of_day % 60,
+            );
+        }
     }
-    String::from_utf8(text.to_vec()).unwrap_or_default()
 }
 
 /// (year, month, day, second of the day) of `seconds` after the epoch.
@@ -142,7 +147,11 @@ mod tests {
 
     #[test]
     fn combined_times() {
-        let at = |seconds| combined_time(UNIX_EPOCH + Duration::from_secs(seconds));
+        let at = |seconds| {
+            let mut text = String::new();
+            push_combined_time(&mut text, UNIX_EPOCH + Duration::from_secs(seconds));
+            text
+        };
         assert_eq!(at(0), "01/Jan/1970:00:00:00 +0000");
         assert_eq!(at(951_782_400), "29/Feb/2000:00:00:00 +0000");
         assert_eq!(at(1_764_640_366), "02/Dec/2025:01:52:46 +0000");
@@ -154,7 +163,9 @@ mod tests {
     fn years_past_9999_keep_every_digit() {
         let at = UNIX_EPOCH + Duration::from_secs(253_402_300_800 + 86_400 + 3_661);
         assert_eq!(rfc3339_millis(at), "10000-01-02T01:01:01.000Z");
-        assert_eq!(combined_time(at), "02/Jan/10000:01:01:01 +0000");
+        let mut combined = "[".to_owned();
+        push_combined_time(&mut combined, at);
+        assert_eq!(combined, "[02/Jan/10000:01:01:01 +0000", "appended");
     }
 
     #[test]

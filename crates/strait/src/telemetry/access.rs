@@ -21,7 +21,8 @@ use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::time::{combined_time, rfc3339_millis};
+use super::trace::trace_id_hex;
+use crate::store::time::{push_combined_time, rfc3339_millis};
 
 /// Bytes of lines a worker's buffer collects before it hands them to the writer.
 const HAND_OVER: usize = 32 * 1024;
@@ -313,19 +314,31 @@ fn combined(
         None => _ = write!(line, "{}", client.addr.ip()),
     }
     line.push_str(" - - [");
-    line.push_str(&combined_time(time));
+    push_combined_time(&mut line, time);
     line.push_str("] \"");
     line.push_str(method);
     line.push(' ');
     escape_into(&mut line, path);
     line.push(' ');
     line.push_str(version);
-    let _ = write!(line, "\" {status} {bytes} \"");
+    line.push_str("\" ");
+    push_decimal(&mut line, u64::from(status));
+    line.push(' ');
+    push_decimal(&mut line, bytes);
+    line.push_str(" \"");
     escape_into(&mut line, referer.unwrap_or("-"));
     line.push_str("\" \"");
     escape_into(&mut line, user_agent.unwrap_or("-"));
     line.push('"');
     line
+}
+
+/// Appends `n` in decimal: `write!` cost ~550 instructions a line for the status and size.
+fn push_decimal(line: &mut String, n: u64) {
+    if n >= 10 {
+        push_decimal(line, n / 10);
+    }
+    line.push(char::from(b'0' + (n % 10) as u8));
 }
 
 /// Appends `text` with nginx's escaping: `"`, `\` and bytes outside printable ASCII as
@@ -355,6 +368,10 @@ fn serialize_time<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok
 
 fn serialize_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(millis(*d))
+}
+
+fn serialize_trace_id<S: serde::Serializer>(id: &u128, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(std::str::from_utf8(&trace_id_hex(*id)).unwrap_or_default())
 }
 
 fn serialize_opt_millis<S: serde::Serializer>(
@@ -403,7 +420,8 @@ pub struct RequestRecord<'a> {
     #[serde(serialize_with = "serialize_time")]
     pub time: SystemTime,
     pub request_id: &'a str,
-    pub trace_id: String,
+    #[serde(serialize_with = "serialize_trace_id")]
+    pub trace_id: u128,
     pub environment: &'a str,
     /// `null` when no proxy matched.
     pub proxy: Option<&'a str>,
@@ -444,8 +462,9 @@ impl RequestRecord<'_> {
         json_str(&mut out, &rfc3339_millis(self.time));
         out.extend_from_slice(b",\"request_id\":");
         json_str(&mut out, self.request_id);
-        out.extend_from_slice(b",\"trace_id\":");
-        json_str(&mut out, &self.trace_id);
+        out.extend_from_slice(b",\"trace_id\":\"");
+        out.extend_from_slice(&trace_id_hex(self.trace_id));
+        out.push(b'"');
         out.extend_from_slice(b",\"environment\":");
         json_str(&mut out, self.environment);
         out.extend_from_slice(b",\"proxy\":");
@@ -562,6 +581,7 @@ mod tests {
             numbers in proptest::collection::vec(any::<u64>(), 3),
             micros in proptest::collection::vec(0u64..10_000_000_000, 2),
             ip_text in any::<bool>(),
+            trace_id in any::<u128>(),
         ) {
             let text = |i: usize| texts.get(i).map_or("", String::as_str);
             let on = |i: usize| optional.get(i).copied().unwrap_or(false);
@@ -571,7 +591,7 @@ mod tests {
                 kind: "http",
                 time: SystemTime::UNIX_EPOCH + Duration::from_micros(number(0) % (1 << 48)),
                 request_id: text(0),
-                trace_id: text(1).to_owned(),
+                trace_id,
                 environment: &plain,
                 proxy: on(0).then(|| text(2)),
                 method: text(3),
@@ -593,6 +613,15 @@ mod tests {
             };
             let ours = String::from_utf8(record.to_json()).unwrap();
             prop_assert_eq!(ours, serde_json::to_string(&record).unwrap());
+        }
+
+        #[test]
+        fn decimals_are_what_display_writes(n in any::<u64>(), small in 0u64..1000) {
+            for n in [n, small] {
+                let mut line = "x".to_owned();
+                push_decimal(&mut line, n);
+                prop_assert_eq!(line, format!("x{n}"));
+            }
         }
     }
 

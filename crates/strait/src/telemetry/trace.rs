@@ -88,18 +88,18 @@ impl TraceContext {
         value
     }
 
-    /// The trace id as 32 lowercase hex digits, for logs.
-    pub fn trace_id_hex(&self) -> String {
-        let mut text = [b'0'; 32];
-        put_hex(&mut text, self.trace_id);
-        String::from_utf8(text.to_vec()).unwrap_or_default()
-    }
-
     /// Sets `X-Request-Id` and `traceparent` on a request to the backend.
     pub fn to_backend(&self, headers: &mut HeaderMap) {
         headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
         headers.insert(TRACEPARENT.clone(), self.traceparent());
     }
+}
+
+/// A trace id as 32 lowercase hex digits, for logs.
+pub fn trace_id_hex(id: u128) -> [u8; 32] {
+    let mut text = [b'0'; 32];
+    put_hex(&mut text, id);
+    text
 }
 
 fn valid_request_id(id: &[u8]) -> bool {
@@ -249,7 +249,10 @@ mod tests {
             };
             let expected = format!("00-{trace_id:032x}-{span_id:016x}-{flags:02x}");
             assert_eq!(ctx.traceparent().to_str().unwrap(), expected);
-            assert_eq!(ctx.trace_id_hex(), format!("{trace_id:032x}"));
+            assert_eq!(
+                trace_id_hex(trace_id),
+                format!("{trace_id:032x}").as_bytes()
+            );
         }
         let id = new_request_id();
         let id = id.to_str().unwrap();
