@@ -111,8 +111,8 @@ impl Gateway {
                 Some(workers)
             }
         };
-        // Each worker keeps its own backend connections.
-        let pools = workers.as_ref().map_or(0, |w| w.handles().len());
+        // Each worker keeps its own backend connections and access-log buffers.
+        let worker_count = workers.as_ref().map_or(0, |w| w.handles().len());
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             shutdown: CancellationToken::new(),
@@ -135,11 +135,11 @@ impl Gateway {
             shared,
             tasks: TaskTracker::new(),
             running: Mutex::new(Running {
-                upstreams: UpstreamCache::new(resolver, pools),
+                upstreams: UpstreamCache::new(resolver, worker_count),
                 listeners: HashMap::new(),
                 pools: PoolCache::default(),
                 checks: Vec::new(),
-                sinks: Sinks::new(pools),
+                sinks: Sinks::new(worker_count),
             }),
             addrs: std::sync::Mutex::default(),
             options,
