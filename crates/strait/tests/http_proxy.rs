@@ -1101,6 +1101,58 @@ async fn short_client_connections_share_pooled_backend_connections() {
     assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
 }
 
+#[tokio::test]
+async fn closed_client_connections_leave_their_backend_connections_to_later_ones() {
+    let (backend, gw) = ok_backend_behind_a_gateway().await;
+    // Clients one after another, each with more requests than go through the pool, so each
+    // needs a backend connection of its own; each waits until the gateway has closed its
+    // connection, so the one it used is a spare before the next client arrives. Per worker:
+    // the pool's connection and one of its own, handed from client to client — not one
+    // per client (12 of them, each leaving a socket in TIME_WAIT on the gateway).
+    for _ in 0..12 {
+        oks_until_closed(addr(&gw), 10).await;
+    }
+    let opened = backend.connections.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&opened), "{opened} backend connections");
+}
+
+/// `count` GETs of `/ok/...` one after another on one client connection, the last asking
+/// the gateway to close it; returns once the gateway has.
+async fn oks_until_closed(gw: SocketAddr, count: usize) {
+    within("requests, then the gateway's close", async {
+        let tcp = TcpStream::connect(gw)
+            .await
+            .expect("connect to the gateway");
+        let mut reader = BufReader::new(tcp);
+        for i in 0..count {
+            let close = if i + 1 == count {
+                "Connection: close\r\n"
+            } else {
+                ""
+            };
+            let request = format!("GET /ok/{i} HTTP/1.1\r\nHost: {gw}\r\n{close}\r\n");
+            reader
+                .get_mut()
+                .write_all(request.as_bytes())
+                .await
+                .expect("write the request");
+            let answer = read_response(&mut reader).await.expect("read the answer");
+            assert_eq!(
+                (answer.status, answer.text().as_str()),
+                (200, "ok"),
+                "{answer:?}"
+            );
+        }
+        let mut rest = Vec::new();
+        let read = reader
+            .read_to_end(&mut rest)
+            .await
+            .expect("read to the close");
+        assert_eq!(read, 0, "nothing after the last answer");
+    })
+    .await
+}
+
 /// A backend that counts its open connections and the requests that reached it, and holds
 /// every request until `release` says so — or until the gateway closes that connection.
 struct HeldBackend {
@@ -1162,7 +1214,8 @@ type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 type H2Stream = tokio::task::JoinHandle<hyper::Result<Response<Incoming>>>;
 
 impl HeldBackend {
-    /// A gateway proxying `/own/*` to this backend, and an HTTP/2 client connected to it.
+    /// A gateway proxying `/own/*` to this backend on one worker (one pool, one set of
+    /// spares), and an HTTP/2 client connected to it.
     async fn behind_a_gateway(
         &self,
     ) -> (
@@ -1171,7 +1224,7 @@ impl HeldBackend {
         tokio::task::JoinHandle<hyper::Result<()>>,
     ) {
         let proxies = proxy("h2own", "/own/*", &format!("http://{}", self.addr));
-        let gw = gateway(&single_env(false, &proxies)).await;
+        let gw = gateway_on_one_worker(&single_env(false, &proxies)).await;
         let (sender, connection) = h2_client(addr(&gw)).await;
         (gw, sender, connection)
     }
@@ -1187,7 +1240,8 @@ impl HeldBackend {
         assert_eq!(*self.open.borrow(), open, "backend connections");
     }
 
-    /// Releases the requests it holds; every one of `streams` gets its 200.
+    /// Releases the requests it holds; every one of `streams` gets its 200 and its whole
+    /// body (so the gateway is done with each backend connection). Holds the next ones.
     async fn answers(&self, streams: Vec<H2Stream>) {
         self.release.send_replace(true);
         for stream in streams {
@@ -1196,7 +1250,10 @@ impl HeldBackend {
                 .expect("task")
                 .expect("answered");
             assert_eq!(response.status(), 200);
+            let body = within("the body", response.into_body().collect()).await;
+            assert_eq!(body.expect("body").to_bytes(), "ok");
         }
+        self.release.send_replace(false);
     }
 
     /// Waits until `open` of its connections are left.
@@ -1232,10 +1289,21 @@ async fn an_http2_client_keeps_sixteen_backend_connections_of_its_own_and_pools_
     let streams = h2_streams(&sender, &gw, 28);
     backend.holds(28, 28).await;
     backend.answers(streams).await;
-    // The client goes: its own 16 close with it, the 12 pooled stay for other clients.
+    // A second client, the first still connected: its 12 pooled requests take the pool's
+    // 12 idle connections, its own 16 are new — the first client's 16 are its own.
+    let (second, _second) = h2_client(addr(&gw)).await;
+    let streams = h2_streams(&second, &gw, 28);
+    backend.holds(56, 44).await;
+    backend.answers(streams).await;
+    // The first client goes: its 16 are kept as spares, and a third client's own 16 take
+    // them. No backend connection opens or closes.
     drop(sender);
     connection.abort();
-    backend.keeps(12).await;
+    workers_until(&gw, "the first client let go", |c| c == [1]).await;
+    let (third, _third) = h2_client(addr(&gw)).await;
+    let streams = h2_streams(&third, &gw, 28);
+    backend.holds(84, 44).await;
+    backend.answers(streams).await;
 }
 
 #[tokio::test]
@@ -1250,14 +1318,21 @@ async fn http2_streams_reset_mid_request_give_their_backend_connections_back() {
         stream.abort();
     }
     backend.keeps(0).await;
-    // 16 at once again. Had the resets kept their share, these would go through the pool,
-    // whose connections outlive the client; on its own connections, they close with it.
+    // 16 at once again: on its own connections, had the resets given their share back;
+    // else through the pool.
     let streams = h2_streams(&sender, &gw, 16);
     backend.holds(24 + 16, 16).await;
     backend.answers(streams).await;
+    // Told apart by the next client, once this one is gone: its 8 pooled requests find the
+    // pool empty (8 new connections), its own 16 take the first client's 16 spares.
+    // Through the pool, the 16 would have served the 8 pooled, and 16 own would be new.
     drop(sender);
     connection.abort();
-    backend.keeps(0).await;
+    workers_until(&gw, "the client let go", |c| c == [0]).await;
+    let (next, _next) = h2_client(addr(&gw)).await;
+    let streams = h2_streams(&next, &gw, 24);
+    backend.holds(40 + 24, 24).await;
+    backend.answers(streams).await;
 }
 
 #[tokio::test]
@@ -1298,7 +1373,7 @@ async fn gateway_with_client_idle(backend: SocketAddr, idle: &str) -> GatewayHan
         "    websocket: false\n",
         &format!("    websocket: false\n    timeouts: {{ client_idle: {idle} }}\n"),
     );
-    gateway(&yaml).await
+    gateway_on_one_worker(&yaml).await
 }
 
 #[tokio::test]
@@ -1315,16 +1390,21 @@ async fn an_idle_http2_client_is_let_go_after_client_idle_and_its_backend_connec
     assert!(!connection.is_finished(), "closed with streams in progress");
     backend.answers(streams).await;
     let answered = Instant::now();
-    // Then nothing: the gateway says GOAWAY and closes, and the connection's own backend
-    // connections with it; the pooled ones stay for other clients.
+    // Then nothing: the gateway says GOAWAY and closes; the connection's own backend
+    // connections become spares, the pooled ones stay in the pool.
     let _ = within("the idle HTTP/2 connection to close", connection).await;
     let after = answered.elapsed();
     assert!(
         after >= Duration::from_secs(1),
         "closed {after:?} after the last answer"
     );
-    backend.keeps(8).await;
     drop(sender);
+    // Which the next client's 10 streams use: no new backend connection.
+    workers_until(&gw, "the idle client let go", |c| c == [0]).await;
+    let (next, _next) = h2_client(addr(&gw)).await;
+    let streams = h2_streams(&next, &gw, 10);
+    backend.holds(20, 10).await;
+    backend.answers(streams).await;
 }
 
 #[tokio::test]

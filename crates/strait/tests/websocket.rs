@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{
     addr, assert_error, client, echo, gateway, get, json, send, single_env, slow_backend,
+    worker_connections, workers_until,
 };
 use futures_util::{SinkExt, StreamExt};
 use strait::GatewayHandle;
@@ -1137,36 +1138,6 @@ async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
         "closed too early: {:?}",
         started.elapsed()
     );
-}
-
-/// `strait_worker_connections` by worker, from the gateway's metrics.
-fn worker_connections(gw: &GatewayHandle) -> Vec<u64> {
-    let text = gw.metrics().encode().expect("metrics encode");
-    // By worker number: as text, "10" would sort before "2".
-    let mut counts: Vec<(u64, u64)> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("strait_worker_connections{worker=\""))
-        .filter_map(|l| {
-            let (worker, value) = l.split_once("\"} ")?;
-            Some((worker.parse().ok()?, value.trim().parse().ok()?))
-        })
-        .collect();
-    counts.sort();
-    counts.into_iter().map(|(_, n)| n).collect()
-}
-
-/// Waits (bounded) until the workers' counts satisfy `done`.
-async fn workers_until(gw: &GatewayHandle, what: &str, done: impl Fn(&[u64]) -> bool) -> Vec<u64> {
-    within(what, async {
-        loop {
-            let counts = worker_connections(gw);
-            if done(&counts) {
-                return counts;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
 }
 
 #[tokio::test]

@@ -9,9 +9,12 @@
 //! head is in, the connection is left idle for the next request — no pool lookup, no lock
 //! shared with other client connections. One the backend closed while idle is replaced by
 //! a fresh one transparently (nothing was sent: neither a retry nor a failure counts). A
-//! connection's first requests (many connections carry only a few, and a backend connection
-//! opened for them would close with them: a connect nginx, which only pools, does not pay),
-//! requests beyond the share, and CONNECT use the pooled client of the connection's worker.
+//! connection's first requests (many connections carry only a few, which a backend
+//! connection of their own would hardly pay for), requests beyond the share, and CONNECT use
+//! the pooled client of the connection's worker. When a client connection closes, its idle
+//! backend connections become spares of its thread ([`spare`]), which the next client
+//! connections there take before opening one: clients that come and go cost no backend
+//! connect each (nor a socket in TIME_WAIT on the gateway), as with nginx's upstream keepalive.
 
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -94,9 +97,10 @@ impl Pinned {
         let to_target = |held: &Held| {
             Arc::ptr_eq(&held.target, lease.target()) && held.upstream == *upstream.id()
         };
-        let sender = match own.idle.iter().position(to_target) {
+        let sender = match own.idle.iter().position(&to_target) {
             Some(i) => Some(own.idle.swap_remove(i).sender),
-            None if own.idle.len() + own.lent < share => None,
+            // A spare left by an earlier client connection, else a fresh one.
+            None if own.idle.len() + own.lent < share => spare::take(to_target),
             None => return Path::Pooled,
         };
         own.lent += 1;
@@ -119,6 +123,95 @@ impl Drop for Lent<'_> {
     fn drop(&mut self) {
         let mut own = self.0.own();
         own.lent = own.lent.saturating_sub(1);
+    }
+}
+
+impl Drop for Pinned {
+    /// The client connection is gone: its idle backend connections serve later ones.
+    fn drop(&mut self) {
+        let own = self.0.get_mut().unwrap_or_else(PoisonError::into_inner);
+        spare::keep(std::mem::take(&mut own.idle));
+    }
+}
+
+/// Idle backend connections left by client connections that closed, kept per thread (a
+/// worker's connections are served on its thread) for the client connections that come
+/// after: most recent first, at most [`spare::KEPT`], none older than [`spare::FOR`].
+/// Touched once per client connection, when it closes and when it first needs a backend
+/// connection of its own.
+mod spare {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::time::{Duration, Instant};
+
+    use super::Held;
+    use crate::upstream::HttpSender;
+
+    /// Spares a thread keeps, over all backends (nginx's upstream `keepalive 256` in the
+    /// comparison's configuration is per worker too).
+    pub const KEPT: usize = 256;
+    /// How long a spare is kept unused (hyper-util's pool keeps an idle connection 90 s).
+    pub const FOR: Duration = Duration::from_secs(90);
+
+    thread_local! {
+        static SPARES: RefCell<VecDeque<(Instant, Held)>> = const { RefCell::new(VecDeque::new()) };
+    }
+
+    /// Runs `f` on this thread's spares; `None` while the thread is ending.
+    fn with<T>(f: impl FnOnce(&mut VecDeque<(Instant, Held)>) -> T) -> Option<T> {
+        SPARES
+            .try_with(|spares| {
+                spares
+                    .try_borrow_mut()
+                    .ok()
+                    .map(|mut spares| f(&mut spares))
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Keeps `idle` as spares, dropping the oldest beyond [`KEPT`].
+    pub fn keep(idle: Vec<Held>) {
+        if idle.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        with(|spares| {
+            expire(spares, now);
+            // Not one the backend closed, nor one to a target a reload took out.
+            let open = idle
+                .into_iter()
+                .filter(|held| !held.sender.is_closed() && !held.target.retired().is_cancelled());
+            spares.extend(open.map(|held| (now, held)));
+            let over = spares.len().saturating_sub(KEPT);
+            spares.drain(..over);
+        });
+    }
+
+    /// The most recent open spare that `fits`, if any; closed ones (the backend hung up)
+    /// are dropped on the way.
+    pub fn take(fits: impl Fn(&Held) -> bool) -> Option<HttpSender> {
+        let now = Instant::now();
+        with(|spares| {
+            expire(spares, now);
+            while let Some(i) = spares.iter().rposition(|(_, held)| fits(held)) {
+                let (_, held) = spares.remove(i)?;
+                if !held.sender.is_closed() {
+                    return Some(held.sender);
+                }
+            }
+            None
+        })
+        .flatten()
+    }
+
+    /// Drops the spares kept longer than [`FOR`] (the oldest are at the front).
+    fn expire(spares: &mut VecDeque<(Instant, Held)>, now: Instant) {
+        let old = spares
+            .iter()
+            .take_while(|(since, _)| now.duration_since(*since) >= FOR)
+            .count();
+        spares.drain(..old);
     }
 }
 

@@ -24,12 +24,22 @@ pub async fn gateway(yaml: &str) -> GatewayHandle {
 
 /// Like [`gateway`], with relative file paths resolved against `origin`'s folder.
 pub async fn gateway_in(yaml: &str, origin: &Path) -> GatewayHandle {
+    gateway_with(yaml, origin, 2).await
+}
+
+/// Like [`gateway`], serving client connections on one worker thread: every client shares
+/// its backend pool and spare connections.
+pub async fn gateway_on_one_worker(yaml: &str) -> GatewayHandle {
+    gateway_with(yaml, Path::new("test.yaml"), 1).await
+}
+
+async fn gateway_with(yaml: &str, origin: &Path, workers: usize) -> GatewayHandle {
     let config = match strait::config::parse_str(yaml, origin) {
         Ok(config) => config,
         Err(error) => panic!("test configuration is invalid:\n{error}\n---\n{yaml}"),
     };
     let options = GatewayOptions {
-        workers: 2,
+        workers,
         ..GatewayOptions::default()
     };
     match Gateway::start_with(&config, options).await {
@@ -153,5 +163,42 @@ pub async fn slow_backend() -> SlowBackend {
         addr,
         arrived,
         release,
+    }
+}
+
+/// `strait_worker_connections` by worker, from the gateway's metrics.
+pub fn worker_connections(gw: &GatewayHandle) -> Vec<u64> {
+    let text = gw.metrics().encode().expect("metrics encode");
+    // By worker number: as text, "10" would sort before "2".
+    let mut counts: Vec<(u64, u64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("strait_worker_connections{worker=\""))
+        .filter_map(|l| {
+            let (worker, value) = l.split_once("\"} ")?;
+            Some((worker.parse().ok()?, value.trim().parse().ok()?))
+        })
+        .collect();
+    counts.sort();
+    counts.into_iter().map(|(_, n)| n).collect()
+}
+
+/// Waits (5 s at most) until the workers' counts satisfy `done`.
+pub async fn workers_until(
+    gw: &GatewayHandle,
+    what: &str,
+    done: impl Fn(&[u64]) -> bool,
+) -> Vec<u64> {
+    let wait = async {
+        loop {
+            let counts = worker_connections(gw);
+            if done(&counts) {
+                return counts;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), wait).await {
+        Ok(counts) => counts,
+        Err(_) => panic!("timed out after 5s: {what}"),
     }
 }
