@@ -167,6 +167,8 @@ enum Scenario {
     Http,
     /// HTTP/1.1 again, on each gateway's listener that writes an access log.
     HttpLogged,
+    /// HTTP/1.1 again, each client connection closing after ~20 requests.
+    HttpChurn,
     Http2,
     /// HTTP/1.1 and HTTP/2 over TLS (ALPN) at the gateways; the echo has no TLS to compare.
     Https,
@@ -251,6 +253,7 @@ impl Runner<'_> {
         let mut scenarios = vec![
             Scenario::Http,
             Scenario::HttpLogged,
+            Scenario::HttpChurn,
             Scenario::Http2,
             Scenario::Https,
             Scenario::Http2Tls,
@@ -296,7 +299,7 @@ impl Runner<'_> {
         let (warmup, duration) = (plan.warmup.as_secs_f64().to_string(), secs.to_string());
         let url = |path: &str| format!("ws://{addr}{path}");
         match scenario {
-            Scenario::Http | Scenario::HttpLogged | Scenario::Https => {
+            Scenario::Http | Scenario::HttpLogged | Scenario::HttpChurn | Scenario::Https => {
                 let Some(url) = http_url(scenario, stack, side) else {
                     return Ok(match scenario {
                         Scenario::HttpLogged => NO_LOG,
@@ -305,7 +308,8 @@ impl Runner<'_> {
                     .into());
                 };
                 let cpu = ServerCpu::after(pid, plan.warmup);
-                let (r, load_cpu) = self.wrk(&url).await?;
+                let churn = matches!(scenario, Scenario::HttpChurn);
+                let (r, load_cpu) = self.wrk(&url, churn).await?;
                 let s = format!(
                     "{} keep-alive GET{} (wrk -t{} -c{} -d{secs}s)",
                     match scenario {
@@ -313,8 +317,12 @@ impl Runner<'_> {
                         _ => "HTTP",
                     },
                     match scenario {
-                        Scenario::HttpLogged => ", access log on",
-                        _ => "",
+                        Scenario::HttpLogged => ", access log on".to_owned(),
+                        Scenario::HttpChurn => format!(
+                            ", a new client connection every {} requests",
+                            wrk::CHURN_REQUESTS
+                        ),
+                        _ => String::new(),
                     },
                     self.layout.load_threads(plan.http_conns),
                     plan.http_conns
@@ -528,11 +536,15 @@ impl Runner<'_> {
 
     /// wrk against `url` (after a short unrecorded warm-up when the plan has one), and the
     /// recorded run's CPU use (% of one core).
-    async fn wrk(&self, url: &str) -> Result<(WrkReport, f64)> {
+    async fn wrk(&self, url: &str, churn: bool) -> Result<(WrkReport, f64)> {
         let plan = self.plan;
         let script =
             std::env::temp_dir().join(format!("strait-bench-wrk-{}.lua", std::process::id()));
-        std::fs::write(&script, wrk::REPORT_SCRIPT).context("cannot write the wrk script")?;
+        let text = match churn {
+            false => wrk::REPORT_SCRIPT.to_owned(),
+            true => format!("{}\n{}", wrk::REPORT_SCRIPT, wrk::CHURN_SCRIPT),
+        };
+        std::fs::write(&script, text).context("cannot write the wrk script")?;
         let run = |secs: u64, latency: bool| {
             let mut cmd = self.pinned(&self.tools.wrk);
             cmd.args([

@@ -312,6 +312,11 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
     );
     let _ = writeln!(
         w,
+        "- **HTTP, clients that come and go**: the same load with [`bench/wrk-churn.lua`](bench/wrk-churn.lua)          added to the script: every {n}th request of a wrk thread asks for its connection to close          (`Connection: close`) and wrk opens a new one, so client connections carry ~{n} requests each. nginx          serves each new client from its upstream pool; Strait from its pool for a client's first 8 requests,          then on a backend connection an earlier client left (`scripts/backend-connects.sh` counts the          backend connects).",
+        n = crate::wrk::CHURN_REQUESTS
+    );
+    let _ = writeln!(
+        w,
         "- **HTTP/2**: `h2load -t{} -c{} -m{} -D{secs}` (HTTP/2 without TLS, prior knowledge: {} streams in \
          flight, as many as wrk's connections) on the same `GET /bench/http`{}; percentiles from its per-request \
          log. nginx 1.22 serves that on a second port (`listen … http2`); the echo and Strait tell it from \

@@ -8,6 +8,11 @@ use crate::latency::Percentiles;
 
 /// The Lua script passed to wrk with `-s`.
 pub const REPORT_SCRIPT: &str = include_str!("../../../bench/wrk-report.lua");
+/// Appended to [`REPORT_SCRIPT`] for clients that come and go: every 20th request asks for
+/// the connection to close.
+pub const CHURN_SCRIPT: &str = include_str!("../../../bench/wrk-churn.lua");
+/// Requests per client connection under [`CHURN_SCRIPT`].
+pub const CHURN_REQUESTS: u32 = 20;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct WrkReport {
