@@ -312,7 +312,12 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
     );
     let _ = writeln!(
         w,
-        "- **HTTP, clients that come and go**: the same load with [`bench/wrk-churn.lua`](bench/wrk-churn.lua)          added to the script: every {n}th request of a wrk thread asks for its connection to close          (`Connection: close`) and wrk opens a new one, so client connections carry ~{n} requests each. nginx          serves each new client from its upstream pool; Strait from its pool for a client's first 8 requests,          then on a backend connection an earlier client left (`scripts/backend-connects.sh` counts the          backend connects).",
+        "- **HTTP, clients that come and go**: the same load with [`bench/wrk-churn.lua`](bench/wrk-churn.lua) \
+         added to the script: every {n}th request of a wrk thread asks for its connection to close \
+         (`Connection: close`) and wrk opens a new one, so client connections carry ~{n} requests each. nginx \
+         serves each new client from its upstream pool; Strait from its pool for a client's first 8 requests, \
+         then on a backend connection an earlier client left (`scripts/backend-connects.sh` counts the \
+         backend connects).",
         n = crate::wrk::CHURN_REQUESTS
     );
     let _ = writeln!(
