@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools `strait-bench compare` drives: nginx (the comparison gateway) and wrk (the
 # HTTP/1 load generator), h2load (HTTP/2's, from nghttp2-client), valgrind for
-# scripts/callgrind.sh and strace for scripts/syscalls.sh (openssl makes their TLS certificate),
-# from Debian/Ubuntu packages.
+# scripts/callgrind.sh, strace for scripts/syscalls.sh and ss (iproute2) for
+# scripts/backend-connects.sh (openssl makes their TLS certificate), from Debian/Ubuntu packages.
 # Idempotent: installs only what is missing, then prints the versions found. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -14,6 +14,7 @@ command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v strace >/dev/null 2>&1 || need+=(strace)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v ss >/dev/null 2>&1 || need+=(ss)
 
 if ((${#need[@]})); then
     SUDO=""
@@ -31,6 +32,7 @@ if ((${#need[@]})); then
             nginx)
                 if apt-cache show nginx-light >/dev/null 2>&1; then pkgs+=(nginx-light); else pkgs+=(nginx); fi ;;
             h2load) pkgs+=(nghttp2-client) ;;
+            ss) pkgs+=(iproute2) ;;
             *) pkgs+=("$tool") ;;
         esac
     done
@@ -42,7 +44,7 @@ if ((${#need[@]})); then
     fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
 else
-    echo "nginx, wrk, h2load, taskset, valgrind and strace are already installed"
+    echo "nginx, wrk, h2load, taskset, valgrind, strace, openssl and ss are already installed"
 fi
 
 echo "--- versions"
@@ -52,3 +54,4 @@ h2load --version 2>&1 | head -n 1
 taskset --version 2>&1 | head -n 1
 valgrind --version 2>&1 | head -n 1
 strace --version 2>&1 | head -n 1
+ss --version 2>&1 | head -n 1

@@ -98,6 +98,16 @@ fn duration_us(text: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_churn_script_closes_as_often_as_the_report_says() {
+        let every = format!("sent % {} == 0", super::CHURN_REQUESTS);
+        assert!(
+            super::CHURN_SCRIPT.contains(&every),
+            "{}",
+            super::CHURN_SCRIPT
+        );
+    }
+
     use super::*;
 
     const SAMPLE: &str = "Running 10s test @ http://127.0.0.1:8080/

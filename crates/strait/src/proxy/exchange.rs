@@ -187,9 +187,11 @@ impl Exchange {
             return;
         }
         // The combined line shows no backend: not made for it.
-        let target = (log.format == Format::Json)
-            .then(|| self.target.as_ref().map(uri_text))
-            .flatten();
+        let target = self
+            .target
+            .as_ref()
+            .filter(|_| log.format == Format::Json)
+            .map(uri_text);
         let target = target.as_deref().map(|t| self.shown(t));
         let path = self.logged_path();
         log.request(&RequestRecord {
