@@ -5,9 +5,10 @@
 # configuration, default workers) in front of one `strait echo`, warms it up for 1 s and
 # records 4 s; each pair of runs alternates which build goes first.
 #
-#   scripts/ab.sh BUILD_A BUILD_B [http|h2|echo|connect] [PAIRS]   (default: http, 6 pairs)
+#   scripts/ab.sh BUILD_A BUILD_B [http|churn|h2|echo|connect] [PAIRS]   (default: http, 6 pairs)
 #
 #   http     keep-alive GETs: wrk -t1 -c64          (requests/s, p99 µs)
+#   churn    as http, each connection closed after 20 requests (bench/wrk-churn.lua)
 #   h2       HTTP/2 GETs: h2load -t1 -c8 -m8        (requests/s, p99 µs)
 #   echo     64-byte WebSocket round trips, 100 connections  (messages/s, p99 µs)
 #   connect  WebSocket connect + upgrade + close, 32 clients (sessions/s, handshake p99 µs)
@@ -30,8 +31,11 @@ url=$gw
 # One recorded run of $mode against the gateway on $gw: "rate p99_us".
 measure() {
     case $mode in
-        http) taskset -c "$cpu" wrk -t1 -c64 -d1s "http://$url/bench/http" >/dev/null
-              taskset -c "$cpu" wrk -t1 -c64 -d4s --latency "http://$url/bench/http" | awk '
+        http|churn)
+              local script=()
+              [[ $mode == churn ]] && script=(-s bench/wrk-churn.lua)
+              taskset -c "$cpu" wrk -t1 -c64 -d1s "${script[@]}" "http://$url/bench/http" >/dev/null
+              taskset -c "$cpu" wrk -t1 -c64 -d4s --latency "${script[@]}" "http://$url/bench/http" | awk '
                   function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; return v * 1e6 }
                   /Requests\/sec/ { r = $2 } / 99%/ { p = us($2) } END { printf "%d %d\n", r, p }' ;;
         h2) taskset -c "$cpu" h2load -t1 -c8 -m8 -D1 "http://$url/bench/http" >/dev/null

@@ -4,7 +4,7 @@
 # under callgrind in front of `strait echo`, warm up for 2 s, zero the counters, load it for
 # 8 s, dump, and divide the instructions by the units the load generator completed.
 #
-#   scripts/callgrind.sh [http|h2|https|h2tls|echo|connect]...   (default: http h2 echo connect;
+#   scripts/callgrind.sh [http|churn|h2|https|h2tls|echo|connect]...   (default: http h2 echo connect;
 #   see scripts/gateways.sh)
 #
 # Needs the release build (cargo build --release -p strait-cli -p strait-bench), nginx, wrk,

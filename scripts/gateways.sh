@@ -7,6 +7,8 @@
 #   wait_listening           waits (up to 30 s) until something accepts on PORT
 #   load MODE SECONDS        runs one workload, prints the units it completed:
 #     http     keep-alive GETs: wrk -t1 -c8                         (unit: request)
+#     churn    as http, each connection closed after 20 requests    (unit: request)
+#              (bench/wrk-churn.lua, the comparison's client-churn row)
 #     h2       HTTP/2 GETs: h2load, 8 connections × 8 streams       (unit: request)
 #     https    keep-alive GETs over TLS: wrk -t1 -c8                (unit: request)
 #     h2tls    HTTP/2 GETs over TLS (ALPN h2): as h2                (unit: request)
@@ -80,6 +82,7 @@ load() {
     local mode=$1 secs=$2
     case $mode in
         http) wrk -t1 -c8 -d"${secs}s" "http://$gw/bench/http" | awk '/requests in/ {print $1}' ;;
+        churn) wrk -t1 -c8 -d"${secs}s" -s bench/wrk-churn.lua "http://$gw/bench/http" | awk '/requests in/ {print $1}' ;;
         h2) local url=http://$gw/bench/http
             [[ ${side:-} == nginx ]] && url=http://$gw_h2/bench/http
             h2load -t1 -c8 -m8 -D"$secs" "$url" | awk '/^requests:/ {print $8}' ;;

@@ -1082,17 +1082,17 @@ async fn oks_on_one_connection(gw: SocketAddr, count: usize) {
 async fn a_client_connections_requests_share_one_backend_connection() {
     let (backend, gw) = ok_backend_behind_a_gateway().await;
     oks_on_one_connection(addr(&gw), 12).await;
-    // The first 8 requests' (one after another: the same one), from the shared pool, and the
-    // one pinned to the client connection for the other 4.
-    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+    // One after another, all on the same one: shared by the worker for the first 8 requests,
+    // then kept by the client connection for the other 4.
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
 async fn short_client_connections_share_pooled_backend_connections() {
     let (backend, gw) = ok_backend_behind_a_gateway().await;
-    // Clients one after another, each with a few requests: all through the pool of the
-    // worker that serves the client, none opening a connection of its own that would close
-    // with it. Each of the gateway's 2 workers keeps its own pool, so the backend sees one
+    // Clients one after another, each with a few requests: all over the shared connections
+    // of the worker that serves the client, none opening one of its own that would close
+    // with it. Each of the gateway's 2 workers shares its own, so the backend sees one
     // connection per worker: the kernel spreads the clients over both workers' sockets (all
     // 24 on one would happen once in ~8 million runs).
     for _ in 0..24 {
@@ -1102,18 +1102,53 @@ async fn short_client_connections_share_pooled_backend_connections() {
 }
 
 #[tokio::test]
+async fn a_response_still_streaming_keeps_its_backend_connection_from_other_requests() {
+    // "/stream" sends one chunk, then nothing; anything else "ok".
+    let backend = backend(|req: Request<Incoming>| async move {
+        let ok = futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from("ok")))]);
+        let frames = match req.uri().path() {
+            "/stream" => ok.chain(futures_util::stream::pending()).boxed(),
+            _ => ok.boxed(),
+        };
+        Response::new(StreamBody::new(frames))
+    })
+    .await;
+    let proxies = proxy("s", "/s/*", &format!("http://{}", backend.addr));
+    let gw = gateway_on_one_worker(&single_env(false, &proxies)).await;
+    let (mut sender, _connection) = h2_client(addr(&gw)).await;
+    let response = within(
+        "the head",
+        sender.send_request(get_request(&gw, "/s/stream")),
+    )
+    .await
+    .expect("a response");
+    let mut body = response.into_body();
+    let first = within("the first chunk", body.frame()).await;
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    // Its head is in, so its backend connection is shared again, but busy: other clients'
+    // requests are answered at once over a second one, not queued behind the stream.
+    for _ in 0..3 {
+        let request = format!("GET /s/x HTTP/1.1\r\nHost: {}\r\n\r\n", addr(&gw));
+        let answers = on_one_connection(addr(&gw), &[request]).await;
+        assert_eq!(answers.first().map(|a| a.text()).as_deref(), Some("ok"));
+    }
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+    drop(body);
+}
+
+#[tokio::test]
 async fn closed_client_connections_leave_their_backend_connections_to_later_ones() {
     let (backend, gw) = ok_backend_behind_a_gateway().await;
-    // Clients one after another, each with more requests than go through the pool, so each
-    // needs a backend connection of its own; each waits until the gateway has closed its
-    // connection, so the one it used is a spare before the next client arrives. Per worker:
-    // the pool's connection and one of its own, handed from client to client — not one
-    // per client (12 of them, each leaving a socket in TIME_WAIT on the gateway).
+    // Clients one after another, each with more requests than go over shared connections,
+    // so each keeps one of its own; each waits until the gateway has closed its connection,
+    // so the one it kept is shared again before the next client arrives. One per worker,
+    // handed from client to client — not one per client (12 of them, each leaving a socket
+    // in TIME_WAIT on the gateway).
     for _ in 0..12 {
         oks_until_closed(addr(&gw), 10).await;
     }
     let opened = backend.connections.load(Ordering::SeqCst);
-    assert!((2..=4).contains(&opened), "{opened} backend connections");
+    assert!((1..=2).contains(&opened), "{opened} backend connections");
 }
 
 /// `count` GETs of `/ok/...` one after another on one client connection, the last asking
@@ -1214,8 +1249,8 @@ type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 type H2Stream = tokio::task::JoinHandle<hyper::Result<Response<Incoming>>>;
 
 impl HeldBackend {
-    /// A gateway proxying `/own/*` to this backend on one worker (one pool, one set of
-    /// spares), and an HTTP/2 client connected to it.
+    /// A gateway proxying `/own/*` to this backend on one worker (one set of shared backend
+    /// connections), and an HTTP/2 client connected to it.
     async fn behind_a_gateway(
         &self,
     ) -> (
@@ -1281,22 +1316,22 @@ fn h2_streams(sender: &H2Sender, gw: &GatewayHandle, count: usize) -> Vec<H2Stre
 }
 
 #[tokio::test]
-async fn an_http2_client_keeps_sixteen_backend_connections_of_its_own_and_pools_the_rest() {
+async fn an_http2_client_keeps_sixteen_backend_connections_of_its_own_and_shares_the_rest() {
     let mut backend = held_backend().await;
     let (gw, sender, connection) = backend.behind_a_gateway().await;
     // 28 streams at once: the connection's first 8 requests and the 4 beyond its 16 own
-    // backend connections go through the shared pool.
+    // backend connections go over the worker's shared ones (all new here).
     let streams = h2_streams(&sender, &gw, 28);
     backend.holds(28, 28).await;
     backend.answers(streams).await;
-    // A second client, the first still connected: its 12 pooled requests take the pool's
-    // 12 idle connections, its own 16 are new — the first client's 16 are its own.
+    // A second client, the first still connected: 16 new — the 12 shared ones are free
+    // again, the first client's 16 are its own.
     let (second, _second) = h2_client(addr(&gw)).await;
     let streams = h2_streams(&second, &gw, 28);
     backend.holds(56, 44).await;
     backend.answers(streams).await;
-    // The first client goes: its 16 are kept as spares, and a third client's own 16 take
-    // them. No backend connection opens or closes.
+    // The first client goes: its 16 become shared, and a third client's 28 streams take
+    // them and the second's 12 shared ones. No backend connection opens or closes.
     drop(sender);
     connection.abort();
     workers_until(&gw, "the first client let go", |c| c == [1]).await;
@@ -1310,8 +1345,9 @@ async fn an_http2_client_keeps_sixteen_backend_connections_of_its_own_and_pools_
 async fn http2_streams_reset_mid_request_give_their_backend_connections_back() {
     let mut backend = held_backend().await;
     let (gw, sender, connection) = backend.behind_a_gateway().await;
-    // The first 8 requests (pooled) and 16 on the connection's own, all held by the backend,
-    // then reset by the client: the gateway drops them and closes their connections.
+    // The first 8 requests (over shared connections) and 16 on the connection's own, all
+    // held by the backend, then reset by the client: the gateway drops them and closes
+    // their connections.
     let streams = h2_streams(&sender, &gw, 24);
     backend.holds(24, 24).await;
     for stream in &streams {
@@ -1319,20 +1355,17 @@ async fn http2_streams_reset_mid_request_give_their_backend_connections_back() {
     }
     backend.keeps(0).await;
     // 16 at once again: on its own connections, had the resets given their share back;
-    // else through the pool.
+    // else over shared ones.
     let streams = h2_streams(&sender, &gw, 16);
     backend.holds(24 + 16, 16).await;
     backend.answers(streams).await;
-    // Told apart by the next client, once this one is gone: its 8 pooled requests find the
-    // pool empty (8 new connections), its own 16 take the first client's 16 spares.
-    // Through the pool, the 16 would have served the 8 pooled, and 16 own would be new.
-    drop(sender);
-    connection.abort();
-    workers_until(&gw, "the client let go", |c| c == [0]).await;
-    let (next, _next) = h2_client(addr(&gw)).await;
-    let streams = h2_streams(&next, &gw, 24);
-    backend.holds(40 + 24, 24).await;
+    // Told apart by a second client while this one lives: the 16 are the first client's
+    // own, so it opens 16 new. Had they been shared, it would have taken them.
+    let (second, _second) = h2_client(addr(&gw)).await;
+    let streams = h2_streams(&second, &gw, 16);
+    backend.holds(40 + 16, 32).await;
     backend.answers(streams).await;
+    drop((sender, connection));
 }
 
 #[tokio::test]
@@ -1345,7 +1378,7 @@ async fn an_http2_response_ends_with_its_last_data_frame() {
         .await
         .expect("h2 handshake");
     tokio::spawn(connection);
-    // The first 8 requests go through the pool, the 9th on the connection's own.
+    // The first 8 requests go over shared connections, the 9th on the connection's own.
     for i in 0..9 {
         let req = Request::get(format!("http://{}/eos/{i}", addr(&gw)))
             .body(())
@@ -1381,7 +1414,7 @@ async fn an_idle_http2_client_is_let_go_after_client_idle_and_its_backend_connec
     let mut backend = held_backend().await;
     let gw = gateway_with_client_idle(backend.addr, "1s").await;
     let (sender, connection) = h2_client(addr(&gw)).await;
-    // The first 8 streams go through the pool, the other two on the connection's own.
+    // The first 8 streams go over shared connections, the other two on the connection's own.
     let streams = h2_streams(&sender, &gw, 10);
     backend.holds(10, 10).await;
     // Streams in progress keep the connection however long they take: here, over twice
@@ -1391,7 +1424,7 @@ async fn an_idle_http2_client_is_let_go_after_client_idle_and_its_backend_connec
     backend.answers(streams).await;
     let answered = Instant::now();
     // Then nothing: the gateway says GOAWAY and closes; the connection's own backend
-    // connections become spares, the pooled ones stay in the pool.
+    // connections become shared, as the others already were.
     let _ = within("the idle HTTP/2 connection to close", connection).await;
     let after = answered.elapsed();
     assert!(
@@ -1474,7 +1507,8 @@ async fn a_pinned_backend_connection_closed_while_idle_is_replaced_unseen() {
     let proxies = proxy("stale", "/stale/*", &format!("http://{backend}"));
     let gw = gateway(&single_env(false, &proxies)).await;
     let gw_addr = addr(&gw);
-    // The first 8 go through the pool, the rest on the client connection's own.
+    // The first 8 go over the worker's shared connections, the rest on the client
+    // connection's own; either replaces one the backend closed.
     let requests: Vec<String> = (0..14)
         .map(|i| match i % 2 {
             0 => format!("GET /stale/{i} HTTP/1.1\r\nHost: {gw_addr}\r\n\r\n"),
@@ -2225,8 +2259,8 @@ async fn a_hundred_requests_on_one_client_connection() {
             "{response:?}"
         );
     }
-    // The gateway pools its backend connections too (a few may be opened when a connection
-    // has not gone back to the pool yet, but not one per request).
+    // The gateway keeps its backend connections alive too (a few may be opened when one is
+    // not free yet, but not one per request).
     let backend_connections = counting.connections.load(Ordering::SeqCst);
     assert!(
         (1..=10).contains(&backend_connections),

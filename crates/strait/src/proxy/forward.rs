@@ -1,20 +1,19 @@
 //! Connect + relay phases for plain HTTP: stream the request to the backend and stream its
 //! response back. Bodies are never buffered whole.
 //!
-//! Each client connection keeps backend HTTP/1 connections of its own ([`Pinned`], in its
-//! [`ConnInfo`]): one for an HTTP/1 client, which sends one request at a time, up to
-//! [`H2_OWN`] for an HTTP/2 client, whose streams run at once. Once the connection has sent
-//! [`POOLED_FIRST`] requests through the pool, a request takes an idle one to its
-//! target, or opens one while the connection has fewer than its share; once the response
-//! head is in, the connection is left idle for the next request — no pool lookup, no lock
-//! shared with other client connections. One the backend closed while idle is replaced by
-//! a fresh one transparently (nothing was sent: neither a retry nor a failure counts). A
-//! connection's first requests (many connections carry only a few, which a backend
-//! connection of their own would hardly pay for), requests beyond the share, and CONNECT use
-//! the pooled client of the connection's worker. When a client connection closes, its idle
-//! backend connections become spares of its thread ([`spare`]), which the next client
-//! connections there take before opening one: clients that come and go cost no backend
-//! connect each (nor a socket in TIME_WAIT on the gateway), as with nginx's upstream keepalive.
+//! Backend HTTP/1 connections live on the worker thread that serves their client connections,
+//! without a lock or a hash lookup on the way. A client connection's first [`SHARED_FIRST`]
+//! requests, and requests beyond its share, take one of the thread's shared connections
+//! ([`shared`]): the most recent idle one to the target, else a fresh one, handed back as
+//! soon as its response head is in and taken again once that response has ended. After that
+//! a client connection keeps connections of its own ([`Pinned`], in its [`ConnInfo`]): one
+//! for an HTTP/1 client, which sends one request at a time, up to [`H2_OWN`] for an HTTP/2
+//! client, whose streams run at once — taken from the shared ones, reused for its next
+//! requests to the same target, and shared again when the client connection closes. So
+//! clients that come and go cost no backend connect each (nor a socket in TIME_WAIT on the
+//! gateway), as with nginx's upstream keepalive. One the backend closed while idle is
+//! replaced by a fresh one transparently (nothing was sent: neither a retry nor a failure
+//! counts). CONNECT, whose connection becomes a tunnel, uses the worker's pooled client.
 
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,14 +38,14 @@ use crate::upstream::{HttpSender, MAX_RESPONSE_HEAD, Upstream, UpstreamError, Up
 type Outgoing = Request<Replay<Counted<Incoming>>>;
 
 /// Backend connections an HTTP/2 client connection keeps of its own; streams beyond that
-/// many at once go through the pool.
+/// many at once go over shared ones.
 const H2_OWN: usize = 16;
 
-/// Requests a client connection sends through the pool before it opens backend
-/// connections of its own, which pay for their connect only over many requests (a guess,
-/// not a measured break-even). Opening one on the second request, 1,000 clients of two
-/// requests each made 1,741 backend connects through Strait, 476 through nginx.
-const POOLED_FIRST: u8 = 8;
+/// Requests a client connection sends over the thread's shared connections before it keeps
+/// one of its own. Own ones cost fewer instructions per request (36.6k against 37.1k under
+/// callgrind, keep-alive GETs) but stay with the client connection while it idles; a
+/// client that sends only a few requests holds none.
+const SHARED_FIRST: u8 = 8;
 
 /// A client connection's own backend HTTP/1 connections.
 ///
@@ -57,8 +56,8 @@ pub struct Pinned(Mutex<Own>);
 
 #[derive(Default)]
 struct Own {
-    /// Requests sent through the pool before any own connection, up to [`POOLED_FIRST`].
-    pooled: u8,
+    /// Requests sent over shared connections before any own one, up to [`SHARED_FIRST`].
+    shared: u8,
     idle: Vec<Held>,
     /// Connections out with a request, or being opened.
     lent: usize,
@@ -76,6 +75,8 @@ enum Path<'a> {
     Pooled,
     /// One of the client connection's own: idle to this target, or `None` to open one.
     Own(Lent<'a>, Option<HttpSender>),
+    /// One of the thread's shared connections, or `None` to open one.
+    Shared(Option<HttpSender>),
 }
 
 /// A connection out of [`Pinned`]'s share, given back when dropped (kept idle by
@@ -87,21 +88,21 @@ impl Pinned {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A connection of this client connection's `share` to `lease`'s target, if it may.
+    /// A connection of this client connection's `share` to `lease`'s target if it may keep
+    /// one, else a shared one.
     fn checkout(&self, lease: &Lease, upstream: &Upstream, share: usize) -> Path<'_> {
-        let mut own = self.own();
-        if own.pooled < POOLED_FIRST {
-            own.pooled += 1;
-            return Path::Pooled;
-        }
         let to_target = |held: &Held| {
             Arc::ptr_eq(&held.target, lease.target()) && held.upstream == *upstream.id()
         };
+        let mut own = self.own();
+        if own.shared < SHARED_FIRST {
+            own.shared += 1;
+            return Path::Shared(shared::take(to_target));
+        }
         let sender = match own.idle.iter().position(&to_target) {
             Some(i) => Some(own.idle.swap_remove(i).sender),
-            // A spare left by an earlier client connection, else a fresh one.
-            None if own.idle.len() + own.lent < share => spare::take(to_target),
-            None => return Path::Pooled,
+            None if own.idle.len() + own.lent < share => shared::take(to_target),
+            None => return Path::Shared(shared::take(to_target)),
         };
         own.lent += 1;
         Path::Own(Lent(self), sender)
@@ -130,16 +131,17 @@ impl Drop for Pinned {
     /// The client connection is gone: its idle backend connections serve later ones.
     fn drop(&mut self) {
         let own = self.0.get_mut().unwrap_or_else(PoisonError::into_inner);
-        spare::keep(std::mem::take(&mut own.idle));
+        shared::keep(std::mem::take(&mut own.idle));
     }
 }
 
-/// Idle backend connections left by client connections that closed, kept per thread (a
-/// worker's connections are served on its thread) for the client connections that come
-/// after: most recent first, at most [`spare::KEPT`], none older than [`spare::FOR`].
-/// Touched once per client connection, when it closes and when it first needs a backend
-/// connection of its own.
-mod spare {
+/// The backend connections a worker thread shares between its client connections (a
+/// connection's tasks run on its worker's thread): handed back after each shared request's
+/// response head and by client connections that close. Taken most recent first, and only
+/// once ready for a request — a response still streaming keeps its connection from being
+/// taken, never makes a request wait — at most [`shared::KEPT`], none unused longer than
+/// [`shared::FOR`].
+mod shared {
     use std::cell::RefCell;
     use std::collections::VecDeque;
     use std::time::{Duration, Instant};
@@ -147,57 +149,67 @@ mod spare {
     use super::Held;
     use crate::upstream::HttpSender;
 
-    /// Spares a thread keeps, over all backends (nginx's upstream `keepalive 256` in the
-    /// comparison's configuration is per worker too).
+    /// Connections a thread keeps, over all backends, busy ones included (nginx's upstream
+    /// `keepalive 256` in the comparison's configuration is per worker too).
     pub const KEPT: usize = 256;
-    /// How long a spare is kept unused (hyper-util's pool keeps an idle connection 90 s).
+    /// How long a connection is kept unused (hyper-util's pool keeps an idle one 90 s).
     pub const FOR: Duration = Duration::from_secs(90);
 
     thread_local! {
-        static SPARES: RefCell<VecDeque<(Instant, Held)>> = const { RefCell::new(VecDeque::new()) };
+        static SHARED: RefCell<VecDeque<(Instant, Held)>> = const { RefCell::new(VecDeque::new()) };
     }
 
-    /// Runs `f` on this thread's spares; `None` while the thread is ending.
+    /// Runs `f` on this thread's connections; `None` while the thread is ending.
     fn with<T>(f: impl FnOnce(&mut VecDeque<(Instant, Held)>) -> T) -> Option<T> {
-        SPARES
-            .try_with(|spares| {
-                spares
+        SHARED
+            .try_with(|shared| {
+                shared
                     .try_borrow_mut()
                     .ok()
-                    .map(|mut spares| f(&mut spares))
+                    .map(|mut shared| f(&mut shared))
             })
             .ok()
             .flatten()
     }
 
-    /// Keeps `idle` as spares, dropping the oldest beyond [`KEPT`].
-    pub fn keep(idle: Vec<Held>) {
-        if idle.is_empty() {
+    /// Shares `held`, dropping the oldest beyond [`KEPT`].
+    pub fn keep(held: impl IntoIterator<Item = Held>) {
+        // Not one the backend closed, nor one to a target a reload took out.
+        let mut open = held
+            .into_iter()
+            .filter(|held| !held.sender.is_closed() && !held.target.retired().is_cancelled())
+            .peekable();
+        if open.peek().is_none() {
             return;
         }
         let now = Instant::now();
-        with(|spares| {
-            expire(spares, now);
-            // Not one the backend closed, nor one to a target a reload took out.
-            let open = idle
-                .into_iter()
-                .filter(|held| !held.sender.is_closed() && !held.target.retired().is_cancelled());
-            spares.extend(open.map(|held| (now, held)));
-            let over = spares.len().saturating_sub(KEPT);
-            spares.drain(..over);
+        with(|shared| {
+            expire(shared, now);
+            shared.extend(open.map(|held| (now, held)));
+            let over = shared.len().saturating_sub(KEPT);
+            shared.drain(..over);
         });
     }
 
-    /// The most recent open spare that `fits`, if any; closed ones (the backend hung up)
-    /// are dropped on the way.
+    /// The most recent connection that `fits` and is ready for a request, if any; closed
+    /// ones (the backend hung up) are dropped on the way.
     pub fn take(fits: impl Fn(&Held) -> bool) -> Option<HttpSender> {
         let now = Instant::now();
-        with(|spares| {
-            expire(spares, now);
-            while let Some(i) = spares.iter().rposition(|(_, held)| fits(held)) {
-                let (_, held) = spares.remove(i)?;
-                if !held.sender.is_closed() {
-                    return Some(held.sender);
+        with(|shared| {
+            expire(shared, now);
+            let mut i = shared.len();
+            while let Some(at) = i.checked_sub(1) {
+                i = at;
+                let Some((_, held)) = shared.get(at) else {
+                    break;
+                };
+                if !fits(held) {
+                    continue;
+                }
+                if held.sender.is_closed() {
+                    shared.remove(at);
+                } else if held.sender.is_ready() {
+                    return shared.remove(at).map(|(_, held)| held.sender);
                 }
             }
             None
@@ -205,13 +217,13 @@ mod spare {
         .flatten()
     }
 
-    /// Drops the spares kept longer than [`FOR`] (the oldest are at the front).
-    fn expire(spares: &mut VecDeque<(Instant, Held)>, now: Instant) {
-        let old = spares
+    /// Drops the connections kept unused longer than [`FOR`] (the oldest are at the front).
+    fn expire(shared: &mut VecDeque<(Instant, Held)>, now: Instant) {
+        let old = shared
             .iter()
             .take_while(|(since, _)| now.duration_since(*since) >= FOR)
             .count();
-        spares.drain(..old);
+        shared.drain(..old);
     }
 }
 
@@ -253,7 +265,8 @@ impl Failure {
 }
 
 /// One attempt on `lease`: over one of the client connection's own backend connections
-/// when it may (`share` of them at most), else through the pool.
+/// when it may (`share` of them at most), else a shared one; CONNECT (`share` 0) through the
+/// pool.
 async fn send(
     conn: &ConnInfo,
     share: usize,
@@ -267,7 +280,17 @@ async fn send(
     };
     let (lent, idle) = match path {
         Path::Pooled => return upstream.http().request(req).await.map_err(Failure::Pooled),
-        Path::Own(lent, idle) => (lent, idle),
+        Path::Own(lent, idle) => (Some(lent), idle),
+        Path::Shared(idle) => (None, idle),
+    };
+    // Kept for the client connection's next request, or shared again.
+    let keep = |sender| match lent {
+        Some(lent) => lent.keep(lease, upstream, sender),
+        None => shared::keep([Held {
+            target: lease.target().clone(),
+            upstream: upstream.id().clone(),
+            sender,
+        }]),
     };
     let mut req = origin_form(req);
     if let Some(mut sender) = idle
@@ -275,7 +298,7 @@ async fn send(
     {
         match sender.try_send_request(req).await {
             Ok(response) => {
-                lent.keep(lease, upstream, sender);
+                keep(sender);
                 return Ok(response);
             }
             // Not written: the backend had closed the idle connection. A fresh one takes it.
@@ -290,7 +313,7 @@ async fn send(
         .await
         .map_err(Failure::Connect)?;
     let response = sender.send_request(req).await.map_err(Failure::Lost)?;
-    lent.keep(lease, upstream, sender);
+    keep(sender);
     Ok(response)
 }
 
