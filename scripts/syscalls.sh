@@ -4,7 +4,7 @@
 # both when these agree. Counts only: strace slows both gateways down, so rates here mean
 # nothing.
 #
-#   scripts/syscalls.sh [http|h2|https|h2tls|echo|connect]...   (default: http h2 echo connect)
+#   scripts/syscalls.sh [http|churn|h2|https|h2tls|echo|connect]...   (default: http h2 echo connect)
 #
 # Workloads as in scripts/callgrind.sh (wrk -t1 -c8; h2load, 8 connections × 8 streams; 50
 # echoing WebSocket connections; 8 workers connecting and closing), 3 s each. Needs the
