@@ -130,7 +130,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
          cargo run --release -p strait-bench -- compare --gateway-cpus 0-3 --backend-cpus 4-5 --load-cpus 6-7  # CPUs per role (8-CPU default)\n\
          scripts/callgrind.sh                                   # instructions per unit of work vs nginx, ~2 minutes\n\
          scripts/syscalls.sh                                    # system calls per unit of work vs nginx, ~40 s\n\
-         scripts/ab.sh OLD_STRAIT NEW_STRAIT http               # two builds in alternation (http, h2, echo, connect), ~1 minute\n\
+         scripts/ab.sh OLD_STRAIT NEW_STRAIT http               # two builds in alternation (http, churn, h2, echo, connect), ~1 minute\n\
          scripts/access-log.sh                                  # both gateways with their access log off and on, ~2 minutes\n\
          scripts/backend-connects.sh                            # backend connections opened for clients that come and go, ~10 s\n\
          ```\n\n\
@@ -315,9 +315,9 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
         "- **HTTP, clients that come and go**: the same load with [`bench/wrk-churn.lua`](bench/wrk-churn.lua) \
          added to the script: every {n}th request of a wrk thread asks for its connection to close \
          (`Connection: close`) and wrk opens a new one, so client connections carry ~{n} requests each. nginx \
-         serves each new client from its upstream pool; Strait from its pool for a client's first 8 requests, \
-         then on a backend connection an earlier client left (`scripts/backend-connects.sh` counts the \
-         backend connects).",
+         serves each new client from its upstream pool; Strait from its worker's shared backend connections \
+         for a client's first 8 requests, then on one of them kept for the client, shared again when it \
+         closes (`scripts/backend-connects.sh` counts the backend connects).",
         n = crate::wrk::CHURN_REQUESTS
     );
     let _ = writeln!(
@@ -326,8 +326,9 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
          flight, as many as wrk's connections) on the same `GET /bench/http`{}; percentiles from its per-request \
          log. nginx 1.22 serves that on a second port (`listen … http2`); the echo and Strait tell it from \
          HTTP/1.1 on one. Both gateways forward each stream to the echo over keep-alive HTTP/1.1 \
-         connections: nginx's upstream pool; Strait's pool for a client connection's first 8 requests, then \
-         its own, up to 16 per client connection, and its pool beyond those.",
+         connections: nginx's upstream pool; Strait's shared connections of the worker for a client \
+         connection's first 8 requests, then its own, up to 16 per client connection, and shared ones \
+         beyond those.",
         layout.load_threads(plan.h2_conns),
         plan.h2_conns,
         plan.h2_streams,

@@ -72,6 +72,7 @@ struct Held {
 
 /// How an attempt reaches its backend.
 enum Path<'a> {
+    /// The worker's pooled client (CONNECT).
     Pooled,
     /// One of the client connection's own: idle to this target, or `None` to open one.
     Own(Lent<'a>, Option<HttpSender>),
