@@ -668,8 +668,8 @@ async fn with_more_retries_than_targets_the_last_backend_answer_is_returned() {
 }
 
 /// With `backend_source_addresses`, every connection to a backend leaves from one of them:
-/// WebSocket sessions and HTTP connections take them in turn; an address
-/// this machine does not have is a clear 502 naming it.
+/// WebSocket sessions and HTTP connections take them in turn; an address this machine does
+/// not have is a clear 502 naming it.
 #[tokio::test]
 async fn backend_connections_leave_from_the_environments_source_addresses_in_turn() {
     let backend = Backend::start("a").await;

@@ -225,8 +225,8 @@ impl Upstream {
         connector.enforce_http(false);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
-        // The pooled client leaves from the first source of each family; connections of
-        // their own (WebSocket, pinned HTTP) take the sources in turn.
+        // The pooled client (CONNECT only) leaves from the first source of each family;
+        // every other connection (WebSocket, HTTP) takes the sources in turn.
         let sources = Sources::new(sources);
         match (sources.v4.first().copied(), sources.v6.first().copied()) {
             (Some(IpAddr::V4(v4)), Some(IpAddr::V6(v6))) => connector.set_local_addresses(v4, v6),
