@@ -6,7 +6,7 @@
 //! - [`policy`]: consumers and the policies a request must satisfy (authentication,
 //!   authorization...), compiled per route. Decides; no I/O but argon2 verification.
 //! - [`proxy`]: listeners, the request phases, HTTP forwarding and the WebSocket relay.
-//! - [`upstream`]: connections to backends (pooled HTTP clients, TLS, raw connects for upgrades).
+//! - [`upstream`]: connections to backends (HTTP/1 connections, TLS, raw connects for upgrades).
 //! - [`control`]: the desired state and applying each change live (declarative file or store).
 //! - [`store`]: SQLite persistence of the desired state and its history.
 //! - [`admin`]: the admin HTTP API over [`control`].

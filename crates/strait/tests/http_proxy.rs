@@ -1079,6 +1079,25 @@ async fn oks_on_one_connection(gw: SocketAddr, count: usize) {
 }
 
 #[tokio::test]
+async fn connect_is_refused_with_a_clear_error_and_reaches_no_backend() {
+    let (backend, gw) = ok_backend_behind_a_gateway().await;
+    let host = addr(&gw);
+    // The authority form RFC 9110 gives CONNECT, and a path some clients send.
+    for target in [host.to_string(), "/ok/x".to_owned()] {
+        let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let answers = on_one_connection(host, &[request]).await;
+        let answer = answers.first().expect("an answer");
+        assert_eq!(answer.status, 405, "{answer:?}");
+        let body: Value = serde_json::from_str(&answer.text()).expect("a JSON error");
+        assert_eq!(body["error"], "method_not_allowed", "{body}");
+        assert_eq!(body["status"], 405);
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("does not proxy CONNECT"), "{message}");
+    }
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn a_client_connections_requests_share_one_backend_connection() {
     let (backend, gw) = ok_backend_behind_a_gateway().await;
     oks_on_one_connection(addr(&gw), 12).await;

@@ -288,8 +288,8 @@ pub struct Environment {
     #[schema(required = false)]
     policies: Vec<Policy>,
     /// Local IP addresses connections to backends leave from (default: the kernel's choice):
-    /// WebSocket sessions and pinned HTTP connections take them in turn, pooled HTTP
-    /// connections the first of each family. Each has its own range of ephemeral ports.
+    /// WebSocket sessions and HTTP connections take them in turn. Each has its own range of
+    /// ephemeral ports.
     #[schema(required = false, example = json!(["10.0.0.2", "10.0.0.3"]))]
     backend_source_addresses: Vec<String>,
 }

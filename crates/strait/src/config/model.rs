@@ -52,8 +52,8 @@ pub struct Environment {
     /// Run for every proxy deployed here, before the proxy's own.
     pub policies: Vec<PolicyEntry>,
     /// Local addresses this environment's connections to backends leave from (empty: the
-    /// kernel's choice): WebSocket sessions and pinned HTTP connections take them in turn,
-    /// the pooled HTTP client the first of each family. Each has its own ephemeral ports.
+    /// kernel's choice): WebSocket sessions and HTTP connections take them in turn. Each has
+    /// its own ephemeral ports.
     pub backend_source_addresses: Vec<std::net::IpAddr>,
 }
 

@@ -598,10 +598,15 @@ environments:
 #[test]
 fn invalid_method_names_are_reported() {
     let text = env(
-        "proxies:\n  - name: p\n    path: /p\n    backend: http://b\n    methods: [GET, get, \"G ET\", PURGE]\n",
+        "proxies:\n  - name: p\n    path: /p\n    backend: http://b\n    methods: [GET, get, \"G ET\", PURGE, CONNECT]\n",
     );
     let found = problems(&text);
-    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert_problem(
+        &found,
+        8,
+        &["proxy \"p\": CONNECT is not proxied: the gateway routes requests by path"],
+    );
     assert_problem(
         &found,
         8,

@@ -13,13 +13,13 @@
 //! clients that come and go cost no backend connect each (nor a socket in TIME_WAIT on the
 //! gateway), as with nginx's upstream keepalive. One the backend closed while idle is
 //! replaced by a fresh one transparently (nothing was sent: neither a retry nor a failure
-//! counts). CONNECT, whose connection becomes a tunnel, uses the worker's pooled client.
+//! counts).
 
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use http::{Method, Request, Response, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper::body::{Body as _, Incoming};
 
@@ -72,8 +72,6 @@ struct Held {
 
 /// How an attempt reaches its backend.
 enum Path<'a> {
-    /// The worker's pooled client (CONNECT).
-    Pooled,
     /// One of the client connection's own: idle to this target, or `None` to open one.
     Own(Lent<'a>, Option<HttpSender>),
     /// One of the thread's shared connections, or `None` to open one.
@@ -244,7 +242,6 @@ enum Failure {
     Connect(UpstreamError),
     /// The backend connection failed while the request was on it.
     Lost(hyper::Error),
-    Pooled(hyper_util::client::legacy::Error),
 }
 
 impl Failure {
@@ -252,7 +249,6 @@ impl Failure {
         match self {
             Failure::Connect(_) => true,
             Failure::Lost(_) => false,
-            Failure::Pooled(error) => error.is_connect(),
         }
     }
 
@@ -260,14 +256,12 @@ impl Failure {
         match self {
             Failure::Connect(error) => error,
             Failure::Lost(error) => error,
-            Failure::Pooled(error) => error,
         }
     }
 }
 
 /// One attempt on `lease`: over one of the client connection's own backend connections
-/// when it may (`share` of them at most), else a shared one; CONNECT (`share` 0) through the
-/// pool.
+/// when it may (`share` of them at most), else a shared one.
 async fn send(
     conn: &ConnInfo,
     share: usize,
@@ -275,12 +269,7 @@ async fn send(
     upstream: &Upstream,
     req: Outgoing,
 ) -> Result<Response<Incoming>, Failure> {
-    let path = match share {
-        0 => Path::Pooled,
-        _ => conn.backend.checkout(lease, upstream, share),
-    };
-    let (lent, idle) = match path {
-        Path::Pooled => return upstream.http().request(req).await.map_err(Failure::Pooled),
+    let (lent, idle) = match conn.backend.checkout(lease, upstream, share) {
         Path::Own(lent, idle) => (Some(lent), idle),
         Path::Shared(idle) => (None, idle),
     };
@@ -344,7 +333,6 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     // How many backend connections of its own the client connection may use.
     let share = match parts.version {
-        _ if parts.method == Method::CONNECT => 0,
         Version::HTTP_2 => H2_OWN,
         _ => 1,
     };

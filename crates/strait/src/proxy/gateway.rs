@@ -135,7 +135,7 @@ impl Gateway {
             shared,
             tasks: TaskTracker::new(),
             running: Mutex::new(Running {
-                upstreams: UpstreamCache::new(resolver, worker_count),
+                upstreams: UpstreamCache::new(resolver),
                 listeners: HashMap::new(),
                 pools: PoolCache::default(),
                 checks: Vec::new(),

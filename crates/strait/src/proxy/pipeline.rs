@@ -270,6 +270,14 @@ fn match_route<B>(
     })?;
     exchange.env = Some(env.clone());
     check_host(req.version(), req.headers())?;
+    // A tunnel names a host, not a path (nginx and Kong do not proxy it either).
+    if req.method() == Method::CONNECT {
+        return Err(GatewayError::new(
+            ErrorKind::MethodNotAllowed,
+            "the gateway does not proxy CONNECT: it routes requests by path, and a CONNECT \
+             tunnel names none",
+        ));
+    }
     let raw_path = req.uri().path();
     let path = normalize_path(raw_path).map_err(|e| {
         GatewayError::new(

@@ -1,15 +1,12 @@
 //! Backend name resolution at connect time.
 //!
-//! One [`Resolver`] per gateway serves the HTTP pool (as hyper-util's resolver) and the
-//! dedicated connections of WebSocket upgrades and health probes. Answers are cached for
+//! One [`Resolver`] per gateway serves every backend connection: HTTP, WebSocket upgrades
+//! and health probes. Answers are cached for
 //! their records' TTL, so a changed DNS record takes effect without a reload. IP literals
 //! never reach it; `localhost` and /etc/hosts names are answered without the network.
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
@@ -20,7 +17,6 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
-use hyper_util::client::legacy::connect::dns::Name;
 
 use super::UpstreamError;
 
@@ -113,26 +109,6 @@ impl Resolver {
     }
 }
 
-/// hyper-util's resolver: the HTTP pool's connector asks this for every new connection
-/// (the port is set by the connector).
-impl tower_service::Service<Name> for Resolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = UpstreamError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, UpstreamError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let resolver = self.clone();
-        Box::pin(async move {
-            let addrs = resolver.resolve(name.as_str(), 0).await?;
-            Ok(addrs.into_iter())
-        })
-    }
-}
-
 /// A name server given as `ip:port`, over UDP with TCP for truncated answers.
 fn name_server(addr: &SocketAddr) -> NameServerConfig {
     let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
@@ -166,7 +142,7 @@ mod tests {
 
     use hickory_resolver::net::NoRecords;
     use hickory_resolver::proto::op::Query;
-    use hickory_resolver::proto::rr::{Name as DnsName, RecordType};
+    use hickory_resolver::proto::rr::{Name, RecordType};
 
     use super::*;
 
@@ -201,22 +177,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn the_hyper_resolver_answers_through_the_same_path() {
-        use std::str::FromStr;
-        use tower_service::Service;
-        let mut resolver = unreachable();
-        let addrs: Vec<_> = resolver
-            .call(Name::from_str("localhost").unwrap())
-            .await
-            .unwrap()
-            .collect();
-        assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
-    }
-
     #[test]
     fn lookup_failures_are_described() {
-        let query = Query::query(DnsName::from_ascii("gone.test.").unwrap(), RecordType::A);
+        let query = Query::query(Name::from_ascii("gone.test.").unwrap(), RecordType::A);
         let nx = NetError::from(DnsError::NoRecordsFound(NoRecords::new(
             query.clone(),
             ResponseCode::NXDomain,

@@ -3,7 +3,7 @@
 //!
 //! Owns [`Health`] (atomics; time passed in as ticks, see [`super::pool::TargetState`]) and
 //! [`run_active_checks`], the only place here that does I/O. It may not touch balancing,
-//! the breaker, or the pooled request client: each probe opens its own connection through
+//! the breaker, or the connections requests use: each probe opens its own connection through
 //! [`Upstream::connect_ws`] (fresh TCP, TLS with ALPN http/1.1, the connect timeout) and a
 //! one-shot HTTP/1.1 handshake, so a probe checks that a new connection can be made and
 //! never reuses or spoils a keep-alive connection carrying traffic.
@@ -572,7 +572,7 @@ mod tests {
         let pool = cache.pool("p", &spec);
         cache.commit();
         let resolver = crate::upstream::Resolver::new(None).unwrap();
-        let upstream = Upstream::new(None, Duration::from_secs(1), &[], resolver, 0).unwrap();
+        let upstream = Upstream::new(None, Duration::from_secs(1), &[], resolver).unwrap();
         let checks = start_active_checks(&pool, upstream).unwrap().unwrap();
         let target = Arc::clone(pool.targets().first().unwrap());
 
@@ -623,7 +623,7 @@ mod tests {
         let mut cache = PoolCache::default();
         let pool = cache.pool("p", &spec);
         let resolver = crate::upstream::Resolver::new(None).unwrap();
-        let upstream = Upstream::new(None, Duration::from_secs(1), &[], resolver, 0).unwrap();
+        let upstream = Upstream::new(None, Duration::from_secs(1), &[], resolver).unwrap();
         let _checks = start_active_checks(&pool, upstream).unwrap().unwrap();
         let first = Arc::clone(pool.targets().first().unwrap());
         until(&pool, || first.health().state() == HealthState::Down).await;

@@ -1,9 +1,9 @@
 //! Upstream: how the gateway reaches backends.
 //!
-//! Owns the pooled HTTP clients for request/response traffic (one per worker thread, see
-//! [`Upstream::http`]), the TLS trust for https/wss backends (system roots plus an optional
-//! `ca_file`), single HTTP/1 connections (which the proxy pins to a client connection) and
-//! dedicated connections for WebSocket upgrades; and, per backend, its targets ([`pool`]):
+//! Owns the TLS trust for https/wss backends (system roots plus an optional `ca_file`), the
+//! source addresses connections leave from, and how a connection is made: single HTTP/1
+//! connections (which the proxy shares and keeps per worker thread) and dedicated connections
+//! for WebSocket upgrades; and, per backend, its targets ([`pool`]):
 //! which one takes a request ([`balance`]), whether it is up ([`health`], [`breaker`]), what
 //! its settings are ([`settings`]). Knows nothing of routes or client connections. Backend
 //! host names are resolved at connect time through the gateway's [`Resolver`] ([`dns`]).
@@ -25,10 +25,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::net::{TcpSocket, TcpStream};
@@ -83,23 +80,16 @@ pub enum UpstreamError {
 /// (hyper checks it between reads, so a head that arrives at once may pass it by up to a read.)
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// The pooled HTTP client used for request/response traffic.
-/// Request bodies stream from the client to the backend, counted on the way.
-pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Replay<Counted<Incoming>>>;
-
 /// The sending half of one HTTP/1 connection to a backend (see [`Upstream::connect_http`]).
+/// Request bodies stream from the client to the backend, counted on the way.
 pub type HttpSender = hyper::client::conn::http1::SendRequest<Replay<Counted<Incoming>>>;
 
-/// One way of reaching backends: a trust store, a connect timeout, the source addresses and
-/// the HTTP pools built on them.
+/// One way of reaching backends: a trust store, a connect timeout and the source addresses.
 #[derive(Clone)]
 pub struct Upstream {
-    /// The pool of threads that are not workers (all of them with `--workers 0`).
-    http: HttpClient,
-    /// Each worker's own pool (see [`Upstream::http`]).
-    worker_http: Arc<[HttpClient]>,
-    /// ALPN `http/1.1` only: WebSocket upgrades need HTTP/1.1.
-    ws_tls: TlsConnector,
+    /// ALPN `http/1.1` only: every backend connection speaks HTTP/1.1 (WebSocket upgrades
+    /// need it).
+    tls: TlsConnector,
     resolver: Resolver,
     connect_timeout: Duration,
     sources: Sources,
@@ -194,13 +184,11 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// `workers`: how many worker threads get a pool of their own.
     pub fn new(
         ca_file: Option<&Path>,
         connect_timeout: Duration,
         sources: &[IpAddr],
         resolver: Resolver,
-        workers: usize,
     ) -> Result<Self, UpstreamError> {
         // A source address this machine does not have is refused with the configuration.
         for &address in sources {
@@ -208,7 +196,7 @@ impl Upstream {
                 .map_err(|source| UpstreamError::Source { address, source })?;
         }
         let roots = root_store(ca_file)?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
@@ -218,53 +206,14 @@ impl Upstream {
         })?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let mut ws_tls = tls.clone();
-        ws_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-
-        let mut connector = HttpConnector::new_with_resolver(resolver.clone());
-        connector.enforce_http(false);
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        // The pooled client (CONNECT only) leaves from the first source of each family;
-        // every other connection (WebSocket, HTTP) takes the sources in turn.
-        let sources = Sources::new(sources);
-        match (sources.v4.first().copied(), sources.v6.first().copied()) {
-            (Some(IpAddr::V4(v4)), Some(IpAddr::V6(v6))) => connector.set_local_addresses(v4, v6),
-            (v4, v6) => connector.set_local_address(v4.or(v6)),
-        }
-        let https = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let pool = || {
-            Client::builder(TokioExecutor::new())
-                .http1_max_buf_size(MAX_RESPONSE_HEAD)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(256)
-                .build(https.clone())
-        };
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Upstream {
-            http: pool(),
-            worker_http: (0..workers).map(|_| pool()).collect(),
-            ws_tls: TlsConnector::from(Arc::new(ws_tls)),
+            tls: TlsConnector::from(Arc::new(tls)),
             resolver,
             connect_timeout,
-            sources,
+            sources: Sources::new(sources),
             identity: UpstreamId::default(),
         })
-    }
-
-    /// The pooled client of this thread's worker ([`crate::worker`]), the shared one on
-    /// other threads. A pooled connection's task runs on the runtime that opened it, so a
-    /// request taking a connection another worker opened would be relayed by that worker's
-    /// thread: woken across threads each way (an eventfd write and an `epoll_wait` per
-    /// wake-up) and delayed behind whatever that worker is doing. nginx's workers keep their
-    /// upstream connections apart in the same way.
-    pub fn http(&self) -> &HttpClient {
-        crate::worker::current()
-            .and_then(|index| self.worker_http.get(index))
-            .unwrap_or(&self.http)
     }
 
     pub fn id(&self) -> &UpstreamId {
@@ -292,7 +241,8 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// A fresh connection for a WebSocket upgrade (TLS for https backends), never pooled.
+    /// A fresh connection for a WebSocket upgrade or an HTTP connection (TLS for https
+    /// backends), never kept by this module.
     /// Resolving and connecting share the connect timeout; the resolved addresses are
     /// tried in order until one connects.
     pub async fn connect_ws(&self, backend: &BackendUrl) -> Result<BackendStream, UpstreamError> {
@@ -331,7 +281,7 @@ impl Upstream {
             Scheme::Https => {
                 let name = ServerName::try_from(backend.host().to_owned())
                     .map_err(|_| UpstreamError::ServerName(backend.host().to_owned()))?;
-                let handshake = self.ws_tls.connect(name, tcp);
+                let handshake = self.tls.connect(name, tcp);
                 match tokio::time::timeout(self.connect_timeout, handshake).await {
                     Err(_) => Err(UpstreamError::ConnectTimeout {
                         authority,
@@ -346,21 +296,18 @@ impl Upstream {
 }
 
 /// Builds [`Upstream`]s once per distinct (CA file, connect timeout, source addresses) and
-/// shares them, so proxies with the same trust share their connection pools. All resolve
+/// shares them, so proxies with the same trust share their backend connections. All resolve
 /// through one resolver.
 pub struct UpstreamCache {
     built: HashMap<(Option<PathBuf>, Duration, Vec<IpAddr>), Upstream>,
     resolver: Resolver,
-    workers: usize,
 }
 
 impl UpstreamCache {
-    /// `workers`: how many worker threads each [`Upstream`] keeps a pool for.
-    pub fn new(resolver: Resolver, workers: usize) -> Self {
+    pub fn new(resolver: Resolver) -> Self {
         UpstreamCache {
             built: HashMap::new(),
             resolver,
-            workers,
         }
     }
 
@@ -378,13 +325,7 @@ impl UpstreamCache {
         if let Some(found) = self.built.get(&key) {
             return Ok(found.clone());
         }
-        let built = Upstream::new(
-            ca_file,
-            connect_timeout,
-            sources,
-            self.resolver.clone(),
-            self.workers,
-        )?;
+        let built = Upstream::new(ca_file, connect_timeout, sources, self.resolver.clone())?;
         self.built.insert(key, built.clone());
         Ok(built)
     }
@@ -426,38 +367,6 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, UpstreamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A worker thread sends through its own pool, any other thread through the shared one.
-    #[test]
-    fn each_worker_thread_has_a_pool_of_its_own() {
-        let resolver = Resolver::new(None).unwrap();
-        let upstream = Upstream::new(None, Duration::from_secs(1), &[], resolver, 2).unwrap();
-        // On a thread that declared `worker`: the index of the worker pool used, `None` for
-        // the shared one.
-        let pool_of = |worker: Option<usize>| {
-            let upstream = upstream.clone();
-            std::thread::spawn(move || {
-                if let Some(index) = worker {
-                    crate::worker::set(index);
-                }
-                let used = upstream.http();
-                assert!(std::ptr::eq(used, upstream.http()), "the same every time");
-                let own = upstream
-                    .worker_http
-                    .iter()
-                    .position(|p| std::ptr::eq(p, used));
-                assert!(own.is_some() || std::ptr::eq(used, &upstream.http));
-                own
-            })
-            .join()
-            .unwrap()
-        };
-        assert_eq!(pool_of(None), None);
-        assert_eq!(pool_of(Some(0)), Some(0));
-        assert_eq!(pool_of(Some(1)), Some(1));
-        // A worker beyond those the upstream was built for falls back to the shared pool.
-        assert_eq!(pool_of(Some(2)), None);
-    }
 
     /// Bound to a source address, a socket reserves no port until it connects (so the port
     /// is picked per destination); connected, it leaves from that address.

@@ -15,7 +15,7 @@ use super::environment::EnvironmentDraft;
 use super::upstream::UpstreamDraft;
 use super::{Check, Fields, PROXY_KEYS, join};
 
-const METHODS: [Method; 9] = [
+const METHODS: [Method; 8] = [
     Method::GET,
     Method::HEAD,
     Method::POST,
@@ -24,7 +24,6 @@ const METHODS: [Method; 9] = [
     Method::PATCH,
     Method::OPTIONS,
     Method::TRACE,
-    Method::CONNECT,
 ];
 
 pub(super) struct ProxyDraft {
@@ -291,6 +290,15 @@ impl Check<'_> {
         )?;
         if let Some(method) = METHODS.iter().find(|m| m.as_str() == text) {
             return Some(method.clone());
+        }
+        if text == Method::CONNECT.as_str() {
+            let why = "the gateway routes requests by path, and a CONNECT tunnel names none";
+            self.report(
+                node.at,
+                field,
+                format!("{ctx}: CONNECT is not proxied: {why}"),
+            );
+            return None;
         }
         // Extension methods (PURGE, PROPFIND...) are allowed: any token, written in capitals.
         let upper = text.to_ascii_uppercase();
