@@ -10,6 +10,7 @@ use std::fmt::Debug;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -86,10 +87,25 @@ pub fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// A loopback port that was free a moment ago (callers retry if it is taken meanwhile).
+/// A loopback address for a gateway to listen on, written into its configuration before it
+/// starts. The port is above Linux's default ephemeral range (32768–60999), so no other
+/// socket is given it by the kernel (a port 0 picked and released could be taken by any
+/// connection the suite opens meanwhile), and distinct within this test process (cargo runs
+/// test binaries one after another); one something else holds is passed over. (Starting a
+/// process retries on a taken port; an environment applied to a running gateway cannot —
+/// a port 0 released to the kernel once failed such an apply under the full suite.)
 pub fn free_addr() -> SocketAddr {
-    let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("ephemeral port address")
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const FIRST: u16 = 61_000;
+    const PORTS: u16 = u16::MAX - FIRST;
+    for _ in 0..PORTS {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % PORTS;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if StdTcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port above {FIRST}");
 }
 
 pub fn temporary_folder() -> tempfile::TempDir {
