@@ -1088,6 +1088,11 @@ async fn connect_is_refused_with_a_clear_error_and_reaches_no_backend() {
         let answers = on_one_connection(host, &[request]).await;
         let answer = answers.first().expect("an answer");
         assert_eq!(answer.status, 405, "{answer:?}");
+        let allow = answer.header("allow").unwrap_or_default();
+        assert!(
+            allow.contains("GET") && !allow.contains("CONNECT"),
+            "{answer:?}"
+        );
         let body: Value = serde_json::from_str(&answer.text()).expect("a JSON error");
         assert_eq!(body["error"], "method_not_allowed", "{body}");
         assert_eq!(body["status"], 405);

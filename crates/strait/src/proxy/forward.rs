@@ -63,7 +63,7 @@ struct Own {
     lent: usize,
 }
 
-/// An idle connection and where it goes.
+/// A backend connection and where it goes.
 struct Held {
     target: Arc<TargetState>,
     upstream: UpstreamId,
@@ -196,11 +196,10 @@ mod shared {
         let now = Instant::now();
         with(|shared| {
             expire(shared, now);
-            let mut i = shared.len();
-            while let Some(at) = i.checked_sub(1) {
-                i = at;
+            // From the back; removing one leaves the indices still to visit where they were.
+            for at in (0..shared.len()).rev() {
                 let Some((_, held)) = shared.get(at) else {
-                    break;
+                    continue;
                 };
                 if !fits(held) {
                     continue;

@@ -270,12 +270,17 @@ fn match_route<B>(
     })?;
     exchange.env = Some(env.clone());
     check_host(req.version(), req.headers())?;
-    // A tunnel names a host, not a path (nginx and Kong do not proxy it either).
+    // A tunnel names a host, not a path (nginx and Kong do not proxy it either). `Allow`:
+    // the standard methods a proxy may accept.
     if req.method() == Method::CONNECT {
         return Err(GatewayError::new(
             ErrorKind::MethodNotAllowed,
             "the gateway does not proxy CONNECT: it routes requests by path, and a CONNECT \
              tunnel names none",
+        )
+        .with_header(
+            header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"),
         ));
     }
     let raw_path = req.uri().path();

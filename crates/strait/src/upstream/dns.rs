@@ -1,9 +1,9 @@
 //! Backend name resolution at connect time.
 //!
 //! One [`Resolver`] per gateway serves every backend connection: HTTP, WebSocket upgrades
-//! and health probes. Answers are cached for
-//! their records' TTL, so a changed DNS record takes effect without a reload. IP literals
-//! never reach it; `localhost` and /etc/hosts names are answered without the network.
+//! and health probes. Answers are cached for their records' TTL, so a changed DNS record
+//! takes effect without a reload. IP literals never reach it; `localhost` and /etc/hosts
+//! names are answered without the network.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

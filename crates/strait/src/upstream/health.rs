@@ -4,7 +4,7 @@
 //! Owns [`Health`] (atomics; time passed in as ticks, see [`super::pool::TargetState`]) and
 //! [`run_active_checks`], the only place here that does I/O. It may not touch balancing,
 //! the breaker, or the connections requests use: each probe opens its own connection through
-//! [`Upstream::connect_ws`] (fresh TCP, TLS with ALPN http/1.1, the connect timeout) and a
+//! [`Upstream::connect`] (fresh TCP, TLS with ALPN http/1.1, the connect timeout) and a
 //! one-shot HTTP/1.1 handshake, so a probe checks that a new connection can be made and
 //! never reuses or spoils a keep-alive connection carrying traffic.
 //!
@@ -312,7 +312,7 @@ async fn exchange(
         .header(header::USER_AGENT, "strait-health-check")
         .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())?;
-    let io = TokioIo::new(upstream.connect_ws(url).await?);
+    let io = TokioIo::new(upstream.connect(url).await?);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     // The connection task ends with the exchange; aborted on the way out either way.
     let driver = AbortOnDrop(tokio::spawn(conn));

@@ -221,10 +221,10 @@ impl Upstream {
     }
 
     /// A fresh HTTP/1 connection to `backend` (TLS for https backends), outside the pool:
-    /// connected as [`Upstream::connect_ws`] does, its connection task spawned. It closes
+    /// connected as [`Upstream::connect`] does, its connection task spawned. It closes
     /// once every sender is dropped and its last response has ended.
     pub async fn connect_http(&self, backend: &BackendUrl) -> Result<HttpSender, UpstreamError> {
-        let stream = self.connect_ws(backend).await?;
+        let stream = self.connect(backend).await?;
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(MAX_RESPONSE_HEAD)
             .handshake(TokioIo::new(stream))
@@ -241,11 +241,11 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// A fresh connection for a WebSocket upgrade or an HTTP connection (TLS for https
-    /// backends), never kept by this module.
+    /// A fresh connection to `backend` (TLS for https backends) for a WebSocket upgrade, an
+    /// HTTP/1 connection or a health probe; never kept here.
     /// Resolving and connecting share the connect timeout; the resolved addresses are
     /// tried in order until one connects.
-    pub async fn connect_ws(&self, backend: &BackendUrl) -> Result<BackendStream, UpstreamError> {
+    pub async fn connect(&self, backend: &BackendUrl) -> Result<BackendStream, UpstreamError> {
         let authority = backend.authority().to_owned();
         let connecting = async {
             let addrs = self

@@ -28,7 +28,7 @@ pub async fn gateway_in(yaml: &str, origin: &Path) -> GatewayHandle {
 }
 
 /// Like [`gateway`], serving client connections on one worker thread: every client shares
-/// its backend pool and spare connections.
+/// that worker's backend connections.
 pub async fn gateway_on_one_worker(yaml: &str) -> GatewayHandle {
     gateway_with(yaml, Path::new("test.yaml"), 1).await
 }

@@ -123,7 +123,7 @@ async fn handshake(
     let (mut lease, mut stream, target) = loop {
         let mut lease = attempts.lease(&route)?;
         let target = connect::target_on(&lease, &route, &target, remaining.as_deref(), true)?;
-        match route.upstream.connect_ws(lease.url()).await {
+        match route.upstream.connect(lease.url()).await {
             Ok(stream) => break (lease, stream, target),
             Err(error) => {
                 lease.report(Outcome::ConnectFailed);
