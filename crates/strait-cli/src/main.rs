@@ -26,7 +26,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
     about = "An API gateway for HTTP and WebSocket traffic"
 )]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace); `RUST_LOG` takes precedence.
+    /// Log level (error, warn, info, debug, trace; release builds stop at debug); `RUST_LOG`
+    /// takes precedence.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
     #[command(subcommand)]
