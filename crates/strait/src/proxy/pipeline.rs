@@ -34,7 +34,7 @@ use super::websocket::handshake::ClientSide;
 use super::{forward, websocket};
 use crate::error::{ErrorKind, GatewayError};
 use crate::policy::Answer;
-use crate::routing::{normalize_path, target_uri};
+use crate::routing::{normalize_path, target_path, target_uri};
 use crate::telemetry::trace::X_REQUEST_ID;
 use crate::telemetry::{Metrics, Tracer, Upgrade};
 
@@ -314,16 +314,27 @@ fn match_route<B>(
             Err(_) => error,
         });
     }
-    let target = || {
-        target_uri(
-            &route.backend,
-            found.remaining,
-            req.uri().query(),
-            websocket,
-        )
+    let query = req.uri().query();
+    let target = || target_uri(&route.backend, found.remaining, query, websocket);
+    let parsed = match (&route.origin, websocket) {
+        // The backend's scheme and authority parsed once; only the path is parsed here.
+        (Some((scheme, authority)), false) => {
+            let path = target_path(&route.backend, found.remaining, query);
+            http::uri::PathAndQuery::try_from(path)
+                .ok()
+                .and_then(|path| {
+                    let mut parts = http::uri::Parts::default();
+                    parts.scheme = Some(scheme.clone());
+                    parts.authority = Some(authority.clone());
+                    parts.path_and_query = Some(path);
+                    http::Uri::from_parts(parts).ok()
+                })
+        }
+        // Takes the `String` itself (parsing a `&str` would copy it).
+        _ => http::Uri::try_from(target()).ok(),
     };
-    // Takes the `String` itself (parsing a `&str` would copy it); rebuilt for the error.
-    let target = http::Uri::try_from(target()).map_err(|_| {
+    // Rebuilt for the error.
+    let target = parsed.ok_or_else(|| {
         GatewayError::new(
             ErrorKind::BadRequest,
             format!("the resolved target {:?} is not a valid URI", target()),

@@ -14,7 +14,7 @@ use super::tls::{TlsError, acceptor};
 use crate::config::{Config, Timeouts};
 use crate::policy::Chain;
 use crate::policy::consumers::Directory;
-use crate::routing::{BackendUrl, RouteTable};
+use crate::routing::{BackendUrl, RouteTable, Scheme};
 use crate::telemetry::RouteMetrics;
 use crate::telemetry::access::{AccessLog, Destination, OpenError, Sinks};
 use crate::telemetry::metrics::Metrics;
@@ -32,6 +32,9 @@ pub struct Route {
     pub backend: BackendUrl,
     /// `backend`'s authority as a `Host` value, made once (`None`: not a valid header value).
     pub backend_host: Option<http::HeaderValue>,
+    /// `backend`'s scheme and authority, parsed once: an HTTP request's target is built on
+    /// them from its path (`None`: they do not parse, and the whole target is parsed).
+    pub origin: Option<(http::uri::Scheme, http::uri::Authority)>,
     /// The backend's targets, their health and how requests are shared among them.
     pub pool: Arc<Pool>,
     /// `None`: any method.
@@ -170,6 +173,7 @@ impl Snapshot {
                     backend: proxy.backend.primary().clone(),
                     backend_host: http::HeaderValue::from_str(proxy.backend.primary().authority())
                         .ok(),
+                    origin: origin(proxy.backend.primary()),
                     pool,
                     methods: proxy.methods.clone(),
                     preserve_host: proxy.preserve_host,
@@ -264,4 +268,14 @@ impl Snapshot {
     pub fn serves(&self, env: &str, proxy: &str) -> bool {
         self.env(env).is_some_and(|e| e.proxies.contains(proxy))
     }
+}
+
+/// `backend`'s scheme and authority as a request target carries them.
+fn origin(backend: &BackendUrl) -> Option<(http::uri::Scheme, http::uri::Authority)> {
+    let scheme = match backend.scheme() {
+        Scheme::Http => http::uri::Scheme::HTTP,
+        Scheme::Https => http::uri::Scheme::HTTPS,
+    };
+    let authority = http::uri::Authority::try_from(backend.authority()).ok()?;
+    Some((scheme, authority))
 }

@@ -15,7 +15,7 @@ pub use backend::{BackendUrl, BackendUrlError, Scheme};
 pub use normalize::{PathError, normalize_path};
 pub use pattern::{PatternError, ProxyPath};
 pub use table::{DuplicatePath, RouteMatch, RouteTable};
-pub use target::target_uri;
+pub use target::{target_path, target_uri};
 
 #[cfg(test)]
 mod proptests;

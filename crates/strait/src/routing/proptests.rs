@@ -154,6 +154,14 @@ proptest! {
         let Ok(normal) = normalize_path(&req) else { return Ok(()) };
         let Some(m) = table.lookup(&normal) else { return Ok(()) };
         let target = target_uri(&b, m.remaining, q.as_deref(), ws);
+        let scheme = match (b.scheme(), ws) {
+            (Scheme::Http, false) => "http",
+            (Scheme::Https, false) => "https",
+            (Scheme::Http, true) => "ws",
+            (Scheme::Https, true) => "wss",
+        };
+        let path = target_path(&b, m.remaining, q.as_deref());
+        prop_assert_eq!(&target, &format!("{scheme}://{}{path}", b.authority()));
         let uri: http::Uri = target.parse().map_err(|e| TestCaseError::fail(format!("{target}: {e}")))?;
         prop_assert!(uri.path().starts_with(b.path()), "{target} escapes {}", b.as_str());
         prop_assert_eq!(uri.query(), q.as_deref());

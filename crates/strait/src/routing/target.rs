@@ -21,14 +21,28 @@ pub fn target_uri(
         (Scheme::Http, true) => "ws",
         (Scheme::Https, true) => "wss",
     };
-    let base = backend.path();
-    let query_len = query.map_or(0, |q| q.len() + 1);
     let mut uri = String::with_capacity(
-        scheme.len() + 3 + backend.authority().len() + base.len() + remaining.len() + 1 + query_len,
+        scheme.len() + 3 + backend.authority().len() + path_len(backend, remaining, query),
     );
     uri.push_str(scheme);
     uri.push_str("://");
     uri.push_str(backend.authority());
+    push_path(&mut uri, backend.path(), remaining, query);
+    uri
+}
+
+/// The path and query of [`target_uri`], for a caller that has the scheme and authority.
+pub fn target_path(backend: &BackendUrl, remaining: &str, query: Option<&str>) -> String {
+    let mut path = String::with_capacity(path_len(backend, remaining, query));
+    push_path(&mut path, backend.path(), remaining, query);
+    path
+}
+
+fn path_len(backend: &BackendUrl, remaining: &str, query: Option<&str>) -> usize {
+    backend.path().len() + remaining.len() + 1 + query.map_or(0, |q| q.len() + 1)
+}
+
+fn push_path(uri: &mut String, base: &str, remaining: &str, query: Option<&str>) {
     uri.push_str(base);
     match remaining.strip_prefix('/') {
         Some(without_slash) if base.ends_with('/') => uri.push_str(without_slash),
@@ -49,7 +63,6 @@ pub fn target_uri(
         uri.push('?');
         uri.push_str(q);
     }
-    uri
 }
 
 #[cfg(test)]
