@@ -1109,6 +1109,45 @@ async fn a_client_connections_requests_share_one_backend_connection() {
     // One after another, all on the same one: shared by the worker for the first 8 requests,
     // then kept by the client connection for the other 4.
     assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+    // The target's figures say the same: one opened, still open for the next request.
+    let opened = target_figure(&gw, "strait_upstream_target_http_connects_total");
+    assert_eq!(opened, Some(1));
+    let open = target_figure(&gw, "strait_upstream_target_http_connections");
+    assert_eq!(open, Some(1));
+}
+
+#[tokio::test]
+async fn backend_connections_the_backend_closes_are_no_longer_counted_open() {
+    let backend = backend(|_req: Request<Incoming>| async {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        response
+    })
+    .await;
+    let proxies = proxy("ok", "/ok/*", &format!("http://{}", backend.addr));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    oks_on_one_connection(addr(&gw), 3).await;
+    // Each answer closed its connection, so each request opened one.
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 3);
+    let opened = target_figure(&gw, "strait_upstream_target_http_connects_total");
+    assert_eq!(opened, Some(3));
+    within("the closed connections to be uncounted", async {
+        while target_figure(&gw, "strait_upstream_target_http_connections") != Some(0) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// The value of `name` for the gateway's one backend target, from its metrics.
+fn target_figure(gw: &GatewayHandle, name: &str) -> Option<u64> {
+    let text = gw.metrics().encode().expect("metrics encode");
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
+        .find_map(|rest| rest.rsplit_once(' ')?.1.parse().ok())
 }
 
 #[tokio::test]

@@ -298,7 +298,7 @@ async fn send(
         }
     }
     // Boxed: opening a connection is rare, and its future would make every request's larger.
-    let mut sender = Box::pin(upstream.connect_http(lease.url()))
+    let mut sender = Box::pin(upstream.connect_http(lease.target()))
         .await
         .map_err(Failure::Connect)?;
     let response = sender.send_request(req).await.map_err(Failure::Lost)?;

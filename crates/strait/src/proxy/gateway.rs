@@ -171,6 +171,7 @@ impl TargetSource for LiveTargets {
             .flat_map(|(proxy, pool)| {
                 pool.targets().iter().map(move |target| {
                     let stats = target.stats();
+                    let (open, opened) = target.http_connections();
                     TargetTotals {
                         proxy: proxy.to_string(),
                         target: stats.url,
@@ -178,6 +179,8 @@ impl TargetSource for LiveTargets {
                         active: u64::try_from(stats.active).unwrap_or(u64::MAX),
                         requests: stats.requests,
                         failures: stats.failures,
+                        http_connections: u64::try_from(open).unwrap_or(u64::MAX),
+                        http_connects: opened,
                     }
                 })
             })

@@ -128,6 +128,9 @@ pub struct TargetTotals {
     /// Requests and sessions sent to it, and those that failed.
     pub requests: u64,
     pub failures: u64,
+    /// HTTP connections open to it (idle or carrying a request), and opened in all.
+    pub http_connections: u64,
+    pub http_connects: u64,
 }
 
 /// Where backend target figures come from (the live configuration's pools).
@@ -555,7 +558,7 @@ impl Collector for TargetCollector {
             target: t.target.clone(),
         };
         type Gauged = fn(&TargetTotals) -> i64;
-        let gauges: [(&str, &str, Gauged); 2] = [
+        let gauges: [(&str, &str, Gauged); 3] = [
             (
                 "strait_upstream_target_up",
                 "1 while the target's health checks say up, else 0",
@@ -566,6 +569,11 @@ impl Collector for TargetCollector {
                 "Open WebSocket sessions plus in-flight requests on the target",
                 |t| i64::try_from(t.active).unwrap_or(i64::MAX),
             ),
+            (
+                "strait_upstream_target_http_connections",
+                "HTTP connections open to the target, idle or carrying a request",
+                |t| i64::try_from(t.http_connections).unwrap_or(i64::MAX),
+            ),
         ];
         for (name, help, value) in gauges {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
@@ -574,7 +582,7 @@ impl Collector for TargetCollector {
             }
         }
         type Counted = fn(&TargetTotals) -> u64;
-        let counters: [(&str, &str, Counted); 2] = [
+        let counters: [(&str, &str, Counted); 3] = [
             (
                 "strait_upstream_target_requests",
                 "Requests and WebSocket sessions sent to the target",
@@ -584,6 +592,11 @@ impl Collector for TargetCollector {
                 "strait_upstream_target_failures",
                 "Requests to the target that failed: no connection, timeout or 5xx",
                 |t| t.failures,
+            ),
+            (
+                "strait_upstream_target_http_connects",
+                "HTTP connections opened to the target",
+                |t| t.http_connects,
             ),
         ];
         for (name, help, value) in counters {
@@ -847,6 +860,8 @@ mod tests {
             active,
             requests,
             failures,
+            http_connections: active / 2,
+            http_connects: requests / 5,
         };
         let metrics =
             Metrics::new(Arc::new(Fixed(Vec::new()))).with_targets(Arc::new(Targets(vec![
@@ -860,6 +875,8 @@ mod tests {
             r#"strait_upstream_target_active{proxy="users",target="http://a:1/"} 2"#,
             r#"strait_upstream_target_requests_total{proxy="users",target="http://a:1/"} 10"#,
             r#"strait_upstream_target_failures_total{proxy="users",target="http://b:2/"} 5"#,
+            r#"strait_upstream_target_http_connections{proxy="users",target="http://a:1/"} 1"#,
+            r#"strait_upstream_target_http_connects_total{proxy="users",target="http://a:1/"} 2"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

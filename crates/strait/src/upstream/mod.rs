@@ -35,6 +35,7 @@ use crate::io::TcpOrTls;
 use crate::routing::{BackendUrl, Scheme};
 use crate::telemetry::Counted;
 pub use dns::Resolver;
+use pool::TargetState;
 use replay::Replay;
 
 /// Why a backend could not be reached or trusted.
@@ -220,10 +221,14 @@ impl Upstream {
         &self.identity
     }
 
-    /// A fresh HTTP/1 connection to `backend` (TLS for https backends), outside the pool:
-    /// connected as [`Upstream::connect`] does, its connection task spawned. It closes
-    /// once every sender is dropped and its last response has ended.
-    pub async fn connect_http(&self, backend: &BackendUrl) -> Result<HttpSender, UpstreamError> {
+    /// A fresh HTTP/1 connection to `target` (TLS for https backends): connected as
+    /// [`Upstream::connect`] does, its connection task spawned, counted on the target while
+    /// it is open. It closes once every sender is dropped and its last response has ended.
+    pub async fn connect_http(
+        &self,
+        target: &Arc<TargetState>,
+    ) -> Result<HttpSender, UpstreamError> {
+        let backend = target.url();
         let stream = self.connect(backend).await?;
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(MAX_RESPONSE_HEAD)
@@ -233,7 +238,9 @@ impl Upstream {
                 authority: backend.authority().to_owned(),
                 source,
             })?;
+        let open = target.http_connection();
         tokio::spawn(async move {
+            let _open = open;
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "backend connection ended with an error");
             }

@@ -38,6 +38,9 @@ pub struct TargetState {
     breaker: Breaker,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// HTTP connections open to it (idle or carrying a request), and opened in all.
+    http_connections: AtomicUsize,
+    http_connects: AtomicU64,
     /// Cancelled when a reload removes the target (for `rebalance: drain`).
     retired: CancellationToken,
 }
@@ -68,6 +71,8 @@ impl TargetState {
             breaker: Breaker::default(),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            http_connections: AtomicUsize::new(0),
+            http_connects: AtomicU64::new(0),
             retired: CancellationToken::new(),
         }
     }
@@ -91,6 +96,21 @@ impl TargetState {
 
     pub fn breaker(&self) -> &Breaker {
         &self.breaker
+    }
+
+    /// Counts an HTTP connection to this target as open until the guard is dropped.
+    pub fn http_connection(self: &Arc<Self>) -> OpenConnection {
+        self.http_connections.fetch_add(1, Ordering::Relaxed);
+        self.http_connects.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+
+    /// HTTP connections open to it now, and opened in all.
+    pub fn http_connections(&self) -> (usize, u64) {
+        (
+            self.http_connections.load(Ordering::Relaxed),
+            self.http_connects.load(Ordering::Relaxed),
+        )
     }
 
     /// Cancelled once a reload no longer lists this target; a WebSocket relay under
@@ -128,6 +148,16 @@ impl TargetState {
                 .breaker
                 .as_ref()
                 .is_none_or(|spec| self.breaker.admits(spec, ticks))
+    }
+}
+
+/// An HTTP connection to a target, counted as open until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<TargetState>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.http_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
