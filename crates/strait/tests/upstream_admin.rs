@@ -50,7 +50,8 @@ async fn targets_are_listed_with_the_open_session_counted_on_one() {
     let answer = targets(&api, "chat").await;
     let target = |url: &str| {
         json!({"url": url, "weight": 1, "health": "up", "breaker": null,
-               "active": 0, "requests": 0, "failures": 0})
+               "active": 0, "requests": 0, "failures": 0,
+               "http_connections": 0, "http_connects": 0})
     };
     assert_eq!(
         answer,

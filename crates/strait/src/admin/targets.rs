@@ -1,6 +1,6 @@
 //! A proxy's backend targets as the data plane sees them now: health, breaker, open
-//! sessions and in-flight requests, and the totals since the target appeared. Read-only;
-//! works in both modes.
+//! sessions and in-flight requests, open HTTP connections, and the totals since the target
+//! appeared. Read-only; works in both modes.
 
 use http::StatusCode;
 use serde::Serialize;
@@ -44,6 +44,11 @@ pub struct TargetStatus {
     pub requests: u64,
     /// Of those, the ones that failed (no connection, timeout or 5xx).
     pub failures: u64,
+    /// HTTP connections open to it, idle or carrying a request (a WebSocket session's is in
+    /// `active`).
+    pub http_connections: u64,
+    /// HTTP connections opened to it.
+    pub http_connects: u64,
 }
 
 /// Whether the target takes traffic (by its health checks; always `up` without them).
@@ -81,6 +86,7 @@ fn target_list(proxy: &str, pool: &Pool) -> TargetList {
         .iter()
         .map(|target| {
             let stats = target.stats();
+            let (open, opened) = target.http_connections();
             TargetStatus {
                 url: stats.url,
                 weight: stats.weight,
@@ -96,6 +102,8 @@ fn target_list(proxy: &str, pool: &Pool) -> TargetList {
                 active: u64::try_from(stats.active).unwrap_or(u64::MAX),
                 requests: stats.requests,
                 failures: stats.failures,
+                http_connections: u64::try_from(open).unwrap_or(u64::MAX),
+                http_connects: opened,
             }
         })
         .collect();
@@ -110,7 +118,8 @@ fn target_list(proxy: &str, pool: &Pool) -> TargetList {
 /// A proxy's backend targets
 ///
 /// Each target's health, circuit breaker, open WebSocket sessions plus in-flight requests,
-/// and its request and failure totals, in the configured order. Answers for every proxy of
+/// its request and failure totals and its HTTP connections (open, opened), in the
+/// configured order. Answers for every proxy of
 /// the configuration, deployed or not.
 #[utoipa::path(
     get,
@@ -147,6 +156,7 @@ mod tests {
         backend.circuit_breaker = Some(BreakerSpec::default());
         let pool = cache.pool("upstream:pool", &backend);
         let _lease = pool.select(None, &[1]).unwrap();
+        let _open = pool.targets()[0].http_connection();
         let answer = serde_json::to_value(target_list("users", &pool)).unwrap();
         assert_eq!(
             answer,
@@ -156,9 +166,11 @@ mod tests {
                 "balance": "least_connections",
                 "targets": [
                     {"url": "http://a:1", "weight": 2, "health": "up", "breaker": "closed",
-                     "active": 1, "requests": 1, "failures": 0},
+                     "active": 1, "requests": 1, "failures": 0,
+                     "http_connections": 1, "http_connects": 1},
                     {"url": "http://b:2", "weight": 1, "health": "up", "breaker": "closed",
-                     "active": 0, "requests": 0, "failures": 0},
+                     "active": 0, "requests": 0, "failures": 0,
+                     "http_connections": 0, "http_connects": 0},
                 ],
             })
         );
