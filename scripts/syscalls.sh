@@ -39,6 +39,6 @@ for mode in "${modes[@]}"; do
                 printf "  %-14s %7.2f", $NF, $4 / units
                 if (errors > 0) printf "  (%.2f)", errors / units
                 printf "\n"
-            }' "$dir/counts" | sort -k2 -rn | head -10
+            }' "$dir/counts" | sort -k2 -rn | head -${STRAIT_SC_TOP:-10}
     done
 done

@@ -10,6 +10,7 @@
 //! - [`cpus`]: which CPUs the gateway, the echo and the load generators run on;
 //! - [`compare`]: the alternating direct → nginx → Strait rounds;
 //! - [`results`] and [`machine`]: the figures and where they were measured;
+//! - [`targets`]: the performance targets, met or not, in this run;
 //! - [`report`] and [`plot`]: BENCHMARKS.md and the SVG plot.
 
 pub mod compare;
@@ -23,6 +24,7 @@ pub mod registry;
 pub mod report;
 pub mod results;
 pub mod stack;
+pub mod targets;
 pub mod wrk;
 pub mod ws_load;
 pub mod wsclient;

@@ -31,6 +31,29 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// A machine of two CPUs, every text "x", for tests of the report.
+    #[cfg(test)]
+    pub fn placeholder() -> Machine {
+        let text = String::from("x");
+        Machine {
+            cpu_model: text.clone(),
+            mem_gib: 1.0,
+            kernel: text.clone(),
+            date: text.clone(),
+            strait: text.clone(),
+            nginx: text.clone(),
+            nginx_tls: text.clone(),
+            wrk: text.clone(),
+            h2load: text.clone(),
+            limits: FdLimits::default(),
+            layout: Layout::default_for(2),
+            port_range: text.clone(),
+            somaxconn: text.clone(),
+            tw_reuse: text.clone(),
+            nr_open: text,
+        }
+    }
+
     pub fn read(tools: &Tools, limits: FdLimits, layout: Layout) -> Machine {
         let proc_line = |file: &str| {
             std::fs::read_to_string(file)

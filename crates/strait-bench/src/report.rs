@@ -138,6 +138,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
          --url ws://127.0.0.1:8080/api/chat --conns 100 --duration 10` (modes `idle`, `echo`, \
          `connect`, `stream`; `--help` lists their options).\n"
     );
+    crate::targets::write(w, m, plan, results);
     let _ = writeln!(w, "## Machine and versions\n");
     let _ = writeln!(w, "| | |\n|---|---|");
     let _ = writeln!(
@@ -581,6 +582,12 @@ impl Shares {
     }
 }
 
+/// The ratio Strait's rate in `section` over `against`'s could reach with no time in user
+/// space, on this machine's CPU layout; `None` without the CPU rows the model needs.
+pub fn ceiling(m: &Machine, results: &Results, section: &str, against: Side) -> Option<f64> {
+    Shares::read(results, section, against).map(|shares| shares.ceiling(&m.layout.groups()))
+}
+
 /// What bounds the ratios on a host where the load generator, the echo and the gateway share
 /// the CPUs: the modelled ratio, and its ceiling for a gateway that spent nothing in user space.
 fn bounds(w: &mut String, m: &Machine, results: &Results) {
@@ -977,7 +984,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::procs::FdLimits;
 
     #[test]
     fn numbers() {
@@ -985,27 +991,6 @@ mod tests {
         assert_eq!(num(12.345), "12.3");
         assert_eq!(num(0.5), "0.50");
         assert_eq!(num(3.0), "3");
-    }
-
-    fn machine() -> Machine {
-        let text = String::from("x");
-        Machine {
-            cpu_model: text.clone(),
-            mem_gib: 1.0,
-            kernel: text.clone(),
-            date: text.clone(),
-            strait: text.clone(),
-            nginx: text.clone(),
-            nginx_tls: text.clone(),
-            wrk: text.clone(),
-            h2load: text.clone(),
-            limits: FdLimits::default(),
-            layout: Layout::default_for(2),
-            port_range: text.clone(),
-            somaxconn: text.clone(),
-            tw_reuse: text.clone(),
-            nr_open: text,
-        }
     }
 
     #[test]
@@ -1064,7 +1049,7 @@ mod tests {
         );
 
         let mut w = String::new();
-        bounds(&mut w, &machine(), &results);
+        bounds(&mut w, &Machine::placeholder(), &results);
         // L = 60 % of a core / 42,221 per s = 14.2 µs, E = 10.8 µs: (25.0 + 20.1) / (25.0 +
         // 23.0) modelled, (25.0 + 20.1) / (25.0 + 13.9) at zero user space.
         let http_row = w
@@ -1089,7 +1074,7 @@ mod tests {
 
         // The gateway on CPU 0, the echo and the load generator on CPU 1: HTTP is bound by
         // CPU 1 (L + E = 25.0 µs against G = 20.1 or 23.0), so both gateways model alike.
-        let mut split = machine();
+        let mut split = Machine::placeholder();
         split.layout.gateway = Some(CpuSet::parse("0", 2).unwrap());
         split.layout.backend = Some(CpuSet::parse("1", 2).unwrap());
         let mut w = String::new();
@@ -1115,7 +1100,7 @@ mod tests {
 
     #[test]
     fn the_method_says_where_each_role_ran() {
-        let mut m = machine();
+        let mut m = Machine::placeholder();
         let shared = markdown(&m, &Plan::full(), &Results::default(), "plot.svg");
         assert!(
             shared.contains("load generators CPU 1 (1 of 2)"),
@@ -1142,7 +1127,7 @@ mod tests {
 
     #[test]
     fn the_report_names_the_options_it_ran_with() {
-        let m = machine();
+        let m = Machine::placeholder();
         let results = Results::default();
         let default = markdown(&m, &Plan::full(), &results, "plot.svg");
         assert!(default.contains("-- compare` on"), "{default}");
