@@ -9,7 +9,8 @@
 # Workloads as in scripts/callgrind.sh (wrk -t1 -c8; h2load, 8 connections × 8 streams; 50
 # echoing WebSocket connections; 8 workers connecting and closing), 3 s each. Needs the
 # release build, nginx, wrk, h2load and strace (scripts/install-bench-tools.sh). Loopback
-# only. Ports: STRAIT_SC_PORT (default 19180) and the next four.
+# only. Ports: STRAIT_SC_PORT (default 19180) and the next four. STRAIT_SC_TOP: how many
+# system calls each list shows (default 10).
 set -euo pipefail
 source "$(dirname "$0")/gateways.sh"
 modes=("$@")
