@@ -61,7 +61,7 @@ struct Target<'a> {
     bound: Bound,
 }
 
-/// The targets the results hold rows for, in the order.
+/// The targets the results hold rows for, in the order of the report's sections.
 fn targets(results: &Results) -> Vec<Target<'_>> {
     // (section prefix, metric prefix, against, bound)
     let wanted = [
@@ -123,7 +123,7 @@ fn targets(results: &Results) -> Vec<Target<'_>> {
             });
         }
     }
-    // Echo's rows in the order of their sections: rate and p99 of one count together.
+    // Each section's targets together (rate and p99 of one echo run), in the report's order.
     out.sort_by_key(|t| results.rows.iter().position(|r| r.section == t.row.section));
     out
 }
