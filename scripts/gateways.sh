@@ -1,6 +1,6 @@
-# Sourced by scripts/callgrind.sh and scripts/syscalls.sh: the release build, `strait echo`,
-# and Strait's and nginx's configurations in front of it (nginx as the comparison configures
-# it, in one process), plus the bounded workloads both scripts measure.
+# Sourced by scripts/callgrind.sh, scripts/syscalls.sh and scripts/paced.sh: the release
+# build, `strait echo`, and Strait's and nginx's configurations in front of it (nginx as the
+# comparison configures it, in one process), plus the bounded workloads the first two measure.
 #
 #   require TOOL...          exits with a clear error unless every TOOL is installed
 #   start_echo PORT          `strait echo` on PORT+1; configurations for gateways on PORT

@@ -133,6 +133,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
          scripts/ab.sh OLD_STRAIT NEW_STRAIT http               # two builds in alternation (http, churn, h2, echo, connect), ~1 minute\n\
          scripts/access-log.sh                                  # both gateways with their access log off and on, ~2 minutes\n\
          scripts/backend-connects.sh                            # backend connections opened for clients that come and go, ~10 s\n\
+         scripts/paced.sh                                       # HTTP latency of both gateways at the same load, ~1 minute\n\
          ```\n\n\
          The load generator also runs on its own, e.g. `cargo run --release -p strait-bench -- echo \
          --url ws://127.0.0.1:8080/api/chat --conns 100 --duration 10` (modes `idle`, `echo`, \
