@@ -5,6 +5,7 @@
 #   require TOOL...          exits with a clear error unless every TOOL is installed
 #   start_echo PORT          `strait echo` on PORT+1; configurations for gateways on PORT
 #   wait_listening           waits (up to 30 s) until something accepts on PORT
+#   start_gateway SIDE       starts strait or nginx (its pid in $pid) and waits until it accepts
 #   load MODE SECONDS        runs one workload, prints the units it completed:
 #     http     keep-alive GETs: wrk -t1 -c8                         (unit: request)
 #     churn    as http, each connection closed after 20 requests    (unit: request)
@@ -69,6 +70,16 @@ YAML
         -e "s#{{LISTEN_TLS}}#$gw_tls#" -e "s#{{LISTEN_LOGGED}}#$gw_logged#" -e "s#{{CERT}}#$dir/cert.pem#" -e "s#{{KEY}}#$dir/key.pem#" \
         -e "s#{{WORKERS}}#1#" -e "s#{{NOFILE}}#4096#" -e "s#{{WORKER_CONNECTIONS}}#4096#" \
         -e "s#master_process on#master_process off#" bench/nginx.conf.template >"$dir/nginx.conf"
+}
+
+start_gateway() {
+    if [[ $1 == strait ]]; then
+        "$strait" run --config "$dir/strait.yaml" >/dev/null 2>&1 &
+    else
+        nginx -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 &
+    fi
+    pid=$!
+    wait_listening
 }
 
 wait_listening() {

@@ -25,13 +25,7 @@ cat bench/wrk-report.lua >>"$dir/paced.lua"
 printf '%-5s %-7s %12s %8s %8s %8s\n' pair gateway requests/s p50_us p99_us p999_us
 for pair in $(seq "${PAIRS:-4}"); do
     for side in nginx strait; do
-        if [[ $side == strait ]]; then
-            "$strait" run --config "$dir/strait.yaml" >/dev/null 2>&1 &
-        else
-            nginx -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 &
-        fi
-        pid=$!
-        wait_listening
+        start_gateway "$side"
         taskset -c 1 wrk -t1 -c64 -d1s "http://$gw/bench/http" >/dev/null
         out=$(taskset -c 1 wrk -t1 -c64 -d5s -s "$dir/paced.lua" "http://$gw/bench/http")
         kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -20,13 +20,7 @@ start_echo "${STRAIT_SC_PORT:-19180}"
 
 for mode in "${modes[@]}"; do
     for side in strait nginx; do
-        if [[ $side == strait ]]; then
-            "$strait" run --config "$dir/strait.yaml" >/dev/null 2>&1 &
-        else
-            nginx -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 &
-        fi
-        pid=$!
-        wait_listening
+        start_gateway "$side"
         strace -c -f -p "$pid" -o "$dir/counts" 2>/dev/null &
         tracer=$!
         sleep 1

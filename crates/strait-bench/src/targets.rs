@@ -63,50 +63,17 @@ struct Target<'a> {
 
 /// The targets the results hold rows for, in the order of the report's sections.
 fn targets(results: &Results) -> Vec<Target<'_>> {
+    use Bound::{AtLeast, AtMost};
+    use Side::{Direct, Nginx};
     // (section prefix, metric prefix, against, bound)
     let wanted = [
-        (
-            "HTTP keep-alive GET (",
-            "requests/s",
-            Side::Nginx,
-            Bound::AtLeast(1.2),
-        ),
-        (
-            "HTTP keep-alive GET (",
-            "latency p99 ",
-            Side::Nginx,
-            Bound::AtMost(1.0),
-        ),
-        (
-            "WebSocket echo",
-            "messages/s",
-            Side::Nginx,
-            Bound::AtLeast(1.2),
-        ),
-        (
-            "WebSocket echo",
-            "latency p99 ",
-            Side::Nginx,
-            Bound::AtMost(1.0),
-        ),
-        (
-            "Idle WebSocket",
-            MEMORY_PER_CONN,
-            Side::Nginx,
-            Bound::AtMost(0.5),
-        ),
-        (
-            "WebSocket connection set-up",
-            "sessions/s",
-            Side::Nginx,
-            Bound::AtLeast(1.0),
-        ),
-        (
-            "WebSocket stream",
-            "echoed MB/s",
-            Side::Direct,
-            Bound::AtLeast(0.9),
-        ),
+        ("HTTP keep-alive GET (", "requests/s", Nginx, AtLeast(1.2)),
+        ("HTTP keep-alive GET (", "latency p99 ", Nginx, AtMost(1.0)),
+        ("WebSocket echo", "messages/s", Nginx, AtLeast(1.2)),
+        ("WebSocket echo", "latency p99 ", Nginx, AtMost(1.0)),
+        ("Idle WebSocket", MEMORY_PER_CONN, Nginx, AtMost(0.5)),
+        ("WebSocket connection", "sessions/s", Nginx, AtLeast(1.0)),
+        ("WebSocket stream", "echoed MB/s", Direct, AtLeast(0.9)),
     ];
     let mut out = Vec::new();
     for (section, metric, against, bound) in wanted {
