@@ -1,5 +1,6 @@
-//! BENCHMARKS.md, written from a comparison's [`Results`] and its [`Machine`]: medians,
-//! ratios, where Strait falls short, kernel settings and the 1,000,000-connection projection.
+//! BENCHMARKS.md, written from a comparison's [`Results`] and its [`Machine`]: the targets
+//! ([`crate::targets`]), medians, ratios, where Strait falls short, kernel settings and the
+//! 1,000,000-connection projection.
 //! The plot is [`crate::plot`]'s.
 
 use std::fmt::Write as _;

@@ -186,9 +186,9 @@ pub fn write(w: &mut String, m: &Machine, plan: &Plan, results: &Results) {
     if out_of_reach {
         let _ = writeln!(
             w,
-            "\nWhere a ceiling is below what its target asks, the load generator and the echo \
-             take too much of the CPUs the gateway shares with them for any gateway to meet it \
-             here; the targets assume each role on CPUs of its own (`--gateway-cpus`, \
+            "\nWhere a ceiling is below what its target asks, no gateway could meet it on this \
+             host: the CPU time of the load generator and the echo bounds the rate first. The \
+             targets assume each role on CPUs of its own with room to spare (`--gateway-cpus`, \
              `--backend-cpus`, `--load-cpus` on a larger machine)."
         );
     }
