@@ -257,6 +257,76 @@ mod tests {
         assert!(upgrade_head(many.as_bytes()).is_none());
     }
 
+    /// A client's upgrade head: the lines every WebSocket client sends (in `order`, a
+    /// permutation seed) among extra `x-` headers in any case, then `tail` (frames sent
+    /// right after the head).
+    fn client_head(path: &str, extra: &[(String, String)], order: usize) -> String {
+        let mut lines: Vec<String> = extra
+            .iter()
+            .map(|(name, value)| format!("X-{name}: {value}"))
+            .collect();
+        let required = [
+            "Host: example.com",
+            "upgrade: WebSocket",
+            "Connection: keep-alive, Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+        ];
+        for (i, line) in required.into_iter().enumerate() {
+            let at = (order / (i + 1)) % (lines.len() + 1);
+            lines.insert(at, line.to_owned());
+        }
+        format!("GET {path} HTTP/1.1\r\n{}\r\n\r\n", lines.join("\r\n"))
+    }
+
+    proptest::proptest! {
+        /// Any client's upgrade head takes the fast path, with its target, every header
+        /// line and its exact length; cut anywhere before its end it is hyper's (None).
+        #[test]
+        fn upgrade_heads_are_read_whole_or_left_to_hyper(
+            path in "/[a-zA-Z0-9/_.~-]{0,24}(\\?[a-z0-9=&%]{0,16})?",
+            extra in proptest::collection::vec(
+                ("[a-zA-Z][a-zA-Z0-9-]{0,15}", "[!-~]([ !-~]{0,20}[!-~])?"),
+                0..8,
+            ),
+            order in 0usize..10_000,
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16),
+            cut in 0usize..10_000,
+        ) {
+            let head = client_head(&path, &extra, order);
+            let mut bytes = head.clone().into_bytes();
+            bytes.extend_from_slice(&tail);
+            let upgrade = upgrade_head(&bytes);
+            proptest::prop_assert!(upgrade.is_some(), "{:?}", head);
+            let Some(upgrade) = upgrade else { return Ok(()) };
+            proptest::prop_assert_eq!(upgrade.len, head.len());
+            proptest::prop_assert_eq!(upgrade.req.uri().to_string(), path);
+            proptest::prop_assert_eq!(upgrade.req.headers().len(), extra.len() + 5);
+            for (name, value) in &extra {
+                let name = format!("x-{}", name.to_ascii_lowercase());
+                let values = upgrade.req.headers().get_all(name.as_str());
+                proptest::prop_assert!(
+                    values.iter().any(|v| v.as_bytes() == value.as_bytes()),
+                    "{} lost in {:?}", name, head
+                );
+            }
+            let short = cut % head.len();
+            proptest::prop_assert!(upgrade_head(bytes.get(..short).unwrap_or_default()).is_none());
+        }
+
+        /// Whatever follows `GET `: no panic, and anything taken is a complete upgrade
+        /// within the bytes given.
+        #[test]
+        fn any_bytes_after_get_are_safe(rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut bytes = b"GET ".to_vec();
+            bytes.extend_from_slice(&rest);
+            if let Some(upgrade) = upgrade_head(&bytes) {
+                proptest::prop_assert!(upgrade.len <= bytes.len());
+                proptest::prop_assert!(is_websocket_upgrade(&upgrade.req));
+            }
+        }
+    }
+
     #[test]
     fn the_101_head_carries_every_header_line() {
         let mut response = Response::new(());
