@@ -257,9 +257,8 @@ mod tests {
         assert!(upgrade_head(many.as_bytes()).is_none());
     }
 
-    /// A client's upgrade head: the lines every WebSocket client sends (in `order`, a
-    /// permutation seed) among extra `x-` headers in any case, then `tail` (frames sent
-    /// right after the head).
+    /// A client's upgrade head: the lines every WebSocket client sends, placed among extra
+    /// `x-` headers by `order` (a seed), names in any case.
     fn client_head(path: &str, extra: &[(String, String)], order: usize) -> String {
         let mut lines: Vec<String> = extra
             .iter()
