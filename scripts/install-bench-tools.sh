@@ -4,6 +4,8 @@
 # scripts/callgrind.sh, strace for scripts/syscalls.sh and ss (iproute2) for
 # scripts/backend-connects.sh (openssl makes their TLS certificate), from Debian/Ubuntu packages.
 # Idempotent: installs only what is missing, then prints the versions found. Needs root (or sudo) for apt-get.
+# With --oha it also builds oha (an open-loop HTTP load generator, for LOAD=oha
+# scripts/paced.sh) from crates.io with cargo, about 4 minutes on two cores.
 set -euo pipefail
 
 need=()
@@ -47,6 +49,11 @@ else
     echo "nginx, wrk, h2load, taskset, valgrind, strace, openssl and ss are already installed"
 fi
 
+if [[ ${1:-} == --oha ]] && ! command -v oha >/dev/null 2>&1; then
+    echo "installing: oha (cargo install)"
+    cargo install oha --locked --version 1.16.0
+fi
+
 echo "--- versions"
 nginx -v 2>&1
 wrk --version 2>&1 | head -n 1 || true   # wrk prints its version and exits 1
@@ -55,3 +62,4 @@ taskset --version 2>&1 | head -n 1
 valgrind --version 2>&1 | head -n 1
 strace --version 2>&1 | head -n 1
 ss --version 2>&1 | head -n 1
+if command -v oha >/dev/null 2>&1; then oha --version; fi
