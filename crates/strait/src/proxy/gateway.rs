@@ -179,7 +179,7 @@ impl TargetSource for LiveTargets {
                         active: u64::try_from(stats.active).unwrap_or(u64::MAX),
                         requests: stats.requests,
                         failures: stats.failures,
-                        http_connections: u64::try_from(open).unwrap_or(u64::MAX),
+                        http_connections: open,
                         http_connects: opened,
                     }
                 })

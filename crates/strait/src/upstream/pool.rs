@@ -106,9 +106,10 @@ impl TargetState {
     }
 
     /// HTTP connections open to it now, and opened in all.
-    pub fn http_connections(&self) -> (usize, u64) {
+    pub fn http_connections(&self) -> (u64, u64) {
+        let open = self.http_connections.load(Ordering::Relaxed);
         (
-            self.http_connections.load(Ordering::Relaxed),
+            u64::try_from(open).unwrap_or(u64::MAX),
             self.http_connects.load(Ordering::Relaxed),
         )
     }
