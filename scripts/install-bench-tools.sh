@@ -4,8 +4,8 @@
 # scripts/callgrind.sh, strace for scripts/syscalls.sh and ss (iproute2) for
 # scripts/backend-connects.sh (openssl makes their TLS certificate), from Debian/Ubuntu packages.
 # Idempotent: installs only what is missing, then prints the versions found. Needs root (or sudo) for apt-get.
-# With --oha it also builds oha (an open-loop HTTP load generator, for LOAD=oha
-# scripts/paced.sh) from crates.io with cargo, about 4 minutes on two cores.
+# With --oha it also builds oha (an open-loop HTTP load generator, for compare's "HTTP at the same
+# load" rows and LOAD=oha scripts/paced.sh) from crates.io with cargo, about 4 minutes on two cores.
 set -euo pipefail
 
 need=()

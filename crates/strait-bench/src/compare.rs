@@ -17,6 +17,7 @@ use tokio::process::Command;
 use crate::cpus::{Layout, Role};
 use crate::h2load::{self, H2Report};
 use crate::machine::Machine;
+use crate::oha::{self, OhaReport};
 use crate::procs::{
     FdLimits, ended_children_cpu_seconds, raise_fd_limit, rss_tree_kib, tree_cpu_seconds,
 };
@@ -34,6 +35,13 @@ pub const SERVER_USER: &str = "server CPU in user space";
 pub const SERVER_KERNEL: &str = "server CPU in the kernel";
 /// The metric name of the idle run's memory per connection (the plot and projection use it).
 pub const MEMORY_PER_CONN: &str = "resident memory per connection (KiB)";
+/// The section of the closed-loop HTTP run begins so; the fixed-rate runs begin
+/// [`PACED_SECTION`].
+pub const HTTP_SECTION: &str = "HTTP keep-alive GET (";
+pub const PACED_SECTION: &str = "HTTP keep-alive GET at the same load";
+/// The fixed-rate HTTP runs' loads, in per cent of nginx's median rate in the closed loop: a
+/// moderate one, and one that leaves the shared CPUs little room.
+pub const PACED_SHARES: [u32; 2] = [40, 60];
 /// Extra time a sub-process may take beyond its planned duration.
 const CHILD_GRACE: Duration = Duration::from_secs(60);
 
@@ -169,6 +177,9 @@ enum Scenario {
     HttpLogged,
     /// HTTP/1.1 again, each client connection closing after ~20 requests.
     HttpChurn,
+    /// HTTP/1.1 at a fixed rate (oha), this per cent of nginx's rate in the [`Scenario::Http`]
+    /// runs, so every side carries the same load and latencies compare work per request.
+    HttpPaced(u32),
     Http2,
     /// HTTP/1.1 and HTTP/2 over TLS (ALPN) at the gateways; the echo has no TLS to compare.
     Https,
@@ -193,6 +204,16 @@ fn http_url(scenario: Scenario, stack: &Stack, side: Side) -> Option<String> {
         _ => ("http", stack.endpoint(side).0),
     };
     Some(format!("{scheme}://{addr}/bench/http"))
+}
+
+/// nginx's median rate in the closed-loop HTTP runs.
+fn closed_loop_rate(results: &Results) -> Option<f64> {
+    results
+        .rows
+        .iter()
+        .find(|r| r.section.starts_with(HTTP_SECTION) && r.metric == "requests/s")?
+        .median(Side::Nginx)
+        .filter(|rate| *rate > 0.0)
 }
 
 /// The CPU time of the process answering the load (the echo for the direct run, nginx's master
@@ -250,14 +271,12 @@ impl ServerCpu {
 
 impl Runner<'_> {
     async fn all(&self, results: &mut Results) -> Result<()> {
-        let mut scenarios = vec![
-            Scenario::Http,
-            Scenario::HttpLogged,
-            Scenario::HttpChurn,
-            Scenario::Http2,
-            Scenario::Https,
-            Scenario::Http2Tls,
-        ];
+        let mut scenarios = vec![Scenario::Http, Scenario::HttpLogged, Scenario::HttpChurn];
+        // Without oha, the report says how to get it (see `report::method`).
+        if self.tools.oha.is_some() {
+            scenarios.extend(PACED_SHARES.map(Scenario::HttpPaced));
+        }
+        scenarios.extend([Scenario::Http2, Scenario::Https, Scenario::Http2Tls]);
         scenarios.extend(self.plan.echo_conns.iter().map(|&c| Scenario::Echo(c)));
         scenarios.extend([Scenario::Connect, Scenario::Stream, Scenario::Idle]);
         for scenario in scenarios {
@@ -336,6 +355,29 @@ impl Runner<'_> {
                 results.add(&s, LOAD_CPU, Neither, side, load_cpu);
                 Ok(format!(
                     "{:.0} req/s, p99 {:.0} µs, {errors} errors",
+                    r.requests_per_sec, r.latency.p99_us
+                ))
+            }
+            Scenario::HttpPaced(share) => {
+                let nginx = closed_loop_rate(results)
+                    .context("no rate of nginx's from the closed-loop HTTP runs to pace by")?;
+                // Rounded, so the section reads well; the same in every round.
+                let rate = (nginx * f64::from(share) / 100.0 / 100.0).round().max(1.0) * 100.0;
+                let url = format!("http://{addr}/bench/http");
+                let cpu = ServerCpu::after(pid, plan.warmup);
+                let r = self.oha(&url, rate).await?;
+                let s = format!(
+                    "{PACED_SECTION}: {share} % of nginx's rate (oha -c{} -q{rate:.0} -z{secs}s, open loop)",
+                    plan.http_conns
+                );
+                let errors = r.errors as f64;
+                results.add(&s, "requests/s", Neither, side, r.requests_per_sec);
+                results.latency(&s, side, &r.latency);
+                results.add(&s, "errors (failed + non-2xx)", Lower, side, errors);
+                cpu.record(results, &s, "request", side, r.requests_per_sec * secs)
+                    .await;
+                Ok(format!(
+                    "{:.0} req/s (asked {rate:.0}), p99 {:.0} µs, {errors} errors",
                     r.requests_per_sec, r.latency.p99_us
                 ))
             }
@@ -568,6 +610,39 @@ impl Runner<'_> {
         let _ = std::fs::remove_file(&script);
         let (output, cpu) = output?;
         Ok((wrk::parse(&output)?, cpu / secs as f64 * 100.0))
+    }
+
+    /// oha against `url` at `rate` requests/s, after a short unrecorded warm-up when the plan
+    /// has one.
+    async fn oha(&self, url: &str, rate: f64) -> Result<OhaReport> {
+        let plan = self.plan;
+        let program = self.tools.oha.as_deref().context("oha is not installed")?;
+        let run = |secs: u64| {
+            let mut cmd = self.pinned(program);
+            cmd.args([
+                "-c",
+                &plan.http_conns.to_string(),
+                "-q",
+                &rate.to_string(),
+                "--latency-correction",
+                "--worker-threads",
+                &self.layout.load_threads(plan.http_conns).to_string(),
+                "--no-tui",
+                "--output-format",
+                "json",
+                "-z",
+                &format!("{secs}s"),
+                url,
+            ]);
+            cmd
+        };
+        if !plan.warmup.is_zero() {
+            let secs = plan.warmup.as_secs().max(1);
+            run_capture(run(secs), Duration::from_secs(secs) + CHILD_GRACE).await?;
+        }
+        let secs = plan.duration.as_secs().max(1);
+        let output = run_capture(run(secs), Duration::from_secs(secs) + CHILD_GRACE).await?;
+        oha::parse(&output)
     }
 
     /// h2load against `url`, with the plan's warm-up (unrecorded) and duration, and its CPU

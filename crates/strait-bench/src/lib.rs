@@ -3,7 +3,8 @@
 //! - [`wsclient`]: a lean WebSocket client (handshake, pre-masked frames, reused read buffer);
 //! - [`ws_load`]: the load-generator modes `idle`, `echo`, `connect` and `stream`;
 //! - [`latency`]: HDR-histogram recording shared by many tasks;
-//! - [`wrk`] and [`h2load`]: parsing their output for the HTTP/1.1 and HTTP/2 load;
+//! - [`wrk`], [`h2load`] and [`oha`]: parsing their output for the HTTP/1.1 and HTTP/2 load
+//!   and HTTP at a fixed rate;
 //! - [`procs`]: child-process guards, /proc memory, the descriptor limit;
 //! - [`registry`]: timing the admin API's connection list and metrics while sessions are held;
 //! - [`stack`]: the echo backend, nginx and Strait as processes under test;
@@ -18,6 +19,7 @@ pub mod cpus;
 pub mod h2load;
 pub mod latency;
 pub mod machine;
+pub mod oha;
 pub mod plot;
 pub mod procs;
 pub mod registry;

@@ -1,5 +1,5 @@
 //! The machine and software a comparison ran on: CPUs, memory, kernel, versions of strait,
-//! nginx (and its TLS library), wrk and h2load, the descriptor limits and the network
+//! nginx (and its TLS library), wrk, h2load and oha, the descriptor limits and the network
 //! sysctls that matter for large runs.
 
 use std::path::Path;
@@ -20,6 +20,8 @@ pub struct Machine {
     pub nginx_tls: String,
     pub wrk: String,
     pub h2load: String,
+    /// `None` when oha was not found.
+    pub oha: Option<String>,
     pub limits: FdLimits,
     /// The machine's CPU count, and which of them the gateway, the echo and the load
     /// generators ran on.
@@ -45,6 +47,7 @@ impl Machine {
             nginx_tls: text.clone(),
             wrk: text.clone(),
             h2load: text.clone(),
+            oha: None,
             limits: FdLimits::default(),
             layout: Layout::default_for(2),
             port_range: text.clone(),
@@ -86,6 +89,10 @@ impl Machine {
                 .unwrap_or_default()
                 .to_owned(),
             h2load: first_line(&tools.h2load, &["--version"]),
+            oha: tools
+                .oha
+                .as_ref()
+                .map(|oha| first_line(oha, &["--version"])),
             limits,
             layout,
             port_range: proc_line("/proc/sys/net/ipv4/ip_local_port_range"),

@@ -124,7 +124,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
         w,
         "To reproduce (as root, for the packages; the harness itself installs nothing):\n\n\
          ```sh\n\
-         bash scripts/install-bench-tools.sh                    # nginx, wrk, h2load, valgrind, strace (Debian), idempotent\n\
+         bash scripts/install-bench-tools.sh --oha              # nginx, wrk, h2load, valgrind, strace (Debian), oha (cargo, ~4 minutes); idempotent\n\
          cargo build --release                                  # target/release/strait\n\
          cargo run --release -p strait-bench -- compare         # ~10 minutes (--idle-hold 5: ~7); --quick ~25 s\n\
          cargo run --release -p strait-bench -- compare --quick --idle-conns 9900  # the registry at full size, ~1 minute\n\
@@ -164,6 +164,13 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
     let _ = writeln!(w, "| h2load | {} |", m.h2load);
     let _ = writeln!(
         w,
+        "| oha | {} |",
+        m.oha
+            .as_deref()
+            .unwrap_or("not found (HTTP at the same load not run)")
+    );
+    let _ = writeln!(
+        w,
         "| Descriptor limit | soft {} → {} (raised by the harness), hard {} |",
         m.limits.soft_before, m.limits.soft_after, m.limits.hard
     );
@@ -173,7 +180,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
         m.port_range, m.somaxconn, m.tw_reuse, m.nr_open
     );
 
-    method(w, m, plan, secs);
+    method(w, m, plan, results, secs);
 
     let _ = writeln!(w, "## Results\n");
     let _ = writeln!(
@@ -245,7 +252,7 @@ fn layout_flags(layout: &Layout) -> String {
         + &flag("load", layout.load.as_ref())
 }
 
-fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
+fn method(w: &mut String, m: &Machine, plan: &Plan, results: &Results, secs: f64) {
     let layout = &m.layout;
     let pin = if layout.groups().len() > 1 {
         format!(
@@ -322,6 +329,38 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, secs: f64) {
          for a client's first 8 requests, then on one of them kept for the client, shared again when it \
          closes (`scripts/backend-connects.sh` counts the backend connects).",
         n = crate::wrk::CHURN_REQUESTS
+    );
+    let paced = results
+        .rows
+        .iter()
+        .any(|r| r.section.starts_with(crate::compare::PACED_SECTION));
+    let shares = crate::compare::PACED_SHARES.map(|share| format!("{share} %"));
+    let _ = writeln!(
+        w,
+        "- **HTTP at the same load**: {}",
+        if paced {
+            format!(
+                "`oha -c{} -q R --latency-correction -z{secs}s` on the same `GET /bench/http`, R \
+                 {} of nginx's median rate in the HTTP runs above, the same R for every side{}. \
+                 wrk keeps {} requests in flight, so there a side that serves fewer requests per \
+                 second answers each later and its latency follows its rate; oha sends each \
+                 request when it is due and times it from then (an open loop), so the sides carry \
+                 the same load and their latencies compare the work per request, and a side that \
+                 falls behind shows it as latency.",
+                plan.http_conns,
+                shares.join(" and "),
+                if plan.warmup.is_zero() {
+                    ""
+                } else {
+                    ", after a 1 s unrecorded run at that rate"
+                },
+                plan.http_conns
+            )
+        } else {
+            "not run: oha was not found (`bash scripts/install-bench-tools.sh --oha` builds it \
+             from crates.io, ~4 minutes)."
+                .to_owned()
+        }
     );
     let _ = writeln!(
         w,
@@ -1125,6 +1164,26 @@ mod tests {
         let none = markdown(&m, &Plan::full(), &Results::default(), "plot.svg");
         assert!(none.contains("Nothing is pinned"), "{none}");
         assert!(none.contains("`wrk -t8 -c64"), "{none}");
+    }
+
+    #[test]
+    fn the_method_says_whether_http_ran_at_the_same_load() {
+        let m = Machine::placeholder();
+        let without = markdown(&m, &Plan::full(), &Results::default(), "plot.svg");
+        assert!(
+            without.contains("same load**: not run: oha was not found"),
+            "{without}"
+        );
+        assert!(without.contains("| oha | not found"), "{without}");
+        let mut results = Results::default();
+        let section = format!("{}: 40 % of nginx's rate", crate::compare::PACED_SECTION);
+        results.add(&section, "requests/s", Better::Neither, Side::Nginx, 1.0);
+        let with = markdown(&m, &Plan::full(), &results, "plot.svg");
+        assert!(
+            with.contains("R 40 % and 60 % of nginx's median rate"),
+            "{with}"
+        );
+        assert!(with.contains("after a 1 s unrecorded run"), "{with}");
     }
 
     #[test]

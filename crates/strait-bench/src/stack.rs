@@ -49,6 +49,8 @@ pub struct Tools {
     pub h2load: PathBuf,
     /// `taskset`, when present, puts each role on its CPUs.
     pub taskset: Option<PathBuf>,
+    /// `oha`, when present, loads HTTP at a fixed rate (`scripts/install-bench-tools.sh --oha`).
+    pub oha: Option<PathBuf>,
     /// This very binary, started again for the WebSocket load.
     pub me: PathBuf,
 }
@@ -87,6 +89,7 @@ impl Tools {
                 wrk,
                 h2load,
                 taskset: which("taskset"),
+                oha: which("oha"),
                 me,
             }),
             _ => bail!("cannot compare yet:\n  - {}", problems.join("\n  - ")),
