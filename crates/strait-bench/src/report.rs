@@ -1180,7 +1180,7 @@ mod tests {
         results.add(&section, "requests/s", Better::Neither, Side::Nginx, 1.0);
         let with = markdown(&m, &Plan::full(), &results, "plot.svg");
         assert!(
-            with.contains("R 40 % and 60 % of nginx's median rate"),
+            with.contains("R 25 % and 50 % of nginx's median rate"),
             "{with}"
         );
         assert!(with.contains("after a 1 s unrecorded run"), "{with}");
