@@ -14,6 +14,10 @@
 #
 #   LOAD=oha RATE=20000 PAIRS=4 scripts/paced.sh
 #
+# `strait-bench compare` runs the oha variant itself when oha is installed (its "HTTP at the
+# same load" rows, at fractions of nginx's measured rate); this script is the quick way to
+# try other rates, or wrk's bursts.
+#
 # Needs the release build, nginx and wrk or oha (scripts/install-bench-tools.sh). Loopback
 # only; every run is bounded. Ports: STRAIT_PACED_PORT (default 19280) and the next four.
 set -euo pipefail

@@ -364,7 +364,7 @@ impl Runner<'_> {
                     .context("no rate of nginx's from the closed-loop HTTP runs to pace by")?;
                 // Rounded, so the section reads well; the same in every round.
                 let rate = (nginx * f64::from(share) / 100.0 / 100.0).round().max(1.0) * 100.0;
-                let url = format!("http://{addr}/bench/http");
+                let url = http_url(scenario, stack, side).context("every side serves HTTP")?;
                 let cpu = ServerCpu::after(pid, plan.warmup);
                 let r = self.oha(&url, rate).await?;
                 let s = format!(
