@@ -340,8 +340,8 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, results: &Results, secs: f64
         "- **HTTP at the same load**: {}",
         if paced {
             format!(
-                "`oha -c{} -q R --latency-correction -z{secs}s` on the same `GET /bench/http`, R \
-                 {} of nginx's median rate in the HTTP runs above, the same R for every side{}. \
+                "`oha -c{} -q R --latency-correction -z{secs}s` on the same `GET /bench/http` \
+                 (a thread per load-generator CPU, as wrk), R = {} of nginx's median rate in the HTTP runs above, the same R for every side{}. \
                  wrk keeps {} requests in flight, so there a side that serves fewer requests per \
                  second answers each later and its latency follows its rate; oha sends each \
                  request when it is due and times it from then (an open loop), so the sides carry \
@@ -1180,7 +1180,7 @@ mod tests {
         results.add(&section, "requests/s", Better::Neither, Side::Nginx, 1.0);
         let with = markdown(&m, &Plan::full(), &results, "plot.svg");
         assert!(
-            with.contains("R 25 % and 50 % of nginx's median rate"),
+            with.contains("R = 25 % and 50 % of nginx's median rate"),
             "{with}"
         );
         assert!(with.contains("after a 1 s unrecorded run"), "{with}");
