@@ -35,9 +35,9 @@ pub const SERVER_USER: &str = "server CPU in user space";
 pub const SERVER_KERNEL: &str = "server CPU in the kernel";
 /// The metric name of the idle run's memory per connection (the plot and projection use it).
 pub const MEMORY_PER_CONN: &str = "resident memory per connection (KiB)";
-/// The section of the closed-loop HTTP run begins so; the fixed-rate runs begin
-/// [`PACED_SECTION`].
+/// How the closed-loop HTTP run's section begins (not the logged or churn ones).
 pub const HTTP_SECTION: &str = "HTTP keep-alive GET (";
+/// How the fixed-rate HTTP runs' sections begin.
 pub const PACED_SECTION: &str = "HTTP keep-alive GET at the same load";
 /// The fixed-rate HTTP runs' loads, in per cent of nginx's median rate in the closed loop: a
 /// light one, and one near where a 2-CPU host's shared CPUs fill (oha needs more CPU per
