@@ -6,7 +6,17 @@
 # Idempotent: installs only what is missing, then prints the versions found. Needs root (or sudo) for apt-get.
 # With --oha it also builds oha (an open-loop HTTP load generator, for compare's "HTTP at the same
 # load" rows and LOAD=oha scripts/paced.sh) from crates.io with cargo, about 4 minutes on two cores.
+# With --pgo it also installs the newest LLVM Debian offers, for llvm-profdata (scripts/pgo.sh),
+# unless rustup's llvm-tools are there.
 set -euo pipefail
+oha=false pgo=false
+for arg in "$@"; do
+    case $arg in
+        --oha) oha=true ;;
+        --pgo) pgo=true ;;
+        *) echo "usage: $0 [--oha] [--pgo]" >&2; exit 2 ;;
+    esac
+done
 
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
@@ -18,12 +28,12 @@ command -v strace >/dev/null 2>&1 || need+=(strace)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ss >/dev/null 2>&1 || need+=(ss)
 
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then
+    SUDO=sudo
+fi
 if ((${#need[@]})); then
-    SUDO=""
-    if [[ $(id -u) -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || { echo "error: run as root or install sudo" >&2; exit 1; }
-        SUDO=sudo
-    fi
+    [[ -z $SUDO ]] || command -v sudo >/dev/null 2>&1 || { echo "error: run as root or install sudo" >&2; exit 1; }
     echo "installing: ${need[*]}"
     $SUDO apt-get update -qq
     pkgs=()
@@ -49,9 +59,19 @@ else
     echo "nginx, wrk, h2load, taskset, valgrind, strace, openssl and ss are already installed"
 fi
 
-if [[ ${1:-} == --oha ]] && ! command -v oha >/dev/null 2>&1; then
+if $oha && ! command -v oha >/dev/null 2>&1; then
     echo "installing: oha (cargo install)"
     cargo install oha --locked --version 1.16.0
+fi
+
+host=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p' || true)
+if $pgo && [[ ! -x $(rustc --print sysroot 2>/dev/null)/lib/rustlib/$host/bin/llvm-profdata ]]; then
+    llvm=$(apt-cache pkgnames llvm- | grep -E '^llvm-[0-9]+$' | sort -V | tail -n 1)
+    if ! dpkg -s "$llvm" >/dev/null 2>&1; then
+        echo "installing: $llvm (for llvm-profdata)"
+        [[ -z $SUDO ]] || command -v sudo >/dev/null 2>&1 || { echo "error: run as root or install sudo" >&2; exit 1; }
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$llvm"
+    fi
 fi
 
 echo "--- versions"

@@ -88,8 +88,8 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
     let _ = writeln!(
         w,
         "Strait against nginx, both in front of the same echo backend, and the backend on its own \
-         (\"direct\"). Written by `cargo run --release -p strait-bench -- compare{}{}{}{}{}` on {} (the \
-         measurements took {:.1} minutes); every figure is the **median of {} round(s)**. Ratios are Strait's median divided by the other's: \
+         (\"direct\"). Written by `cargo run --release -p strait-bench -- compare{}{}{}{}{}` on {}, \
+         measuring `{}` (the measurements took {:.1} minutes); every figure is the **median of {} round(s)**. Ratios are Strait's median divided by the other's: \
          for ↑ metrics above 1 is better for Strait, for ↓ metrics below 1 is. \
          The per-round values are under \"Every round\" at the end: their spread is the noise to \
          read the ratios against.\n",
@@ -111,6 +111,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
         },
         layout_flags(&m.layout),
         m.date,
+        m.strait,
         results.took.as_secs_f64() / 60.0,
         plan.rounds
     );
@@ -124,9 +125,10 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
         w,
         "To reproduce (as root, for the packages; the harness itself installs nothing):\n\n\
          ```sh\n\
-         bash scripts/install-bench-tools.sh --oha              # nginx, wrk, h2load, valgrind, strace (Debian), oha (cargo, ~4 minutes); idempotent\n\
+         bash scripts/install-bench-tools.sh --oha --pgo        # nginx, wrk, h2load, valgrind, strace, LLVM (Debian), oha (cargo, ~4 minutes); idempotent\n\
          cargo build --release                                  # target/release/strait\n\
-         cargo run --release -p strait-bench -- compare         # ~10 minutes (--idle-hold 5: ~7); --quick ~25 s\n\
+         bash scripts/pgo.sh                                    # a profile-guided build, target/pgo/strait, ~12 minutes\n\
+         cargo run --release -p strait-bench -- compare         # ~10 minutes (--idle-hold 5: ~7); --quick ~25 s; --strait target/pgo/strait for that build\n\
          cargo run --release -p strait-bench -- compare --quick --idle-conns 9900  # the registry at full size, ~1 minute\n\
          cargo run --release -p strait-bench -- compare --gateway-cpus 0-3 --backend-cpus 4-5 --load-cpus 6-7  # CPUs per role (8-CPU default)\n\
          scripts/callgrind.sh                                   # instructions per unit of work vs nginx, ~2 minutes\n\

@@ -19,10 +19,17 @@ use strait::telemetry::access::Destination;
 use strait::{Gateway, GatewayHandle, GatewayOptions, echo};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+/// `strait --version`: a profile-guided build (scripts/pgo.sh sets `STRAIT_PGO`) says so, so
+/// a benchmark report names the build it measured.
+const VERSION: &str = match option_env!("STRAIT_PGO") {
+    Some(_) => concat!(env!("CARGO_PKG_VERSION"), " (profile-guided build)"),
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 #[derive(Parser)]
 #[command(
     name = "strait",
-    version,
+    version = VERSION,
     about = "An API gateway for HTTP and WebSocket traffic"
 )]
 struct Cli {
