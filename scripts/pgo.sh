@@ -7,12 +7,12 @@
 #
 #   scripts/pgo.sh          -> target/pgo/strait (`strait --version` says "profile-guided")
 #
-# The workloads (20–30 s in all, loopback only, each bounded): keep-alive HTTP/1 GETs, with
+# The workloads (3 s each, under a minute in all, loopback only): keep-alive HTTP/1 GETs, with
 # clients that come and go, with the access log on, and through a route with the usual
 # policies (api_key, rate_limit, cors, headers); HTTP/2, HTTPS and HTTP/2 over TLS; WebSocket
 # echo on 50 and 1,000 connections, through the policies too, connect-upgrade-close, and a
-# stream of 1 MiB messages. Paths the workloads never take are still built, only not
-# favoured.
+# stream of 1 MiB messages. The echo backend is the same binary, so `strait echo` is
+# profiled too. Paths the workloads never take are still built, only not favoured.
 #
 # Needs wrk, h2load and openssl (scripts/install-bench-tools.sh) and an llvm-profdata that
 # reads this rustc's profiles: rustup's (`rustup component add llvm-tools`) or, failing that,
