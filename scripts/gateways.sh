@@ -6,6 +6,7 @@
 #   start_echo PORT          `strait echo` on PORT+1; configurations for gateways on PORT
 #   wait_listening           waits (up to 30 s) until something accepts on PORT
 #   start_gateway SIDE       starts strait or nginx (its pid in $pid) and waits until it accepts
+#                            (Strait with $strait_config when set, else the configuration above)
 #   load MODE SECONDS        runs one workload, prints the units it completed:
 #     http     keep-alive GETs: wrk -t1 -c8                         (unit: request)
 #     churn    as http, each connection closed after 20 requests    (unit: request)
@@ -74,7 +75,7 @@ YAML
 
 start_gateway() {
     if [[ $1 == strait ]]; then
-        "$strait" run --config "$dir/strait.yaml" >/dev/null 2>&1 &
+        "$strait" run --config "${strait_config:-$dir/strait.yaml}" >/dev/null 2>&1 &
     else
         nginx -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 &
     fi

@@ -28,14 +28,21 @@ command -v strace >/dev/null 2>&1 || need+=(strace)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ss >/dev/null 2>&1 || need+=(ss)
 
-SUDO=""
-if [[ $(id -u) -ne 0 ]]; then
-    SUDO=sudo
-fi
+# Runs a command as root: directly when root, else through sudo.
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "error: run as root or install sudo" >&2
+        exit 1
+    fi
+}
+
 if ((${#need[@]})); then
-    [[ -z $SUDO ]] || command -v sudo >/dev/null 2>&1 || { echo "error: run as root or install sudo" >&2; exit 1; }
     echo "installing: ${need[*]}"
-    $SUDO apt-get update -qq
+    as_root apt-get update -qq
     pkgs=()
     for tool in "${need[@]}"; do
         case "$tool" in
@@ -50,11 +57,11 @@ if ((${#need[@]})); then
     done
     # Do not let the package start a system nginx on port 80: the harness runs its own.
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-        $SUDO chmod +x /usr/sbin/policy-rc.d
-        trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod +x /usr/sbin/policy-rc.d
+        trap 'as_root rm -f /usr/sbin/policy-rc.d' EXIT
     fi
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
 else
     echo "nginx, wrk, h2load, taskset, valgrind, strace, openssl and ss are already installed"
 fi
@@ -64,13 +71,18 @@ if $oha && ! command -v oha >/dev/null 2>&1; then
     cargo install oha --locked --version 1.16.0
 fi
 
-host=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p' || true)
-if $pgo && [[ ! -x $(rustc --print sysroot 2>/dev/null)/lib/rustlib/$host/bin/llvm-profdata ]]; then
-    llvm=$(apt-cache pkgnames llvm- | grep -E '^llvm-[0-9]+$' | sort -V | tail -n 1)
-    if ! dpkg -s "$llvm" >/dev/null 2>&1; then
-        echo "installing: $llvm (for llvm-profdata)"
-        [[ -z $SUDO ]] || command -v sudo >/dev/null 2>&1 || { echo "error: run as root or install sudo" >&2; exit 1; }
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$llvm"
+if $pgo; then
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    if [[ ! -x $(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata ]]; then
+        newest_llvm() { apt-cache pkgnames llvm- | grep -E '^llvm-[0-9]+$' | sort -V | tail -n 1 || true; }
+        llvm=$(newest_llvm)
+        # A fresh machine may have no package lists yet.
+        [[ -n $llvm ]] || { as_root apt-get update -qq; llvm=$(newest_llvm); }
+        [[ -n $llvm ]] || { echo "error: no llvm-N package found; rustup component add llvm-tools" >&2; exit 1; }
+        if ! dpkg -s "$llvm" >/dev/null 2>&1; then
+            echo "installing: $llvm (for llvm-profdata)"
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$llvm"
+        fi
     fi
 fi
 

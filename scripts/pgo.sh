@@ -20,8 +20,7 @@
 # installs Debian's). Two full release builds: ~12 minutes on two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
-out=$root/target/pgo
+out=$PWD/target/pgo
 host=$(rustc -vV | sed -n 's/^host: //p')
 
 # llvm-profdata: rustup's matches rustc's LLVM; otherwise the newest found.
@@ -49,7 +48,8 @@ source scripts/gateways.sh
 require wrk h2load openssl
 start_echo "${STRAIT_PGO_PORT:-19980}"
 backend=$(sed -n 's/^ *backend: //p' "$dir/strait.yaml" | head -n 1)
-cat >"$dir/pgo.yaml" <<YAML
+strait_config=$dir/pgo.yaml
+cat >"$strait_config" <<YAML
 environments:
   - {name: bench, listen: $gw, websocket: true, access_log: {format: off}}
   - name: bench-tls
@@ -73,10 +73,7 @@ proxies:
 consumers:
   - {name: alice, credentials: {api_keys: [k-alice-0123456789]}}
 YAML
-"$strait" run --config "$dir/pgo.yaml" >"$dir/gateway.log" 2>&1 &
-pid=$!
-pids+=("$pid")
-wait_listening
+start_gateway strait
 
 s=3
 key=k-alice-0123456789
@@ -90,10 +87,8 @@ ws() { "$bench" "$@" --json --warmup 0 --duration "$s" | tail -n 1; }
 echo "policies, WebSocket: $(ws echo --url "ws://$gw/secure/?api_key=$key" --sources 4 --conns 20)"
 echo "echo, 1,000 connections: $(ws echo --url "ws://$gw/" --sources 8 --conns 1000)"
 echo "stream: $(ws stream --url "ws://$gw/" --sources 4)"
-# The profile is written when the gateway exits.
-kill -TERM "$pid"
-wait "$pid" || true
-kill "${pids[@]}" 2>/dev/null || true
+# Each process (the gateway, the echo) writes its profile when it exits.
+kill "$pid" "${pids[@]}" 2>/dev/null || true
 wait 2>/dev/null || true
 
 "$profdata" merge -o "$out/strait.profdata" "$out/raw" || {
