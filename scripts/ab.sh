@@ -14,7 +14,9 @@
 #   connect  WebSocket connect + upgrade + close, 32 clients (sessions/s, handshake p99 µs)
 #
 # BUILD_A and BUILD_B are `strait` binaries (copy one aside before rebuilding). Prints one line
-# per run and each build's medians, and how many pairs B won. Loopback only; the load
+# per run — rate, p99, and the gateway's CPU time per unit in user space and in the kernel
+# (/proc, all threads: what a change costs in time, cache misses included, where callgrind
+# counts instructions) — then each build's medians, and how many pairs B won. Loopback only; the load
 # generator runs on the last CPU; every run is bounded (5 s). Needs the release build of
 # strait-bench, wrk and h2load (scripts/install-bench-tools.sh). Ports: STRAIT_AB_PORT (default
 # 19780) and the next four.
@@ -28,24 +30,32 @@ start_echo "${STRAIT_AB_PORT:-19780}"
 cpu=$(($(nproc) - 1))
 url=$gw
 
-# One recorded run of $mode against the gateway on $gw: "rate p99_us".
+# The gateway's CPU time so far, all threads: "user system" in clock ticks.
+ticks() { awk '{ print $14, $15 }' "/proc/$pid/stat"; }
+
+# One recorded run of $mode against the gateway on $gw: "rate p99_us", after its warm-up
+# (which ends with `ticks >"$dir/ticks"`, so the CPU counted is the recorded part's).
 measure() {
     case $mode in
         http|churn)
               local script=()
               [[ $mode == churn ]] && script=(-s bench/wrk-churn.lua)
               taskset -c "$cpu" wrk -t1 -c64 -d1s "${script[@]}" "http://$url/bench/http" >/dev/null
+              ticks >"$dir/ticks"
               taskset -c "$cpu" wrk -t1 -c64 -d4s --latency "${script[@]}" "http://$url/bench/http" | awk '
                   function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; return v * 1e6 }
                   /Requests\/sec/ { r = $2 } / 99%/ { p = us($2) } END { printf "%d %d\n", r, p }' ;;
         h2) taskset -c "$cpu" h2load -t1 -c8 -m8 -D1 "http://$url/bench/http" >/dev/null
+            ticks >"$dir/ticks"
             local r
             r=$(taskset -c "$cpu" h2load -t1 -c8 -m8 -D4 --log-file="$dir/h2.log" "http://$url/bench/http" \
                 | awk '/^requests:/ { print int($8 / 4) }')
             echo "$r $(awk '{ print $3 }' "$dir/h2.log" | sort -n | awk '{ v[NR] = $1 } END { print v[int(NR * 0.99)] }')" ;;
-        echo) taskset -c "$cpu" "$bench" echo --json --url "ws://$url/" --sources 4 --conns 100 --warmup 1 --duration 4 \
+        echo) ticks >"$dir/ticks"
+              taskset -c "$cpu" "$bench" echo --json --url "ws://$url/" --sources 4 --conns 100 --warmup 1 --duration 4 \
                 | tail -1 | sed -E 's/.*"messages_per_sec":([0-9]+).*"p99_us":([0-9]+).*/\1 \2/' ;;
         connect) taskset -c "$cpu" "$bench" connect --json --url "ws://$url/" --sources 4 --workers 32 --duration 1 >/dev/null
+                 ticks >"$dir/ticks"
                  taskset -c "$cpu" "$bench" connect --json --url "ws://$url/" --sources 4 --workers 32 --duration 4 \
                      | tail -1 | sed -E 's/.*"sessions_per_sec":([0-9]+).*"p99_us":([0-9]+).*/\1 \2/' ;;
         *) echo "error: unknown workload $mode" >&2; exit 2 ;;
@@ -57,19 +67,28 @@ run() {
     local pid=$!
     pids+=("$pid")
     wait_listening
-    measure
+    local rate p99 user sys
+    read -r rate p99 < <(measure)
+    read -r user sys < <(ticks)
+    # CPU per unit, in µs: the ticks since the warm-up over the units done since (echo's
+    # count includes its own second of warm-up at the same rate).
+    local secs=4
+    [[ $mode == echo ]] && secs=5
+    read -r u0 s0 <"$dir/ticks"
+    awk -v r="$rate" -v p="$p99" -v u=$((user - u0)) -v s=$((sys - s0)) -v t="$secs" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { n = r * t; printf "%d %d %.2f %.2f\n", r, p, n ? u * 1e6 / hz / n : 0, n ? s * 1e6 / hz / n : 0 }'
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-printf '%-5s %-5s %10s %10s\n' pair build rate p99_us
+printf '%-5s %-5s %10s %10s %8s %8s\n' pair build rate p99_us user_us sys_us
 for pair in $(seq "$pairs"); do
     order=(A B); ((pair % 2)) || order=(B A)
     for side in "${order[@]}"; do
         bin=$a; [[ $side == B ]] && bin=$b
         run "$bin" >"$dir/out"
-        read -r rate p99 <"$dir/out"
-        printf '%-5s %-5s %10s %10s\n' "$pair" "$side" "$rate" "$p99"
-        echo "$pair $side $rate $p99" >>"$dir/runs"
+        read -r rate p99 user sys <"$dir/out"
+        printf '%-5s %-5s %10s %10s %8s %8s\n' "$pair" "$side" "$rate" "$p99" "$user" "$sys"
+        echo "$pair $side $rate $p99 $user $sys" >>"$dir/runs"
     done
 done
 # The median of column $2 over build $1's runs.
@@ -81,4 +100,5 @@ read -r won lower < <(awk '{ r[$2, $1] = $3; p[$2, $1] = $4; n = $1 > n ? $1 : n
     END { for (i = 1; i <= n; i++) { w += r["B", i] > r["A", i]; l += p["B", i] < p["A", i] }; print w + 0, l + 0 }' "$dir/runs")
 ra=$(median A 3) rb=$(median B 3)
 echo "medians: A $ra/s, p99 $(median A 4) µs; B $rb/s, p99 $(median B 4) µs; B/A $(awk -v a="$ra" -v b="$rb" 'BEGIN { printf "%.3f", b / a }')"
+echo "CPU per unit (µs, medians): A user $(median A 5), kernel $(median A 6); B user $(median B 5), kernel $(median B 6)"
 echo "B faster in $won of $pairs pairs, lower p99 in $lower"
