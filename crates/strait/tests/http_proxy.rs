@@ -1668,6 +1668,50 @@ async fn a_slow_backend_is_504_after_the_response_timeout() {
     );
 }
 
+/// An HTTP/1 connection times its responses with one timer that lags behind: a request
+/// after an answered one still gets the whole timeout, not what was left of the first's.
+#[tokio::test]
+async fn each_request_on_a_connection_gets_the_whole_response_timeout() {
+    let backend = backend(|req: Request<Incoming>| {
+        let slow = req.uri().path().ends_with("/slow");
+        async move {
+            if slow {
+                std::future::pending::<()>().await;
+            }
+            Response::new(Full::new(Bytes::from_static(b"ok")))
+        }
+    })
+    .await;
+    let yaml = timed_env(
+        "response: 400ms",
+        &proxy("p", "/p/*", &format!("http://{}", backend.addr)),
+    );
+    let gw = gateway(&yaml).await;
+    let gw = addr(&gw);
+    within("two requests on one connection", async {
+        let tcp = TcpStream::connect(gw).await.expect("connect");
+        let mut reader = BufReader::new(tcp);
+        let mut ask = async |path: &str| {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {gw}\r\n\r\n");
+            let writer = reader.get_mut();
+            writer.write_all(request.as_bytes()).await.expect("write");
+            read_response(&mut reader).await.expect("an answer")
+        };
+        assert_eq!(ask("/p/fast").await.status, 200);
+        // The first request's deadline passes while the second waits.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let started = Instant::now();
+        assert_eq!(ask("/p/slow").await.status, 504);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(390),
+            "cut at the first request's deadline: {waited:?}"
+        );
+        assert!(waited < Duration::from_millis(1500), "took {waited:?}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_response_timeout_counts_from_the_end_of_the_request_body() {
     let (_echo, handle, gw) = echo_behind("response: 300ms").await;

@@ -31,7 +31,6 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 /// One request on its way through the phases; finished when dropped.
 pub struct Exchange {
     started: Instant,
-    time: SystemTime,
     pub trace: TraceContext,
     pub method: Method,
     version: Version,
@@ -82,7 +81,6 @@ impl Exchange {
         let headers = req.headers();
         Box::new(Exchange {
             started: Instant::now(),
-            time: SystemTime::now(),
             trace: TraceContext::from_request(headers),
             method: req.method().clone(),
             version: req.version(),
@@ -156,9 +154,11 @@ impl Exchange {
         &self.body
     }
 
-    /// When the request arrived.
+    /// When the request arrived, on the wall clock: read only for a log line or a span,
+    /// not for every request.
     pub fn arrived(&self) -> SystemTime {
-        self.time
+        let now = SystemTime::now();
+        now.checked_sub(self.started.elapsed()).unwrap_or(now)
     }
 
     /// The path and query as the client sent them.
@@ -200,7 +200,7 @@ impl Exchange {
             } else {
                 "http"
             },
-            time: self.time,
+            time: self.arrived(),
             request_id: self.trace.request_id(),
             trace_id: self.trace.trace_id,
             environment: &env.name,
@@ -269,13 +269,14 @@ impl Exchange {
         if let Some(consumer) = &self.consumer {
             attributes.push(("enduser.id", text(consumer)));
         }
+        let start = self.arrived();
         Span {
             trace_id: self.trace.trace_id,
             span_id: self.trace.span_id,
             parent_span_id: self.trace.parent_span_id,
             name: self.span_name("HTTP"),
-            start: self.time,
-            end: self.time.checked_add(took).unwrap_or(self.time),
+            start,
+            end: start.checked_add(took).unwrap_or(start),
             attributes,
             events: Vec::new(),
             error: self.status.is_server_error(),

@@ -15,9 +15,11 @@
 //! replaced by a fresh one transparently (nothing was sent: neither a retry nor a failure
 //! counts).
 
+use std::future::poll_fn;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::task::Poll;
+use std::time::Duration;
 
 use http::{Request, Response, Uri, Version};
 use http_body_util::Either;
@@ -27,6 +29,7 @@ use super::after;
 use super::connect::{self, Attempts};
 use super::exchange::Exchange;
 use super::headers::{strip_hop_by_hop, to_backend};
+use super::lag_timer::LagTimer;
 use super::pipeline::{Body, ConnInfo, Matched};
 use crate::error::{ErrorKind, GatewayError};
 use crate::telemetry::{BodyProgress, BrokenBody, Counted, TooLarge};
@@ -266,7 +269,7 @@ async fn send(
     share: usize,
     lease: &Lease,
     upstream: &Upstream,
-    req: Outgoing,
+    mut req: Outgoing,
 ) -> Result<Response<Incoming>, Failure> {
     let (lent, idle) = match conn.backend.checkout(lease, upstream, share) {
         Path::Own(lent, idle) => (Some(lent), idle),
@@ -281,7 +284,6 @@ async fn send(
             sender,
         }]),
     };
-    let mut req = origin_form(req);
     if let Some(mut sender) = idle
         && sender.ready().await.is_ok()
     {
@@ -306,15 +308,11 @@ async fn send(
     Ok(response)
 }
 
-/// The request with its target in origin form (path and query), as HTTP/1 sends it.
-fn origin_form(mut req: Outgoing) -> Outgoing {
-    let origin = req
-        .uri()
-        .path_and_query()
+/// `uri` in origin form (path and query), as HTTP/1 sends it.
+fn origin_form(uri: &Uri) -> Uri {
+    uri.path_and_query()
         .cloned()
-        .map_or_else(|| Uri::from_static("/"), Uri::from);
-    *req.uri_mut() = origin;
-    req
+        .map_or_else(|| Uri::from_static("/"), Uri::from)
 }
 
 pub async fn forward(
@@ -360,14 +358,14 @@ pub async fn forward(
             let (empty, ()) = Request::new(()).into_parts();
             std::mem::replace(&mut parts, empty)
         };
-        head.uri = uri;
+        head.uri = origin_form(&uri);
         head.version = Version::HTTP_11;
         connect::host_on(&lease, &route, &mut head.headers);
         if remaining.is_some() {
-            exchange.target = Some(head.uri.clone());
+            exchange.target = Some(uri);
         }
 
-        let asked = Instant::now();
+        let asked = tokio::time::Instant::now();
         // A body still to stream times the backend from its end (see `answered_within`).
         let streaming = (!body.is_end_stream()).then(|| exchange.request_body());
         let outcome = {
@@ -378,7 +376,9 @@ pub async fn forward(
                 &route.upstream,
                 Request::from_parts(head, body),
             ));
-            answered_within(sent, env.timeouts.response, streaming).await
+            // An HTTP/1 client waits for one response at a time: its connection's timer.
+            let timer = (share == 1).then_some(&conn.response_timer);
+            answered_within(sent, asked, env.timeouts.response, streaming, timer).await
         };
         // The body, if this attempt dropped it unsent.
         let again = returned.take().and_then(Returned::take);
@@ -471,28 +471,41 @@ enum Late {
     Body,
 }
 
-/// Waits for `sent`, the backend's answer, for `limit` from the end of the request — the
-/// end of its `body` when one is still streaming — as nginx's `proxy_read_timeout` starts
+/// Waits for `sent`, the backend's answer, for `limit` from the end of the request (`asked`,
+/// or the end of its `body` when one is still streaming) — as nginx's `proxy_read_timeout` starts
 /// once the request is sent: an upload that keeps arriving is never cut, however long it
 /// takes. A body that passes nothing for `limit` (noticed within twice that) is
 /// [`Late::Body`] when it waits for the client, as nginx's `client_body_timeout`, and
 /// [`Late::Backend`] when the backend stopped taking it.
+///
+/// `timer`, the client connection's when it waits for one response at a time, spares the
+/// timer wheel an update per request.
 ///
 /// `sent` comes pinned by the caller: taken by value and pinned here, it would sit twice in
 /// this future (the argument's slot stays reserved), 1.1 KiB more in every request's future,
 /// which hyper moves several times per request.
 async fn answered_within<F: Future>(
     mut sent: Pin<&mut F>,
+    asked: tokio::time::Instant,
     limit: Duration,
     body: Option<&BodyProgress>,
+    timer: Option<&LagTimer>,
 ) -> Result<F::Output, Late> {
+    let mut deadline = after(asked, limit);
     let Some(body) = body else {
-        return tokio::time::timeout(limit, sent)
-            .await
-            .map_err(|_| Late::Backend);
+        let Some(timer) = timer else {
+            return tokio::time::timeout_at(deadline, sent)
+                .await
+                .map_err(|_| Late::Backend);
+        };
+        let mut late = timer.wait_until(deadline);
+        return poll_fn(|cx| match sent.as_mut().poll(cx) {
+            Poll::Ready(output) => Poll::Ready(Ok(output)),
+            Poll::Pending => Pin::new(&mut late).poll(cx).map(|()| Err(Late::Backend)),
+        })
+        .await;
     };
     let mut seen = body.bytes();
-    let mut deadline = after(tokio::time::Instant::now(), limit);
     loop {
         if let Ok(output) = tokio::time::timeout_at(deadline, sent.as_mut()).await {
             return Ok(output);

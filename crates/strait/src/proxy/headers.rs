@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use http::Version;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 use super::pipeline::ConnInfo;
 use super::snapshot::Route;
@@ -212,21 +212,24 @@ fn set_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, original_host: Option
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let earlier: Vec<&str> = headers
-        .get_all(&XFF)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if earlier.is_empty() {
+    // One lookup for both the client's value and the gateway's.
+    match headers.entry(XFF) {
         // The connection's address, formatted once when it was accepted.
-        if let Some(value) = &conn.client_ip {
-            headers.insert(XFF, value.clone());
+        Entry::Vacant(vacant) => {
+            if let Some(value) = &conn.client_ip {
+                vacant.insert(value.clone());
+            }
         }
-    } else {
-        let client_ip = conn.client.ip().to_string();
-        let joined = format!("{}, {client_ip}", earlier.join(", "));
-        if let Ok(value) = HeaderValue::from_str(&joined) {
-            headers.insert(XFF, value);
+        Entry::Occupied(mut occupied) => {
+            let earlier: Vec<&str> = occupied.iter().filter_map(|v| v.to_str().ok()).collect();
+            let client_ip = conn.client.ip().to_string();
+            let joined = match earlier.is_empty() {
+                true => client_ip,
+                false => format!("{}, {client_ip}", earlier.join(", ")),
+            };
+            if let Ok(value) = HeaderValue::from_str(&joined) {
+                occupied.insert(value);
+            }
         }
     }
     headers.insert(

@@ -1,17 +1,17 @@
-//! hyper's request-head timeout for one HTTP/1 connection, without a timer-wheel update
-//! per request.
+//! A connection's timer that lags: hyper's request-head timeout for one HTTP/1 connection,
+//! and the response timeout of its requests, without a timer-wheel update per request.
 //!
 //! hyper starts a fresh sleep (`Timer::sleep_until`) each time it waits for a request head
-//! and drops it once the head is in: with hyper-util's `TokioTimer`, a wheel insert and
-//! removal (each under the wheel's lock) per request, and — before the workers kept a timer
-//! anchored (see `workers.rs`) — a self-wake through the runtime's eventfd for a third of
-//! keep-alive requests.
+//! and drops it once the head is in, and a `tokio::time::timeout` around each request's wait
+//! for its backend did the same: a wheel insert and removal (each under the wheel's lock)
+//! per request, and — before the workers kept a timer anchored (see `workers.rs`) — a
+//! self-wake through the runtime's eventfd for a third of keep-alive requests.
 //!
-//! [`HeadTimer`] keeps one tokio sleep per connection instead, and lets it lag: a new
-//! deadline later than the armed one only records itself; when the armed sleep fires
-//! before the current deadline, it is moved on to that deadline — once per timeout
-//! period at most, instead of once per request. It never fires early. Used by the
-//! listener only; knows nothing of requests.
+//! [`LagTimer`] keeps one tokio sleep instead, and lets it lag: a new deadline later than
+//! the armed one only records itself; when the armed sleep fires before the current
+//! deadline, it is moved on to that deadline — once per timeout period at most, instead of
+//! once per request. It never fires early. One waiter at a time: an HTTP/1 connection
+//! waits for one head, or one response, at a time. Knows nothing of requests.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,26 +21,33 @@ use std::time::{Duration, Instant};
 
 use hyper::rt::{Sleep, Timer};
 
-/// One connection's head timer: give each HTTP/1 connection its own.
-#[derive(Clone, Default)]
-pub struct HeadTimer {
+/// One connection's timer: give each wait of an HTTP/1 connection (heads, responses) its own.
+#[derive(Clone, Debug, Default)]
+pub struct LagTimer {
     armed: Arc<Armed>,
 }
 
 /// The connection's one tokio sleep, made at the first wait (it needs the runtime).
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Armed(Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
 
-impl Timer for HeadTimer {
+impl LagTimer {
+    /// A wait until `deadline`; the previous one must be over.
+    pub fn wait_until(&self, deadline: tokio::time::Instant) -> LagSleep {
+        LagSleep {
+            deadline,
+            armed: self.armed.clone(),
+        }
+    }
+}
+
+impl Timer for LagTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
         self.sleep_until(self.now() + duration)
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        Box::pin(HeadSleep {
-            deadline: deadline.into(),
-            armed: self.armed.clone(),
-        })
+        Box::pin(self.wait_until(deadline.into()))
     }
 
     /// tokio's clock, which tests can pause.
@@ -49,22 +56,22 @@ impl Timer for HeadTimer {
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
-        match sleep.as_mut().downcast_mut_pin::<HeadSleep>() {
+        match sleep.as_mut().downcast_mut_pin::<LagSleep>() {
             Some(mut head) => head.deadline = new_deadline.into(),
             None => *sleep = self.sleep_until(new_deadline),
         }
     }
 }
 
-/// What hyper holds while it waits for a head: the deadline, and the connection's sleep.
-struct HeadSleep {
+/// What a wait holds: its deadline, and the connection's sleep.
+pub struct LagSleep {
     deadline: tokio::time::Instant,
     armed: Arc<Armed>,
 }
 
-impl Sleep for HeadSleep {}
+impl Sleep for LagSleep {}
 
-impl Future for HeadSleep {
+impl Future for LagSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -106,7 +113,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fires_at_its_deadline_not_before() {
-        let timer = HeadTimer::default();
+        let timer = LagTimer::default();
         let mut sleep = timer.sleep(Duration::from_secs(30));
         assert!(!done(&mut sleep).await);
         tokio::time::advance(Duration::from_secs(29)).await;
@@ -117,7 +124,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_later_sleep_outlives_the_armed_deadline_it_reuses() {
-        let timer = HeadTimer::default();
+        let timer = LagTimer::default();
         let mut first = timer.sleep(Duration::from_secs(30));
         assert!(!done(&mut first).await);
         drop(first);
@@ -136,7 +143,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_wait_is_woken_when_the_deadline_passes() {
-        let timer = HeadTimer::default();
+        let timer = LagTimer::default();
         // The connection's sleep is armed for 5 s, then a wait with a later deadline starts.
         let mut early = timer.sleep(Duration::from_secs(5));
         assert!(!done(&mut early).await);
@@ -152,7 +159,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn reset_moves_the_deadline_either_way() {
-        let timer = HeadTimer::default();
+        let timer = LagTimer::default();
         let mut sleep = timer.sleep(Duration::from_secs(30));
         assert!(!done(&mut sleep).await);
         timer.reset(&mut sleep, at(Duration::from_secs(5)));
@@ -194,7 +201,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(4096);
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
-            .timer(HeadTimer::default())
+            .timer(LagTimer::default())
             .header_read_timeout(Duration::from_secs(30));
         let service = service_fn(|_| async {
             Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<

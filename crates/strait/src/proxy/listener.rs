@@ -29,11 +29,12 @@ use super::LONGEST;
 use super::exchange::Logged;
 use super::h2_idle::{self, InProgress, Streams};
 use super::h2_send;
-use super::head_timer::HeadTimer;
 use super::headers::ip_value;
+use super::lag_timer::LagTimer;
 use super::pipeline::{ConnInfo, Shared, handle};
 use super::send_timeout::SendTimeout;
 use super::sniff::{self, FirstLook};
+use super::when_woken::WhenWoken;
 use super::workers::Serving;
 use crate::config::Timeouts;
 use crate::error::{JsonAnswers, MAX_HEAD_BYTES};
@@ -213,15 +214,17 @@ impl Accept {
     async fn run(self, tcp: TcpListener) {
         let shared = &self.shared;
         // Made once: a token's waiter is registered on the first poll, not on every accept.
-        let mut stop = std::pin::pin!(async {
+        let stop = std::pin::pin!(async {
             tokio::select! {
                 _ = shared.shutdown.cancelled() => {}
                 _ = self.retire.cancelled() => {}
             }
         });
+        let mut stop = WhenWoken::new(stop);
         loop {
             let accepted = tokio::select! {
-                _ = stop.as_mut() => break,
+                biased;
+                _ = &mut stop => break,
                 accepted = tcp.accept() => accepted,
             };
             let (tcp, client) = match accepted {
@@ -297,6 +300,7 @@ async fn serve_connection(
         tls: tls.is_some(),
         env,
         backend: Default::default(),
+        response_timer: Default::default(),
         serving: serving.map(Arc::new),
     });
     // HTTP/2 by ALPN on TLS, by its preface (prior knowledge) on plain TCP. A plain-TCP
@@ -370,7 +374,7 @@ async fn serve_connection(
         let mut http1 = protocols.http1;
         let service = service(shared.clone(), conn, refused, || (), |answer, ()| answer);
         let conn = http1
-            .timer(HeadTimer::default())
+            .timer(LagTimer::default())
             .header_read_timeout(idle_limit)
             .serve_connection(
                 TokioIo::new(SendTimeout::new(JsonAnswers::new(stream), send_limit)),
@@ -452,9 +456,11 @@ where
     C: Future<Output = Result<(), E>>,
 {
     let mut conn = std::pin::pin!(conn);
+    let stop = std::pin::pin!(stop);
     tokio::select! {
+        biased;
         result = conn.as_mut() => return result,
-        () = stop => {}
+        () = WhenWoken::new(stop) => {}
     }
     graceful(conn.as_mut());
     conn.await

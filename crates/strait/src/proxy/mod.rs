@@ -12,8 +12,8 @@ mod forward;
 mod gateway;
 mod h2_idle;
 mod h2_send;
-mod head_timer;
 mod headers;
+mod lag_timer;
 mod listener;
 mod pipeline;
 mod send_timeout;
@@ -22,6 +22,7 @@ mod snapshot;
 mod sniff;
 mod tls;
 pub mod websocket;
+mod when_woken;
 mod workers;
 
 pub use gateway::{Gateway, GatewayHandle, GatewayOptions, StartError};

@@ -69,6 +69,8 @@ pub struct ConnInfo {
     pub env: Arc<str>,
     /// The backend connections this client connection keeps of its own.
     pub backend: forward::Pinned,
+    /// Times an HTTP/1 client's wait for each response (one at a time).
+    pub response_timer: super::lag_timer::LagTimer,
     /// Counts the connection, and the WebSocket session it turns into, on its worker.
     pub serving: Option<Arc<super::workers::Serving>>,
 }

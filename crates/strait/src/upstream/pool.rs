@@ -142,8 +142,11 @@ impl TargetState {
     }
 
     /// Whether selection may pick it now (health and breaker; no state change).
-    pub(crate) fn admits(&self, rules: &Rules, now: Instant) -> bool {
-        let ticks = self.ticks(now);
+    fn admits(&self, rules: &Rules, now: &Now) -> bool {
+        if self.health.is_up() && rules.breaker.is_none() {
+            return true;
+        }
+        let ticks = now.ticks(self);
         self.health.admits(&rules.health, ticks)
             && rules
                 .breaker
@@ -197,6 +200,21 @@ pub struct Rules {
     pub breaker: Option<BreakerSpec>,
 }
 
+/// The time of one selection or report, read from the clock only if a rule needs it: a
+/// target that is up, without a breaker, needs none — one clock read less per request.
+#[derive(Default)]
+struct Now(std::cell::OnceCell<Instant>);
+
+impl Now {
+    fn at(now: Instant) -> Self {
+        Now(std::cell::OnceCell::from(now))
+    }
+
+    fn ticks(&self, target: &TargetState) -> u64 {
+        target.ticks(*self.0.get_or_init(Instant::now))
+    }
+}
+
 /// A request's or session's hold on a target: counted in `active` until dropped.
 #[derive(Debug)]
 pub struct Lease {
@@ -225,10 +243,14 @@ impl Lease {
     /// Feeds the outcome to the passive check and the breaker. Only the first report counts;
     /// keep the lease until the response body ends (or the session closes).
     pub fn report(&mut self, outcome: Outcome) {
-        self.report_at(outcome, Instant::now());
+        self.report_when(outcome, &Now::default());
     }
 
     pub fn report_at(&mut self, outcome: Outcome, now: Instant) {
+        self.report_when(outcome, &Now::at(now));
+    }
+
+    fn report_when(&mut self, outcome: Outcome, now: &Now) {
         if self.reported {
             return;
         }
@@ -238,11 +260,11 @@ impl Lease {
         if failed {
             target.failures.fetch_add(1, Ordering::Relaxed);
         }
-        let ticks = target.ticks(now);
         if let Some(passive) = &self.rules.health.passive {
-            if let Some(state) = target
-                .health
-                .on_request(failed, self.health, passive, ticks)
+            if let Some(state) =
+                target
+                    .health
+                    .on_request(failed, self.health, passive, now.ticks(target))
             {
                 log_transition(&target.url, state, Cause::Traffic);
             }
@@ -251,6 +273,7 @@ impl Lease {
         }
         match &self.rules.breaker {
             Some(spec) => {
+                let ticks = now.ticks(target);
                 if let Some(state) = target.breaker.record(spec, self.breaker, failed, ticks) {
                     tracing::info!(target_url = target.url.as_str(), ?state, "circuit breaker");
                 }
@@ -378,7 +401,7 @@ impl Pool {
     /// Chooses a target and leases it. `key` is the request's hash key (ignored unless
     /// `consistent_hash`); `exclude` holds indices already tried ([`Lease::index`]).
     pub fn select(&self, key: Option<&[u8]>, exclude: &[usize]) -> Result<Lease, NoTarget> {
-        self.select_at(key, exclude, Instant::now())
+        self.select_when(key, exclude, &Now::default())
     }
 
     pub fn select_at(
@@ -386,6 +409,15 @@ impl Pool {
         key: Option<&[u8]>,
         exclude: &[usize],
         now: Instant,
+    ) -> Result<Lease, NoTarget> {
+        self.select_when(key, exclude, &Now::at(now))
+    }
+
+    fn select_when(
+        &self,
+        key: Option<&[u8]>,
+        exclude: &[usize],
+        now: &Now,
     ) -> Result<Lease, NoTarget> {
         // Targets whose trial another request won between the check and the lease.
         let mut lost = Lost::default();
@@ -419,13 +451,17 @@ impl Pool {
     }
 
     /// Takes the health and breaker passes (trials by compare-and-swap) and counts the lease.
-    fn lease(&self, index: usize, now: Instant) -> Option<Lease> {
+    fn lease(&self, index: usize, now: &Now) -> Option<Lease> {
         let target = self.targets.get(index)?;
-        let ticks = target.ticks(now);
-        let health = target.health.acquire(&self.rules.health, ticks)?;
+        let health = match target.health.is_up() {
+            true => Pass::Normal,
+            false => target
+                .health
+                .acquire(&self.rules.health, now.ticks(target))?,
+        };
         let breaker = match &self.rules.breaker {
             None => Pass::Normal,
-            Some(spec) => match target.breaker.acquire(spec, ticks) {
+            Some(spec) => match target.breaker.acquire(spec, now.ticks(target)) {
                 Some(pass) => pass,
                 None => {
                     if health == Pass::Trial {
