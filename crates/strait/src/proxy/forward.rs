@@ -472,9 +472,9 @@ enum Late {
 }
 
 /// Waits for `sent`, the backend's answer, for `limit` from the end of the request (`asked`,
-/// or the end of its `body` when one is still streaming) — as nginx's `proxy_read_timeout` starts
-/// once the request is sent: an upload that keeps arriving is never cut, however long it
-/// takes. A body that passes nothing for `limit` (noticed within twice that) is
+/// or the end of its `body` when one is still streaming) — as nginx's `proxy_read_timeout`
+/// starts once the request is sent: an upload that keeps arriving is never cut, however long
+/// it takes. A body that passes nothing for `limit` (noticed within twice that) is
 /// [`Late::Body`] when it waits for the client, as nginx's `client_body_timeout`, and
 /// [`Late::Backend`] when the backend stopped taking it.
 ///

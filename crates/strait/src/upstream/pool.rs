@@ -201,7 +201,7 @@ pub struct Rules {
 }
 
 /// The time of one selection or report, read from the clock only if a rule needs it: a
-/// target that is up, without a breaker, needs none — one clock read less per request.
+/// target that is up, without a breaker, needs none (two clock reads per request fewer).
 #[derive(Default)]
 struct Now(std::cell::OnceCell<Instant>);
 

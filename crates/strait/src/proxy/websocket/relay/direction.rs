@@ -244,17 +244,7 @@ impl Direction {
             };
         }
         if self.head < self.fwd_end {
-            let chunk = self.buf.get(self.head..self.fwd_end).unwrap_or_default();
-            return match Pin::new(&mut *dst).poll_write(cx, chunk) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.dst_failed(),
-                Poll::Ready(Ok(n)) => {
-                    self.head += n;
-                    self.need_flush = true;
-                    self.wrote = true;
-                    Step::Progress
-                }
-                Poll::Pending => Step::Blocked,
-            };
+            return self.write_buffered(cx, dst);
         }
         // 1b. At a boundary, start the keepalive ping (dropped if a close is due instead).
         if self.ping.is_some() && (self.dst != Dst::Open || self.inject.is_some()) {
@@ -348,7 +338,7 @@ impl Direction {
                     self.buf = buf;
                     self.tail = got.len();
                     self.heard = true;
-                    return Step::Progress;
+                    return self.after_read(cx, dst);
                 }
                 Poll::Ready(Err(err)) => return self.src_lost(Some(err)),
                 Poll::Pending => self.read_armed = true,
@@ -367,7 +357,7 @@ impl Direction {
                     self.tail += n;
                     self.filled = n == room;
                     self.heard = true;
-                    return Step::Progress;
+                    return self.after_read(cx, dst);
                 }
                 Poll::Ready(Err(err)) => return self.src_lost(Some(err)),
                 Poll::Pending => {
@@ -392,6 +382,34 @@ impl Direction {
             };
         }
         Step::Idle
+    }
+
+    /// Writes (more of) the approved bytes in the buffer.
+    fn write_buffered<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, dst: &mut W) -> Step {
+        let chunk = self.buf.get(self.head..self.fwd_end).unwrap_or_default();
+        match Pin::new(&mut *dst).poll_write(cx, chunk) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.dst_failed(),
+            Poll::Ready(Ok(n)) => {
+                self.head += n;
+                self.need_flush = true;
+                self.wrote = true;
+                Step::Progress
+            }
+            Poll::Pending => Step::Blocked,
+        }
+    }
+
+    /// Bytes just came in: scans them and writes what it approved, as the next two steps
+    /// would — a read happens only when nothing before the scan in `step` had work, and
+    /// it changes none of that — without two more passes through `step` per message.
+    fn after_read<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, dst: &mut W) -> Step {
+        if !self.scanning() {
+            return Step::Progress;
+        }
+        match self.scan_buffered() {
+            Step::Progress if self.head < self.fwd_end => self.write_buffered(cx, dst),
+            step => step,
+        }
     }
 
     /// How much of the frame under way may be spliced (all its payload left): a data frame

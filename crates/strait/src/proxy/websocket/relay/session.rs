@@ -467,6 +467,13 @@ where
 
     /// Reacts to what the directions reported; true if anything changed.
     fn react(&mut self) -> bool {
+        // Both directions relaying with nothing to report, as after nearly every message:
+        // none of the checks below can fire.
+        let relaying =
+            |dir: &Direction| dir.src == Src::Open && dir.dst != Dst::Dead && dir.refused.is_none();
+        if relaying(&self.c2b) && relaying(&self.b2c) {
+            return false;
+        }
         let mut changed = false;
         for side in [Side::Client, Side::Backend] {
             let (close_noted, violation_noted) = match side {
