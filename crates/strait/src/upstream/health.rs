@@ -82,12 +82,12 @@ impl Health {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// Whether a request could go to the target now (no state change).
     /// Up: admits every request, whatever the time.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
 
+    /// Whether a request could go to the target now (no state change).
     pub fn admits(&self, spec: &HealthSpec, now: u64) -> bool {
         if self.up.load(Ordering::Acquire) {
             return true;

@@ -30,7 +30,8 @@ pub(super) const MAX_BUF_SIZE: usize = 256 * 1024;
 const SPLICE_MIN: u64 = 64 * 1024;
 /// The stack buffer an idle direction reads into before it allocates `BUF_SIZE`.
 const PROBE_SIZE: usize = 1024;
-/// I/O operations one direction may do per poll before yielding to the scheduler.
+/// Steps one direction may take per poll before yielding to the scheduler (each a read, a
+/// write, or a read and the write it allowed).
 const OPS_PER_POLL: u32 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
