@@ -67,7 +67,7 @@ run() {
     local pid=$!
     pids+=("$pid")
     wait_listening
-    local rate p99 user sys
+    local rate p99 user sys u0 s0
     read -r rate p99 < <(measure)
     read -r user sys < <(ticks)
     # CPU per unit, in µs: the ticks since the warm-up over the units done since (echo's

@@ -37,7 +37,6 @@ fi
 # The load generator, an ordinary release build. `--target` keeps RUSTFLAGS off build
 # scripts and proc macros, so only the gateway is instrumented.
 cargo build --release -p strait-bench
-rm -rf "$out/raw"
 RUSTFLAGS="-Cprofile-generate=$out/raw" \
     cargo build --release -p strait-cli --target "$host" --target-dir "$out/gen"
 rm -rf "$out/raw"

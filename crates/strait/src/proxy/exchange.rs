@@ -157,8 +157,7 @@ impl Exchange {
     /// When the request arrived, on the wall clock: read only for a log line or a span,
     /// not for every request.
     pub fn arrived(&self) -> SystemTime {
-        let now = SystemTime::now();
-        now.checked_sub(self.started.elapsed()).unwrap_or(now)
+        arrived_before(self.started.elapsed())
     }
 
     /// The path and query as the client sent them.
@@ -200,7 +199,7 @@ impl Exchange {
             } else {
                 "http"
             },
-            time: self.arrived(),
+            time: arrived_before(took),
             request_id: self.trace.request_id(),
             trace_id: self.trace.trace_id,
             environment: &env.name,
@@ -223,6 +222,12 @@ impl Exchange {
             user_agent: self.user_agent.as_ref().and_then(|v| v.to_str().ok()),
         });
     }
+}
+
+/// The wall-clock time `took` ago.
+fn arrived_before(took: Duration) -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_sub(took).unwrap_or(now)
 }
 
 /// `uri` as its `Display` writes it, without the formatting machinery (~850 instructions
@@ -269,7 +274,7 @@ impl Exchange {
         if let Some(consumer) = &self.consumer {
             attributes.push(("enduser.id", text(consumer)));
         }
-        let start = self.arrived();
+        let start = arrived_before(took);
         Span {
             trace_id: self.trace.trace_id,
             span_id: self.trace.span_id,

@@ -57,7 +57,7 @@ impl Timer for LagTimer {
 
     fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
         match sleep.as_mut().downcast_mut_pin::<LagSleep>() {
-            Some(mut head) => head.deadline = new_deadline.into(),
+            Some(mut waiting) => waiting.deadline = new_deadline.into(),
             None => *sleep = self.sleep_until(new_deadline),
         }
     }
@@ -81,8 +81,8 @@ impl Future for LagSleep {
         let sleep = armed.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         loop {
             if sleep.deadline() > deadline {
-                // An earlier deadline than the armed one (hyper does not ask for that, but
-                // a timer must honour it): move the sleep back.
+                // An earlier deadline than the armed one (a response timeout shorter than
+                // the last request's, or hyper's head timeout after it): move the sleep back.
                 sleep.as_mut().reset(deadline);
             }
             if sleep.as_mut().poll(cx).is_pending() {
