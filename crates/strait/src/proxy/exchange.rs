@@ -45,8 +45,9 @@ pub struct Exchange {
     pub env: Option<Arc<EnvRoutes>>,
     /// Set by the match phase once a proxy matched.
     pub route: Option<Arc<Route>>,
-    /// The backend URL the request went to.
-    pub target: Option<Uri>,
+    /// The backend URL the request went to; kept only for a log line that shows it
+    /// ([`Exchange::keep_target`]).
+    target: Option<Uri>,
     /// The backend target serving the request, held (counted active there) until the
     /// response body ends.
     pub lease: Option<Lease>,
@@ -113,7 +114,7 @@ impl Exchange {
     pub fn matched(&mut self, route: &Arc<Route>, target: &Uri) {
         self.in_flight = Some(route.metrics.in_flight());
         self.route = Some(route.clone());
-        self.target = Some(target.clone());
+        self.keep_target(|| target.clone());
     }
 
     /// Policies phase: the request passed, sent as `target`, on behalf of its consumer, with
@@ -125,7 +126,20 @@ impl Exchange {
         self.response_removed = admission.response_removed;
         self.held = admission.held;
         self.body_limit = admission.body_limit;
-        self.target = Some(target.clone());
+        self.keep_target(|| target.clone());
+    }
+
+    /// Keeps the backend URL if this request's log line will show it (JSON access logs
+    /// do): otherwise a clone and a drop of a `Uri` per request, for nothing.
+    pub fn keep_target(&mut self, target: impl FnOnce() -> Uri) {
+        let shown = self
+            .env
+            .as_ref()
+            .and_then(|env| env.access_log.as_ref())
+            .is_some_and(|log| log.format == Format::Json);
+        if shown {
+            self.target = Some(target());
+        }
     }
 
     /// `uri` as logs may show it: the values of query parameters that carry credentials
@@ -185,12 +199,8 @@ impl Exchange {
         if self.upgraded && !log.log_handshake {
             return;
         }
-        // The combined line shows no backend: not made for it.
-        let target = self
-            .target
-            .as_ref()
-            .filter(|_| log.format == Format::Json)
-            .map(uri_text);
+        // Kept only for a JSON line (the combined one shows no backend).
+        let target = self.target.as_ref().map(uri_text);
         let target = target.as_deref().map(|t| self.shown(t));
         let path = self.logged_path();
         log.request(&RequestRecord {

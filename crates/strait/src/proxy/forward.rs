@@ -362,7 +362,7 @@ pub async fn forward(
         head.version = Version::HTTP_11;
         connect::host_on(&lease, &route, &mut head.headers);
         if remaining.is_some() {
-            exchange.target = Some(uri);
+            exchange.keep_target(|| uri);
         }
 
         let asked = tokio::time::Instant::now();

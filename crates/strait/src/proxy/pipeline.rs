@@ -132,16 +132,19 @@ fn respond(
     };
     exchange.status = response.status();
     // The policies' removals first; then their own headers (`RateLimit-*`) win over the
-    // backend's of the same name, and appended ones (`Vary`) join them.
-    for name in std::mem::take(&mut exchange.response_removed) {
+    // backend's of the same name, and appended ones (`Vary`) join them. Most routes have
+    // none: empty maps are not even taken (extending by one cost ~200 instructions).
+    for name in exchange.response_removed.drain(..) {
         response.headers_mut().remove(name);
     }
-    let added = std::mem::take(&mut exchange.response_headers);
-    for name in added.keys() {
-        response.headers_mut().remove(name);
+    if !exchange.response_headers.is_empty() {
+        let added = std::mem::take(&mut exchange.response_headers);
+        for name in added.keys() {
+            response.headers_mut().remove(name);
+        }
+        response.headers_mut().extend(added);
     }
-    response.headers_mut().extend(added);
-    for (name, value) in &std::mem::take(&mut exchange.response_appended) {
+    for (name, value) in &exchange.response_appended {
         response.headers_mut().append(name, value.clone());
     }
     response

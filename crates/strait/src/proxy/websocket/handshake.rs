@@ -137,7 +137,7 @@ async fn handshake(
     };
     connect::host_on(&lease, &route, &mut headers);
     if remaining.is_some() {
-        exchange.target = Some(target.clone());
+        exchange.keep_target(|| target.clone());
     }
 
     // Origin form (`/path?query`) on the request line; the host travels in `Host`.
