@@ -333,7 +333,13 @@ pub async fn forward(
         Version::HTTP_2 => H2_OWN,
         _ => 1,
     };
-    to_backend(&mut parts.headers, parts.uri.authority(), conn, &route)?;
+    to_backend(
+        &mut parts.headers,
+        parts.uri.authority(),
+        conn,
+        &route,
+        false,
+    )?;
     parts.version = Version::HTTP_11;
     let mut attempts = Attempts::new(&route, &parts.headers, &target, conn.client);
     let idempotent = parts.method.is_idempotent();

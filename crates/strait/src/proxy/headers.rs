@@ -15,7 +15,8 @@ use crate::error::{ErrorKind, GatewayError};
 /// `Upgrade`): a map made with it never grows (a rehash of every header) on the way.
 pub const ADDED_TO_REQUEST: usize = 8;
 
-/// Turns the client's request headers into the backend's: hop-by-hop headers removed,
+/// Turns the client's request headers into the backend's: hop-by-hop headers removed
+/// (for a WebSocket handshake, `Connection: Upgrade` and `Upgrade: websocket` set instead),
 /// `X-Forwarded-*` set, and `Host` set to the backend's authority (or kept with
 /// `preserve_host`). `authority` is the request target's (HTTP/2's `:authority`, or an
 /// HTTP/1 absolute-form target's), which names the host before `Host` does (RFC 9112
@@ -25,11 +26,20 @@ pub fn to_backend(
     authority: Option<&http::uri::Authority>,
     conn: &ConnInfo,
     route: &Route,
+    websocket: bool,
 ) -> Result<(), GatewayError> {
     let original_host = authority
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| headers.get(header::HOST).cloned());
-    strip_hop_by_hop(headers);
+    if websocket {
+        // Overwritten where the client put them: a removal shifts the map's entries
+        // (~230 instructions each), and they would be added again at once.
+        strip(headers, &[header::CONNECTION, header::UPGRADE]);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    } else {
+        strip_hop_by_hop(headers);
+    }
     set_forwarded(headers, conn, original_host.as_ref());
     let host = match original_host {
         Some(host) if route.preserve_host => host,
@@ -157,6 +167,11 @@ fn maybe_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip(headers, &[]);
+}
+
+/// The same, leaving the hop-by-hop headers named in `kept` for the caller to overwrite.
+fn strip(headers: &mut HeaderMap, kept: &[HeaderName]) {
     // One pass over the names finds the hop-by-hop ones present; most messages carry none,
     // and a WebSocket handshake two (`Connection`, `Upgrade`): only those are removed.
     let mut present = [false; HOPS];
@@ -181,7 +196,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter(|name| !HOP_BY_HOP.contains(name))
         .collect();
     for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
-        headers.remove(hop);
+        if !kept.contains(hop) {
+            headers.remove(hop);
+        }
     }
     for name in &named {
         headers.remove(name);
@@ -397,9 +414,17 @@ mod tests {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert("x-kept", HeaderValue::from_static("yes"));
+        let before = headers.clone();
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers["x-kept"], "yes");
+        // A handshake's `Connection` and `Upgrade` stay for the caller to overwrite; what
+        // `Connection` names goes all the same.
+        let mut headers = before;
+        strip(&mut headers, &[header::CONNECTION, header::UPGRADE]);
+        let mut left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["connection", "upgrade", "x-kept"]);
 
         for hop in &HOP_BY_HOP {
             assert!(maybe_hop(hop), "{hop}: its length is in HOP_LENGTHS");

@@ -113,9 +113,7 @@ async fn handshake(
 ) -> Result<Response<Body>, GatewayError> {
     let mut headers = std::mem::take(req.headers_mut());
     let origin = text_header(&headers, header::ORIGIN);
-    to_backend(&mut headers, req.uri().authority(), conn, &route)?;
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    to_backend(&mut headers, req.uri().authority(), conn, &route, true)?;
 
     // A target whose connect fails is tried no more: the next attempt goes to another. A
     // backend that answers, even to refuse, is never asked again.
