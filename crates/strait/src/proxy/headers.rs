@@ -9,6 +9,7 @@ use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use super::pipeline::ConnInfo;
 use super::snapshot::Route;
 use crate::error::{ErrorKind, GatewayError};
+use crate::routing::{is_sub_delim, is_unreserved};
 
 /// Room for the headers the gateway adds to a handshake's request on its way to the backend
 /// (`X-Request-Id`, `traceparent`, `X-Forwarded-For`/`-Proto`/`-Host`, `Host`, `Connection`,
@@ -118,25 +119,7 @@ static NAME_BYTE: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            );
+        table[b] = is_unreserved(b as u8) || is_sub_delim(b as u8);
         b += 1;
     }
     table
@@ -173,7 +156,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The same, leaving the hop-by-hop headers named in `kept` for the caller to overwrite.
 fn strip(headers: &mut HeaderMap, kept: &[HeaderName]) {
     // One pass over the names finds the hop-by-hop ones present; most messages carry none,
-    // and a WebSocket handshake two (`Connection`, `Upgrade`): only those are removed.
+    // and a WebSocket handshake two (`Connection`, `Upgrade`, which `to_backend` then
+    // overwrites): only those are removed.
     let mut present = [false; HOPS];
     for name in headers.keys() {
         if maybe_hop(name)

@@ -12,7 +12,7 @@ mod table;
 mod target;
 
 pub use backend::{BackendUrl, BackendUrlError, Scheme};
-pub use normalize::{PathError, normalize_path};
+pub use normalize::{PathError, is_sub_delim, is_unreserved, normalize_path};
 pub use pattern::{PatternError, ProxyPath};
 pub use table::{DuplicatePath, RouteMatch, RouteTable};
 pub use target::{target_path, target_uri};

@@ -156,32 +156,23 @@ fn hex_upper(nibble: u8) -> u8 {
 }
 
 /// RFC 3986 `unreserved`: ALPHA / DIGIT / `-` / `.` / `_` / `~`.
-pub(super) fn is_unreserved(b: u8) -> bool {
+pub const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// RFC 3986 `sub-delims`: `!` `$` `&` `'` `(` `)` `*` `+` `,` `;` `=`.
+pub const fn is_sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
 }
 
 /// The characters RFC 3986 allows in a path besides `%` escapes: `pchar` and `/`.
 /// Used for paths written in configuration, which are held to the standard strictly.
 pub(super) fn is_rfc_path_char(c: char) -> bool {
-    u8::try_from(c).is_ok_and(|b| {
-        is_unreserved(b)
-            || matches!(
-                b,
-                b'/' | b':'
-                    | b'@'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    })
+    u8::try_from(c)
+        .is_ok_and(|b| is_unreserved(b) || is_sub_delim(b) || matches!(b, b'/' | b':' | b'@'))
 }
 
 /// The bytes the `http` crate accepts in a path (besides `%`, which is checked as an escape).
