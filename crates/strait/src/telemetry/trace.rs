@@ -24,7 +24,8 @@ pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// Longest client-supplied request id kept.
 const MAX_REQUEST_ID: usize = 128;
 
-/// The identity of one request through the gateway.
+/// The identity of one request through the gateway, made once by
+/// [`TraceContext::from_request`] (its `traceparent` is written from the ids then).
 #[derive(Debug, Clone)]
 pub struct TraceContext {
     pub request_id: HeaderValue,

@@ -453,11 +453,13 @@ impl Pool {
     /// Takes the health and breaker passes (trials by compare-and-swap) and counts the lease.
     fn lease(&self, index: usize, now: &Now) -> Option<Lease> {
         let target = self.targets.get(index)?;
-        let health = match target.health.is_up() {
-            true => Pass::Normal,
-            false => target
+        // Up: a normal pass, without reading the clock for it.
+        let health = if target.health.is_up() {
+            Pass::Normal
+        } else {
+            target
                 .health
-                .acquire(&self.rules.health, now.ticks(target))?,
+                .acquire(&self.rules.health, now.ticks(target))?
         };
         let breaker = match &self.rules.breaker {
             None => Pass::Normal,
