@@ -72,7 +72,9 @@ pub struct BackendUrl {
 }
 
 /// Equal when written alike: every other field is parsed from the text. (Compared per
-/// request: the field-by-field comparison compared four strings.)
+/// request: the field-by-field comparison compared four strings.) Stricter than the
+/// fields: `HTTP://a` and `http://a` differ, which only sends such a target through the
+/// general path in `connect` (resolving the path again), never to a wrong backend.
 impl PartialEq for BackendUrl {
     fn eq(&self, other: &Self) -> bool {
         self.text == other.text
