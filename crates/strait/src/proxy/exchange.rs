@@ -28,6 +28,20 @@ use crate::upstream::pool::Lease;
 
 pub type BoxError = Box<dyn Error + Send + Sync>;
 
+/// What the policies left for a request beyond admitting it. Boxed in the [`Exchange`]:
+/// most requests have none, and every request writes and moves its record.
+#[derive(Default)]
+pub struct Effects {
+    /// Headers the policies add to the response (`RateLimit-*`), replacing the backend's.
+    pub response_headers: HeaderMap,
+    /// Headers the policies add to the response besides the backend's (`Vary`).
+    pub response_appended: HeaderMap,
+    /// Headers the policies remove from the backend's response.
+    pub response_removed: Vec<http::HeaderName>,
+    /// What the policies handed the request to keep (a WebSocket session takes it along).
+    pub held: Vec<Held>,
+}
+
 /// One request on its way through the phases; finished when dropped.
 pub struct Exchange {
     started: Instant,
@@ -47,20 +61,14 @@ pub struct Exchange {
     pub route: Option<Arc<Route>>,
     /// The backend URL the request went to; kept only for a log line that shows it
     /// ([`Exchange::keep_target`]).
-    target: Option<Uri>,
+    target: Option<Box<Uri>>,
     /// The backend target serving the request, held (counted active there) until the
     /// response body ends.
     pub lease: Option<Lease>,
     /// The consumer an authentication policy identified.
     pub consumer: Option<Arc<str>>,
-    /// Headers the policies add to the response (`RateLimit-*`), replacing the backend's.
-    pub response_headers: HeaderMap,
-    /// Headers the policies add to the response besides the backend's (`Vary`).
-    pub response_appended: HeaderMap,
-    /// Headers the policies remove from the backend's response.
-    pub response_removed: Vec<http::HeaderName>,
-    /// What the policies handed the request to keep (a WebSocket session takes it along).
-    pub held: Vec<Held>,
+    /// What the policies left for the response and for the request's life, if anything.
+    pub effects: Option<Box<Effects>>,
     /// The most request body bytes to forward (`request_size`).
     pub body_limit: Option<u64>,
     /// Until the backend's response head.
@@ -95,10 +103,7 @@ impl Exchange {
             target: None,
             lease: None,
             consumer: None,
-            response_headers: HeaderMap::new(),
-            response_appended: HeaderMap::new(),
-            response_removed: Vec::new(),
-            held: Vec::new(),
+            effects: None,
             body_limit: None,
             backend_took: None,
             status: StatusCode::OK,
@@ -121,10 +126,17 @@ impl Exchange {
     /// the headers for its response and what to hold while it lasts.
     pub fn admitted(&mut self, admission: Admission, target: &Uri) {
         self.consumer = admission.consumer.map(|c| c.name.clone());
-        self.response_headers = admission.response_headers;
-        self.response_appended = admission.response_appended;
-        self.response_removed = admission.response_removed;
-        self.held = admission.held;
+        let effects = Effects {
+            response_headers: admission.response_headers,
+            response_appended: admission.response_appended,
+            response_removed: admission.response_removed,
+            held: admission.held,
+        };
+        self.effects = (!effects.response_headers.is_empty()
+            || !effects.response_appended.is_empty()
+            || !effects.response_removed.is_empty()
+            || !effects.held.is_empty())
+        .then(|| Box::new(effects));
         self.body_limit = admission.body_limit;
         self.keep_target(|| target.clone());
     }
@@ -138,7 +150,7 @@ impl Exchange {
             .and_then(|env| env.access_log.as_ref())
             .is_some_and(|log| log.format == Format::Json);
         if shown {
-            self.target = Some(target());
+            self.target = Some(Box::new(target()));
         }
     }
 
@@ -200,7 +212,7 @@ impl Exchange {
             return;
         }
         // Kept only for a JSON line (the combined one shows no backend).
-        let target = self.target.as_ref().map(uri_text);
+        let target = self.target.as_deref().map(uri_text);
         let target = target.as_deref().map(|t| self.shown(t));
         let path = self.logged_path();
         log.request(&RequestRecord {

@@ -199,7 +199,11 @@ async fn handshake(
             .websocket_ping
             .map(|_| route.metrics.ping_rtt()),
         limits: MessageLimits::from_policies(
-            exchange.held.iter().filter_map(|h| h.message_limit()),
+            exchange
+                .effects
+                .iter()
+                .flat_map(|effects| &effects.held)
+                .filter_map(|h| h.message_limit()),
         ),
         extensions: answer
             .headers()
@@ -261,7 +265,11 @@ async fn handshake(
     let (registration, close_requested) = shared.registry.register(info);
     // What the policies handed the handshake (a `ws_connections` slot) lives as long as the
     // session task, however it ends.
-    let held = std::mem::take(&mut exchange.held);
+    let held = exchange
+        .effects
+        .as_mut()
+        .map(|effects| std::mem::take(&mut effects.held))
+        .unwrap_or_default();
     // The earliest deadline a policy set (a `jwt` with `close_on_expiry`).
     let expiry = held
         .iter()
