@@ -45,14 +45,13 @@ impl BodyProgress {
     }
 }
 
-/// A request body that counts the bytes passing through it.
+/// A request body that counts the bytes passing through it (into its [`BodyProgress`], which
+/// only it writes). Kept small: hyper moves the request that holds it several times.
 pub struct Counted<B> {
     inner: B,
     progress: Arc<BodyProgress>,
-    /// Bytes passed so far.
-    passed: u64,
-    /// Beyond this many bytes the body fails with [`TooLarge`].
-    limit: Option<u64>,
+    /// Beyond this many bytes the body fails with [`TooLarge`] (`u64::MAX`: no limit).
+    limit: u64,
 }
 
 /// The body went past its limit; the frame that crossed it was not passed on.
@@ -140,13 +139,12 @@ where
         };
         if let Some(data) = frame.data_ref() {
             let len = data.len() as u64;
-            this.passed = this.passed.saturating_add(len);
-            if let Some(limit) = this.limit
-                && this.passed > limit
-            {
+            let passed = this.progress.bytes().saturating_add(len);
+            if passed > this.limit {
+                let limit = this.limit;
                 return Poll::Ready(Some(Err(Box::new(TooLarge { limit }))));
             }
-            this.progress.bytes.fetch_add(len, Ordering::Relaxed);
+            this.progress.bytes.store(passed, Ordering::Relaxed);
         }
         // hyper stops polling a body that says it has ended (a `Content-Length` body after
         // its last byte).
@@ -170,14 +168,13 @@ impl<B> Counted<B> {
         Counted {
             inner,
             progress,
-            passed: 0,
-            limit: None,
+            limit: u64::MAX,
         }
     }
 
     /// Fails the body once more than `limit` bytes have passed (none: no limit).
     pub fn with_limit(mut self, limit: Option<u64>) -> Self {
-        self.limit = limit;
+        self.limit = limit.unwrap_or(u64::MAX);
         self
     }
 }

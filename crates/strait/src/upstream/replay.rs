@@ -24,8 +24,8 @@ enum State<B> {
 /// A request body for one attempt.
 pub struct Replay<B> {
     state: Option<State<B>>,
-    /// Some data went out: the body can no longer be sent again.
-    sent: bool,
+    /// The way back, dropped once some data went out and the body can no longer be sent
+    /// again.
     back: Option<oneshot::Sender<State<B>>>,
 }
 
@@ -37,7 +37,6 @@ impl<B> Replay<B> {
     pub fn once(body: B) -> Self {
         Replay {
             state: Some(State::Body(body)),
-            sent: false,
             back: None,
         }
     }
@@ -51,7 +50,6 @@ impl<B> Replay<B> {
         let (tx, rx) = oneshot::channel();
         let replay = Replay {
             state: Some(state),
-            sent: false,
             back: Some(tx),
         };
         (replay, Returned(rx))
@@ -67,9 +65,7 @@ impl<B> Returned<B> {
 
 impl<B> Drop for Replay<B> {
     fn drop(&mut self) {
-        if !self.sent
-            && let (Some(back), Some(state)) = (self.back.take(), self.state.take())
-        {
+        if let (Some(back), Some(state)) = (self.back.take(), self.state.take()) {
             let _ = back.send(state);
         }
     }
@@ -92,9 +88,9 @@ where
         };
         let polled = Pin::new(body).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) if !this.sent => this.state = Some(State::Ended),
+            Poll::Ready(None) if this.back.is_some() => this.state = Some(State::Ended),
             Poll::Ready(Some(Ok(frame))) if frame.data_ref().is_none_or(|d| d.is_empty()) => {}
-            Poll::Ready(Some(_)) => this.sent = true,
+            Poll::Ready(Some(_)) => this.back = None,
             Poll::Ready(None) | Poll::Pending => {}
         }
         polled
