@@ -117,16 +117,22 @@ pub fn handle(
 }
 
 /// [`handle`] for a WebSocket upgrade request whose head the listener read itself.
-pub async fn handle_upgrade(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice: see `pipeline::handle`"
+)]
+pub fn handle_upgrade(
     shared: &Shared,
     conn: &ConnInfo,
     req: Request<()>,
     client: ClientSide,
-) -> Response<Logged> {
-    let mut exchange = Exchange::begin(conn, &req);
-    exchange.tracer = shared.tracer.clone();
-    let served = serve_upgrade(shared, conn, req, client, &mut exchange).await;
-    respond(served, conn, exchange)
+) -> impl Future<Output = Response<Logged>> {
+    async move {
+        let mut exchange = Exchange::begin(conn, &req);
+        exchange.tracer = shared.tracer.clone();
+        let served = serve_upgrade(shared, conn, req, client, &mut exchange).await;
+        respond(served, conn, exchange)
+    }
 }
 
 /// The response as the client gets it: an error made into its JSON answer, with the
@@ -191,36 +197,42 @@ fn serve(
 }
 
 /// The same for a WebSocket upgrade, whose client connection comes from `client`.
-async fn serve_upgrade(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice: see `pipeline::handle`"
+)]
+fn serve_upgrade(
     shared: &Shared,
     conn: &ConnInfo,
     mut req: Request<()>,
     client: ClientSide,
     exchange: &mut Exchange,
-) -> Result<Response<Body>, GatewayError> {
-    let mut matched = match_route(shared, conn, &req, true, exchange)?;
-    if !matched.env.websocket {
-        matched.route.metrics.upgrade(Upgrade::RefusedByPolicy);
-        return Err(GatewayError::new(
-            ErrorKind::WebsocketDisabled,
-            format!(
-                "WebSocket is not enabled in environment \"{}\"; set `websocket: true` on that environment to allow upgrades",
-                matched.env.name
-            ),
-        ));
+) -> impl Future<Output = Result<Response<Body>, GatewayError>> {
+    async move {
+        let mut matched = match_route(shared, conn, &req, true, exchange)?;
+        if !matched.env.websocket {
+            matched.route.metrics.upgrade(Upgrade::RefusedByPolicy);
+            return Err(GatewayError::new(
+                ErrorKind::WebsocketDisabled,
+                format!(
+                    "WebSocket is not enabled in environment \"{}\"; set `websocket: true` on that environment to allow upgrades",
+                    matched.env.name
+                ),
+            ));
+        }
+        if let Err(error) = check_websocket_request(req.headers()) {
+            matched.route.metrics.upgrade(Upgrade::RefusedByPolicy);
+            return Err(error);
+        }
+        if let Some(answered) = admit(conn, &mut matched, &mut req, true, exchange).await? {
+            return Ok(answered);
+        }
+        // Boxed, like the policies: the handshake's future is several KiB.
+        Box::pin(websocket::handshake::forward(
+            shared, conn, matched, req, client, exchange,
+        ))
+        .await
     }
-    if let Err(error) = check_websocket_request(req.headers()) {
-        matched.route.metrics.upgrade(Upgrade::RefusedByPolicy);
-        return Err(error);
-    }
-    if let Some(answered) = admit(conn, &mut matched, &mut req, true, exchange).await? {
-        return Ok(answered);
-    }
-    // Boxed, like the policies: the handshake's future is several KiB.
-    Box::pin(websocket::handshake::forward(
-        shared, conn, matched, req, client, exchange,
-    ))
-    .await
 }
 
 /// The trace headers, then the route's policies; `Some` when a policy answered the

@@ -68,38 +68,46 @@ impl ClientSide {
     }
 }
 
-pub async fn forward(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice: see `pipeline::handle`"
+)]
+pub fn forward(
     shared: &Shared,
     conn: &ConnInfo,
     matched: Matched,
     mut req: Request<()>,
     client: ClientSide,
     exchange: &mut Exchange,
-) -> Result<Response<Body>, GatewayError> {
-    let Matched {
-        env,
-        route,
-        target,
-        remaining,
-    } = matched;
-    let result = handshake(
-        shared,
-        conn,
-        (env, route.clone()),
-        (target, remaining),
-        &mut req,
-        client,
-        exchange,
-    )
-    .await;
-    let outcome = match &result {
-        Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => Upgrade::Upgraded,
-        Ok(_) => Upgrade::RefusedByBackend,
-        Err(_) => Upgrade::BackendUnreachable,
-    };
-    route.metrics.upgrade(outcome);
-    exchange.upgraded = outcome == Upgrade::Upgraded;
-    result
+) -> impl Future<Output = Result<Response<Body>, GatewayError>> {
+    async move {
+        let Matched {
+            env,
+            route,
+            target,
+            remaining,
+        } = matched;
+        let result = handshake(
+            shared,
+            conn,
+            (env, route.clone()),
+            (target, remaining),
+            &mut req,
+            client,
+            exchange,
+        )
+        .await;
+        let outcome = match &result {
+            Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                Upgrade::Upgraded
+            }
+            Ok(_) => Upgrade::RefusedByBackend,
+            Err(_) => Upgrade::BackendUnreachable,
+        };
+        route.metrics.upgrade(outcome);
+        exchange.upgraded = outcome == Upgrade::Upgraded;
+        result
+    }
 }
 
 async fn handshake(
