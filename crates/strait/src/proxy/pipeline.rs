@@ -89,11 +89,11 @@ pub struct Matched {
 
 /// The phases for one request hyper read.
 ///
-/// This and the request's other steps ([`serve`], [`forward::forward`]) are functions
-/// returning an `async move` block rather than `async fn`s: an `async fn` copies its
-/// arguments into locals when first polled, and its future keeps room for both — the
-/// request (264 to 320 bytes) was copied four extra times per request, and sat twice in
-/// each future (hyper's per-request future: 4.5 → 3.6 KiB).
+/// This and the request's other steps ([`serve`], [`forward::forward`], the WebSocket
+/// handshake's) are functions returning an `async move` block rather than `async fn`s: an
+/// `async fn` copies its arguments into locals when first polled and its future keeps room
+/// for both, so the request head (224 to 320 bytes) would be copied once more at every step
+/// and sit twice in every future (bench/micro-benchmarks.md, "Fewer copies of each request").
 #[expect(
     clippy::manual_async_fn,
     reason = "an `async fn` keeps its arguments twice: see `pipeline::handle`"
