@@ -384,17 +384,20 @@ mod tests {
         .await
         .unwrap();
         assert!(admission.answer.is_none());
-        let h = &admission.response_headers;
+        let h = &admission.effects.response_headers;
         assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
         assert_eq!(h["access-control-allow-credentials"], "true");
         assert_eq!(h["access-control-expose-headers"], "X-Total");
-        assert_eq!(admission.response_appended["vary"], "Origin");
+        assert_eq!(admission.effects.response_appended["vary"], "Origin");
 
         for headers in [vec![("origin", "https://evil.example")], vec![]] {
             let admission = judge(&listed(), Method::GET, &headers).await.unwrap();
             assert!(admission.answer.is_none());
-            assert!(admission.response_headers.is_empty(), "{headers:?}");
-            assert!(admission.response_appended.is_empty(), "{headers:?}");
+            assert!(admission.effects.response_headers.is_empty(), "{headers:?}");
+            assert!(
+                admission.effects.response_appended.is_empty(),
+                "{headers:?}"
+            );
         }
     }
 

@@ -448,10 +448,16 @@ mod tests {
         assert_eq!(headers["x-via"], "ip=10.0.0.7 id=rid-1");
         let multi: Vec<_> = headers.get_all("x-multi").iter().collect();
         assert_eq!(multi, ["one", "two"]);
-        assert_eq!(admission.response_removed, ["server"]);
-        assert_eq!(admission.response_headers["x-frame-options"], "DENY");
-        assert_eq!(admission.response_headers["x-who"], "bob");
-        assert_eq!(admission.response_appended["cache-control"], "no-store");
+        assert_eq!(admission.effects.response_removed, ["server"]);
+        assert_eq!(
+            admission.effects.response_headers["x-frame-options"],
+            "DENY"
+        );
+        assert_eq!(admission.effects.response_headers["x-who"], "bob");
+        assert_eq!(
+            admission.effects.response_appended["cache-control"],
+            "no-store"
+        );
     }
 
     #[tokio::test]
@@ -479,8 +485,8 @@ mod tests {
             .await
             .unwrap();
         assert!(!headers.contains_key("x-consumer"));
-        assert!(!admission.response_headers.contains_key("x-who"));
-        assert_eq!(admission.response_removed, ["x-who"]);
+        assert!(!admission.effects.response_headers.contains_key("x-who"));
+        assert_eq!(admission.effects.response_removed, ["x-who"]);
     }
 
     #[tokio::test]
@@ -540,6 +546,6 @@ mod tests {
         assert_eq!(headers["x-admin"], "admin=true");
         assert!(!headers.contains_key("x-missing"), "removed, not set");
         assert!(!headers.contains_key("x-null"));
-        assert_eq!(admission.response_appended["x-sub"], "s-1");
+        assert_eq!(admission.effects.response_appended["x-sub"], "s-1");
     }
 }

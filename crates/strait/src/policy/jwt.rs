@@ -898,6 +898,7 @@ mod tests {
                     .await
                     .unwrap();
                 admission
+                    .effects
                     .held
                     .iter()
                     .filter_map(|h| h.expires().cloned())

@@ -265,11 +265,13 @@ impl Head<'_> {
     fn admission(self, answer: Option<Answer>) -> Admission {
         Admission {
             consumer: self.consumer,
-            response_headers: self.response_headers,
-            response_appended: self.response_appended,
-            response_removed: self.response_removed,
             answer,
-            held: self.held,
+            effects: Effects {
+                response_headers: self.response_headers,
+                response_appended: self.response_appended,
+                response_removed: self.response_removed,
+                held: self.held,
+            },
             body_limit: self.body_limit,
         }
     }
@@ -338,18 +340,34 @@ impl fmt::Debug for Held {
 pub struct Admission {
     /// The consumer an authentication policy found.
     pub consumer: Option<Arc<Identity>>,
+    /// A policy answered the request itself: send this, forward nothing.
+    pub answer: Option<Answer>,
+    /// What the policies left for the response and for the request's life.
+    pub effects: Effects,
+    /// The most request body bytes to forward; beyond them the request fails with 413.
+    pub body_limit: Option<u64>,
+}
+
+/// What the policies left for a request beyond admitting it; empty for most requests.
+#[derive(Debug, Default)]
+pub struct Effects {
     /// Headers to add to the response (the backend's, or the gateway's own), replacing.
     pub response_headers: HeaderMap,
     /// Headers to add to the response, keeping the backend's of the same name.
     pub response_appended: HeaderMap,
     /// Headers to remove from the backend's response first.
     pub response_removed: Vec<HeaderName>,
-    /// A policy answered the request itself: send this, forward nothing.
-    pub answer: Option<Answer>,
     /// To keep for the request's life, and a WebSocket session's.
     pub held: Vec<Held>,
-    /// The most request body bytes to forward; beyond them the request fails with 413.
-    pub body_limit: Option<u64>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.response_headers.is_empty()
+            && self.response_appended.is_empty()
+            && self.response_removed.is_empty()
+            && self.held.is_empty()
+    }
 }
 
 /// One configured policy, ready to run. Built by its [`Kind`]'s parser; immutable.

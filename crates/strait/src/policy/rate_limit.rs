@@ -372,7 +372,7 @@ mod tests {
         chain
             .admit(&mut headers, &mut target, client.parse().unwrap(), false)
             .await
-            .map(|admission| admission.response_headers)
+            .map(|admission| admission.effects.response_headers)
     }
 
     fn number(headers: &HeaderMap, name: &str) -> u64 {

@@ -213,7 +213,7 @@ mod tests {
         chain
             .admit(&mut headers, &mut target, client, websocket)
             .await
-            .map(|admission| admission.held)
+            .map(|admission| admission.effects.held)
     }
 
     #[tokio::test]

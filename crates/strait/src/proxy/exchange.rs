@@ -12,14 +12,14 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use hyper::body::{Frame, SizeHint};
 
 use super::WaitTimer;
 use super::pipeline::{Body, ConnInfo};
 use super::snapshot::{EnvRoutes, Route};
-use crate::policy::{Admission, Held};
+use crate::policy::{Admission, Effects};
 use crate::telemetry::access::{ClientIp, Format, RequestRecord};
 use crate::telemetry::metrics::InFlight;
 use crate::telemetry::trace::TraceContext;
@@ -27,20 +27,6 @@ use crate::telemetry::{BodyProgress, Counted, Tracer};
 use crate::upstream::pool::Lease;
 
 pub type BoxError = Box<dyn Error + Send + Sync>;
-
-/// What the policies left for a request beyond admitting it. Boxed in the [`Exchange`]:
-/// most requests have none, and every request writes and moves its record.
-#[derive(Default)]
-pub struct Effects {
-    /// Headers the policies add to the response (`RateLimit-*`), replacing the backend's.
-    pub response_headers: HeaderMap,
-    /// Headers the policies add to the response besides the backend's (`Vary`).
-    pub response_appended: HeaderMap,
-    /// Headers the policies remove from the backend's response.
-    pub response_removed: Vec<http::HeaderName>,
-    /// What the policies handed the request to keep (a WebSocket session takes it along).
-    pub held: Vec<Held>,
-}
 
 /// One request on its way through the phases; finished when dropped.
 pub struct Exchange {
@@ -68,6 +54,7 @@ pub struct Exchange {
     /// The consumer an authentication policy identified.
     pub consumer: Option<Arc<str>>,
     /// What the policies left for the response and for the request's life, if anything.
+    /// Boxed: most requests have none, and every request writes and moves its record.
     pub effects: Option<Box<Effects>>,
     /// The most request body bytes to forward (`request_size`).
     pub body_limit: Option<u64>,
@@ -126,17 +113,8 @@ impl Exchange {
     /// the headers for its response and what to hold while it lasts.
     pub fn admitted(&mut self, admission: Admission, target: &Uri) {
         self.consumer = admission.consumer.map(|c| c.name.clone());
-        let effects = Effects {
-            response_headers: admission.response_headers,
-            response_appended: admission.response_appended,
-            response_removed: admission.response_removed,
-            held: admission.held,
-        };
-        self.effects = (!effects.response_headers.is_empty()
-            || !effects.response_appended.is_empty()
-            || !effects.response_removed.is_empty()
-            || !effects.held.is_empty())
-        .then(|| Box::new(effects));
+        let effects = admission.effects;
+        self.effects = (!effects.is_empty()).then(|| Box::new(effects));
         self.body_limit = admission.body_limit;
         self.keep_target(|| target.clone());
     }
