@@ -2,7 +2,7 @@
 //! scan that approves bytes for writing, splicing of large payloads, and what the direction
 //! knows of its source and destination while the session closes.
 
-use std::mem::MaybeUninit;
+use std::cell::Cell;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -28,11 +28,42 @@ const BUF_SIZE: usize = 16 * 1024;
 pub(super) const MAX_BUF_SIZE: usize = 256 * 1024;
 /// A data frame with at least this much payload left is spliced (plain TCP both sides, Linux).
 const SPLICE_MIN: u64 = 64 * 1024;
-/// The stack buffer an idle direction reads into before it allocates `BUF_SIZE`.
-const PROBE_SIZE: usize = 1024;
+/// Held bytes up to this size move out of a spare buffer into one of their own size when
+/// the session waits (more stay in it: a stream's, whose reads fill it).
+const SMALL_HOLD: usize = 1024;
 /// Steps one direction may take per poll before yielding to the scheduler (each a read, a
 /// write, or a read and the write it allowed).
 const OPS_PER_POLL: u32 = 64;
+
+/// The worker thread's spare read buffer (`BUF_SIZE` bytes). An idle direction reads into
+/// it and gives it back once it is idle again; so a small message costs no allocation and no
+/// copy (a probe on the stack, copied into a buffer of its own size, cost ~200 instructions
+/// per message), and an idle session still holds no buffer. One slot: a poll pumps one
+/// direction after the other, and each gives the buffer back before the next takes it.
+struct Spare;
+
+thread_local! {
+    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+impl Spare {
+    #[inline]
+    fn take() -> Vec<u8> {
+        let buf = SPARE.take();
+        if buf.is_empty() {
+            vec![0; BUF_SIZE]
+        } else {
+            buf
+        }
+    }
+
+    #[inline]
+    fn give(buf: Vec<u8>) {
+        if buf.len() == BUF_SIZE {
+            SPARE.set(buf);
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Side {
@@ -112,9 +143,11 @@ pub(super) enum Step {
 pub(super) struct Direction {
     /// `[head, fwd_end)`: approved, to be written; `[fwd_end, scan)`: a header not yet
     /// complete, held back; `[scan, tail)`: read, not yet parsed.
-    /// Empty while the direction is idle: allocated when bytes arrive, released when a read
-    /// would block with nothing held, so idle sessions hold no buffers.
+    /// Empty while the direction is idle: the worker's [`Spare`] when bytes arrive, given
+    /// back when a read would block with nothing held, so idle sessions hold no buffers.
     pub(super) buf: Vec<u8>,
+    /// `buf` is the worker's [`Spare`], lent while bytes are in flight.
+    borrowed: bool,
     head: usize,
     fwd_end: usize,
     scan: usize,
@@ -164,6 +197,7 @@ impl Direction {
     pub(super) fn new(policy: MaskPolicy, extensions: bool, limits: Option<&SenderLimits>) -> Self {
         Self {
             buf: Vec::new(),
+            borrowed: false,
             head: 0,
             fwd_end: 0,
             scan: 0,
@@ -316,57 +350,33 @@ impl Direction {
             if let Some(step) = self.splice_in(cx, src, max) {
                 return step;
             }
-        } else if self.reading() && self.buf.is_empty() {
-            // Idle so far: probe with a small stack buffer and allocate only if bytes came:
-            // just what came when the probe was not filled (a small message, most likely all
-            // there is), the full buffer when it was (a stream).
-            let mut probe = [MaybeUninit::<u8>::uninit(); PROBE_SIZE];
-            let mut rb = ReadBuf::uninit(&mut probe);
-            match Pin::new(&mut *src).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    let got = rb.filled();
-                    if got.is_empty() {
-                        return self.src_lost(None);
-                    }
-                    let size = if got.len() < PROBE_SIZE {
-                        got.len()
-                    } else {
-                        BUF_SIZE
-                    };
-                    let mut buf = Vec::with_capacity(size);
-                    buf.extend_from_slice(got);
-                    buf.resize(size, 0);
-                    self.buf = buf;
-                    self.tail = got.len();
-                    self.heard = true;
-                    return self.after_read(cx, dst);
-                }
-                Poll::Ready(Err(err)) => return self.src_lost(Some(err)),
-                Poll::Pending => self.read_armed = true,
+        } else if self.reading() {
+            if self.buf.is_empty() {
+                // Idle so far: read into the worker's spare buffer.
+                self.buf = Spare::take();
+                self.borrowed = true;
             }
-        } else if self.reading()
-            && let Some(space) = self.read_space()
-        {
-            let room = space.len();
-            let mut rb = ReadBuf::new(space);
-            match Pin::new(&mut *src).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    let n = rb.filled().len();
-                    if n == 0 {
-                        return self.src_lost(None);
+            if let Some(space) = self.read_space() {
+                let room = space.len();
+                let mut rb = ReadBuf::new(space);
+                match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            return self.src_lost(None);
+                        }
+                        self.tail += n;
+                        self.filled = n == room;
+                        self.heard = true;
+                        return self.after_read(cx, dst);
                     }
-                    self.tail += n;
-                    self.filled = n == room;
-                    self.heard = true;
-                    return self.after_read(cx, dst);
-                }
-                Poll::Ready(Err(err)) => return self.src_lost(Some(err)),
-                Poll::Pending => {
-                    self.read_armed = true;
-                    if self.tail == 0 {
-                        // Nothing held: give the buffer back until the peer sends again.
-                        self.buf = Vec::new();
-                        self.filled = false;
+                    Poll::Ready(Err(err)) => return self.src_lost(Some(err)),
+                    Poll::Pending => {
+                        self.read_armed = true;
+                        if self.tail == 0 {
+                            // Nothing held: give the buffer back until the peer sends again.
+                            self.release();
+                        }
                     }
                 }
             }
@@ -441,7 +451,7 @@ impl Direction {
             Poll::Ready(Ok(0)) => Some(self.src_lost(None)),
             Poll::Ready(Ok(n)) => {
                 // Nothing is buffered while a frame is spliced.
-                self.buf = Vec::new();
+                self.release();
                 self.heard = true;
                 self.active = true;
                 if let Some(end) = self.parser.skip_payload(n) {
@@ -508,6 +518,8 @@ impl Direction {
         let len = self.buf.len();
         let grow = std::mem::take(&mut self.filled) || self.tail == len;
         if grow && len < MAX_BUF_SIZE {
+            // A stream: the buffer becomes its own.
+            self.borrowed = false;
             self.buf.resize((len * 2).clamp(BUF_SIZE, MAX_BUF_SIZE), 0);
         }
         self.buf.get_mut(self.tail..).filter(|s| !s.is_empty())
@@ -650,6 +662,41 @@ impl Direction {
     /// The stream toward `dst` is inside a frame: the gateway's own frames must wait.
     pub(super) fn mid_frame(&self) -> bool {
         self.parser.in_payload() && !self.dropping_frame
+    }
+
+    /// Drops the buffer (nothing is held), back to the worker if it is its spare.
+    #[inline]
+    fn release(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if std::mem::take(&mut self.borrowed) {
+            Spare::give(buf);
+        }
+        self.filled = false;
+    }
+
+    /// The session is about to wait: a spare buffer goes back to the worker, the few bytes it
+    /// still holds (a partial header, a message the destination has not taken yet) into a
+    /// buffer of their own size, so a waiting session holds no more than it must.
+    #[inline]
+    pub(super) fn settle(&mut self) {
+        if self.borrowed && self.tail - self.head <= SMALL_HOLD {
+            self.keep_held();
+        }
+    }
+
+    #[cold]
+    fn keep_held(&mut self) {
+        let held = self
+            .buf
+            .get(self.head..self.tail)
+            .unwrap_or_default()
+            .to_vec();
+        self.tail -= self.head;
+        self.scan -= self.head;
+        self.fwd_end -= self.head;
+        self.head = 0;
+        self.borrowed = false;
+        Spare::give(std::mem::replace(&mut self.buf, held));
     }
 
     /// Moves a held partial header to the front so a read has the whole buffer. Only called

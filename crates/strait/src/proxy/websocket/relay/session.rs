@@ -322,6 +322,8 @@ where
             if !std::mem::take(&mut wakeups.timer)
                 || timer.as_mut().poll(&mut signalled).is_pending()
             {
+                self.c2b.settle();
+                self.b2c.settle();
                 return Poll::Pending;
             }
             if self.deadline.is_some() {

@@ -59,6 +59,35 @@ async fn an_idle_direction_holds_no_buffer() {
 }
 
 #[tokio::test]
+async fn a_waiting_direction_keeps_only_the_bytes_it_holds() {
+    let (mut peer, mut src) = duplex(64 * 1024);
+    let (mut dst, mut sink) = duplex(64 * 1024);
+    let mut direction = Direction::new(MaskPolicy::Forbidden, false, None);
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    // A frame with a 200-byte payload, its 16-bit length not yet there: the first two bytes
+    // of its header are held back.
+    let mut frame = vec![0x82, 126, 0, 200];
+    frame.resize(4 + 200, 9);
+    let (first, rest) = frame.split_at(2);
+    peer.write_all(first).await.expect("write a partial header");
+    direction.pump(&mut cx, &mut src, &mut dst);
+    assert!(direction.buf.len() > 2, "read into a spare buffer");
+    // The session does this before it waits.
+    direction.settle();
+    assert_eq!(direction.buf.len(), 2, "only the held bytes are kept");
+
+    peer.write_all(rest).await.expect("write the rest");
+    direction.read_armed = false;
+    direction.pump(&mut cx, &mut src, &mut dst);
+    let mut relayed = vec![0u8; frame.len()];
+    sink.read_exact(&mut relayed).await.expect("frame relayed");
+    assert_eq!(relayed, frame);
+    assert_eq!(direction.stats.frames, 1);
+    assert!(direction.buf.is_empty(), "idle again: buffer released");
+}
+
+#[tokio::test]
 async fn a_stream_between_non_tcp_streams_grows_the_buffer_up_to_its_bound() {
     const PAYLOAD: usize = 2 << 20;
     let (mut peer, mut src) = duplex(4 << 20);
