@@ -11,6 +11,8 @@
 # h2load and valgrind (scripts/install-bench-tools.sh installs them). Loopback only; every run is
 # bounded (10 s of load each). Ports: STRAIT_CG_PORT (default 19080) and the next four.
 # STRAIT_CG_KEEP=DIR keeps the profiles there (cg.MODE.GATEWAY.*) for callgrind_annotate.
+# STRAIT_CG_LOCKS=1 also counts each gateway's atomic read-modify-write instructions per unit
+# and where they are (scripts/locked.py; needs objdump and python3).
 set -euo pipefail
 source "$(dirname "$0")/gateways.sh"
 modes=("$@")
@@ -19,6 +21,8 @@ require valgrind callgrind_control nginx wrk h2load openssl
 start_echo "${STRAIT_CG_PORT:-19080}"
 
 printf '%-8s %-7s %10s %14s\n' mode gateway units instructions/unit
+locks=${STRAIT_CG_LOCKS:-}
+[[ -n $locks ]] && export VALGRIND_OPTS="${VALGRIND_OPTS:-} --dump-instr=yes"
 for mode in "${modes[@]}"; do
     for side in strait nginx; do
         out=$dir/cg.$mode.$side
@@ -37,6 +41,11 @@ for mode in "${modes[@]}"; do
         kill "$pid"; wait "$pid" 2>/dev/null || true
         ir=$(grep -h '^summary:\|^totals:' "$out".* 2>/dev/null | tail -1 | awk '{print $2}')
         printf '%-8s %-7s %10s %14s\n' "$mode" "$side" "$units" "$((ir / units))"
+        if [[ -n $locks ]]; then
+            binary=$strait
+            [[ $side == nginx ]] && binary=$(command -v nginx)
+            python3 "$(dirname "$0")/locked.py" "$binary" "$(ls "$out".* | tail -1)" "$units" 12
+        fi
         if [[ -n ${STRAIT_CG_KEEP:-} ]]; then
             mkdir -p "$STRAIT_CG_KEEP" && mv "$out".* "$STRAIT_CG_KEEP"/
         fi

@@ -16,6 +16,8 @@ pub struct WhenWoken<'a, F> {
     future: Pin<&'a mut F>,
     flag: Arc<Flag>,
     waker: Waker,
+    /// The task waker `flag` holds, until `future` wakes it (which takes it).
+    registered: Option<Waker>,
 }
 
 /// The waker `future` gets: notes that it fired, then wakes the task.
@@ -47,6 +49,7 @@ impl<'a, F: Future> WhenWoken<'a, F> {
             future,
             flag,
             waker,
+            registered: None,
         }
     }
 }
@@ -55,12 +58,29 @@ impl<F: Future> Future for WhenWoken<'_, F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // Registered before the flag is read: a wake in between is not lost.
-        self.flag.task.register(cx.waker());
-        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+        let this = &mut *self;
+        // Not woken, and the flag still holds this task's waker: nothing to do, and no
+        // atomic read-modify-write (three of them per poll otherwise, ~5 ns each).
+        if !this.flag.woken.load(Ordering::Acquire)
+            && this
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
             return Poll::Pending;
         }
-        let this = &mut *self;
+        // Registered before the flag is read: a wake in between is not lost.
+        this.flag.task.register(cx.waker());
+        if this
+            .registered
+            .as_ref()
+            .is_none_or(|w| !w.will_wake(cx.waker()))
+        {
+            this.registered = Some(cx.waker().clone());
+        }
+        if !this.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
         this.future
             .as_mut()
             .poll(&mut Context::from_waker(&this.waker))
