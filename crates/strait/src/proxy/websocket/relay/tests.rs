@@ -87,6 +87,47 @@ async fn a_waiting_direction_keeps_only_the_bytes_it_holds() {
     assert!(direction.buf.is_empty(), "idle again: buffer released");
 }
 
+/// A waker that counts its wake-ups.
+struct Counting(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Counting {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn counting() -> (Arc<Counting>, std::task::Waker) {
+    let counter = Arc::new(Counting(Default::default()));
+    (counter.clone(), std::task::Waker::from(counter))
+}
+
+#[test]
+fn a_signal_wakes_the_task_it_kept_and_any_other_waker_it_was_polled_with() {
+    let count = |c: &Arc<Counting>| c.0.load(std::sync::atomic::Ordering::Relaxed);
+    let (signal, wakers) = Signal::new();
+    let [_, c2b, b2c] = &*wakers;
+    let (task, task_waker) = counting();
+    let _ = signal.wakeups(&Context::from_waker(&task_waker), &wakers);
+    c2b.wake_by_ref();
+    assert_eq!(count(&task), 1, "the kept waker woke the task");
+    b2c.clone().wake();
+    assert_eq!(count(&task), 2, "kept, not taken, by the first wake-up");
+
+    let (other, other_waker) = counting();
+    let _ = signal.wakeups(&Context::from_waker(&other_waker), &wakers);
+    c2b.wake_by_ref();
+    assert_eq!(
+        count(&other),
+        1,
+        "a poll with another waker registers it too"
+    );
+    assert_eq!(count(&task), 3);
+}
+
 #[tokio::test]
 async fn a_stream_between_non_tcp_streams_grows_the_buffer_up_to_its_bound() {
     const PAYLOAD: usize = 2 << 20;
