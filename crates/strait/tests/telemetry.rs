@@ -144,7 +144,8 @@ async fn metrics_and_access_log_match_the_traffic_sent() {
     .expect("close");
     while next_data(&mut ws).await.is_some() {}
 
-    // The session's end is counted once its relay has finished (bounded wait).
+    // The session's end is counted once its relay has finished: its close first, then the
+    // active gauge when its registration is dropped (bounded wait for both).
     let samples = within("the session's close to be counted", async {
         loop {
             let samples = scrape(&api).await;
@@ -152,7 +153,8 @@ async fn metrics_and_access_log_match_the_traffic_sent() {
                 "strait_websocket_closes_total",
                 &["code=1000", "initiator=client"],
             );
-            if samples.get(&key) == Some(&1.0) {
+            let active = series("strait_websocket_connections_active", &[]);
+            if samples.get(&key) == Some(&1.0) && samples.get(&active) == Some(&0.0) {
                 return samples;
             }
             tokio::task::yield_now().await;

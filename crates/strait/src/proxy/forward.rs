@@ -76,14 +76,14 @@ struct Held {
 /// How an attempt reaches its backend.
 enum Path<'a> {
     /// One of the client connection's own: idle to this target, or `None` to open one.
-    Own(Lent<'a>, Option<HttpSender>),
+    Own(Lent<'a>, Option<Held>),
     /// One of the thread's shared connections, or `None` to open one.
-    Shared(Option<HttpSender>),
+    Shared(Option<Held>),
 }
 
 /// A connection out of [`Pinned`]'s share, given back when dropped (kept idle by
-/// [`Lent::keep`] first, or gone with a failed attempt).
-struct Lent<'a>(&'a Pinned);
+/// [`Lent::keep`], or gone with a failed attempt).
+struct Lent<'a>(Option<&'a Pinned>);
 
 impl Pinned {
     fn own(&self) -> std::sync::MutexGuard<'_, Own> {
@@ -96,36 +96,51 @@ impl Pinned {
         let to_target = |held: &Held| {
             Arc::ptr_eq(&held.target, lease.target()) && held.upstream == *upstream.id()
         };
+        let shared = || shared::take(to_target);
         let mut own = self.own();
         if own.shared < SHARED_FIRST {
             own.shared += 1;
-            return Path::Shared(shared::take(to_target));
+            return Path::Shared(shared());
         }
-        let sender = match own.idle.iter().position(&to_target) {
-            Some(i) => Some(own.idle.swap_remove(i).sender),
-            None if own.idle.len() + own.lent < share => shared::take(to_target),
-            None => return Path::Shared(shared::take(to_target)),
+        let held = match own.idle.iter().position(&to_target) {
+            // Moved out whole: its references to the target go back with it (no clones).
+            Some(i) => Some(own.idle.swap_remove(i)),
+            None if own.idle.len() + own.lent < share => shared(),
+            None => return Path::Shared(shared()),
         };
         own.lent += 1;
-        Path::Own(Lent(self), sender)
+        Path::Own(Lent(Some(self)), held)
+    }
+}
+
+impl Held {
+    fn new(lease: &Lease, upstream: &Upstream, sender: HttpSender) -> Self {
+        Self {
+            target: lease.target().clone(),
+            upstream: upstream.id().clone(),
+            sender,
+        }
     }
 }
 
 impl Lent<'_> {
-    /// Keeps `sender` idle for the next request to `lease`'s target.
-    fn keep(self, lease: &Lease, upstream: &Upstream, sender: HttpSender) {
-        self.0.own().idle.push(Held {
-            target: lease.target().clone(),
-            upstream: upstream.id().clone(),
-            sender,
-        });
+    /// Keeps `held` idle for the next request to its target, giving the loan back under
+    /// the same lock.
+    fn keep(mut self, held: Held) {
+        if let Some(pinned) = self.0.take() {
+            let mut own = pinned.own();
+            own.lent = own.lent.saturating_sub(1);
+            own.idle.push(held);
+        }
     }
 }
 
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        let mut own = self.0.own();
-        own.lent = own.lent.saturating_sub(1);
+        if let Some(pinned) = self.0 {
+            let mut own = pinned.own();
+            own.lent = own.lent.saturating_sub(1);
+        }
     }
 }
 
@@ -149,7 +164,6 @@ mod shared {
     use std::time::{Duration, Instant};
 
     use super::Held;
-    use crate::upstream::HttpSender;
 
     /// Connections a thread keeps, over all backends, busy ones included (nginx's upstream
     /// `keepalive 256` in the comparison's configuration is per worker too).
@@ -195,7 +209,7 @@ mod shared {
 
     /// The most recent connection that `fits` and is ready for a request, if any; closed
     /// ones (the backend hung up) are dropped on the way.
-    pub fn take(fits: impl Fn(&Held) -> bool) -> Option<HttpSender> {
+    pub fn take(fits: impl Fn(&Held) -> bool) -> Option<Held> {
         let now = Instant::now();
         with(|shared| {
             expire(shared, now);
@@ -210,7 +224,7 @@ mod shared {
                 if held.sender.is_closed() {
                     shared.remove(at);
                 } else if held.sender.is_ready() {
-                    return shared.remove(at).map(|(_, held)| held.sender);
+                    return shared.remove(at).map(|(_, held)| held);
                 }
             }
             None
@@ -281,20 +295,16 @@ fn send(
             Path::Shared(idle) => (None, idle),
         };
         // Kept for the client connection's next request, or shared again.
-        let keep = |sender| match lent {
-            Some(lent) => lent.keep(lease, upstream, sender),
-            None => shared::keep([Held {
-                target: lease.target().clone(),
-                upstream: upstream.id().clone(),
-                sender,
-            }]),
+        let keep = |held| match lent {
+            Some(lent) => lent.keep(held),
+            None => shared::keep([held]),
         };
-        if let Some(mut sender) = idle
-            && sender.ready().await.is_ok()
+        if let Some(mut held) = idle
+            && held.sender.ready().await.is_ok()
         {
-            match sender.try_send_request(req).await {
+            match held.sender.try_send_request(req).await {
                 Ok(response) => {
-                    keep(sender);
+                    keep(held);
                     return Ok(response);
                 }
                 // Not written: the backend had closed the idle connection. A fresh one takes it.
@@ -309,7 +319,7 @@ fn send(
             .await
             .map_err(Failure::Connect)?;
         let response = sender.send_request(req).await.map_err(Failure::Lost)?;
-        keep(sender);
+        keep(Held::new(lease, upstream, sender));
         Ok(response)
     }
 }
