@@ -102,10 +102,10 @@ impl Exchange {
         })
     }
 
-    /// Match phase: the request belongs to `route` (counted in flight from now on).
-    pub fn matched(&mut self, route: &Arc<Route>, target: &Uri) {
+    /// Match phase: the request, already known to belong to `route`, resolved to `target`
+    /// (counted in flight from now on).
+    pub fn matched(&mut self, route: &Route, target: &Uri) {
         self.in_flight = Some(route.metrics.in_flight());
-        self.route = Some(route.clone());
         self.keep_target(|| target.clone());
     }
 

@@ -336,6 +336,7 @@ fn match_route<B>(
         )
     })?;
     let route = found.value.clone();
+    // Set here, before the route's own errors, so that they are counted as its own.
     exchange.route = Some(route.clone());
     if !route.allows(req.method()) {
         let allowed: Vec<&str> = route.methods.iter().flatten().map(Method::as_str).collect();
