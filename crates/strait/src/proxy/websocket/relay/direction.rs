@@ -39,7 +39,8 @@ const OPS_PER_POLL: u32 = 64;
 /// it and gives it back once it is idle again; so a small message costs no allocation and no
 /// copy (a probe on the stack, copied into a buffer of its own size, cost ~200 instructions
 /// per message), and an idle session still holds no buffer. One slot: a poll pumps one
-/// direction after the other, and each gives the buffer back before the next takes it.
+/// direction after the other, and each mostly gives the buffer back before the next takes
+/// it (one that holds on to it leaves the next a new one).
 struct Spare;
 
 thread_local! {

@@ -114,7 +114,7 @@ fn a_signal_wakes_the_task_it_kept_and_any_other_waker_it_was_polled_with() {
     let _ = signal.wakeups(&Context::from_waker(&task_waker), &wakers);
     c2b.wake_by_ref();
     assert_eq!(count(&task), 1, "the kept waker woke the task");
-    b2c.clone().wake();
+    b2c.wake_by_ref();
     assert_eq!(count(&task), 2, "kept, not taken, by the first wake-up");
 
     let (other, other_waker) = counting();
