@@ -35,7 +35,7 @@ async fn every_mode_runs_through_the_gateway() {
     std::fs::write(&file, &yaml).expect("the config is written");
     let config = strait::config::load(&file).expect("valid config");
     let gateway = Arc::new(Gateway::start(&config).await.expect("gateway starts"));
-    let control = Control::declarative(&file, gateway.clone())
+    let control = Control::declarative(&file, &yaml, gateway.clone())
         .await
         .expect("declarative control");
     let admin = AdminServer::start(loopback, Arc::new(control), None)

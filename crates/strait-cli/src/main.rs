@@ -240,7 +240,20 @@ async fn run(
     options: GatewayOptions,
     signals: Signals,
 ) -> ExitCode {
-    let config = match config::load(file) {
+    // Read once: the gateway and the control plane start from the same text, and a change
+    // written from now on differs from the stamp taken before it.
+    let stamp = file_stamp(file);
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(source) => {
+            report(&ConfigError::Read {
+                path: file.to_path_buf(),
+                source,
+            });
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match config::parse_str(&text, file) {
         Ok(config) => config,
         Err(error) => {
             report(&error);
@@ -254,7 +267,7 @@ async fn run(
         return ExitCode::FAILURE;
     };
     let gateway = Arc::new(gateway);
-    let control = match Control::declarative(file, gateway.clone()).await {
+    let control = match Control::declarative(file, &text, gateway.clone()).await {
         Ok(control) => Arc::new(control),
         Err(error) => {
             eprintln!("error: {error}");
@@ -262,7 +275,7 @@ async fn run(
             return ExitCode::FAILURE;
         }
     };
-    serve_control(control, admin, signals, Some(file)).await
+    serve_control(control, admin, signals, Some((file, stamp))).await
 }
 
 async fn run_stateful(
@@ -301,16 +314,19 @@ async fn bind_admin(addr: Option<SocketAddr>) -> Result<Option<AdminListener>, (
         .map_err(|error| eprintln!("error: {error}"))
 }
 
-/// Serves the admin API (when bound), reloads `file` on SIGHUP and on change, and shuts
-/// everything down on SIGTERM/SIGINT.
+/// Serves the admin API (when bound), reloads `file` on SIGHUP and when it differs from the
+/// stamp it was started from, and shuts everything down on SIGTERM/SIGINT.
 async fn serve_control(
     control: Arc<Control>,
     admin: Option<AdminListener>,
     mut signals: Signals,
-    file: Option<&Path>,
+    file: Option<(&Path, Option<Stamp>)>,
 ) -> ExitCode {
     let admin: Option<AdminServer> = admin.map(|a| a.serve(control.clone()));
-    let mut seen = file.map(file_stamp);
+    let (file, mut seen) = match file {
+        Some((file, stamp)) => (Some(file), Some(stamp)),
+        None => (None, None),
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -339,7 +355,9 @@ async fn serve_control(
 }
 
 /// What tells a changed file: its modification time, length and content.
-fn file_stamp(file: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+type Stamp = (std::time::SystemTime, u64, u64);
+
+fn file_stamp(file: &Path) -> Option<Stamp> {
     use std::hash::{Hash, Hasher};
     let meta = std::fs::metadata(file).ok()?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();

@@ -516,3 +516,48 @@ async fn a_declarative_reload_drops_nothing() {
     let (sessions, _) = traffic.finish().await;
     assert_eq!(sessions.len(), 100, "every X session survived");
 }
+
+/// A change written to the file after the gateway read it but before its control plane
+/// started (the window `strait run --config` has at start-up) is still reloaded: the
+/// control plane takes the text the gateway started from, not the file as it is by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_written_while_the_gateway_starts_is_reloaded() {
+    let echo = common::echo().await;
+    let backend = echo.local_addr();
+    let file = |names: &[&str]| {
+        let proxies: String = names
+            .iter()
+            .map(|name| {
+                format!("  - name: {name}\n    path: /{name}/*\n    backend: http://{backend}/{name}\n    deploy: [prod]\n")
+            })
+            .collect();
+        format!("environments:\n  - name: prod\n    listen: 127.0.0.1:0\nproxies:\n{proxies}")
+    };
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join("strait.yaml");
+    let started_from = file(&["a"]);
+    std::fs::write(&path, &started_from).expect("write the file");
+    let config = strait::config::parse_str(&started_from, &path).expect("a valid file");
+    let gateway = std::sync::Arc::new(strait::Gateway::start(&config).await.expect("starts"));
+    let gw = gateway.local_addr("prod").expect("prod listens");
+
+    std::fs::write(&path, file(&["a", "b"])).expect("rewrite the file");
+    let control = strait::control::Control::declarative(&path, &started_from, gateway.clone())
+        .await
+        .expect("a declarative control plane starts");
+    assert!(
+        control.reload().await.expect("the new file is valid"),
+        "the reload found the added proxy to apply"
+    );
+    let mut tcp = TcpStream::connect(gw).await.expect("connect");
+    assert_eq!(
+        raw_get(&mut tcp, "/b/x").await,
+        200,
+        "the added proxy serves"
+    );
+    assert_eq!(
+        raw_get(&mut tcp, "/a/x").await,
+        200,
+        "the first one still does"
+    );
+}

@@ -107,14 +107,15 @@ pub struct Control {
 }
 
 impl Control {
-    /// Declarative mode: `file` (already validated into `config`) is the source of truth.
+    /// Declarative mode: `file` is the source of truth; `text` is what the gateway was
+    /// started from. Not read again here: a change written in between would count as already
+    /// running, and the reload it calls for would find nothing to do.
     pub async fn declarative(
         file: &Path,
+        text: &str,
         gateway: Arc<GatewayHandle>,
     ) -> Result<Control, ControlError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| ControlError::Storage(format!("cannot read {}: {e}", file.display())))?;
-        let doc = config::document_from_yaml(&text).map_err(|e| invalid_file(&e))?;
+        let doc = config::document_from_yaml(text).map_err(|e| invalid_file(&e))?;
         let store = Store::memory().await.map_err(storage)?;
         let state = sealed(state_from_document(&doc), State::default()).await?;
         Ok(Control {

@@ -89,7 +89,7 @@ pub async fn declarative(yaml: &str) -> (Stack, PathBuf) {
             .await
             .expect("the gateway starts"),
     );
-    let control = Control::declarative(&file, gateway.clone())
+    let control = Control::declarative(&file, yaml, gateway.clone())
         .await
         .expect("a declarative control plane starts");
     let stack = with_admin(Arc::new(control), gateway, None, dir).await;
