@@ -526,13 +526,17 @@ impl Control {
                 "only a gateway started with --config reloads a file".into(),
             ));
         };
-        let loaded = config::load(file).and_then(|config| {
-            let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        // One read for both: a change written between two reads would leave the gateway
+        // running one text and the state recording another, which no later reload repairs.
+        let loaded = std::fs::read_to_string(file)
+            .map_err(|source| ConfigError::Read {
                 path: file.clone(),
                 source,
-            })?;
-            Ok((config, config::document_from_yaml(&text)?))
-        });
+            })
+            .and_then(|text| {
+                let config = config::parse_str(&text, file)?;
+                Ok((config, config::document_from_yaml(&text)?))
+            });
         let (config, doc) = match loaded {
             Ok(both) => both,
             Err(error) => {
