@@ -323,10 +323,7 @@ async fn serve_control(
     file: Option<(&Path, Option<Stamp>)>,
 ) -> ExitCode {
     let admin: Option<AdminServer> = admin.map(|a| a.serve(control.clone()));
-    let (file, mut seen) = match file {
-        Some((file, stamp)) => (Some(file), Some(stamp)),
-        None => (None, None),
-    };
+    let (file, mut seen) = file.unzip();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
