@@ -282,11 +282,12 @@ impl Policy for Cors {
             (false, Some(allow)) => {
                 self.common(
                     allow,
-                    &mut head.response_headers,
-                    &mut head.response_appended,
+                    &mut head.effects.response_headers,
+                    &mut head.effects.response_appended,
                 );
                 if let Some(expose) = &self.expose {
-                    head.response_headers
+                    head.effects
+                        .response_headers
                         .insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
                 }
                 Verdict::Pass

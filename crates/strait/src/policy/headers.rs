@@ -300,19 +300,20 @@ impl Policy for Headers {
             }
         }
 
-        head.response_removed
+        head.effects
+            .response_removed
             .extend(self.response.remove.iter().cloned());
         for (name, value) in response_set {
             match value {
                 Some(value) => {
-                    head.response_headers.insert(name, value);
+                    head.effects.response_headers.insert(name, value);
                 }
-                None => head.response_removed.push(name),
+                None => head.effects.response_removed.push(name),
             }
         }
         for (name, value) in response_add {
             if let Some(value) = value {
-                head.response_appended.append(name, value);
+                head.effects.response_appended.append(name, value);
             }
         }
         Verdict::Pass

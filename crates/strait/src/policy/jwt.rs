@@ -623,7 +623,7 @@ impl Policy for Jwt {
             && head.websocket
             && let Some(at) = self.expiry(&claims)
         {
-            head.held.push(Held::expiry(Expiry {
+            head.effects.held.push(Held::expiry(Expiry {
                 at,
                 code: POLICY_VIOLATION,
                 reason: EXPIRED_REASON,

@@ -202,15 +202,8 @@ pub struct Head<'a> {
     /// Set once an authentication policy admitted the request.
     pub consumer: Option<Arc<Identity>>,
     pub consumers: &'a Arc<Directory>,
-    /// Headers for the response to this request, whatever answers it (`RateLimit-*`); they
-    /// replace the backend's of the same name.
-    pub response_headers: HeaderMap,
-    /// Headers added to the response besides the backend's of the same name (`Vary`).
-    pub response_appended: HeaderMap,
-    /// Headers removed from the backend's response (before the two above are added).
-    pub response_removed: Vec<HeaderName>,
-    /// What must live as long as the request or the WebSocket session it becomes.
-    pub held: Vec<Held>,
+    /// What the policies leave for the response and for the request's life.
+    pub effects: Effects,
     /// The most request body bytes the backend may receive (`request_size`).
     pub body_limit: Option<u64>,
     /// The verified claims of the token a `jwt` policy admitted, for `$jwt.<claim>`.
@@ -266,12 +259,7 @@ impl Head<'_> {
         Admission {
             consumer: self.consumer,
             answer,
-            effects: Effects {
-                response_headers: self.response_headers,
-                response_appended: self.response_appended,
-                response_removed: self.response_removed,
-                held: self.held,
-            },
+            effects: self.effects,
             body_limit: self.body_limit,
         }
     }
@@ -285,10 +273,11 @@ impl Head<'_> {
     fn refused(&self, mut error: GatewayError) -> GatewayError {
         let own: Vec<HeaderName> = error.headers.iter().map(|(n, _)| n.clone()).collect();
         let added = self
+            .effects
             .response_headers
             .iter()
             .filter(|(n, _)| !own.contains(n));
-        for (name, value) in added.chain(&self.response_appended) {
+        for (name, value) in added.chain(&self.effects.response_appended) {
             error.headers.push((name.clone(), value.clone()));
         }
         error
@@ -351,13 +340,14 @@ pub struct Admission {
 /// What the policies left for a request beyond admitting it; empty for most requests.
 #[derive(Debug, Default)]
 pub struct Effects {
-    /// Headers to add to the response (the backend's, or the gateway's own), replacing.
+    /// Headers for the response to this request, whatever answers it (`RateLimit-*`); they
+    /// replace the backend's (or the gateway's own) of the same name.
     pub response_headers: HeaderMap,
-    /// Headers to add to the response, keeping the backend's of the same name.
+    /// Headers added to the response besides the backend's of the same name (`Vary`).
     pub response_appended: HeaderMap,
-    /// Headers to remove from the backend's response first.
+    /// Headers removed from the backend's response (before the two above are added).
     pub response_removed: Vec<HeaderName>,
-    /// To keep for the request's life, and a WebSocket session's.
+    /// What must live as long as the request or the WebSocket session it becomes.
     pub held: Vec<Held>,
 }
 
@@ -532,10 +522,7 @@ impl Chain {
             websocket,
             consumer: None,
             consumers: &self.consumers,
-            response_headers: HeaderMap::new(),
-            response_appended: HeaderMap::new(),
-            response_removed: Vec::new(),
-            held: Vec::new(),
+            effects: Effects::default(),
             body_limit: None,
             claims: None,
         };

@@ -278,7 +278,7 @@ impl Policy for RateLimit {
             Ok(state) => {
                 let remaining = state.remaining_burst_capacity();
                 let headers = self.headers(remaining, self.until_whole(remaining));
-                set_tightest(&mut head.response_headers, headers);
+                set_tightest(&mut head.effects.response_headers, headers);
                 Verdict::Pass
             }
             Err(refused) => {

@@ -141,7 +141,7 @@ impl Policy for WsConnections {
         let who = By::describe(&key);
         match self.take(key) {
             Some(slot) => {
-                head.held.push(Held::new(slot));
+                head.effects.held.push(Held::new(slot));
                 Verdict::Pass
             }
             None => Verdict::Refuse(

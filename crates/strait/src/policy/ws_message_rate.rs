@@ -253,7 +253,7 @@ impl Policy for WsMessageRate {
                 own: RateLimiter::direct(self.quota),
                 shared,
             };
-            head.held.push(Held::messages(MessageLimit {
+            head.effects.held.push(Held::messages(MessageLimit {
                 from,
                 rule: MessageRule::Rate {
                     gate: Arc::new(gate),

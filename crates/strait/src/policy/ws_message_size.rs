@@ -90,7 +90,7 @@ impl Policy for WsMessageSize {
     fn apply(&self, head: &mut Head<'_>) -> Verdict {
         if head.websocket {
             for &from in self.from {
-                head.held.push(Held::messages(MessageLimit {
+                head.effects.held.push(Held::messages(MessageLimit {
                     from,
                     rule: MessageRule::MaxSize(self.max),
                 }));
