@@ -21,7 +21,6 @@ use super::pipeline::{Body, ConnInfo};
 use super::snapshot::{EnvRoutes, Route};
 use crate::policy::{Admission, Effects};
 use crate::telemetry::access::{ClientIp, Format, RequestRecord};
-use crate::telemetry::metrics::InFlight;
 use crate::telemetry::trace::TraceContext;
 use crate::telemetry::{BodyProgress, Counted, Tracer};
 use crate::upstream::pool::Lease;
@@ -66,7 +65,8 @@ pub struct Exchange {
     /// Where this request's span goes.
     pub tracer: Option<Tracer>,
     body: Arc<BodyProgress>,
-    in_flight: Option<InFlight>,
+    /// Counted in flight on `route`'s metrics, until finished.
+    in_flight: bool,
     finished: bool,
 }
 
@@ -97,15 +97,18 @@ impl Exchange {
             upgraded: false,
             tracer: None,
             body: Arc::default(),
-            in_flight: None,
+            in_flight: false,
             finished: false,
         })
     }
 
-    /// Match phase: the request, already known to belong to `route`, resolved to `target`
-    /// (counted in flight from now on).
-    pub fn matched(&mut self, route: &Route, target: &Uri) {
-        self.in_flight = Some(route.metrics.in_flight());
+    /// Match phase: the request, its route already set, resolved to `target` (counted in
+    /// flight on its route from now on).
+    pub fn matched(&mut self, target: &Uri) {
+        if let Some(route) = &self.route {
+            route.metrics.request_began();
+            self.in_flight = true;
+        }
         self.keep_target(|| target.clone());
     }
 
@@ -173,7 +176,11 @@ impl Exchange {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
-        self.in_flight = None;
+        if std::mem::take(&mut self.in_flight)
+            && let Some(route) = &self.route
+        {
+            route.metrics.request_ended();
+        }
         let Some(env) = &self.env else { return };
         let took = self.started.elapsed();
         let bytes_in = self.body.bytes();

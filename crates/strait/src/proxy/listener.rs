@@ -295,6 +295,7 @@ async fn serve_connection(
     let first_limit = idle_limit.min(FIRST_BYTES);
     let client_ip = ip_value(client.ip());
     let conn = Arc::new(ConnInfo {
+        shared: shared.clone(),
         client,
         client_ip,
         tls: tls.is_some(),
@@ -347,15 +348,9 @@ async fn serve_connection(
         let streams = Arc::new(Streams::default());
         let counted = streams.clone();
         let begin = move || InProgress::begin(&counted);
-        let service = service(
-            shared.clone(),
-            conn,
-            refused,
-            begin,
-            move |answer, stream| {
-                h2_send::guard(answer, send_limit).map(|body| h2_idle::Holding::new(body, stream))
-            },
-        );
+        let service = service(conn, refused, begin, move |answer, stream| {
+            h2_send::guard(answer, send_limit).map(|body| h2_idle::Holding::new(body, stream))
+        });
         let conn = http2
             .keep_alive_interval(ping)
             .keep_alive_timeout(ping)
@@ -372,7 +367,7 @@ async fn serve_connection(
         until_stopped(conn, stop, |c| c.graceful_shutdown()).await
     } else {
         let mut http1 = protocols.http1;
-        let service = service(shared.clone(), conn, refused, || (), |answer, ()| answer);
+        let service = service(conn, refused, || (), |answer, ()| answer);
         let conn = http1
             .timer(LagTimer::default())
             .header_read_timeout(idle_limit)
@@ -393,7 +388,6 @@ async fn serve_connection(
 /// `finish`. One async block around `handle`, so the future hyper stores and moves per
 /// request stays the size of `handle`'s.
 fn service<B: hyper::body::Body, T: Send + 'static>(
-    shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     refused: Option<Response<Logged>>,
     begin: impl Fn() -> T + Clone + Send + 'static,
@@ -407,7 +401,6 @@ fn service<B: hyper::body::Body, T: Send + 'static>(
     // The refused upgrade's answer, for hyper to send when it has read that request.
     let refused = refused.map(|answer| Mutex::new(Some(answer)));
     service_fn(move |req: Request<Incoming>| {
-        let shared = shared.clone();
         let conn = conn.clone();
         let finish = finish.clone();
         let begun = begin();
@@ -417,7 +410,7 @@ fn service<B: hyper::body::Body, T: Send + 'static>(
         async move {
             let answer = match answered {
                 Some(answer) => answer,
-                None => handle(shared, conn, req).await,
+                None => handle(conn, req).await,
             };
             Ok(finish(answer, begun))
         }

@@ -60,8 +60,9 @@ pub struct Shared {
 }
 
 /// What the accept phase knows about the client connection.
-#[derive(Debug)]
 pub struct ConnInfo {
+    /// The gateway's state; here so that each request clones one `Arc`, not two.
+    pub shared: Arc<Shared>,
     pub client: SocketAddr,
     /// `client`'s IP address as header text (`X-Forwarded-For`), made once per connection.
     pub client_ip: Option<http::HeaderValue>,
@@ -99,18 +100,18 @@ pub struct Matched {
     reason = "an `async fn` keeps its arguments twice: see `pipeline::handle`"
 )]
 pub fn handle(
-    shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     mut req: Request<Incoming>,
 ) -> impl Future<Output = Response<Logged>> {
     async move {
+        let shared = &*conn.shared;
         let mut exchange = Exchange::begin(&conn, &req);
         exchange.tracer = shared.tracer.clone();
         let served = if is_websocket_upgrade(&req) {
             let client = ClientSide::Hyper(hyper::upgrade::on(&mut req));
-            serve_upgrade(&shared, &conn, req.map(drop), client, &mut exchange).await
+            serve_upgrade(shared, &conn, req.map(drop), client, &mut exchange).await
         } else {
-            serve(&shared, &conn, req, &mut exchange).await
+            serve(shared, &conn, req, &mut exchange).await
         };
         respond(served, &conn, exchange)
     }
@@ -380,7 +381,7 @@ fn match_route<B>(
             format!("the resolved target {:?} is not a valid URI", target()),
         )
     })?;
-    exchange.matched(&route, &target);
+    exchange.matched(&target);
     let remaining = (route.pool.targets().len() > 1).then(|| found.remaining.to_owned());
     Ok(Matched {
         env,

@@ -35,8 +35,12 @@ impl Workers {
         let stop = CancellationToken::new();
         // Also stops the threads already started if a later one cannot be.
         let guard = stop.clone().drop_guard();
+        let count = count.max(1);
         let mut handles = Vec::with_capacity(count);
-        for i in 0..count.max(1) {
+        // Taken before any thread starts: what the gateway builds next sizes its per-worker
+        // slots by them.
+        let first_shard = crate::worker::reserve(count);
+        for i in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -46,7 +50,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("strait-worker-{i}"))
                 .spawn(move || {
-                    crate::worker::set(i);
+                    crate::worker::set(i, first_shard + i);
                     runtime.block_on(stopped.cancelled())
                 })?;
         }

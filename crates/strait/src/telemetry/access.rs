@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::metrics::Counter;
 use super::trace::trace_id_hex;
 use crate::store::time::{push_combined_time, rfc3339_millis};
 
@@ -692,7 +692,7 @@ mod tests {
                 let log = log.clone();
                 std::thread::spawn(move || {
                     if let Some(index) = worker {
-                        crate::worker::set(index);
+                        crate::worker::set(index, crate::worker::reserve(1));
                     }
                     for n in 0..5000 {
                         log.send(format!("{{\"t\":{t},\"n\":{n}}}").as_bytes());

@@ -1,13 +1,14 @@
-//! A histogram that records without a lock: one atomic add per bucket hit, count and sum.
-//! (`prometheus-client`'s own histogram takes a mutex per observation, which the data plane
-//! may not do per request.)
+//! A histogram that records without a lock or an atomic add: the worker thread adds to its
+//! own [`Tallies`] slots for the bucket hit and the sum. (`prometheus-client`'s own
+//! histogram takes a mutex per observation, which the data plane may not do per request.)
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
+
+use super::tally::Tallies;
 
 /// Upper bounds in seconds for durations: 1 ms to about 1 h (the last bucket is +Inf).
 pub const DURATION_BOUNDS: &[f64] = &[
@@ -24,22 +25,17 @@ pub struct Histogram {
 #[derive(Debug)]
 struct Inner {
     bounds: &'static [f64],
-    /// One per bound, then one for +Inf.
-    buckets: Box<[AtomicU64]>,
-    count: AtomicU64,
-    /// The sum in nanoseconds, so it can be added atomically.
-    sum_nanos: AtomicU64,
+    /// One per bound, then one for +Inf, then the sum in nanoseconds (a whole number, so
+    /// it adds up exactly). The count is the buckets' sum.
+    tallies: Tallies,
 }
 
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Self {
-        let buckets = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
         Histogram {
             inner: Arc::new(Inner {
                 bounds,
-                buckets,
-                count: AtomicU64::new(0),
-                sum_nanos: AtomicU64::new(0),
+                tallies: Tallies::new(bounds.len() + 2),
             }),
         }
     }
@@ -52,17 +48,27 @@ impl Histogram {
         let seconds = value.as_secs_f64();
         let inner = &*self.inner;
         let index = inner.bounds.partition_point(|bound| *bound < seconds);
-        if let Some(bucket) = inner.buckets.get(index) {
-            bucket.fetch_add(1, Ordering::Relaxed);
-        }
         let nanos = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
-        inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-        inner.count.fetch_add(1, Ordering::Relaxed);
+        let mine = inner.tallies.mine();
+        mine.add(index, 1);
+        mine.add(inner.bounds.len() + 1, nanos);
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.inner.count.load(Ordering::Relaxed)
+        self.buckets().map(|(_, n)| n).sum()
+    }
+
+    /// Each bucket's upper bound and observations.
+    fn buckets(&self) -> impl Iterator<Item = (f64, u64)> {
+        let inner = &*self.inner;
+        inner
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .enumerate()
+            .map(|(i, bound)| (bound, inner.tallies.get(i)))
     }
 }
 
@@ -72,17 +78,11 @@ impl TypedMetric for Histogram {
 
 impl EncodeMetric for Histogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let inner = &*self.inner;
-        let buckets: Vec<(f64, u64)> = inner
-            .bounds
-            .iter()
-            .copied()
-            .chain(std::iter::once(f64::INFINITY))
-            .zip(inner.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
-            .collect();
+        let buckets: Vec<(f64, u64)> = self.buckets().collect();
         // The count is the buckets' sum, so a scrape racing an observation stays consistent.
         let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum_nanos = self.inner.tallies.get(self.inner.bounds.len() + 1);
+        let sum = sum_nanos as f64 / 1e9;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
@@ -102,17 +102,9 @@ mod tests {
         histogram.observe(Duration::from_millis(10)); // on the bound: `le` is inclusive
         histogram.observe(Duration::from_millis(50));
         histogram.observe(Duration::from_secs(3));
-        let counts: Vec<u64> = histogram
-            .inner
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
+        let counts: Vec<u64> = histogram.buckets().map(|(_, n)| n).collect();
         assert_eq!(counts, [2, 1, 1]);
         assert_eq!(histogram.count(), 4);
-        assert_eq!(
-            histogram.inner.sum_nanos.load(Ordering::Relaxed),
-            3_065_000_000
-        );
+        assert_eq!(histogram.inner.tallies.get(3), 3_065_000_000);
     }
 }

@@ -3,10 +3,10 @@
 //! Labels are bounded: environment, proxy, method (eight values), status class, direction,
 //! close code (1000-1015 exactly, others by range) and initiator — never paths or addresses.
 //! The data plane records through [`RouteMetrics`], created per route when a snapshot
-//! compiles: each series handle is fetched from its family once and then updated with
-//! atomics only, so no lock is taken per request. WebSocket traffic and active sessions are
-//! read from the session registry at scrape time ([`SessionSource`]), so the relay pays
-//! nothing per frame for them.
+//! compiles: each series handle is fetched from its family once and then updated in the
+//! worker thread's own [`Tally`] slots, so no lock nor atomic add is taken per request.
+//! WebSocket traffic and active sessions are read from the session registry at scrape time
+//! ([`SessionSource`]), so the relay pays nothing per frame for them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -14,14 +14,17 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use super::histogram::Histogram;
+use super::tally::Tally;
 
 /// The content type of [`Metrics::encode`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -268,6 +271,56 @@ impl Metrics {
     }
 }
 
+/// A counter that clones share, added to in the worker thread's own slots.
+#[derive(Debug, Clone, Default)]
+pub struct Counter(Arc<Tally>);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.add(1);
+    }
+
+    pub fn inc_by(&self, n: u64) {
+        self.0.add(n);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl TypedMetric for Counter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for Counter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A gauge likewise.
+#[derive(Debug, Clone, Default)]
+struct Gauge(Arc<Tally>);
+
+impl TypedMetric for Gauge {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl EncodeMetric for Gauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.0.get_signed())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 /// The handles of one route (or of an environment's unmatched requests, proxy `""`),
 /// each fetched from its family on first use and then updated without a lock.
 #[derive(Debug)]
@@ -386,13 +439,18 @@ impl RouteMetrics {
         .observe(took);
     }
 
-    /// Counts a request in flight until the guard drops.
-    pub fn in_flight(&self) -> InFlight {
-        let gauge = self
-            .route(&self.handles().in_flight, &self.metrics.in_flight)
-            .clone();
-        gauge.inc();
-        InFlight(gauge)
+    /// Counts a request in flight, until [`RouteMetrics::request_ended`].
+    pub fn request_began(&self) {
+        self.route(&self.handles().in_flight, &self.metrics.in_flight)
+            .0
+            .add(1);
+    }
+
+    /// A request [`RouteMetrics::request_began`] counted is no longer in flight.
+    pub fn request_ended(&self) {
+        self.route(&self.handles().in_flight, &self.metrics.in_flight)
+            .0
+            .sub(1);
     }
 
     /// Counts the end of a WebSocket session (`initiator`: `client`, `backend` or `gateway`).
@@ -449,16 +507,6 @@ impl RouteMetrics {
         C: prometheus_client::metrics::family::MetricConstructor<M>,
     {
         cell.get_or_init(|| family.get_or_create(&self.labels).clone())
-    }
-}
-
-/// Decrements the in-flight gauge when the request ends, however it ends.
-#[derive(Debug)]
-pub struct InFlight(Gauge);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
@@ -797,11 +845,11 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_drops_with_its_guard() {
+    fn in_flight_counts_requests_until_they_end() {
         let metrics = metrics(Vec::new());
         let route = RouteMetrics::new(metrics.clone(), "e", "p");
-        let first = route.in_flight();
-        let second = route.in_flight();
+        route.request_began();
+        route.request_began();
         let gauge = |m: &Metrics| {
             let text = m.encode().unwrap();
             lines_for(&text, "strait_http_requests_in_flight{")
@@ -810,8 +858,8 @@ mod tests {
             gauge(&metrics),
             [r#"strait_http_requests_in_flight{environment="e",proxy="p"} 2"#]
         );
-        drop(first);
-        drop(second);
+        route.request_ended();
+        route.request_ended();
         assert_eq!(
             gauge(&metrics),
             [r#"strait_http_requests_in_flight{environment="e",proxy="p"} 0"#]

@@ -1,7 +1,8 @@
 //! What the gateway tells about itself: Prometheus [`metrics`] (with a lock-free
-//! [`histogram`]), the [`access`] log, request ids and trace context ([`trace`]) and, with
-//! the `otlp` feature, spans exported over OTLP (`otlp`). The data plane records through
-//! handles made when a snapshot compiles; this module never touches routing or connections.
+//! [`histogram`]; both add to per-worker [`tally`] slots), the [`access`] log, request ids
+//! and trace context ([`trace`]) and, with the `otlp` feature, spans exported over OTLP
+//! (`otlp`). The data plane records through handles made when a snapshot compiles; this
+//! module never touches routing or connections.
 
 pub mod access;
 mod counted;
@@ -9,6 +10,7 @@ pub mod histogram;
 pub mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod tally;
 pub mod trace;
 
 pub use counted::{BodyProgress, BrokenBody, Counted, TooLarge};

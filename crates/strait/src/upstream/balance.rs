@@ -154,11 +154,13 @@ impl RoundRobin {
     }
 
     fn pick(&self, eligible: &impl Fn(usize) -> bool) -> Option<usize> {
-        let tick = self.cursor.fetch_add(1, Ordering::Relaxed);
         let len = self.schedule.len();
-        if len == 0 {
-            return None;
-        }
+        // One target, the usual case: no turn to take (an atomic add saved per request).
+        let tick = match len {
+            0 => return None,
+            1 => 0,
+            _ => self.cursor.fetch_add(1, Ordering::Relaxed),
+        };
         if let Some(&i) = self.schedule.get(tick % len)
             && eligible(i)
         {

@@ -25,6 +25,7 @@ use super::settings::{
     BackendSpec, Balance, BreakerSpec, HashOn, HealthSpec, Rebalance, TargetSpec,
 };
 use crate::routing::BackendUrl;
+use crate::telemetry::tally::Tally;
 
 /// One target's live state, shared by every pool generation that lists it.
 #[derive(Debug)]
@@ -32,11 +33,12 @@ pub struct TargetState {
     url: BackendUrl,
     weight: AtomicU32,
     epoch: Instant,
-    /// In-flight HTTP requests plus open WebSocket sessions.
-    active: AtomicUsize,
+    /// In-flight HTTP requests plus open WebSocket sessions, and leases taken in all: added
+    /// to per request, in the worker thread's own slots.
+    active: Tally,
     health: Health,
     breaker: Breaker,
-    requests: AtomicU64,
+    requests: Tally,
     failures: AtomicU64,
     /// HTTP connections open to it (idle or carrying a request), and opened in all.
     http_connections: AtomicUsize,
@@ -66,10 +68,10 @@ impl TargetState {
             url,
             weight: AtomicU32::new(weight),
             epoch: Instant::now(),
-            active: AtomicUsize::new(0),
+            active: Tally::default(),
             health: Health::default(),
             breaker: Breaker::default(),
-            requests: AtomicU64::new(0),
+            requests: Tally::default(),
             failures: AtomicU64::new(0),
             http_connections: AtomicUsize::new(0),
             http_connects: AtomicU64::new(0),
@@ -87,7 +89,7 @@ impl TargetState {
 
     /// In-flight HTTP requests plus open WebSocket sessions.
     pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
+        usize::try_from(self.active.get_signed()).unwrap_or(0)
     }
 
     pub fn health(&self) -> &Health {
@@ -128,7 +130,7 @@ impl TargetState {
             health: self.health.state(),
             breaker: self.breaker.state(),
             consecutive_failures: self.health.consecutive_failures(),
-            requests: self.requests.load(Ordering::Relaxed),
+            requests: self.requests.get(),
             failures: self.failures.load(Ordering::Relaxed),
         }
     }
@@ -286,7 +288,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.target.active.fetch_sub(1, Ordering::Relaxed);
+        self.target.active.sub(1);
         if !self.reported {
             if self.health == Pass::Trial {
                 self.target.health.release_trial();
@@ -473,8 +475,8 @@ impl Pool {
                 }
             },
         };
-        target.active.fetch_add(1, Ordering::Relaxed);
-        target.requests.fetch_add(1, Ordering::Relaxed);
+        target.active.add(1);
+        target.requests.add(1);
         Some(Lease {
             target: Arc::clone(target),
             rules: Arc::clone(&self.rules),
