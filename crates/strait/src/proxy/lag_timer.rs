@@ -14,6 +14,7 @@
 //! waits for one head, or one response, at a time. Knows nothing of requests.
 
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -29,14 +30,15 @@ pub struct LagTimer {
 
 /// The connection's one tokio sleep, made at the first wait (it needs the runtime).
 #[derive(Debug, Default)]
-struct Armed(Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
+pub struct Armed(Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
 
 impl LagTimer {
-    /// A wait until `deadline`; the previous one must be over.
-    pub fn wait_until(&self, deadline: tokio::time::Instant) -> LagSleep {
-        LagSleep {
+    /// A wait until `deadline` that borrows the timer (no reference count to take and give
+    /// back, as hyper's owned waits do); the previous wait must be over.
+    pub fn wait_until(&self, deadline: tokio::time::Instant) -> Wait<&Armed> {
+        Wait {
             deadline,
-            armed: self.armed.clone(),
+            armed: &self.armed,
         }
     }
 }
@@ -47,7 +49,10 @@ impl Timer for LagTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        Box::pin(self.wait_until(deadline.into()))
+        Box::pin(LagSleep {
+            deadline: deadline.into(),
+            armed: self.armed.clone(),
+        })
     }
 
     /// tokio's clock, which tests can pause.
@@ -63,15 +68,18 @@ impl Timer for LagTimer {
     }
 }
 
-/// What a wait holds: its deadline, and the connection's sleep.
-pub struct LagSleep {
+/// What a wait holds: its deadline, and the connection's sleep (`A`, owned or borrowed).
+pub struct Wait<A> {
     deadline: tokio::time::Instant,
-    armed: Arc<Armed>,
+    armed: A,
 }
+
+/// A wait hyper owns.
+pub type LagSleep = Wait<Arc<Armed>>;
 
 impl Sleep for LagSleep {}
 
-impl Future for LagSleep {
+impl<A: Deref<Target = Armed> + Unpin> Future for Wait<A> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {

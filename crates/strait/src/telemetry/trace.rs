@@ -35,8 +35,9 @@ pub struct TraceContext {
     /// The caller's span, when the request arrived with a trace.
     pub parent_span_id: Option<u64>,
     pub flags: u8,
-    /// This trace with the gateway's span as parent, as the backend receives it.
-    traceparent: HeaderValue,
+    /// This trace with the gateway's span as parent, as the backend receives it: made with
+    /// the request id, moved into the backend's request by [`TraceContext::to_backend`].
+    traceparent: Option<HeaderValue>,
 }
 
 /// Digits of a request id the gateway makes.
@@ -70,7 +71,7 @@ impl TraceContext {
             span_id,
             parent_span_id,
             flags,
-            traceparent,
+            traceparent: Some(traceparent),
         }
     }
 
@@ -81,13 +82,26 @@ impl TraceContext {
 
     /// The `traceparent` the backend receives: this trace, the gateway's span as parent.
     pub fn traceparent(&self) -> HeaderValue {
-        self.traceparent.clone()
+        self.traceparent.clone().unwrap_or_else(|| {
+            let mut text = [0; TRACEPARENT_LEN];
+            put_traceparent(&mut text, self.trace_id, self.span_id, self.flags);
+            let mut value =
+                HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"));
+            value.set_sensitive(true);
+            value
+        })
     }
 
-    /// Sets `X-Request-Id` and `traceparent` on a request to the backend.
-    pub fn to_backend(&self, headers: &mut HeaderMap) {
+    /// Sets `X-Request-Id` and `traceparent` on a request to the backend. The first call
+    /// moves the `traceparent` made with the request id there (a clone and a drop saved,
+    /// each an atomic reference count); a later one makes it again.
+    pub fn to_backend(&mut self, headers: &mut HeaderMap) {
         headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
-        headers.insert(TRACEPARENT.clone(), self.traceparent());
+        let traceparent = match self.traceparent.take() {
+            Some(made) => made,
+            None => self.traceparent(),
+        };
+        headers.insert(TRACEPARENT.clone(), traceparent);
     }
 }
 
@@ -109,13 +123,7 @@ fn ids(
             u128::from(random_u64()) << 64 | u128::from(random_u64()),
         );
     }
-    let (version, rest) = parent.split_at_mut(3);
-    version.copy_from_slice(b"00-");
-    let (trace, rest) = rest.split_at_mut(32);
-    put_hex(trace, trace_id);
-    let (span, rest) = rest.split_at_mut(1).1.split_at_mut(16);
-    put_hex(span, u128::from(span_id));
-    put_hex(rest.split_at_mut(1).1, u128::from(flags));
+    put_traceparent(parent, trace_id, span_id, flags);
     let text = Bytes::from_owner(text);
     // Only hex digits and dashes: always valid header values.
     let value = |range| {
@@ -133,6 +141,18 @@ fn ids(
         None => value(0..ID_LEN),
     };
     (request_id, value(ID_LEN..ID_LEN + TRACEPARENT_LEN))
+}
+
+/// `00-{trace:032x}-{span:016x}-{flags:02x}` into `out`, [`TRACEPARENT_LEN`] bytes long.
+fn put_traceparent(out: &mut [u8], trace_id: u128, span_id: u64, flags: u8) {
+    out.fill(b'-');
+    let (version, rest) = out.split_at_mut(3);
+    version.copy_from_slice(b"00-");
+    let (trace, rest) = rest.split_at_mut(32);
+    put_hex(trace, trace_id);
+    let (span, rest) = rest.split_at_mut(1).1.split_at_mut(16);
+    put_hex(span, u128::from(span_id));
+    put_hex(rest.split_at_mut(1).1, u128::from(flags));
 }
 
 /// A trace id as 32 lowercase hex digits, for logs.
@@ -324,6 +344,22 @@ mod tests {
         let b = TraceContext::from_request(&HeaderMap::new());
         assert_ne!(a.request_id(), b.request_id());
         assert_ne!(a.trace_id, b.trace_id);
+    }
+
+    #[test]
+    fn every_request_to_the_backend_gets_the_same_trace_context() {
+        let mut trace = TraceContext::from_request(&HeaderMap::new());
+        let (mut first, mut again) = (HeaderMap::new(), HeaderMap::new());
+        trace.to_backend(&mut first);
+        trace.to_backend(&mut again);
+        for header in [&TRACEPARENT, &X_REQUEST_ID] {
+            assert_eq!(first.get(header), again.get(header), "{header}");
+        }
+        let made = again.get(&TRACEPARENT).unwrap();
+        assert!(made.is_sensitive());
+        assert_eq!(trace.traceparent(), made);
+        let parsed = parse_traceparent(made.to_str().unwrap());
+        assert_eq!(parsed, Some((trace.trace_id, trace.span_id, trace.flags)));
     }
 
     #[test]
