@@ -21,6 +21,14 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 /// plane's timeouts — seconds long — never come first; the price is one wake-up a second.
 const TIMER_ANCHOR: Duration = Duration::from_secs(1);
 
+/// Task polls between two looks for new I/O events while tasks are ready (tokio's default
+/// is 61). A request takes five task polls, three of them woken by the worker itself (its
+/// backend connection's task, and back); each such wake-up queues at once, while a socket
+/// that became readable waits for the next look. Looking every 16 polls serves readable
+/// connections sooner: `scripts/ab.sh` HTTP keep-alive, 22 pairs in three sets, p99 lower
+/// in 18 (median 1.7–2.2 ms → 1.4–1.7 ms), rate 0.98–1.00×; echo and churn unchanged.
+const EVENT_INTERVAL: u32 = 16;
+
 pub struct Workers {
     handles: Vec<Handle>,
     /// Client connections each worker serves.
@@ -42,6 +50,7 @@ impl Workers {
         let first_shard = crate::worker::reserve(count);
         for i in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
+                .event_interval(EVENT_INTERVAL)
                 .enable_all()
                 .build()?;
             handles.push(runtime.handle().clone());
