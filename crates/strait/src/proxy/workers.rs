@@ -26,7 +26,7 @@ const TIMER_ANCHOR: Duration = Duration::from_secs(1);
 /// backend connection's task, and back); each such wake-up queues at once, while a socket
 /// that became readable waits for the next look. Looking every 16 polls serves readable
 /// connections sooner: `scripts/ab.sh` HTTP keep-alive, 22 pairs in three sets, p99 lower
-/// in 18 (median 1.7–2.2 ms → 1.4–1.7 ms), rate 0.98–1.00×; echo and churn unchanged.
+/// in 18 (medians 1.8–2.2 ms → 1.4–1.7 ms), rate 0.98–1.00×; echo and churn unchanged.
 const EVENT_INTERVAL: u32 = 16;
 
 pub struct Workers {
