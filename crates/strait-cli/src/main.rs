@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 use std::time::Duration;
 use strait::config::{self, ConfigError};
@@ -62,6 +62,11 @@ enum Command {
         /// (default: one per CPU); 0 serves them on the shared work-stealing runtime.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(..=1024))]
         workers: Option<u16>,
+        /// `auto`: each worker thread is bound to a CPU of its own when the workers are as
+        /// many as the CPUs this process may run on (as by default); `off`: the kernel's
+        /// scheduler places them.
+        #[arg(long, value_name = "MODE", default_value = "auto")]
+        worker_cpu_affinity: Affinity,
     },
     /// Make a stateful gateway match a configuration file (prints the plan, then applies it).
     Apply {
@@ -141,9 +146,10 @@ fn main() -> ExitCode {
                         admin,
                         dns_servers,
                         workers,
+                        worker_cpu_affinity,
                         ..
                     } => {
-                        let options = gateway_options(dns_servers, workers);
+                        let options = gateway_options(dns_servers, workers, worker_cpu_affinity);
                         run(&config, admin, options, signals).await
                     }
                     Command::Run {
@@ -151,9 +157,10 @@ fn main() -> ExitCode {
                         admin,
                         dns_servers,
                         workers,
+                        worker_cpu_affinity,
                         ..
                     } => {
-                        let options = gateway_options(dns_servers, workers);
+                        let options = gateway_options(dns_servers, workers, worker_cpu_affinity);
                         run_stateful(&data, admin, options, signals).await
                     }
                     Command::Run { .. } => ExitCode::FAILURE,
@@ -424,8 +431,12 @@ async fn start(config: &config::Config, options: GatewayOptions) -> Option<Gatew
 /// Environments log requests to standard output unless their `access_log` says otherwise;
 /// spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` when it is set. Backend host names resolve
 /// through `dns_servers`, or /etc/resolv.conf when there are none. Client connections are
-/// served by `workers` threads, one per CPU unless told.
-fn gateway_options(dns_servers: Vec<SocketAddr>, workers: Option<u16>) -> GatewayOptions {
+/// served by `workers` threads, one per CPU unless told, bound to them as `affinity` says.
+fn gateway_options(
+    dns_servers: Vec<SocketAddr>,
+    workers: Option<u16>,
+    affinity: Affinity,
+) -> GatewayOptions {
     GatewayOptions {
         access_log: Some(Destination::Stdout),
         // The standard OpenTelemetry variable, e.g. http://127.0.0.1:4318.
@@ -437,7 +448,15 @@ fn gateway_options(dns_servers: Vec<SocketAddr>, workers: Option<u16>) -> Gatewa
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
             usize::from,
         ),
+        bind_workers: affinity == Affinity::Auto,
     }
+}
+
+/// `--worker-cpu-affinity`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Affinity {
+    Auto,
+    Off,
 }
 
 /// `--dns-server`: `IP:PORT`, or an IP alone for port 53.
@@ -491,7 +510,8 @@ async fn demo(listen: SocketAddr, backend: SocketAddr, signals: Signals) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    let Some(gateway) = start(&config, gateway_options(Vec::new(), None)).await else {
+    let Some(gateway) = start(&config, gateway_options(Vec::new(), None, Affinity::Auto)).await
+    else {
         echo.shutdown().await;
         return ExitCode::FAILURE;
     };

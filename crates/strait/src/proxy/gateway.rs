@@ -70,6 +70,9 @@ pub struct GatewayOptions {
     /// Threads that serve client connections, each with a single-threaded runtime (`strait
     /// run`: one per CPU). 0: connections are served on the runtime that started the gateway.
     pub workers: usize,
+    /// Binds each worker thread to a CPU of its own when the workers are as many as the CPUs
+    /// the process may run on (`strait run`: unless `--worker-cpu-affinity off`).
+    pub bind_workers: bool,
 }
 
 impl Gateway {
@@ -103,7 +106,8 @@ impl Gateway {
         let workers = match options.workers {
             0 => None,
             count => {
-                let workers = Workers::start(count).map_err(StartError::Workers)?;
+                let workers =
+                    Workers::start(count, options.bind_workers).map_err(StartError::Workers)?;
                 tracing::info!(
                     workers = workers.handles().len(),
                     "worker threads accept and serve client connections"

@@ -38,12 +38,14 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` (at least one) worker threads.
-    pub fn start(count: usize) -> std::io::Result<Workers> {
+    /// Starts `count` (at least one) worker threads; with `bind`, each on a CPU of its own
+    /// when they are as many as the CPUs the process may run on (see [`cpus_to_bind`]).
+    pub fn start(count: usize, bind: bool) -> std::io::Result<Workers> {
         let stop = CancellationToken::new();
         // Also stops the threads already started if a later one cannot be.
         let guard = stop.clone().drop_guard();
         let count = count.max(1);
+        let cpus = if bind { cpus_to_bind(count) } else { None };
         let mut handles = Vec::with_capacity(count);
         // Taken before any thread starts: what the gateway builds next sizes its per-worker
         // slots by them.
@@ -56,12 +58,24 @@ impl Workers {
             handles.push(runtime.handle().clone());
             runtime.spawn(timer_anchor());
             let stopped = stop.clone();
+            let cpu = cpus.as_ref().and_then(|cpus| cpus.get(i).copied());
             std::thread::Builder::new()
                 .name(format!("strait-worker-{i}"))
                 .spawn(move || {
                     crate::worker::set(i, first_shard + i);
+                    if let Some(cpu) = cpu {
+                        bind_to(cpu);
+                    }
                     runtime.block_on(stopped.cancelled())
                 })?;
+        }
+        match &cpus {
+            Some(cpus) => tracing::info!(?cpus, "each worker thread runs on a CPU of its own"),
+            None if bind => tracing::info!(
+                workers = count,
+                "worker threads are not bound to CPUs: they are not as many as the CPUs this process may run on"
+            ),
+            None => {}
         }
         let load = handles.iter().map(|_| AtomicUsize::new(0)).collect();
         Ok(Workers {
@@ -134,6 +148,44 @@ impl Drop for Serving {
     }
 }
 
+/// The CPUs to bind `count` workers to, one each: those the process may run on, when they
+/// are exactly `count` (as with the default of a worker per CPU, or under `taskset`). Left
+/// to the scheduler, two workers stacked on one CPU: the one that kept finding ready
+/// connections ran for up to a 4 ms tick while the other, all its connections with it,
+/// waited (`scripts/sched-waits.sh`, `wrk -c64`: 5–13 waits over 2 ms in 2 s per worker,
+/// 0–1 for nginx's). The price: a bound worker cannot leave a CPU that something else keeps
+/// busy. With fewer workers than CPUs, or more, binding would keep a worker from a CPU the
+/// scheduler could give it, so they are left alone.
+#[cfg(target_os = "linux")]
+fn cpus_to_bind(count: usize) -> Option<Vec<usize>> {
+    use rustix::thread::{CpuSet, sched_getaffinity};
+    let allowed = sched_getaffinity(None).ok()?;
+    let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
+        .filter(|&c| allowed.is_set(c))
+        .collect();
+    (cpus.len() == count).then_some(cpus)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cpus_to_bind(_count: usize) -> Option<Vec<usize>> {
+    None
+}
+
+/// Binds the calling thread to `cpu` (below `CpuSet::MAX_CPU`); if the kernel refuses, the
+/// thread runs where the scheduler puts it.
+#[cfg(target_os = "linux")]
+fn bind_to(cpu: usize) {
+    use rustix::thread::{CpuSet, sched_setaffinity};
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    if let Err(error) = sched_setaffinity(None, &set) {
+        tracing::warn!(cpu, %error, "a worker thread could not be bound to its CPU");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bind_to(_cpu: usize) {}
+
 /// Keeps a timer due within [`TIMER_ANCHOR`] on the runtime it runs on, forever.
 async fn timer_anchor() {
     let mut tick = tokio::time::interval(TIMER_ANCHOR);
@@ -153,7 +205,45 @@ impl std::fmt::Debug for Workers {
 
 #[cfg(test)]
 mod tests {
-    use super::pick;
+    use super::{Workers, pick};
+
+    /// The CPUs each worker thread may run on.
+    #[cfg(target_os = "linux")]
+    async fn cpus_of(workers: &Workers) -> Vec<Vec<usize>> {
+        let mut cpus = Vec::new();
+        for handle in workers.handles() {
+            let allowed = handle.spawn(async { rustix::thread::sched_getaffinity(None) });
+            cpus.push(listed(&allowed.await.unwrap().unwrap()));
+        }
+        cpus
+    }
+
+    #[cfg(target_os = "linux")]
+    fn listed(set: &rustix::thread::CpuSet) -> Vec<usize> {
+        (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&c| set.is_set(c))
+            .collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn workers_as_many_as_the_cpus_are_bound_one_to_each() {
+        let allowed = listed(&rustix::thread::sched_getaffinity(None).unwrap());
+        let one_each: Vec<Vec<usize>> = allowed.iter().map(|&c| vec![c]).collect();
+        let workers = Workers::start(allowed.len(), true).unwrap();
+        assert_eq!(cpus_of(&workers).await, one_each);
+        // Not asked to, or one worker more than CPUs: each may run on any of them.
+        let workers = Workers::start(allowed.len(), false).unwrap();
+        assert_eq!(
+            cpus_of(&workers).await,
+            vec![allowed.clone(); allowed.len()]
+        );
+        let workers = Workers::start(allowed.len() + 1, true).unwrap();
+        assert_eq!(
+            cpus_of(&workers).await,
+            vec![allowed.clone(); allowed.len() + 1]
+        );
+    }
 
     #[test]
     fn a_connection_stays_unless_its_worker_is_clearly_busier() {
