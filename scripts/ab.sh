@@ -5,13 +5,14 @@
 # configuration, default workers) in front of one `strait echo`, warms it up for 1 s and
 # records 4 s; each pair of runs alternates which build goes first.
 #
-#   scripts/ab.sh BUILD_A BUILD_B [http|churn|h2|echo|connect] [PAIRS]   (default: http, 6 pairs)
+#   scripts/ab.sh BUILD_A BUILD_B [http|churn|h2|echo|connect|stream] [PAIRS]   (default: http, 6 pairs)
 #
 #   http     keep-alive GETs: wrk -t1 -c64          (requests/s, p99 µs)
 #   churn    as http, each connection closed after 20 requests (bench/wrk-churn.lua)
 #   h2       HTTP/2 GETs: h2load -t1 -c8 -m8        (requests/s, p99 µs)
 #   echo     64-byte WebSocket round trips, 100 connections  (messages/s, p99 µs)
 #   connect  WebSocket connect + upgrade + close, 32 clients (sessions/s, handshake p99 µs)
+#   stream   1 MiB binary messages echoed back, one connection (kB/s echoed; no p99: 0)
 #
 # BUILD_A and BUILD_B are `strait` binaries (copy one aside before rebuilding). Prints one line
 # per run — rate, p99, and the gateway's CPU time per unit in user space and in the kernel
@@ -44,7 +45,9 @@ measure() {
               ticks >"$dir/ticks"
               taskset -c "$cpu" wrk -t1 -c64 -d4s --latency "${script[@]}" "http://$url/bench/http" | awk '
                   function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; return v * 1e6 }
-                  /Requests\/sec/ { r = $2 } / 99%/ { p = us($2) } END { printf "%d %d\n", r, p }' ;;
+                  /Requests\/sec/ { r = $2 } / 99%/ { p = us($2) }
+                  /Non-2xx|Socket errors/ { print "error: " $0 > "/dev/stderr"; bad = 1 }
+                  END { printf "%d %d\n", bad ? 0 : r, p }' ;;
         h2) taskset -c "$cpu" h2load -t1 -c8 -m8 -D1 "http://$url/bench/http" >/dev/null
             ticks >"$dir/ticks"
             local r
@@ -58,6 +61,9 @@ measure() {
                  ticks >"$dir/ticks"
                  taskset -c "$cpu" "$bench" connect --json --url "ws://$url/" --sources 4 --workers 32 --duration 4 \
                      | tail -1 | sed -E 's/.*"sessions_per_sec":([0-9]+).*"p99_us":([0-9]+).*/\1 \2/' ;;
+        stream) ticks >"$dir/ticks"
+                taskset -c "$cpu" "$bench" stream --json --url "ws://$url/" --sources 1 --warmup 1 --duration 4 \
+                    | tail -1 | sed -E 's/.*"mb_per_sec":([0-9.]+).*/\1/' | awk '{ printf "%d 0\n", $1 * 1000 }' ;;
         *) echo "error: unknown workload $mode" >&2; exit 2 ;;
     esac
 }
@@ -69,11 +75,12 @@ run() {
     wait_listening
     local rate p99 user sys u0 s0
     read -r rate p99 < <(measure)
+    ((rate > 0)) || { echo "error: $mode through $1 completed nothing, or failed" >&2; exit 1; }
     read -r user sys < <(ticks)
     # CPU per unit, in µs: the ticks since the warm-up over the units done since (echo's
     # count includes its own second of warm-up at the same rate).
     local secs=4
-    [[ $mode == echo ]] && secs=5
+    [[ $mode == echo || $mode == stream ]] && secs=5
     read -r u0 s0 <"$dir/ticks"
     awk -v r="$rate" -v p="$p99" -v u=$((user - u0)) -v s=$((sys - s0)) -v t="$secs" -v hz="$(getconf CLK_TCK)" \
         'BEGIN { n = r * t; printf "%d %d %.2f %.2f\n", r, p, n ? u * 1e6 / hz / n : 0, n ? s * 1e6 / hz / n : 0 }'
