@@ -289,9 +289,10 @@ fn method(w: &mut String, m: &Machine, plan: &Plan, results: &Results, secs: f64
          another loopback port; \
          nginx runs [`bench/nginx.conf.template`](bench/nginx.conf.template) ({workers} worker{plural}, `worker_rlimit_nofile` \
          and `worker_connections` at the hard limit, upstream `keepalive 256`, HTTP/1.1 upstream, the \
-         `$connection_upgrade` map, 1 h read timeout, `access_log off`, buffering left on). Strait serves \
-         connections on {workers} worker thread{plural} (its default: one per CPU it may run on), each with its own \
-         runtime and listening socket. Each gateway also listens on one more port that logs every \
+         `$connection_upgrade` map, 1 h read timeout, `access_log off`, buffering left on; no `worker_cpu_affinity`: \
+         `auto` changed nothing measurable for nginx here). Strait serves \
+         connections on {workers} worker thread{plural} (its default: one per CPU it may run on, each bound to one \
+         of them), each with its own runtime and listening socket. Each gateway also listens on one more port that logs every \
          request (the \"access log on\" row); every other row runs with the logs off."
     );
     let _ = writeln!(
