@@ -77,8 +77,8 @@ run() {
     read -r rate p99 < <(measure)
     ((rate > 0)) || { echo "error: $mode through $1 completed nothing, or failed" >&2; exit 1; }
     read -r user sys < <(ticks)
-    # CPU per unit, in µs: the ticks since the warm-up over the units done since (echo's
-    # count includes its own second of warm-up at the same rate).
+    # CPU per unit (stream: per kB), in µs: the ticks since the warm-up over the units done
+    # since (echo's and stream's ticks include their own second of warm-up at the same rate).
     local secs=4
     [[ $mode == echo || $mode == stream ]] && secs=5
     read -r u0 s0 <"$dir/ticks"
