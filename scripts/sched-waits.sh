@@ -9,6 +9,7 @@
 #
 #   scripts/sched-waits.sh [ROUNDS] [SIDE...]   (default: 2 rounds of strait nginx)
 #
+# STRAIT_SW_LOAD=echo runs 64-byte WebSocket round trips on 100 connections instead of wrk.
 # SIDE is strait, strait-unbound (`--worker-cpu-affinity off`) or nginx; the sides alternate
 # within each round. Needs the release build, nginx, wrk, perf and python3
 # (scripts/install-bench-tools.sh; perf from linux-perf); perf needs the sched tracepoints
@@ -17,6 +18,7 @@
 set -euo pipefail
 source "$(dirname "$0")/gateways.sh"
 rounds=${1:-2}
+workload=${STRAIT_SW_LOAD:-http}
 sides=("${@:2}")
 ((${#sides[@]})) || sides=(strait nginx)
 require nginx wrk perf python3 taskset openssl
@@ -77,14 +79,22 @@ for round in $(seq "$rounds"); do
         pid=$!
         pids+=("$pid")
         wait_listening
-        taskset -c "$cpu" wrk -t1 -c64 -d1s "http://$gw/bench/http" >/dev/null
-        taskset -c "$cpu" wrk -t1 -c64 -d5s --latency "http://$gw/bench/http" >"$dir/wrk" &
+        if [[ $workload == echo ]]; then
+            taskset -c "$cpu" "$bench" echo --json --url "ws://$gw/" --sources 4 --conns 100 --warmup 1 --duration 5 >"$dir/load" &
+        else
+            taskset -c "$cpu" wrk -t1 -c64 -d1s "http://$gw/bench/http" >/dev/null
+            taskset -c "$cpu" wrk -t1 -c64 -d5s --latency "http://$gw/bench/http" >"$dir/load" &
+        fi
         load=$!
-        sleep 1
+        sleep 1.5
         perf sched record -o "$dir/sched.data" -- sleep 2 >/dev/null 2>&1
         wait "$load"
-        echo "== $side, round $round: $(awk '/Requests\/sec/ { print $2 }' "$dir/wrk") requests/s," \
-            "p50 $(awk '$1 == "50%" { print $2 }' "$dir/wrk"), p99 $(awk '$1 == "99%" { print $2 }' "$dir/wrk")"
+        if [[ $workload == echo ]]; then
+            echo "== $side, round $round: $(tail -1 "$dir/load" | sed -E 's/.*"messages_per_sec":([0-9]+).*"p50_us":([0-9]+).*"p99_us":([0-9]+).*/\1 messages\/s, p50 \2 µs, p99 \3 µs/')"
+        else
+            echo "== $side, round $round: $(awk '/Requests\/sec/ { print $2 }' "$dir/load") requests/s," \
+                "p50 $(awk '$1 == "50%" { print $2 }' "$dir/load"), p99 $(awk '$1 == "99%" { print $2 }' "$dir/load")"
+        fi
         perf sched script -i "$dir/sched.data" 2>/dev/null >"$dir/sched.txt"
         summarise "$dir/sched.txt"
         kill "$pid"
