@@ -27,6 +27,9 @@ const TIMER_ANCHOR: Duration = Duration::from_secs(1);
 /// that became readable waits for the next look. Looking every 16 polls serves readable
 /// connections sooner: `scripts/ab.sh` HTTP keep-alive, 22 pairs in three sets, p99 lower
 /// in 18 (medians 1.8–2.2 ms → 1.4–1.7 ms), rate 0.98–1.00×; echo and churn unchanged.
+/// That was with the workers unbound; bound to CPUs (see [`cpus_to_bind`]) 16 and 61 come
+/// out alike (18 pairs: rate 0.99–1.00×, p99 lower in 6), so 16 stays for workers left to
+/// the scheduler.
 const EVENT_INTERVAL: u32 = 16;
 
 pub struct Workers {
