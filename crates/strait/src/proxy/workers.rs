@@ -156,17 +156,21 @@ impl Drop for Serving {
 /// to the scheduler, two workers stacked on one CPU: the one that kept finding ready
 /// connections ran for up to a 4 ms tick while the other, all its connections with it,
 /// waited (`scripts/sched-waits.sh`, `wrk -c64`: 5–13 waits over 2 ms in 2 s per worker,
-/// 0–1 for nginx's). The price: a bound worker cannot leave a CPU that something else keeps
+/// 0–2 for nginx's). The price: a bound worker cannot leave a CPU that something else keeps
 /// busy. With fewer workers than CPUs, or more, binding would keep a worker from a CPU the
 /// scheduler could give it, so they are left alone.
 #[cfg(target_os = "linux")]
 fn cpus_to_bind(count: usize) -> Option<Vec<usize>> {
-    use rustix::thread::{CpuSet, sched_getaffinity};
-    let allowed = sched_getaffinity(None).ok()?;
-    let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
-        .filter(|&c| allowed.is_set(c))
-        .collect();
+    let cpus = listed(&rustix::thread::sched_getaffinity(None).ok()?);
     (cpus.len() == count).then_some(cpus)
+}
+
+/// The CPUs in `set`, in order.
+#[cfg(target_os = "linux")]
+fn listed(set: &rustix::thread::CpuSet) -> Vec<usize> {
+    (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| set.is_set(c))
+        .collect()
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -208,6 +212,8 @@ impl std::fmt::Debug for Workers {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_os = "linux")]
+    use super::listed;
     use super::{Workers, pick};
 
     /// The CPUs each worker thread may run on.
@@ -219,13 +225,6 @@ mod tests {
             cpus.push(listed(&allowed.await.unwrap().unwrap()));
         }
         cpus
-    }
-
-    #[cfg(target_os = "linux")]
-    fn listed(set: &rustix::thread::CpuSet) -> Vec<usize> {
-        (0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|&c| set.is_set(c))
-            .collect()
     }
 
     #[cfg(target_os = "linux")]
