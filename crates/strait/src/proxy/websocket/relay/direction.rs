@@ -2,7 +2,7 @@
 //! scan that approves bytes for writing, splicing of large payloads, and what the direction
 //! knows of its source and destination while the session closes.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -35,35 +35,48 @@ const SMALL_HOLD: usize = 1024;
 /// write, or a read and the write it allowed).
 const OPS_PER_POLL: u32 = 64;
 
-/// The worker thread's spare read buffer (`BUF_SIZE` bytes). An idle direction reads into
-/// it and gives it back once it is idle again; so a small message costs no allocation and no
-/// copy (a probe on the stack, copied into a buffer of its own size, cost ~200 instructions
-/// per message), and an idle session still holds no buffer. One slot: a poll pumps one
-/// direction after the other, and each mostly gives the buffer back before the next takes
-/// it (one that holds on to it leaves the next a new one).
+/// The worker thread's spare read buffers (`BUF_SIZE` bytes each). An idle direction reads
+/// into one and gives it back once it is idle again; so a small message costs no allocation
+/// and no copy (a probe on the stack, copied into a buffer of its own size, cost ~200
+/// instructions per message), and an idle session still holds no buffer. Two, as a session's
+/// directions may both hold one at once: a direction stops reading after its close and keeps
+/// its buffer until the session ends, when both come back.
 struct Spare;
 
+/// How many spare buffers a worker keeps: one per direction of a session.
+const SPARES: usize = 2;
+
 thread_local! {
-    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Spare {
     #[inline]
     fn take() -> Vec<u8> {
-        let buf = SPARE.take();
-        if buf.is_empty() {
-            vec![0; BUF_SIZE]
-        } else {
-            buf
-        }
+        SPARE
+            .with_borrow_mut(Vec::pop)
+            .unwrap_or_else(|| vec![0; BUF_SIZE])
     }
 
     #[inline]
     fn give(buf: Vec<u8>) {
         if buf.len() == BUF_SIZE {
-            SPARE.set(buf);
+            // A session dropped as its thread exits finds the slots gone: the buffer is freed.
+            let _ = SPARE.try_with(|spare| {
+                if let Ok(mut spare) = spare.try_borrow_mut()
+                    && spare.len() < SPARES
+                {
+                    spare.push(buf);
+                }
+            });
         }
     }
+}
+
+/// How many spare buffers this thread's worker holds.
+#[cfg(test)]
+pub(super) fn spares() -> usize {
+    SPARE.with_borrow(Vec::len)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +205,16 @@ pub(super) struct Direction {
     /// again before that waker fires would find nothing either, so `step` does not try. The
     /// session clears it when the waker fires.
     pub(super) read_armed: bool,
+}
+
+impl Drop for Direction {
+    /// A session that ends with its buffer lent gives it back, so the next session's reads
+    /// do not allocate (and zero) one of their own.
+    fn drop(&mut self) {
+        if self.borrowed {
+            Spare::give(std::mem::take(&mut self.buf));
+        }
+    }
 }
 
 impl Direction {
@@ -475,6 +498,10 @@ impl Direction {
             Some(err) => tracing::debug!(%err, "websocket relay: read failed"),
         }
         self.src = Src::Gone;
+        if self.tail == 0 {
+            // Nothing held: the other direction (the close's answer) may read into it next.
+            self.release();
+        }
         Step::Changed
     }
 

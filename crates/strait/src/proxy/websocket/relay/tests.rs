@@ -87,6 +87,41 @@ async fn a_waiting_direction_keeps_only_the_bytes_it_holds() {
     assert!(direction.buf.is_empty(), "idle again: buffer released");
 }
 
+/// A direction that has relayed a close and reads no more, holding the buffer it read it into.
+async fn closed_direction() -> Direction {
+    let (mut peer, mut src) = duplex(1024);
+    let (mut dst, mut sink) = duplex(1024);
+    let mut direction = Direction::new(MaskPolicy::Forbidden, false, None);
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let close = [0x88, 2, 0x03, 0xE8];
+    peer.write_all(&close).await.expect("write a close");
+    // One pump reads it and stops reading; the next writes it.
+    direction.pump(&mut cx, &mut src, &mut dst);
+    direction.pump(&mut cx, &mut src, &mut dst);
+    let mut relayed = [0u8; 4];
+    let read = futures_util::FutureExt::now_or_never(sink.read_exact(&mut relayed));
+    assert!(matches!(read, Some(Ok(4))), "close relayed: {read:?}");
+    assert_eq!(relayed, close);
+    assert!(
+        !direction.buf.is_empty(),
+        "a closed direction keeps its buffer"
+    );
+    direction
+}
+
+#[tokio::test]
+async fn both_directions_of_a_closed_session_give_their_buffers_to_the_next() {
+    let spares = super::direction::spares;
+    let session = (closed_direction().await, closed_direction().await);
+    assert_eq!(spares(), 0, "both buffers lent at once");
+    drop(session);
+    assert_eq!(spares(), 2, "both given back to the worker");
+    let next = (closed_direction().await, closed_direction().await);
+    assert_eq!(spares(), 0, "the next session reads into them");
+    drop(next);
+}
+
 /// A waker that counts its wake-ups.
 struct Counting(std::sync::atomic::AtomicUsize);
 
