@@ -1,6 +1,13 @@
 //! `strait`: the command line. Thin: parsing arguments, logging and signals live here;
 //! everything else is in the `strait` library.
 
+// The engineering standard, checked by clippy: nothing that may panic on what the gateway
+// reads (requests, frames, configuration). Tests may.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 mod alloc;
 mod top;
 

@@ -16,6 +16,13 @@
 //! - [`io`]: a TCP connection, plain or with TLS, as both sides of the proxy use it.
 //! - [`worker`]: which data-plane worker thread the current one is.
 
+// The engineering standard, checked by clippy: nothing that may panic on what the gateway
+// reads (requests, frames, configuration). Tests may.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 pub mod admin;
 pub mod config;
 pub mod control;

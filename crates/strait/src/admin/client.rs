@@ -111,20 +111,35 @@ impl AdminClient {
     pub async fn state(&self) -> Result<State, ClientError> {
         let mut state = State::default();
         let envs = self.json("/environments").await?;
-        for env in envs["environments"].as_array().into_iter().flatten() {
-            if let Some(name) = env["name"].as_str() {
+        for env in envs
+            .get("environments")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(name) = env.get("name").and_then(Value::as_str) {
                 state.environments.insert(name.to_owned(), env.clone());
             }
         }
         let proxies = self.json("/proxies").await?;
-        for proxy in proxies["proxies"].as_array().into_iter().flatten() {
-            let Some(name) = proxy["name"].as_str() else {
+        for proxy in proxies
+            .get("proxies")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(name) = proxy.get("name").and_then(Value::as_str) else {
                 continue;
             };
             let deployed = self
                 .json(&format!("/proxies/{}/deployments", encode(name)))
                 .await?;
-            for env in deployed["environments"].as_array().into_iter().flatten() {
+            for env in deployed
+                .get("environments")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(env) = env.as_str() {
                     state.deployments.insert((name.to_owned(), env.to_owned()));
                 }
@@ -152,8 +167,13 @@ impl AdminClient {
             Err(error) => return Err(error),
         };
         let mut upstreams = BTreeMap::new();
-        for upstream in listed["upstreams"].as_array().into_iter().flatten() {
-            if let Some(name) = upstream["name"].as_str() {
+        for upstream in listed
+            .get("upstreams")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(name) = upstream.get("name").and_then(Value::as_str) {
                 upstreams.insert(name.to_owned(), upstream.clone());
             }
         }
