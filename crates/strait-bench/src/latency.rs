@@ -32,6 +32,7 @@ impl Default for SharedHistogram {
 }
 
 impl SharedHistogram {
+    #[allow(clippy::expect_used, reason = "the bounds are constants")]
     pub fn new() -> SharedHistogram {
         // 1 ns .. 60 s at 3 significant digits.
         let histogram =

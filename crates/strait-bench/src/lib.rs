@@ -14,6 +14,13 @@
 //! - [`targets`]: the performance targets, met or not, in this run;
 //! - [`report`] and [`plot`]: BENCHMARKS.md and the SVG plot.
 
+// As in the gateway: nothing that may panic on what the harness reads (the network, the
+// tools' output). Tests may.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 pub mod compare;
 pub mod cpus;
 pub mod h2load;

@@ -2,6 +2,13 @@
 //! `compare` harness against nginx. Thin: argument parsing and printing; the work is in the
 //! `strait_bench` library.
 
+// As in the gateway: nothing that may panic on what the harness reads (the network, the
+// tools' output). Tests may.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;

@@ -28,7 +28,9 @@ pub fn write_svg(path: &Path, results: &Results) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
     let root = SVGBackend::new(path, (1260, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let panels = root.split_evenly((1, 3));
+    let Ok([http_panel, ws_panel, memory]) = <[_; 3]>::try_from(root.split_evenly((1, 3))) else {
+        return Err(err(&"the drawing area did not split in three"));
+    };
     let http = results
         .rows
         .iter()
@@ -42,12 +44,12 @@ pub fn write_svg(path: &Path, results: &Results) -> Result<()> {
         .find(|r| r.section.starts_with("WebSocket echo"))
         .map(|r| r.section.clone());
     for (area, section, title) in [
-        (&panels[0], http, "HTTP latency (µs)"),
-        (&panels[1], ws, "round-trip latency (µs)"),
+        (&http_panel, http, "HTTP latency (µs)"),
+        (&ws_panel, ws, "round-trip latency (µs)"),
     ] {
         latency_panel(area, results, section.as_deref(), title).map_err(|e| err(&e))?;
     }
-    memory_panel(&panels[2], results).map_err(|e| err(&e))?;
+    memory_panel(&memory, results).map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }

@@ -232,7 +232,7 @@ async fn get(
     if status != StatusCode::OK {
         bail!(
             "GET {path} answered {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(300)])
+            String::from_utf8_lossy(body.get(..300).unwrap_or(body.as_ref()))
         );
     }
     Ok((took, body))
@@ -326,7 +326,7 @@ pub fn summary(values: &[f64]) -> Option<(f64, f64, f64)> {
     v.sort_by(f64::total_cmp);
     let median = crate::results::median(&v)?;
     let rank = ((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len());
-    Some((median, v[rank - 1], v[v.len() - 1]))
+    Some((median, *v.get(rank - 1)?, *v.last()?))
 }
 
 #[cfg(test)]

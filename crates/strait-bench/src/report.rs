@@ -819,7 +819,7 @@ fn appendix(w: &mut String, results: &Results) {
     let _ = writeln!(w, "|---|---|---|---|---|");
     for row in &results.rows {
         let cell = |side: Side| {
-            row.values[side.index()]
+            row.of(side)
                 .iter()
                 .map(|&v| num(v))
                 .collect::<Vec<_>>()

@@ -24,7 +24,17 @@ pub struct Row {
 
 impl Row {
     pub fn median(&self, side: Side) -> Option<f64> {
-        median(&self.values[side.index()])
+        median(self.of(side))
+    }
+
+    /// One value per round of `side`.
+    pub fn of(&self, side: Side) -> &[f64] {
+        let [direct, nginx, strait] = &self.values;
+        match side {
+            Side::Direct => direct,
+            Side::Nginx => nginx,
+            Side::Strait => strait,
+        }
     }
 }
 
@@ -40,24 +50,34 @@ pub struct Results {
 
 impl Results {
     pub fn add(&mut self, section: &str, metric: &str, better: Better, side: Side, value: f64) {
-        let row = match self
+        let at = self
             .rows
             .iter()
-            .position(|r| r.section == section && r.metric == metric)
-        {
-            Some(i) => &mut self.rows[i],
-            None => {
-                self.rows.push(Row {
-                    section: section.to_owned(),
-                    metric: metric.to_owned(),
-                    better,
-                    values: Default::default(),
-                });
-                let last = self.rows.len() - 1;
-                &mut self.rows[last]
-            }
+            .position(|r| r.section == section && r.metric == metric);
+        if at.is_none() {
+            self.rows.push(Row {
+                section: section.to_owned(),
+                metric: metric.to_owned(),
+                better,
+                values: Default::default(),
+            });
+        }
+        let row = match at {
+            Some(i) => self.rows.get_mut(i),
+            None => self.rows.last_mut(),
         };
-        row.values[side.index()].push(value);
+        if let Some(Row {
+            values: [direct, nginx, strait],
+            ..
+        }) = row
+        {
+            match side {
+                Side::Direct => direct,
+                Side::Nginx => nginx,
+                Side::Strait => strait,
+            }
+            .push(value);
+        }
     }
 
     /// p50, p99 and p99.9 in microseconds.
@@ -102,10 +122,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
+    let upper = *v.get(mid)?;
     Some(if v.len() % 2 == 1 {
-        v[mid]
+        upper
     } else {
-        (v[mid - 1] + v[mid]) / 2.0
+        (v.get(mid - 1)? + upper) / 2.0
     })
 }
 

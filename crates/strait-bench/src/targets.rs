@@ -100,8 +100,8 @@ fn targets(results: &Results) -> Vec<Target<'_>> {
 /// In how many rounds `holds` was true of Strait's figure against `against`'s, of those where
 /// both were measured (a round measures every side once, one after the other).
 fn rounds(row: &Row, against: Side, holds: impl Fn(f64, f64) -> bool) -> (usize, usize) {
-    let strait = &row.values[Side::Strait.index()];
-    let other = &row.values[against.index()];
+    let strait = row.of(Side::Strait);
+    let other = row.of(against);
     let pairs: Vec<(f64, f64)> = strait
         .iter()
         .zip(other)

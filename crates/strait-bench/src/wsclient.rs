@@ -60,7 +60,8 @@ impl Target {
 
     /// Source address for the `i`-th connection.
     pub fn source(&self, i: usize) -> Ipv4Addr {
-        self.sources[i % self.sources.len()]
+        let at = i.checked_rem(self.sources.len()).unwrap_or_default();
+        self.sources.get(at).copied().unwrap_or(Ipv4Addr::LOCALHOST)
     }
 }
 
@@ -87,7 +88,7 @@ impl Frame {
             out.extend_from_slice(&(len as u64).to_be_bytes());
         }
         out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
         Frame(out)
     }
 
@@ -124,14 +125,19 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     fn new(io: R, leftover: &[u8]) -> FrameReader<R> {
-        let mut buf = vec![0; 4096.max(leftover.len())];
-        buf[..leftover.len()].copy_from_slice(leftover);
+        let mut buf = leftover.to_vec();
+        buf.resize(4096.max(leftover.len()), 0);
         FrameReader {
             io,
             buf,
             start: 0,
             end: leftover.len(),
         }
+    }
+
+    /// The bytes read and not yet consumed.
+    fn unread(&self) -> &[u8] {
+        self.buf.get(self.start..self.end).unwrap_or_default()
     }
 
     /// Makes at least `n` unread bytes available.
@@ -148,7 +154,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
         while self.end - self.start < n {
-            let read = self.io.read(&mut self.buf[self.end..]).await?;
+            let space = self.buf.get_mut(self.end..).unwrap_or_default();
+            let read = self.io.read(space).await?;
             if read == 0 {
                 bail!("the server closed the connection");
             }
@@ -164,7 +171,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         // Bounded: a message of MAX_MESSAGE bytes in one-byte fragments is the worst case.
         for _ in 0..=MAX_MESSAGE {
             self.fill(2).await?;
-            let (b0, b1) = (self.buf[self.start], self.buf[self.start + 1]);
+            let &[b0, b1, ..] = self.unread() else {
+                bail!("a frame header went missing");
+            };
             let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0F);
             if b1 & 0x80 != 0 {
                 bail!("the server sent a masked frame, which servers must not");
@@ -172,17 +181,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let (header, len) = match b1 & 0x7F {
                 126 => {
                     self.fill(4).await?;
-                    let s = self.start;
-                    (
-                        4,
-                        u16::from_be_bytes([self.buf[s + 2], self.buf[s + 3]]) as usize,
-                    )
+                    let &[_, _, hi, lo, ..] = self.unread() else {
+                        bail!("a frame header went missing");
+                    };
+                    (4, u16::from_be_bytes([hi, lo]) as usize)
                 }
                 127 => {
                     self.fill(10).await?;
-                    let s = self.start;
-                    let mut be = [0u8; 8];
-                    be.copy_from_slice(&self.buf[s + 2..s + 10]);
+                    let Some(Ok(be)) = self.unread().get(2..10).map(<[u8; 8]>::try_from) else {
+                        bail!("a frame header went missing");
+                    };
                     (10, u64::from_be_bytes(be) as usize)
                 }
                 short => (2, short as usize),
@@ -191,7 +199,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 bail!("the server sent a frame of {len} bytes, more than this client accepts");
             }
             self.fill(header + len).await?;
-            let payload = self.start + header..self.start + header + len;
+            let ping = (opcode == OP_PING)
+                .then(|| self.unread().get(header..header + len).map(<[u8]>::to_vec))
+                .flatten();
             self.start += header + len;
             match opcode {
                 OP_TEXT | OP_BINARY | OP_CONT => {
@@ -201,7 +211,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     }
                 }
                 OP_CLOSE => return Ok(Incoming::Close),
-                OP_PING => return Ok(Incoming::Ping(self.buf[payload].to_vec())),
+                OP_PING => return Ok(Incoming::Ping(ping.unwrap_or_default())),
                 _ => {} // pong or reserved: skip
             }
         }
@@ -255,7 +265,8 @@ impl WsConn {
         writer.write_all(request.as_bytes()).await?;
         let mut reader = FrameReader::new(read, &[]);
         let head_len = read_head(&mut reader).await?;
-        let head = String::from_utf8_lossy(&reader.buf[..head_len]).into_owned();
+        let head = reader.buf.get(..head_len).unwrap_or_default();
+        let head = String::from_utf8_lossy(head).into_owned();
         reader.start = head_len;
         check_101(&head, &derive_accept_key(key.as_bytes()))?;
         Ok(WsConn {
@@ -323,7 +334,10 @@ impl WsConn {
 async fn read_head<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result<usize> {
     let mut scanned = 0;
     for _ in 0..MAX_HEAD {
-        if let Some(i) = reader.buf[scanned..reader.end]
+        if let Some(i) = reader
+            .buf
+            .get(scanned..reader.end)
+            .unwrap_or_default()
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
         {
