@@ -3,7 +3,7 @@
 //! here, before anything is sent: a key travels as its digest, a password as an argon2id
 //! hash (the gateway's own hash when the password still matches it, so nothing changes).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -109,48 +109,28 @@ impl AdminClient {
 
     /// The gateway's state as the admin API shows it.
     pub async fn state(&self) -> Result<State, ClientError> {
-        let mut state = State::default();
-        let envs = self.json("/environments").await?;
-        for env in envs
-            .get("environments")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(name) = env.get("name").and_then(Value::as_str) {
-                state.environments.insert(name.to_owned(), env.clone());
-            }
-        }
-        let proxies = self.json("/proxies").await?;
-        for proxy in proxies
-            .get("proxies")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let Some(name) = proxy.get("name").and_then(Value::as_str) else {
-                continue;
-            };
+        let environments = by_name(&self.json("/environments").await?, "environments");
+        let proxies = by_name(&self.json("/proxies").await?, "proxies");
+        let mut deployments = BTreeSet::new();
+        for name in proxies.keys() {
             let deployed = self
                 .json(&format!("/proxies/{}/deployments", encode(name)))
                 .await?;
-            for env in deployed
-                .get("environments")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(env) = env.as_str() {
-                    state.deployments.insert((name.to_owned(), env.to_owned()));
-                }
+            for env in items(&deployed, "environments").filter_map(Value::as_str) {
+                deployments.insert((name.clone(), env.to_owned()));
             }
-            state.proxies.insert(name.to_owned(), proxy.clone());
         }
-        state.upstreams = self.upstreams().await?;
+        let upstreams = self.upstreams().await?;
         // `GET /consumers` shows no hash; the configuration export has them.
         let yaml = self.call(Method::GET, "/config", None).await?;
         let exported = config::document_from_yaml(&String::from_utf8_lossy(&yaml))?;
-        state.consumers = state_from_document(&exported).consumers;
+        let state = State {
+            environments,
+            proxies,
+            deployments,
+            consumers: state_from_document(&exported).consumers,
+            upstreams,
+        };
         Ok(state)
     }
 
@@ -166,18 +146,7 @@ impl AdminClient {
             }
             Err(error) => return Err(error),
         };
-        let mut upstreams = BTreeMap::new();
-        for upstream in listed
-            .get("upstreams")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(name) = upstream.get("name").and_then(Value::as_str) {
-                upstreams.insert(name.to_owned(), upstream.clone());
-            }
-        }
-        Ok(upstreams)
+        Ok(by_name(&listed, "upstreams"))
     }
 
     /// Runs one step of a plan.
@@ -322,6 +291,22 @@ fn encode(name: &str) -> String {
         }
     }
     out
+}
+
+/// The items of the array `field` of an admin API answer (none if it has no such array).
+fn items<'a>(answer: &'a Value, field: &str) -> impl Iterator<Item = &'a Value> {
+    answer
+        .get(field)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+/// The items of the array `field` of an admin API answer by their `name`.
+fn by_name(answer: &Value, field: &str) -> BTreeMap<String, Value> {
+    items(answer, field)
+        .filter_map(|item| Some((item.get("name")?.as_str()?.to_owned(), item.clone())))
+        .collect()
 }
 
 #[cfg(test)]
