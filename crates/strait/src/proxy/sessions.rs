@@ -237,7 +237,6 @@ impl Registry {
         reason = "a remainder of SHARDS indexes SHARDS shards"
     )]
     fn with<T>(&self, id: u64, f: impl FnOnce(&mut Shard) -> T) -> T {
-        // The remainder is below SHARDS, the array's length: always in range.
         lock(&self.shards[(id % SHARDS as u64) as usize], f)
     }
 }
