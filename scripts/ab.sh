@@ -5,10 +5,12 @@
 # configuration, default workers) in front of one `strait echo`, warms it up for 1 s and
 # records 4 s; each pair of runs alternates which build goes first.
 #
-#   scripts/ab.sh BUILD_A BUILD_B [http|churn|h2|echo|connect|stream] [PAIRS]   (default: http, 6 pairs)
+#   scripts/ab.sh BUILD_A BUILD_B [http|churn|paced|h2|echo|connect|stream] [PAIRS]   (default: http, 6 pairs)
 #
 #   http     keep-alive GETs: wrk -t1 -c64          (requests/s, p99 µs)
 #   churn    as http, each connection closed after 20 requests (bench/wrk-churn.lua)
+#   paced    keep-alive GETs at a fixed rate: oha -c64 -q RATE (default 27000), timed from when
+#            each request was due (requests/s as asked; the p99 is the point)
 #   h2       HTTP/2 GETs: h2load -t1 -c8 -m8        (requests/s, p99 µs)
 #   echo     64-byte WebSocket round trips, 100 connections  (messages/s, p99 µs)
 #   connect  WebSocket connect + upgrade + close, 32 clients (sessions/s, handshake p99 µs)
@@ -17,16 +19,17 @@
 # BUILD_A and BUILD_B are `strait` binaries (copy one aside before rebuilding). Prints one line
 # per run — rate, p99, and the gateway's CPU time per unit in user space and in the kernel
 # (/proc, all threads: what a change costs in time, cache misses included, where callgrind
-# counts instructions) — then each build's medians, and how many pairs B won. Loopback only; the load
-# generator runs on the last CPU; every run is bounded (5 s). Needs the release build of
-# strait-bench, wrk and h2load (scripts/install-bench-tools.sh). Ports: STRAIT_AB_PORT (default
-# 19780) and the next four.
+# counts instructions) — then each build's medians, and how many pairs B won. Loopback only;
+# the load generator runs on the last CPU; every run is bounded (5 s). Needs the release build
+# of strait-bench, wrk and h2load, and oha for `paced` (scripts/install-bench-tools.sh --oha).
+# Ports: STRAIT_AB_PORT (default 19780) and the next four.
 set -euo pipefail
 (($# >= 2)) || { sed -n 8p "$0" >&2; exit 2; }
 a=$(realpath "$1") b=$(realpath "$2") mode=${3:-http} pairs=${4:-6}
 STRAIT_BIN=$a
 source "$(dirname "$0")/gateways.sh"
 require wrk h2load openssl taskset
+[[ $mode == paced ]] && require oha
 start_echo "${STRAIT_AB_PORT:-19780}"
 cpu=$(($(nproc) - 1))
 url=$gw
@@ -48,6 +51,16 @@ measure() {
                   /Requests\/sec/ { r = $2 } / 99%/ { p = us($2) }
                   /Non-2xx|Socket errors/ { print "error: " $0 > "/dev/stderr"; bad = 1 }
                   END { printf "%d %d\n", bad ? 0 : r, p }' ;;
+        paced) local oha=(taskset -c "$cpu" oha -c64 -q "${RATE:-27000}" --latency-correction --no-tui --output-format json)
+               "${oha[@]}" -z 1s "http://$url/bench/http" >/dev/null
+               ticks >"$dir/ticks"
+               # In its JSON, the first "requestsPerSec" is the summary's; percentiles in seconds.
+               "${oha[@]}" -z 4s "http://$url/bench/http" | awk '
+                   $1 == "\"requestsPerSec\":" && !rate { gsub(",", "", $2); rate = $2 }
+                   /"latencyPercentiles"/ { in_p = 1 }
+                   in_p && $1 == "\"p99\":" { gsub(",", "", $2); p = $2 * 1e6 }
+                   in_p && /}/ { in_p = 0 }
+                   END { printf "%d %d\n", rate, p }' ;;
         h2) taskset -c "$cpu" h2load -t1 -c8 -m8 -D1 "http://$url/bench/http" >/dev/null
             ticks >"$dir/ticks"
             local r
