@@ -133,7 +133,7 @@ fn markdown(m: &Machine, plan: &Plan, results: &Results, svg: &str) -> String {
          cargo run --release -p strait-bench -- compare --gateway-cpus 0-3 --backend-cpus 4-5 --load-cpus 6-7  # CPUs per role (8-CPU default)\n\
          scripts/callgrind.sh                                   # instructions per unit of work vs nginx, ~2 minutes\n\
          scripts/syscalls.sh                                    # system calls per unit of work vs nginx, ~40 s\n\
-         scripts/ab.sh OLD_STRAIT NEW_STRAIT http               # two builds in alternation (http, churn, h2, echo, connect), ~1 minute\n\
+         scripts/ab.sh OLD_STRAIT NEW_STRAIT http               # two builds in alternation (http, churn, paced, h2, echo, connect, stream), ~1 minute\n\
          scripts/access-log.sh                                  # both gateways with their access log off and on, ~2 minutes\n\
          scripts/backend-connects.sh                            # backend connections opened for clients that come and go, ~10 s\n\
          scripts/paced.sh                                       # HTTP latency of both gateways at the same load, ~1 minute\n\
