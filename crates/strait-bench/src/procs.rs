@@ -107,14 +107,8 @@ fn signal(name: &str, pid: u32) {
 pub fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines
-        .iter()
-        .rev()
-        .take(15)
-        .rev()
-        .copied()
-        .collect::<Vec<_>>()
-        .join("\n")
+    let last = lines.get(lines.len().saturating_sub(15)..);
+    last.unwrap_or_default().join("\n")
 }
 
 /// A loopback port that was free a moment ago (bound, then released), for a server started

@@ -29,11 +29,12 @@ impl Row {
 
     /// One value per round of `side`.
     pub fn of(&self, side: Side) -> &[f64] {
-        let [direct, nginx, strait] = &self.values;
-        match side {
-            Side::Direct => direct,
-            Side::Nginx => nginx,
-            Side::Strait => strait,
+        self.values.get(side.index()).map_or(&[], Vec::as_slice)
+    }
+
+    fn push(&mut self, side: Side, value: f64) {
+        if let Some(values) = self.values.get_mut(side.index()) {
+            values.push(value);
         }
     }
 }
@@ -50,33 +51,21 @@ pub struct Results {
 
 impl Results {
     pub fn add(&mut self, section: &str, metric: &str, better: Better, side: Side, value: f64) {
-        let at = self
+        if let Some(row) = self
             .rows
-            .iter()
-            .position(|r| r.section == section && r.metric == metric);
-        if at.is_none() {
-            self.rows.push(Row {
+            .iter_mut()
+            .find(|r| r.section == section && r.metric == metric)
+        {
+            row.push(side, value);
+        } else {
+            let mut row = Row {
                 section: section.to_owned(),
                 metric: metric.to_owned(),
                 better,
                 values: Default::default(),
-            });
-        }
-        let row = match at {
-            Some(i) => self.rows.get_mut(i),
-            None => self.rows.last_mut(),
-        };
-        if let Some(Row {
-            values: [direct, nginx, strait],
-            ..
-        }) = row
-        {
-            match side {
-                Side::Direct => direct,
-                Side::Nginx => nginx,
-                Side::Strait => strait,
-            }
-            .push(value);
+            };
+            row.push(side, value);
+            self.rows.push(row);
         }
     }
 

@@ -60,8 +60,10 @@ impl Target {
 
     /// Source address for the `i`-th connection.
     pub fn source(&self, i: usize) -> Ipv4Addr {
-        let at = i.checked_rem(self.sources.len()).unwrap_or_default();
-        self.sources.get(at).copied().unwrap_or(Ipv4Addr::LOCALHOST)
+        i.checked_rem(self.sources.len())
+            .and_then(|at| self.sources.get(at))
+            .copied()
+            .unwrap_or(Ipv4Addr::LOCALHOST)
     }
 }
 
