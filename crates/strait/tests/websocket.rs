@@ -907,7 +907,8 @@ async fn raw_upgrade(gw: SocketAddr, request: &str, before: bool) -> (u16, Strin
 }
 
 #[tokio::test]
-async fn a_handshake_with_another_version_or_a_bad_key_is_refused_before_the_backend() {
+async fn a_handshake_with_another_version_a_bad_key_http_1_0_or_a_body_is_refused_before_the_backend()
+ {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static UPGRADES: AtomicUsize = AtomicUsize::new(0);
     let backend = scripted_backend(|head| {
@@ -976,6 +977,31 @@ async fn a_handshake_with_another_version_or_a_bad_key_is_refused_before_the_bac
                     "{head}"
                 );
             }
+        }
+        // Valid headers, but HTTP/1.0 (which cannot be upgraded) or a body (whose bytes would
+        // reach the backend as frames).
+        let valid = format!("Sec-WebSocket-Version: 13\r\n{KEY}");
+        for (request, why) in [
+            (
+                upgrade(&valid).replacen("HTTP/1.1", "HTTP/1.0", 1),
+                "HTTP/1.1",
+            ),
+            (
+                upgrade(&format!("{valid}Content-Length: 5\r\n")) + "hello",
+                "no body",
+            ),
+            (
+                upgrade(&format!("{valid}Transfer-Encoding: chunked\r\n"))
+                    + "5\r\nhello\r\n0\r\n\r\n",
+                "no body",
+            ),
+        ] {
+            let (got, head, body) = raw_upgrade(gw, &request, before).await;
+            assert_eq!(got, 400, "{request:?}: {head}{body}");
+            let body = json(body.as_bytes());
+            assert_eq!(body["error"], "bad_request", "{request:?}: {body}");
+            let message = body["message"].as_str().unwrap_or_default();
+            assert!(message.contains(why), "{request:?}: {message}");
         }
     }
     assert_eq!(

@@ -221,7 +221,7 @@ fn serve_upgrade(
                 ),
             ));
         }
-        if let Err(error) = check_websocket_request(req.headers()) {
+        if let Err(error) = check_websocket_request(&req) {
             matched.route.metrics.upgrade(Upgrade::RefusedByPolicy);
             return Err(error);
         }
@@ -392,9 +392,31 @@ fn match_route<B>(
 }
 
 /// The rest of a valid opening handshake (RFC 6455 §4.2.1), checked before any policy or
-/// backend: version 13, the only one there is (a 426 names it, as §4.4 asks), and a key of
-/// 16 bytes in base64, once.
-fn check_websocket_request(headers: &http::HeaderMap) -> Result<(), GatewayError> {
+/// backend: HTTP/1.1 (an HTTP/1.0 connection cannot be upgraded), no body (its bytes would
+/// reach the backend as frames), version 13, the only one there is (a 426 names it, as §4.4
+/// asks), and a key of 16 bytes in base64, once.
+fn check_websocket_request(req: &Request<()>) -> Result<(), GatewayError> {
+    if req.version() != http::Version::HTTP_11 {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "a WebSocket upgrade needs HTTP/1.1; this request is {:?}",
+                req.version()
+            ),
+        ));
+    }
+    let headers = req.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            "a WebSocket upgrade request carries no body: send it without `Content-Length` or `Transfer-Encoding`",
+        ));
+    }
     let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
     if !matches!((versions.next(), versions.next()), (Some(v), None) if v == "13") {
         return Err(GatewayError::new(
