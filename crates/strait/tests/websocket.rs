@@ -327,6 +327,32 @@ async fn a_message_right_behind_the_backends_101_is_relayed() {
 
 /// Answers that are not HTTP, or that stop before their head is complete, are a JSON 502
 /// that says what was wrong — never a 101.
+const UPGRADED: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+
+/// The `Sec-WebSocket-Accept` for the key in a request head.
+fn accept_for(head: &str) -> String {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    let key = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("sec-websocket-key:")
+                .then(|| l.split_once(':').map(|(_, v)| v.trim().to_owned()))
+                .flatten()
+        })
+        .expect("a key");
+    derive_accept_key(key.as_bytes())
+}
+
+/// A 101 answering `head` with the right accept, `upgrade` (the `Upgrade` and `Connection`
+/// lines, or none) and `extra` lines.
+fn switched(head: &str, upgrade: &str, extra: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\n{upgrade}Sec-WebSocket-Accept: {}\r\n{extra}\r\n",
+        accept_for(head)
+    )
+}
+
 #[tokio::test]
 async fn a_broken_or_cut_backend_answer_is_a_502_that_says_why() {
     for (answer, why) in [
@@ -337,6 +363,34 @@ async fn a_broken_or_cut_backend_answer_is_a_502_that_says_why() {
         (
             |_: &str| b"HTTP/1.1 101 Switching Protocols\r\nBad Header: x\r\n\r\n".to_vec(),
             "not valid HTTP/1.1",
+        ),
+        // 101s a client would fail: the gateway fails them first.
+        (
+            |_: &str| {
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"
+                    .to_vec()
+            },
+            "Sec-WebSocket-Accept",
+        ),
+        (
+            |head: &str| switched(head, "", "").into_bytes(),
+            "Upgrade: websocket",
+        ),
+        (
+            |head: &str| switched(head, UPGRADED, "Sec-WebSocket-Protocol: evil\r\n").into_bytes(),
+            "subprotocol",
+        ),
+        (
+            |head: &str| {
+                switched(
+                    head,
+                    UPGRADED,
+                    "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+                )
+                .into_bytes()
+            },
+            "extension",
         ),
     ] {
         let backend = scripted_backend(answer).await;
@@ -530,10 +584,15 @@ struct RawClient(tokio::net::TcpStream);
 
 impl RawClient {
     async fn connect(addr: SocketAddr, path: &str) -> RawClient {
+        Self::connect_with(addr, path, "").await
+    }
+
+    /// With `extra` header lines in the handshake.
+    async fn connect_with(addr: SocketAddr, path: &str, extra: &str) -> RawClient {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
         );
         tcp.write_all(request.as_bytes())
             .await
@@ -1051,7 +1110,6 @@ async fn reserved_bits_without_a_negotiated_extension_close_the_session_with_100
 #[tokio::test]
 async fn reserved_bits_pass_when_the_backend_accepted_an_extension() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
     // A backend that accepts permessage-deflate and sends each frame back unmasked, its
     // first byte (RSV1 included) as it came: the gateway relays what it does not read.
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -1064,17 +1122,10 @@ async fn reserved_bits_pass_when_the_backend_accepted_an_extension() {
         while !head.ends_with(b"\r\n\r\n") {
             head.push(tcp.read_u8().await.expect("head"));
         }
-        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-        let key = head
-            .lines()
-            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
-            .expect("a key")
-            .trim()
-            .to_owned();
-        let answer = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
-            derive_accept_key(key.as_bytes())
+        let answer = switched(
+            &String::from_utf8_lossy(&head),
+            UPGRADED,
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n",
         );
         tcp.write_all(answer.as_bytes()).await.expect("101");
         let mut header = [0u8; 6];
@@ -1098,7 +1149,12 @@ async fn reserved_bits_pass_when_the_backend_accepted_an_extension() {
         &proxy("p", "/p/*", &format!("http://{backend}/")),
     ))
     .await;
-    let mut client = RawClient::connect(addr(&gw), "/p/x").await;
+    let mut client = RawClient::connect_with(
+        addr(&gw),
+        "/p/x",
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+    )
+    .await;
     client
         .0
         .write_all(&masked(0xC2, b"compressed?"))

@@ -55,6 +55,28 @@ pub fn to_backend(
     Ok(())
 }
 
+/// The elements of a comma-separated list header (all its lines), trimmed; lines that are
+/// not visible ASCII are skipped.
+pub fn list_items(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+}
+
+/// Whether a list header (`Connection`, `Upgrade`) names `token`, in any case.
+pub fn lists_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    // Most senders put the one token alone: no split then.
+    headers
+        .get_all(&name)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(token.as_bytes()))
+        || list_items(headers, name).any(|item| item.eq_ignore_ascii_case(token))
+}
+
 /// The `Host` rules of RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, an
 /// HTTP/1.0 request at most one, and its value is a host with an optional port. Two hosts,
 /// or one that is not a host, could name one site to the gateway and another to a backend.
@@ -175,12 +197,8 @@ fn strip(headers: &mut HeaderMap, kept: &[HeaderName]) {
         return;
     }
     // Headers `Connection` names besides those (none without `Connection`).
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = list_items(headers, header::CONNECTION)
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .filter(|name| !HOP_BY_HOP.contains(name))
         .collect();
     for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {

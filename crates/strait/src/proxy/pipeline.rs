@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::exchange::{Exchange, Logged};
-use super::headers::check_host;
+use super::headers::{check_host, lists_token};
 use super::sessions::Registry;
 use super::snapshot::{EnvRoutes, Route, Snapshot};
 use super::websocket::handshake::ClientSide;
@@ -452,19 +452,7 @@ fn check_websocket_request(req: &Request<()>) -> Result<(), GatewayError> {
 
 /// An upgrade request in the RFC 6455 sense: GET with `Upgrade: websocket` and `Connection: upgrade`.
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
-    let has_token = |name: header::HeaderName, token: &str| {
-        let values = req.headers().get_all(name);
-        // Most clients send the one token alone; a list is split.
-        values
-            .iter()
-            .any(|v| v.as_bytes().eq_ignore_ascii_case(token.as_bytes()))
-            || values
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
     req.method() == Method::GET
-        && has_token(header::UPGRADE, "websocket")
-        && has_token(header::CONNECTION, "upgrade")
+        && lists_token(req.headers(), header::UPGRADE, "websocket")
+        && lists_token(req.headers(), header::CONNECTION, "upgrade")
 }

@@ -5,14 +5,16 @@
 //! from the bytes already read. Knows nothing of routes, policies or metrics.
 
 use bytes::{Bytes, BytesMut};
+use http::header;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::error::MAX_HEADERS;
-use crate::proxy::headers::http1_head;
+use crate::proxy::headers::{http1_head, list_items, lists_token};
 use crate::upstream::MAX_RESPONSE_HEAD as MAX_HEAD;
 
 use std::io;
@@ -36,6 +38,8 @@ pub enum AnswerError {
     Header(String),
     #[error("its refusal could not be read: {0}")]
     Refusal(#[from] hyper::Error),
+    #[error("its 101 is not a WebSocket answer to the request: {0}")]
+    NotWebSocket(&'static str),
 }
 
 /// What the backend answered to the upgrade request.
@@ -110,6 +114,58 @@ pub fn parse(buf: &[u8]) -> Result<Head, AnswerError> {
         headers.append(name, value);
     }
     Ok(Head::Switched { len, headers })
+}
+
+/// Checks a 101 as the client would (RFC 6455 §4.1), so that a backend that is not a
+/// WebSocket server, or one that chose what was not offered, gets the client a 502 rather
+/// than a session the client must fail: `Upgrade: websocket` and `Connection: upgrade`, the
+/// `Sec-WebSocket-Accept` derived from the request's key, at most one subprotocol (one the
+/// request offered), and only extensions the request offered.
+pub fn check_switch(request: &HeaderMap, answer: &HeaderMap) -> Result<(), AnswerError> {
+    if !lists_token(answer, header::UPGRADE, "websocket")
+        || !lists_token(answer, header::CONNECTION, "upgrade")
+    {
+        return Err(AnswerError::NotWebSocket(
+            "it lacks `Upgrade: websocket` or `Connection: upgrade`",
+        ));
+    }
+    let key = request
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map_or(&b""[..], HeaderValue::as_bytes);
+    let mut accepts = answer.get_all(header::SEC_WEBSOCKET_ACCEPT).iter();
+    let proved = matches!((accepts.next(), accepts.next()),
+        (Some(accept), None) if accept.as_bytes() == derive_accept_key(key).as_bytes());
+    if !proved {
+        return Err(AnswerError::NotWebSocket(
+            "its `Sec-WebSocket-Accept` is not the one the request's key asks for",
+        ));
+    }
+    let mut chosen = answer.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter();
+    let fits = match (chosen.next(), chosen.next()) {
+        (None, _) => true,
+        (Some(one), None) => list_items(request, header::SEC_WEBSOCKET_PROTOCOL)
+            .any(|offered| offered.as_bytes() == one.as_bytes()),
+        (Some(_), Some(_)) => false,
+    };
+    if !fits {
+        return Err(AnswerError::NotWebSocket(
+            "it chose a subprotocol the client did not offer",
+        ));
+    }
+    // An extension's name is what comes before its parameters (`permessage-deflate; ...`).
+    fn name(item: &str) -> &str {
+        item.split(';').next().unwrap_or_default().trim()
+    }
+    let unasked = list_items(answer, header::SEC_WEBSOCKET_EXTENSIONS).any(|item| {
+        !list_items(request, header::SEC_WEBSOCKET_EXTENSIONS)
+            .any(|asked| name(asked).eq_ignore_ascii_case(name(item)))
+    });
+    if unasked {
+        return Err(AnswerError::NotWebSocket(
+            "it accepted an extension the client did not offer",
+        ));
+    }
+    Ok(())
 }
 
 /// Sends the request head and reads until the final answer's head is complete.
@@ -283,6 +339,99 @@ mod tests {
             String::from_utf8_lossy(&head),
             "GET /ws?a=%20b HTTP/1.1\r\nhost: b:80\r\nx-tag: one\r\nx-tag: two\r\n\r\n"
         );
+    }
+
+    fn map(lines: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in lines {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn a_101_is_checked_as_the_client_would() {
+        // RFC 6455 §1.3's key and its accept.
+        let request = map(&[
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-protocol", "chat, v2"),
+            (
+                "sec-websocket-extensions",
+                "permessage-deflate; client_max_window_bits",
+            ),
+        ]);
+        let good = [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ];
+        let with = |changes: &[(&'static str, Option<&'static str>)]| {
+            let mut lines: Vec<_> = good
+                .iter()
+                .filter(|(name, _)| !changes.iter().any(|(n, _)| n == name))
+                .copied()
+                .collect();
+            lines.extend(changes.iter().filter_map(|(n, v)| v.map(|v| (*n, v))));
+            map(&lines)
+        };
+        for (changes, problem) in [
+            (vec![], None),
+            (
+                vec![
+                    ("upgrade", Some("WebSocket")),
+                    ("connection", Some("keep-alive, upgrade")),
+                ],
+                None,
+            ),
+            (vec![("sec-websocket-protocol", Some("v2"))], None),
+            (
+                vec![(
+                    "sec-websocket-extensions",
+                    Some("Permessage-Deflate; server_no_context_takeover"),
+                )],
+                None,
+            ),
+            (vec![("upgrade", None)], Some("Upgrade: websocket")),
+            (
+                vec![("connection", Some("keep-alive"))],
+                Some("Connection: upgrade"),
+            ),
+            (vec![("sec-websocket-accept", None)], Some("Accept")),
+            (
+                vec![("sec-websocket-accept", Some("AAAAAAAAAAAAAAAAAAAAAAAAAAA="))],
+                Some("Accept"),
+            ),
+            (
+                vec![("sec-websocket-protocol", Some("evil"))],
+                Some("subprotocol"),
+            ),
+            (
+                vec![("sec-websocket-protocol", Some("chat, v2"))],
+                Some("subprotocol"),
+            ),
+            (
+                vec![("sec-websocket-extensions", Some("x-webkit-deflate-frame"))],
+                Some("extension"),
+            ),
+        ] {
+            let result = check_switch(&request, &with(&changes));
+            match (problem, result) {
+                (None, Ok(())) => {}
+                (Some(problem), Err(error)) => {
+                    assert!(error.to_string().contains(problem), "{changes:?}: {error}");
+                }
+                (problem, result) => panic!("{changes:?}: expected {problem:?}, got {result:?}"),
+            }
+        }
+        // Nothing offered: neither a subprotocol nor an extension may be chosen.
+        let bare = map(&[("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")]);
+        assert!(check_switch(&bare, &with(&[])).is_ok());
+        for extra in [
+            ("sec-websocket-protocol", Some("chat")),
+            ("sec-websocket-extensions", Some("permessage-deflate")),
+        ] {
+            assert!(check_switch(&bare, &with(&[extra])).is_err(), "{extra:?}");
+        }
     }
 
     #[test]

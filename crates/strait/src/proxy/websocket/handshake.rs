@@ -167,6 +167,14 @@ async fn handshake(
             }
             Ok(Ok(answer)) => answer,
         };
+    if let backend::Answer::Switched {
+        headers: answered, ..
+    } = &answer
+        && let Err(error) = backend::check_switch(&headers, answered)
+    {
+        lease.report(Outcome::ConnectFailed);
+        return Err(bad_gateway(&route.proxy, &error));
+    }
     lease.report(Outcome::from_status(answer.status()));
     let took = asked.elapsed();
     exchange.backend_took = Some(took);
