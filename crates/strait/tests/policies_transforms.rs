@@ -312,6 +312,56 @@ async fn header_transforms_apply_to_the_handshake_and_the_101() {
     round_trip(&mut session, "hello").await;
 }
 
+/// Headers a client names in `Connection` are its own hop-by-hop ones: they go, but those the
+/// gateway and its policies set under the same names reach the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_name_the_gateways_headers_away_in_connection() {
+    let (api, _echo) = fixture().await;
+    const NAMED: &str = "x-consumer, x-rid, x-request-id, traceparent, x-mine";
+    let (status, _, body) = send(
+        &api,
+        Method::GET,
+        "/hdr/items",
+        &[
+            ("x-api-key", "alice-key"),
+            ("connection", NAMED),
+            ("x-mine", "hop"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = &json_of(&body)["headers"];
+    // tungstenite writes one `Connection` line of its own: the names go on it.
+    let mut request = format!("ws://{}/wshdr/room", api.gw("prod"))
+        .into_client_request()
+        .expect("a request");
+    for (name, value) in [
+        ("x-api-key", "alice-key".to_owned()),
+        ("connection", format!("Upgrade, {NAMED}")),
+        ("x-mine", "hop".to_owned()),
+    ] {
+        request
+            .headers_mut()
+            .insert(name, HeaderValue::from_str(&value).expect("value"));
+    }
+    let (mut session, _) = within("the WebSocket handshake", connect_async(request))
+        .await
+        .expect("the handshake is accepted");
+    let report = within("the backend's report", session.next())
+        .await
+        .expect("a message")
+        .expect("no error");
+    let seen_ws: Value = serde_json::from_str(report.to_text().expect("text")).expect("JSON");
+    for seen in [seen, &seen_ws] {
+        assert_eq!(seen["x-consumer"], "alice", "{seen}");
+        for set in ["x-rid", "x-request-id", "traceparent"] {
+            assert!(seen.get(set).is_some_and(|v| v != ""), "{set}: {seen}");
+        }
+        assert!(seen.get("x-mine").is_none(), "{seen}");
+    }
+    round_trip(&mut session, "hello").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_entries_are_refused_with_the_value_named() {
     let (api, _echo) = fixture().await;

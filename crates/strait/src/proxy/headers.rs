@@ -16,12 +16,25 @@ use crate::routing::{is_sub_delim, is_unreserved};
 /// `Upgrade`): a map made with it never grows (a rehash of every header) on the way.
 pub const ADDED_TO_REQUEST: usize = 8;
 
-/// Turns the client's request headers into the backend's: hop-by-hop headers removed
-/// (for a WebSocket handshake, `Connection: Upgrade` and `Upgrade: websocket` set instead),
-/// `X-Forwarded-*` set, and `Host` set to the backend's authority (or kept with
-/// `preserve_host`). `authority` is the request target's (HTTP/2's `:authority`, or an
-/// HTTP/1 absolute-form target's), which names the host before `Host` does (RFC 9112
-/// §3.2.2).
+/// Removes the client's hop-by-hop headers (RFC 9110 §7.6.1) and those its `Connection`
+/// names, before the gateway and its policies add their own: a client naming
+/// `X-Request-Id` or a policy's `X-Consumer` in `Connection` names only its own copy away.
+/// A handshake keeps `Connection` and `Upgrade`, which [`to_backend`] overwrites.
+pub fn from_client(headers: &mut HeaderMap, websocket: bool) {
+    if websocket {
+        // Overwritten where the client put them: a removal shifts the map's entries
+        // (~230 instructions each), and they would be added again at once.
+        strip(headers, &[header::CONNECTION, header::UPGRADE]);
+    } else {
+        strip_hop_by_hop(headers);
+    }
+}
+
+/// Turns the request headers, after [`from_client`] and the policies, into the backend's:
+/// for a WebSocket handshake `Connection: Upgrade` and `Upgrade: websocket`, `X-Forwarded-*`
+/// set, and `Host` set to the backend's authority (or kept with `preserve_host`).
+/// `authority` is the request target's (HTTP/2's `:authority`, or an HTTP/1 absolute-form
+/// target's), which names the host before `Host` does (RFC 9112 §3.2.2).
 pub fn to_backend(
     headers: &mut HeaderMap,
     authority: Option<&http::uri::Authority>,
@@ -33,13 +46,8 @@ pub fn to_backend(
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| headers.get(header::HOST).cloned());
     if websocket {
-        // Overwritten where the client put them: a removal shifts the map's entries
-        // (~230 instructions each), and they would be added again at once.
-        strip(headers, &[header::CONNECTION, header::UPGRADE]);
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    } else {
-        strip_hop_by_hop(headers);
     }
     set_forwarded(headers, conn, original_host.as_ref());
     let host = match original_host {

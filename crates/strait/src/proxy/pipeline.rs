@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::exchange::{Exchange, Logged};
-use super::headers::{check_host, lists_token};
+use super::headers::{check_host, from_client, lists_token};
 use super::sessions::Registry;
 use super::snapshot::{EnvRoutes, Route, Snapshot};
 use super::websocket::handshake::ClientSide;
@@ -236,8 +236,8 @@ fn serve_upgrade(
     }
 }
 
-/// The trace headers, then the route's policies; `Some` when a policy answered the
-/// request itself.
+/// The client's hop-by-hop headers out, the trace headers in, then the route's policies;
+/// `Some` when a policy answered the request itself.
 async fn admit<B>(
     conn: &ConnInfo,
     matched: &mut Matched,
@@ -245,6 +245,7 @@ async fn admit<B>(
     websocket: bool,
     exchange: &mut Exchange,
 ) -> Result<Option<Response<Body>>, GatewayError> {
+    from_client(req.headers_mut(), websocket);
     // Before the policies, so `$request_id` in a `headers` policy sees it.
     exchange.trace.to_backend(req.headers_mut());
     if matched.route.policies.is_empty() {
