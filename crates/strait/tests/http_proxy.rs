@@ -964,6 +964,26 @@ async fn hop_by_hop_response_headers_are_not_returned() {
     assert_eq!(response.header("cache-control"), Some("no-store"));
 }
 
+/// A backend answer with both `Content-Length` and `Transfer-Encoding` is framed by the
+/// encoding (RFC 9112 §6.3), and the client does not get the length that does not hold.
+#[tokio::test]
+async fn a_response_with_a_length_and_an_encoding_is_framed_by_the_encoding() {
+    let backend = raw_backend(
+        b"HTTP/1.1 200 OK\r\n\
+          Content-Length: 50\r\n\
+          Transfer-Encoding: chunked\r\n\
+          \r\n\
+          2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxies = proxy("b", "/b/*", &format!("http://{backend}"));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let response = raw_get(addr(&gw), "/b/x").await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body, b"ok");
+    assert_eq!(response.header("content-length"), None, "{response:?}");
+}
+
 #[tokio::test]
 async fn x_forwarded_headers_are_set() {
     let (gw, _echo) = headers_gateway().await;

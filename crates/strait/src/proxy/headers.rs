@@ -182,7 +182,8 @@ fn maybe_hop(name: &HeaderName) -> bool {
     len < 32 && HOP_LENGTHS & (1 << len) != 0
 }
 
-/// Removes hop-by-hop headers and every header named in `Connection`.
+/// Removes hop-by-hop headers and every header named in `Connection` (and `Content-Length`
+/// beside `Transfer-Encoding`).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     strip(headers, &[]);
 }
@@ -203,6 +204,12 @@ fn strip(headers: &mut HeaderMap, kept: &[HeaderName]) {
     }
     if !present.contains(&true) {
         return;
+    }
+    // A message framed by `Transfer-Encoding` loses its `Content-Length` too: the encoding
+    // decides the length (RFC 9112 §6.3), and a length that does not hold would reach the
+    // next hop once the encoding is gone.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
     }
     // Headers `Connection` names besides those (none without `Connection`).
     let named: Vec<HeaderName> = list_items(headers, header::CONNECTION)
