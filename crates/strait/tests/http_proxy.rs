@@ -985,6 +985,42 @@ async fn a_response_with_a_length_and_an_encoding_is_framed_by_the_encoding() {
 }
 
 #[tokio::test]
+async fn a_coded_body_or_an_authority_with_user_information_is_refused_before_the_backend() {
+    let (gw, _echo) = headers_gateway().await;
+    let gw = addr(&gw);
+    for (request, status, kind) in [
+        (
+            format!(
+                "POST /h/x HTTP/1.1\r\nHost: {gw}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+                 2\r\nok\r\n0\r\n\r\n"
+            ),
+            501,
+            "not_implemented",
+        ),
+        (
+            format!("GET http://user:pw@evil.example/h/x HTTP/1.1\r\nHost: {gw}\r\n\r\n"),
+            400,
+            "bad_request",
+        ),
+    ] {
+        let response = raw(gw, &request).await;
+        assert_eq!(response.status, status, "{request:?}: {response:?}");
+        assert_eq!(json(&response.body)["error"], kind, "{response:?}");
+    }
+    // Chunked alone, and an absolute form without user information, pass.
+    let echoed = raw(
+        gw,
+        &format!(
+            "POST http://{gw}/h/x HTTP/1.1\r\nHost: {gw}\r\nTransfer-Encoding: Chunked\r\n\r\n\
+             2\r\nok\r\n0\r\n\r\n"
+        ),
+    )
+    .await
+    .echo();
+    assert_eq!(echoed["body_length"], 2, "{echoed}");
+}
+
+#[tokio::test]
 async fn x_forwarded_headers_are_set() {
     let (gw, _echo) = headers_gateway().await;
     let gw = addr(&gw);

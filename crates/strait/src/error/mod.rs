@@ -48,6 +48,8 @@ pub enum ErrorKind {
     GatewayTimeout,
     /// The gateway is shutting down or over a limit.
     Unavailable,
+    /// The request needs what the gateway does not do (a transfer coding other than chunked).
+    NotImplemented,
 }
 
 impl ErrorKind {
@@ -68,6 +70,7 @@ impl ErrorKind {
             ErrorKind::BadGateway => "bad_gateway",
             ErrorKind::GatewayTimeout => "gateway_timeout",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::NotImplemented => "not_implemented",
         }
     }
 
@@ -87,6 +90,7 @@ impl ErrorKind {
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }

@@ -20,13 +20,24 @@ pub const ADDED_TO_REQUEST: usize = 8;
 /// names, before the gateway and its policies add their own: a client naming
 /// `X-Request-Id` or a policy's `X-Consumer` in `Connection` names only its own copy away.
 /// A handshake keeps `Connection` and `Upgrade`, which [`to_backend`] overwrites.
-pub fn from_client(headers: &mut HeaderMap, websocket: bool) {
-    if websocket {
-        // Overwritten where the client put them: a removal shifts the map's entries
-        // (~230 instructions each), and they would be added again at once.
-        strip(headers, &[header::CONNECTION, header::UPGRADE]);
+/// A body in a transfer coding other than `chunked` is refused with 501, as RFC 9112 §6.1
+/// and nginx do: hyper decodes only the chunks.
+pub fn from_client(headers: &mut HeaderMap, websocket: bool) -> Result<(), GatewayError> {
+    // A handshake's are overwritten where the client put them: a removal shifts the map's
+    // entries (~230 instructions each), and they would be added again at once.
+    let kept = if websocket {
+        &[header::CONNECTION, header::UPGRADE][..]
     } else {
-        strip_hop_by_hop(headers);
+        &[]
+    };
+    match strip(headers, kept) {
+        None => Ok(()),
+        Some(coding) => Err(GatewayError::new(
+            ErrorKind::NotImplemented,
+            format!(
+                "the gateway does not forward a body in the transfer coding {coding:?}; send it with `Transfer-Encoding: chunked` alone"
+            ),
+        )),
     }
 }
 
@@ -88,8 +99,20 @@ pub fn lists_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 /// The `Host` rules of RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, an
 /// HTTP/1.0 request at most one, and its value is a host with an optional port. Two hosts,
 /// or one that is not a host, could name one site to the gateway and another to a backend.
-/// HTTP/2 names it in `:authority`, checked by hyper.
-pub fn check_host(version: Version, headers: &HeaderMap) -> Result<(), GatewayError> {
+/// The request target's `authority` (an absolute-form target's, HTTP/2's `:authority`),
+/// which names the host before `Host` does, must be a host with an optional port too: `http`
+/// admits user information there (`user:pw@host`), which no backend should get as a host.
+pub fn check_host(
+    version: Version,
+    authority: Option<&http::uri::Authority>,
+    headers: &HeaderMap,
+) -> Result<(), GatewayError> {
+    if authority.is_some_and(|a| !is_host(a.as_str().as_bytes())) {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            "the request target's authority is not a host name or address with an optional port",
+        ));
+    }
     if version > Version::HTTP_11 {
         return Ok(());
     }
@@ -188,8 +211,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     strip(headers, &[]);
 }
 
-/// The same, leaving the hop-by-hop headers named in `kept` for the caller to overwrite.
-fn strip(headers: &mut HeaderMap, kept: &[HeaderName]) {
+/// The same, leaving the hop-by-hop headers named in `kept` for the caller to overwrite;
+/// `Some` with a transfer coding other than `chunked` it removed (`gzip` of `gzip, chunked`),
+/// which hyper did not decode: its bytes would go on as if they were the body.
+fn strip(headers: &mut HeaderMap, kept: &[HeaderName]) -> Option<String> {
     // One pass over the names finds the hop-by-hop ones present; most messages carry none,
     // and a WebSocket handshake two (`Connection`, `Upgrade`, which `to_backend` then
     // overwrites): only those are removed.
@@ -203,13 +228,17 @@ fn strip(headers: &mut HeaderMap, kept: &[HeaderName]) {
         }
     }
     if !present.contains(&true) {
-        return;
+        return None;
     }
     // A message framed by `Transfer-Encoding` loses its `Content-Length` too: the encoding
     // decides the length (RFC 9112 §6.3), and a length that does not hold would reach the
     // next hop once the encoding is gone.
+    let mut other_coding = None;
     if headers.contains_key(header::TRANSFER_ENCODING) {
         headers.remove(header::CONTENT_LENGTH);
+        other_coding = list_items(headers, header::TRANSFER_ENCODING)
+            .find(|coding| !coding.eq_ignore_ascii_case("chunked"))
+            .map(str::to_owned);
     }
     // Headers `Connection` names besides those (none without `Connection`).
     let named: Vec<HeaderName> = list_items(headers, header::CONNECTION)
@@ -224,6 +253,7 @@ fn strip(headers: &mut HeaderMap, kept: &[HeaderName]) {
     for name in &named {
         headers.remove(name);
     }
+    other_coding
 }
 
 /// An HTTP/1 head: the start line (in pieces), each header on its line, the empty line. The
@@ -387,10 +417,22 @@ mod tests {
             }
             headers
         };
-        let check = |version, hosts: &[&str]| check_host(version, &with(hosts));
+        let check = |version, hosts: &[&str]| check_host(version, None, &with(hosts));
         assert!(check(Version::HTTP_11, &["a.example"]).is_ok());
         assert!(check(Version::HTTP_10, &[]).is_ok());
         assert!(check(Version::HTTP_2, &[]).is_ok());
+        let authority = |a: &'static str| http::uri::Authority::from_static(a);
+        for (good, a) in [
+            (true, "a.example:8080"),
+            (true, "[::1]:80"),
+            (false, "user:pw@evil"),
+            (false, "u@a.example"),
+        ] {
+            for version in [Version::HTTP_11, Version::HTTP_2] {
+                let result = check_host(version, Some(&authority(a)), &with(&["a.example"]));
+                assert_eq!(result.is_ok(), good, "{a} over {version:?}: {result:?}");
+            }
+        }
         for (version, hosts, says) in [
             (Version::HTTP_11, &[][..], "must carry a Host header"),
             (Version::HTTP_11, &["a", "b"][..], "carries 2 Host headers"),

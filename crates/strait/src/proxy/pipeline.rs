@@ -245,7 +245,7 @@ async fn admit<B>(
     websocket: bool,
     exchange: &mut Exchange,
 ) -> Result<Option<Response<Body>>, GatewayError> {
-    from_client(req.headers_mut(), websocket);
+    from_client(req.headers_mut(), websocket)?;
     // Before the policies, so `$request_id` in a `headers` policy sees it.
     exchange.trace.to_backend(req.headers_mut());
     if matched.route.policies.is_empty() {
@@ -310,7 +310,7 @@ fn match_route<B>(
         )
     })?;
     exchange.env = Some(env.clone());
-    check_host(req.version(), req.headers())?;
+    check_host(req.version(), req.uri().authority(), req.headers())?;
     // A tunnel names a host, not a path (nginx and Kong do not proxy it either). `Allow`:
     // the standard methods a proxy may accept.
     if req.method() == Method::CONNECT {
