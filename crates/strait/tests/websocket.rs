@@ -1088,6 +1088,35 @@ fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// The built-in echo upgrades only a complete upgrade request, and tells a client that
+/// breaks the protocol why it closes.
+#[tokio::test]
+async fn the_echo_upgrades_only_upgrade_requests_and_closes_with_the_code_that_says_why() {
+    let echo = echo().await;
+    let at = echo.local_addr();
+    // A key alone is not an upgrade: echoed as plain HTTP.
+    let (status, _, body) = raw_upgrade(
+        at,
+        &format!(
+            "GET /x HTTP/1.1\r\nHost: {at}\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(body.as_bytes())["path"], "/x");
+    for (frame, code) in [
+        (masked(0x81, &[0xff, 0xfe]), 1007),
+        (masked(0x88, &[0x03]), 1002),
+        (masked(0x83, b"x"), 1002),
+    ] {
+        let mut client = RawClient::connect(at, "/x").await;
+        use tokio::io::AsyncWriteExt;
+        client.0.write_all(&frame).await.expect("send");
+        assert_eq!(client.close_code().await, code, "{frame:?}");
+    }
+}
+
 #[tokio::test]
 async fn reserved_bits_without_a_negotiated_extension_close_the_session_with_1002() {
     use tokio::io::AsyncWriteExt;

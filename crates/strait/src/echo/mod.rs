@@ -1,6 +1,7 @@
 //! The built-in echo backend (`strait echo`): HTTP requests are answered with a JSON echo
-//! of method, path, raw query, headers and body length; WebSocket messages are echoed back.
-//! It serves the demo, the tests and the benchmarks. It knows nothing of the gateway.
+//! of method, path, raw query, headers and body length; WebSocket messages are echoed back,
+//! and a client that breaks the protocol gets the close code that says how (1002, 1007,
+//! 1009). It serves the demo, the tests and the benchmarks. It knows nothing of the gateway.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -18,10 +19,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, coding::CloseCode};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::proxy::lists_token;
 
 /// The 101 answer carries the request target the echo saw, so clients can check routing.
 pub const ECHO_URI_HEADER: &str = "x-echo-uri";
@@ -92,7 +97,15 @@ async fn answer(
     req: Request<Incoming>,
     shutdown: CancellationToken,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.headers().contains_key(header::SEC_WEBSOCKET_KEY) {
+    // Only a complete upgrade request is upgraded: any other request, even one with a
+    // `Sec-WebSocket-Key`, is echoed as plain HTTP (a gateway in front of a backend that
+    // switched protocols on a plain request could only answer 502).
+    let headers = req.headers();
+    if req.method() == Method::GET
+        && lists_token(headers, header::UPGRADE, "websocket")
+        && lists_token(headers, header::CONNECTION, "upgrade")
+        && headers.contains_key(header::SEC_WEBSOCKET_KEY)
+    {
         return Ok(upgrade(req, shutdown));
     }
     let (parts, mut body) = req.into_parts();
@@ -181,7 +194,27 @@ fn upgrade(mut req: Request<Incoming>, shutdown: CancellationToken) -> Response<
                     }
                 }
                 Some(Ok(_)) => {} // ping, pong and close are answered by the library
-                Some(Err(_)) | None => return,
+                Some(Err(error)) => {
+                    // A peer that broke the protocol is told why before the connection goes.
+                    let code = match error {
+                        WsError::Utf8(_) => CloseCode::Invalid,
+                        WsError::Capacity(_) => CloseCode::Size,
+                        WsError::Protocol(_) => CloseCode::Protocol,
+                        _ => return,
+                    };
+                    let mut reason = error.to_string();
+                    while reason.len() > 123 {
+                        reason.pop();
+                    }
+                    let _ = ws
+                        .close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        }))
+                        .await;
+                    return;
+                }
+                None => return,
             }
         }
     });

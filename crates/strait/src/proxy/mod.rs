@@ -26,6 +26,7 @@ mod when_woken;
 mod workers;
 
 pub use gateway::{Gateway, GatewayHandle, GatewayOptions, StartError};
+pub(crate) use headers::lists_token;
 pub use sessions::{Registration, Registry, Session, SessionInfo};
 pub use snapshot::{EnvRoutes, Route, Snapshot};
 
