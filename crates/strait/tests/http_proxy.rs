@@ -1020,6 +1020,79 @@ async fn a_coded_body_or_an_authority_with_user_information_is_refused_before_th
     assert_eq!(echoed["body_length"], 2, "{echoed}");
 }
 
+/// A backend that closes a keep-alive connection just as the next request arrives on it (its
+/// keep-alive timeout ran out meanwhile): a GET goes once more on a fresh connection, so the
+/// client never sees the race; a POST, which may have been acted on, is not sent twice.
+#[tokio::test]
+async fn a_request_the_backend_closes_its_idle_connection_on_goes_again_if_safe() {
+    // Every connection answers its first request with its number, and closes at the next.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                for answered in [false, true] {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match tcp.read_u8().await {
+                            Ok(byte) => head.push(byte),
+                            Err(_) => return,
+                        }
+                    }
+                    if answered {
+                        return;
+                    }
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n{n}");
+                    if tcp.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxies = proxy("b", "/b/*", &format!("http://{backend}"));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    // One client connection, so every request is served by the same worker's connections.
+    let mut client = BufReader::new(TcpStream::connect(addr(&gw)).await.expect("connect"));
+    let get = format!("GET /b/x HTTP/1.1\r\nHost: {}\r\n\r\n", addr(&gw));
+    let post = format!(
+        "POST /b/x HTTP/1.1\r\nHost: {}\r\nContent-Length: 3\r\n\r\nabc",
+        addr(&gw)
+    );
+    let mut ask = async |request: &str| {
+        client
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .expect("write");
+        within("an answer", read_response(&mut client))
+            .await
+            .expect("an answer")
+    };
+    let first = ask(&get).await;
+    assert_eq!(
+        (first.status, &first.body[..]),
+        (200, &b"0"[..]),
+        "{first:?}"
+    );
+    // Unused long enough for the gateway to allow for a closing connection.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let again = ask(&get).await;
+    assert_eq!(
+        (again.status, &again.body[..]),
+        (200, &b"1"[..]),
+        "{again:?}"
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let refused = ask(&post).await;
+    assert_eq!(refused.status, 502, "{refused:?}");
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "the POST went once");
+}
+
 #[tokio::test]
 async fn x_forwarded_headers_are_set() {
     let (gw, _echo) = headers_gateway().await;

@@ -71,7 +71,15 @@ struct Held {
     target: Arc<TargetState>,
     upstream: UpstreamId,
     sender: HttpSender,
+    /// When its last request started.
+    used: tokio::time::Instant,
 }
+
+/// How long a connection may go unused before a request on it keeps a copy of its head, to
+/// go once more on a fresh connection if the backend closes this one as the request goes
+/// out (its keep-alive timeout ran out meanwhile). Busy connections never wait this long,
+/// so they copy nothing.
+const STALE_AFTER: Duration = Duration::from_millis(100);
 
 /// How an attempt reaches its backend.
 enum Path<'a> {
@@ -114,11 +122,17 @@ impl Pinned {
 }
 
 impl Held {
-    fn new(lease: &Lease, upstream: &Upstream, sender: HttpSender) -> Self {
+    fn new(
+        lease: &Lease,
+        upstream: &Upstream,
+        sender: HttpSender,
+        used: tokio::time::Instant,
+    ) -> Self {
         Self {
             target: lease.target().clone(),
             upstream: upstream.id().clone(),
             sender,
+            used,
         }
     }
 }
@@ -276,8 +290,8 @@ impl Failure {
     }
 }
 
-/// One attempt on `lease`: over one of the client connection's own backend connections
-/// when it may (`share` of them at most), else a shared one.
+/// One attempt on `lease`, started at `asked`: over one of the client connection's own
+/// backend connections when it may (`share` of them at most), else a shared one.
 #[expect(
     clippy::manual_async_fn,
     reason = "an `async fn` keeps its arguments twice: see `pipeline::handle`"
@@ -288,6 +302,7 @@ fn send(
     lease: &Lease,
     upstream: &Upstream,
     mut req: Outgoing,
+    asked: tokio::time::Instant,
 ) -> impl Future<Output = Result<Response<Incoming>, Failure>> {
     async move {
         let (lent, idle) = match conn.backend.checkout(lease, upstream, share) {
@@ -302,15 +317,27 @@ fn send(
         if let Some(mut held) = idle
             && held.sender.ready().await.is_ok()
         {
+            // A request with a safe method and no body on a connection unused for a while
+            // goes once more on a fresh connection if the backend closes this one before
+            // answering, as nginx retries on a cached connection.
+            let again = (asked.saturating_duration_since(held.used) >= STALE_AFTER
+                && req.method().is_idempotent()
+                && req.body().is_end_stream())
+            .then(|| head_of(&req));
+            held.used = asked;
             match held.sender.try_send_request(req).await {
                 Ok(response) => {
                     keep(held);
                     return Ok(response);
                 }
                 // Not written: the backend had closed the idle connection. A fresh one takes it.
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(Failure::Lost(error.into_error())),
+                Err(mut error) => match (error.take_message(), again) {
+                    (Some(unsent), _) => req = unsent,
+                    (None, Some(copy)) => {
+                        tracing::debug!(error = %error.error(), "backend closed an idle connection as a request went out; sending it again on a fresh one");
+                        req = copy;
+                    }
+                    (None, None) => return Err(Failure::Lost(error.into_error())),
                 },
             }
         }
@@ -319,9 +346,19 @@ fn send(
             .await
             .map_err(Failure::Connect)?;
         let response = sender.send_request(req).await.map_err(Failure::Lost)?;
-        keep(Held::new(lease, upstream, sender));
+        keep(Held::new(lease, upstream, sender, asked));
         Ok(response)
     }
+}
+
+/// A copy of a request without a body.
+fn head_of(req: &Outgoing) -> Outgoing {
+    let mut copy = Request::new(Replay::ended());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// `uri` in origin form (path and query), as HTTP/1 sends it.
@@ -405,6 +442,7 @@ pub fn forward(
                     &lease,
                     &route.upstream,
                     Request::from_parts(head, body),
+                    asked,
                 ));
                 // An HTTP/1 client waits for one response at a time: its connection's timer.
                 let timer = (share == 1).then_some(&conn.response_timer);

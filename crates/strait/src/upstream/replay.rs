@@ -41,6 +41,14 @@ impl<B> Replay<B> {
         }
     }
 
+    /// A body that has ended: nothing to send.
+    pub fn ended() -> Self {
+        Replay {
+            state: Some(State::Ended),
+            back: None,
+        }
+    }
+
     /// A body that comes back through the handle if dropped unsent.
     pub fn new(body: B) -> (Self, Returned<B>) {
         Self::from_state(State::Body(body))
