@@ -323,7 +323,8 @@ fn send(
             let again = (asked.saturating_duration_since(held.used) >= STALE_AFTER
                 && req.method().is_idempotent()
                 && req.body().is_end_stream())
-            .then(|| head_of(&req));
+            // Boxed: held inline, it would make every request's future larger.
+            .then(|| Box::new(head_of(&req)));
             held.used = asked;
             match held.sender.try_send_request(req).await {
                 Ok(response) => {
@@ -335,7 +336,7 @@ fn send(
                     (Some(unsent), _) => req = unsent,
                     (None, Some(copy)) => {
                         tracing::debug!(error = %error.error(), "backend closed an idle connection as a request went out; sending it again on a fresh one");
-                        req = copy;
+                        req = *copy;
                     }
                     (None, None) => return Err(Failure::Lost(error.into_error())),
                 },

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use http::Version;
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, GetAll, HeaderMap, HeaderName, HeaderValue};
 
 use super::pipeline::ConnInfo;
 use super::snapshot::Route;
@@ -77,8 +77,11 @@ pub fn to_backend(
 /// The elements of a comma-separated list header (all its lines), trimmed; lines that are
 /// not visible ASCII are skipped.
 pub fn list_items(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(name)
+    items(headers.get_all(name))
+}
+
+fn items(values: GetAll<'_, HeaderValue>) -> impl Iterator<Item = &str> {
+    values
         .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -88,12 +91,13 @@ pub fn list_items(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item =
 
 /// Whether a list header (`Connection`, `Upgrade`) names `token`, in any case.
 pub fn lists_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    // Most senders put the one token alone: no split then.
-    headers
-        .get_all(&name)
+    // Looked up once (every request asks whether it is an upgrade); most senders put the
+    // one token alone: no split then.
+    let values = headers.get_all(name);
+    values
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(token.as_bytes()))
-        || list_items(headers, name).any(|item| item.eq_ignore_ascii_case(token))
+        || items(values).any(|item| item.eq_ignore_ascii_case(token))
 }
 
 /// The `Host` rules of RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, an
