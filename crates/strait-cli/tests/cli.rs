@@ -404,6 +404,55 @@ async fn run_proxies_http_and_websocket_to_the_echo_and_shuts_down_on_sigterm() 
     echo.stop().await;
 }
 
+/// A backend whose response body breaks off after its head: the client's answer is cut, and
+/// the gateway's log says why (the access log keeps the status that went out).
+#[tokio::test]
+async fn a_backend_body_that_breaks_off_is_logged_as_a_warning() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut head = [0u8; 4096];
+            let _ = tcp.read(&mut head).await;
+            let _ = tcp
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n")
+                .await;
+        }
+    });
+    let dir = temporary_folder();
+    let config = dir.path().join("gateway.yaml");
+    let (mut gateway, addr) = start_on_free_port("strait run", |addr| {
+        write_echo_config(&config, addr, backend);
+        Running::spawn(
+            "strait run",
+            strait().args(["run", "--config"]).arg(&config),
+        )
+    })
+    .await;
+    // Whatever reaches the client (hyper may not have written the head yet), it ends.
+    let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    client
+        .write_all(format!("GET /api/x HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(common::WAIT, client.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the cut response ends: {:?}", text(&got));
+    let line = gateway
+        .expect_line("the broken body's warning", |stream, line| {
+            stream == Stream::Stderr && line.contains("response body broke off")
+        })
+        .await;
+    assert!(
+        line.contains("WARN") && line.contains("proxy=\"echo\""),
+        "{line}"
+    );
+    gateway.stop().await;
+}
+
 /// At its descriptor limit the gateway turns new connections away — a JSON 502 when it has
 /// no descriptor left for the backend, a log line when it cannot even accept — keeps the
 /// sessions it holds, and serves again once some close. It never crashes.

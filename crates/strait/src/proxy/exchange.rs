@@ -408,7 +408,15 @@ impl hyper::body::Body for Logged {
             }
             Poll::Ready(None) => this.exchange.finish(this.bytes),
             Poll::Pending => return this.poll_quiet(cx),
-            Poll::Ready(Some(Err(_))) => {}
+            // The status line may be out already: the access log keeps it, this says why
+            // the body is short (as nginx's "upstream prematurely closed connection").
+            Poll::Ready(Some(Err(error))) => tracing::warn!(
+                proxy = this.exchange.route.as_ref().map_or("-", |r| &*r.proxy),
+                path = %this.exchange.logged_path(),
+                bytes_sent = this.bytes,
+                %error,
+                "the backend's response body broke off: the client's response is cut short"
+            ),
         }
         polled
     }
