@@ -984,6 +984,29 @@ async fn a_response_with_a_length_and_an_encoding_is_framed_by_the_encoding() {
     assert_eq!(response.header("content-length"), None, "{response:?}");
 }
 
+/// A backend answer in a transfer coding besides `chunked` would reach the client still
+/// coded: a 502 instead.
+#[tokio::test]
+async fn a_response_in_another_transfer_coding_is_a_502() {
+    let backend = raw_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxies = proxy("b", "/b/*", &format!("http://{backend}"));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    let response = raw_get(addr(&gw), "/b/x").await;
+    assert_eq!(response.status, 502, "{response:?}");
+    let body = json(&response.body);
+    assert_eq!(body["error"], "bad_gateway");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"gzip\""),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn a_coded_body_or_an_authority_with_user_information_is_refused_before_the_backend() {
     let (gw, _echo) = headers_gateway().await;

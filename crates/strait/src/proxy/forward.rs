@@ -529,7 +529,16 @@ pub fn forward(
             // The target counts the request as active until its response body ends.
             exchange.lease = Some(lease);
             let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
+            if let Some(coding) = strip_hop_by_hop(&mut parts.headers) {
+                // Its bytes would reach the client still coded, as if they were the body.
+                return Err(GatewayError::new(
+                    ErrorKind::BadGateway,
+                    format!(
+                        "the backend of API proxy \"{}\" answered in the transfer coding {coding:?}, which the gateway does not forward",
+                        route.proxy
+                    ),
+                ));
+            }
             return Ok(Response::from_parts(parts, Either::Left(body)));
         }
     }

@@ -210,9 +210,11 @@ fn maybe_hop(name: &HeaderName) -> bool {
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection` (and `Content-Length`
-/// beside `Transfer-Encoding`).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip(headers, &[]);
+/// beside `Transfer-Encoding`); `Some` with a transfer coding other than `chunked` the
+/// message was in, which hyper did not decode (see [`strip`]).
+#[must_use]
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<String> {
+    strip(headers, &[])
 }
 
 /// The same, leaving the hop-by-hop headers named in `kept` for the caller to overwrite;
@@ -482,7 +484,7 @@ mod tests {
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert("x-kept", HeaderValue::from_static("yes"));
         let before = headers.clone();
-        strip_hop_by_hop(&mut headers);
+        let _ = strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers["x-kept"], "yes");
         // A handshake's `Connection` and `Upgrade` stay for the caller to overwrite; what
@@ -498,12 +500,12 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert(hop, HeaderValue::from_static("x"));
             headers.insert("x-kept", HeaderValue::from_static("yes"));
-            strip_hop_by_hop(&mut headers);
+            let _ = strip_hop_by_hop(&mut headers);
             assert_eq!(headers.len(), 1, "{hop}");
         }
         let mut untouched = HeaderMap::new();
         untouched.insert("x-kept", HeaderValue::from_static("yes"));
-        strip_hop_by_hop(&mut untouched);
+        let _ = strip_hop_by_hop(&mut untouched);
         assert_eq!(untouched.len(), 1);
     }
 }

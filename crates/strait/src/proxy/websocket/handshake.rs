@@ -195,7 +195,15 @@ async fn handshake(
                     Err(_) => return Err(timed_out(&mut lease)),
                 };
             let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
+            if strip_hop_by_hop(&mut parts.headers).is_some() {
+                return Err(GatewayError::new(
+                    ErrorKind::BadGateway,
+                    format!(
+                        "the backend of API proxy \"{}\" refused the WebSocket upgrade in a transfer coding the gateway does not forward",
+                        route.proxy
+                    ),
+                ));
+            }
             return Ok(Response::from_parts(parts, Either::Left(body)));
         }
     };
