@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use http::Version;
-use http::header::{self, Entry, GetAll, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 use super::pipeline::ConnInfo;
 use super::snapshot::Route;
@@ -77,27 +77,29 @@ pub fn to_backend(
 /// The elements of a comma-separated list header (all its lines), trimmed; lines that are
 /// not visible ASCII are skipped.
 pub fn list_items(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
-    items(headers.get_all(name))
+    headers.get_all(name).into_iter().flat_map(value_items)
 }
 
-fn items(values: GetAll<'_, HeaderValue>) -> impl Iterator<Item = &str> {
-    values
-        .into_iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+/// The elements of one line of a list header.
+pub fn value_items(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
 }
 
 /// Whether a list header (`Connection`, `Upgrade`) names `token`, in any case.
 pub fn lists_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    // Looked up once (every request asks whether it is an upgrade); most senders put the
-    // one token alone: no split then.
-    let values = headers.get_all(name);
-    values
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(token.as_bytes()))
-        || items(values).any(|item| item.eq_ignore_ascii_case(token))
+    headers.get_all(name).iter().any(|v| value_lists(v, token))
+}
+
+/// Whether one line of a list header names `token`, in any case.
+pub fn value_lists(value: &HeaderValue, token: &str) -> bool {
+    // Most senders put the one token alone: no split then.
+    value.as_bytes().eq_ignore_ascii_case(token.as_bytes())
+        || value_items(value).any(|item| item.eq_ignore_ascii_case(token))
 }
 
 /// The `Host` rules of RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, an

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::error::MAX_HEADERS;
-use crate::proxy::headers::{http1_head, list_items, lists_token};
+use crate::proxy::headers::{http1_head, list_items, value_items, value_lists};
 use crate::upstream::MAX_RESPONSE_HEAD as MAX_HEAD;
 
 use std::io;
@@ -122,48 +122,47 @@ pub fn parse(buf: &[u8]) -> Result<Head, AnswerError> {
 /// `Sec-WebSocket-Accept` derived from the request's key, at most one subprotocol (one the
 /// request offered), and only extensions the request offered.
 pub fn check_switch(request: &HeaderMap, answer: &HeaderMap) -> Result<(), AnswerError> {
-    if !lists_token(answer, header::UPGRADE, "websocket")
-        || !lists_token(answer, header::CONNECTION, "upgrade")
-    {
-        return Err(AnswerError::NotWebSocket(
-            "it lacks `Upgrade: websocket` or `Connection: upgrade`",
-        ));
+    let not = |why| Err(AnswerError::NotWebSocket(why));
+    // An extension's name is what comes before its parameters (`x; a=1`).
+    fn name(item: &str) -> &str {
+        item.split(';').next().unwrap_or_default().trim()
+    }
+    let offered = |item: &str| {
+        list_items(request, header::SEC_WEBSOCKET_EXTENSIONS)
+            .any(|asked| name(asked).eq_ignore_ascii_case(name(item)))
+    };
+    // One pass over the answer's few lines rather than a lookup per name; the accept and the
+    // subprotocol must come once each.
+    let (mut upgrade, mut connection) = (false, false);
+    let (mut accept, mut accepts, mut chosen, mut choices) = (None, 0, None, 0);
+    for (name, value) in answer {
+        if *name == header::UPGRADE {
+            upgrade |= value_lists(value, "websocket");
+        } else if *name == header::CONNECTION {
+            connection |= value_lists(value, "upgrade");
+        } else if *name == header::SEC_WEBSOCKET_ACCEPT {
+            (accept, accepts) = (Some(value), accepts + 1);
+        } else if *name == header::SEC_WEBSOCKET_PROTOCOL {
+            (chosen, choices) = (Some(value), choices + 1);
+        } else if *name == header::SEC_WEBSOCKET_EXTENSIONS && !value_items(value).all(offered) {
+            return not("it accepted an extension the client did not offer");
+        }
+    }
+    if !upgrade || !connection {
+        return not("it lacks `Upgrade: websocket` or `Connection: upgrade`");
     }
     let key = request
         .get(header::SEC_WEBSOCKET_KEY)
         .map_or(&b""[..], HeaderValue::as_bytes);
-    let mut accepts = answer.get_all(header::SEC_WEBSOCKET_ACCEPT).iter();
-    let proved = matches!((accepts.next(), accepts.next()),
-        (Some(accept), None) if accept.as_bytes() == derive_accept_key(key).as_bytes());
-    if !proved {
-        return Err(AnswerError::NotWebSocket(
-            "its `Sec-WebSocket-Accept` is not the one the request's key asks for",
-        ));
+    let proved = accept.is_some_and(|a| a.as_bytes() == derive_accept_key(key).as_bytes());
+    if accepts != 1 || !proved {
+        return not("its `Sec-WebSocket-Accept` is not the one the request's key asks for");
     }
-    let mut chosen = answer.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter();
-    let fits = match (chosen.next(), chosen.next()) {
-        (None, _) => true,
-        (Some(one), None) => list_items(request, header::SEC_WEBSOCKET_PROTOCOL)
-            .any(|offered| offered.as_bytes() == one.as_bytes()),
-        (Some(_), Some(_)) => false,
-    };
-    if !fits {
-        return Err(AnswerError::NotWebSocket(
-            "it chose a subprotocol the client did not offer",
-        ));
-    }
-    // An extension's name is what comes before its parameters (`permessage-deflate; ...`).
-    fn name(item: &str) -> &str {
-        item.split(';').next().unwrap_or_default().trim()
-    }
-    let unasked = list_items(answer, header::SEC_WEBSOCKET_EXTENSIONS).any(|item| {
-        !list_items(request, header::SEC_WEBSOCKET_EXTENSIONS)
-            .any(|asked| name(asked).eq_ignore_ascii_case(name(item)))
+    let fits = chosen.is_none_or(|one| {
+        list_items(request, header::SEC_WEBSOCKET_PROTOCOL).any(|p| p.as_bytes() == one.as_bytes())
     });
-    if unasked {
-        return Err(AnswerError::NotWebSocket(
-            "it accepted an extension the client did not offer",
-        ));
+    if choices > 1 || !fits {
+        return not("it chose a subprotocol the client did not offer");
     }
     Ok(())
 }
