@@ -328,6 +328,15 @@ async fn raw_backend(answer: &'static [u8]) -> SocketAddr {
     addr
 }
 
+/// The answer a client gets to `GET /b/x` through a gateway in front of a [`raw_backend`]
+/// that writes `answer`.
+async fn answered_by(answer: &'static [u8]) -> RawResponse {
+    let backend = raw_backend(answer).await;
+    let proxies = proxy("b", "/b/*", &format!("http://{backend}"));
+    let gw = gateway(&single_env(false, &proxies)).await;
+    raw_get(addr(&gw), "/b/x").await
+}
+
 // ---------------------------------------------------------------------------------------
 // 1. The examples
 // ---------------------------------------------------------------------------------------
@@ -918,7 +927,7 @@ async fn a_backend_answer_head_over_64_kib_is_a_502() {
 
 #[tokio::test]
 async fn hop_by_hop_response_headers_are_not_returned() {
-    let backend = raw_backend(
+    let response = answered_by(
         b"HTTP/1.1 200 OK\r\n\
           Content-Length: 2\r\n\
           Connection: X-Backend-Secret\r\n\
@@ -933,9 +942,6 @@ async fn hop_by_hop_response_headers_are_not_returned() {
           ok",
     )
     .await;
-    let proxies = proxy("b", "/b/*", &format!("http://{backend}"));
-    let gw = gateway(&single_env(false, &proxies)).await;
-    let response = raw_get(addr(&gw), "/b/x").await;
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(response.body, b"ok");
     for gone in [
@@ -964,7 +970,7 @@ async fn hop_by_hop_response_headers_are_not_returned() {
 /// encoding (RFC 9112 §6.3), and the client does not get the length that does not hold.
 #[tokio::test]
 async fn a_response_with_a_length_and_an_encoding_is_framed_by_the_encoding() {
-    let backend = raw_backend(
+    let response = answered_by(
         b"HTTP/1.1 200 OK\r\n\
           Content-Length: 50\r\n\
           Transfer-Encoding: chunked\r\n\
@@ -972,9 +978,6 @@ async fn a_response_with_a_length_and_an_encoding_is_framed_by_the_encoding() {
           2\r\nok\r\n0\r\n\r\n",
     )
     .await;
-    let proxies = proxy("b", "/b/*", &format!("http://{backend}"));
-    let gw = gateway(&single_env(false, &proxies)).await;
-    let response = raw_get(addr(&gw), "/b/x").await;
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(response.body, b"ok");
     assert_eq!(response.header("content-length"), None, "{response:?}");
@@ -984,13 +987,10 @@ async fn a_response_with_a_length_and_an_encoding_is_framed_by_the_encoding() {
 /// coded: a 502 instead.
 #[tokio::test]
 async fn a_response_in_another_transfer_coding_is_a_502() {
-    let backend = raw_backend(
+    let response = answered_by(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     )
     .await;
-    let proxies = proxy("b", "/b/*", &format!("http://{backend}"));
-    let gw = gateway(&single_env(false, &proxies)).await;
-    let response = raw_get(addr(&gw), "/b/x").await;
     assert_eq!(response.status, 502, "{response:?}");
     let body = json(&response.body);
     assert_eq!(body["error"], "bad_gateway");
