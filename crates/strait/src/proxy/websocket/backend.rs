@@ -124,12 +124,12 @@ pub fn parse(buf: &[u8]) -> Result<Head, AnswerError> {
 pub fn check_switch(request: &HeaderMap, answer: &HeaderMap) -> Result<(), AnswerError> {
     let not = |why| Err(AnswerError::NotWebSocket(why));
     // An extension's name is what comes before its parameters (`x; a=1`).
-    fn name(item: &str) -> &str {
+    fn extension(item: &str) -> &str {
         item.split(';').next().unwrap_or_default().trim()
     }
     let offered = |item: &str| {
         list_items(request, header::SEC_WEBSOCKET_EXTENSIONS)
-            .any(|asked| name(asked).eq_ignore_ascii_case(name(item)))
+            .any(|asked| extension(asked).eq_ignore_ascii_case(extension(item)))
     };
     // One pass over the answer's few lines rather than a lookup per name; the accept and the
     // subprotocol must come once each.
