@@ -1112,6 +1112,34 @@ async fn a_request_the_backend_closes_its_idle_connection_on_goes_again_if_safe(
     assert_eq!(connections.load(Ordering::SeqCst), 2, "the POST went once");
 }
 
+/// HTTP/2 requests are held to HTTP/1's 100 header fields, with the same JSON 431.
+#[tokio::test]
+async fn an_http2_request_with_too_many_header_fields_gets_the_same_431() {
+    let (gw, _echo) = headers_gateway().await;
+    let (mut sender, _connection) = h2_client(addr(&gw)).await;
+    // 90, not 100: the gateway adds its own headers, and the echo (hyper) takes 100 at most.
+    for (fields, status) in [(90, 200), (101, 431)] {
+        let mut request = get_request(&gw, "/h/x");
+        for i in 0..fields {
+            request.headers_mut().insert(
+                http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).expect("name"),
+                http::HeaderValue::from_static("v"),
+            );
+        }
+        let response = within("the answer", sender.send_request(request))
+            .await
+            .expect("a response");
+        assert_eq!(response.status(), status, "{fields} fields");
+        if status == 431 {
+            let body = within("the body", response.into_body().collect())
+                .await
+                .expect("the body")
+                .to_bytes();
+            assert_eq!(json(&body)["error"], "headers_too_large");
+        }
+    }
+}
+
 #[tokio::test]
 async fn x_forwarded_headers_are_set() {
     let (gw, _echo) = headers_gateway().await;

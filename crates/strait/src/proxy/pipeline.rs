@@ -32,7 +32,7 @@ use super::sessions::Registry;
 use super::snapshot::{EnvRoutes, Route, Snapshot};
 use super::websocket::handshake::ClientSide;
 use super::{forward, websocket};
-use crate::error::{ErrorKind, GatewayError};
+use crate::error::{ErrorKind, GatewayError, MAX_HEADERS};
 use crate::policy::Answer;
 use crate::routing::{normalize_path, target_path, target_uri};
 use crate::telemetry::trace::X_REQUEST_ID;
@@ -311,6 +311,16 @@ fn match_route<B>(
     })?;
     exchange.env = Some(env.clone());
     check_host(req.version(), req.uri().authority(), req.headers())?;
+    // HTTP/1's heads stop there as hyper parses them; HTTP/2's limit is in bytes only.
+    if req.headers().len() > MAX_HEADERS {
+        return Err(GatewayError::new(
+            ErrorKind::HeadersTooLarge,
+            format!(
+                "the request carries {} header fields; the gateway takes at most {MAX_HEADERS}",
+                req.headers().len()
+            ),
+        ));
+    }
     // A tunnel names a host, not a path (nginx and Kong do not proxy it either). `Allow`:
     // the standard methods a proxy may accept.
     if req.method() == Method::CONNECT {
