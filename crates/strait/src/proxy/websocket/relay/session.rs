@@ -147,6 +147,15 @@ fn lost(side: Side, why: &str) -> CloseFrame {
     }
 }
 
+/// Writes `bytes` and flushes them, each tried once.
+fn write_once<S: AsyncWrite + Unpin>(io: &mut S, cx: &mut Context<'_>, bytes: &[u8]) {
+    if let Poll::Ready(Ok(n)) = Pin::new(&mut *io).poll_write(cx, bytes)
+        && n == bytes.len()
+    {
+        let _ = Pin::new(io).poll_flush(cx);
+    }
+}
+
 /// A per-relay xorshift64 for mask keys of the gateway's own frames.
 struct MaskRng(u64);
 
@@ -347,6 +356,7 @@ where
             }
             if self.deadline.is_some() {
                 tracing::debug!("websocket relay: close timeout, dropping the connection");
+                self.answer_closes(cx);
                 return Poll::Ready(self.outcome());
             }
             let now = Instant::now();
@@ -637,6 +647,28 @@ where
             }
         }
         self.start_deadline();
+    }
+
+    /// At the close timeout: a side whose close the other never answered gets the gateway's
+    /// answer instead (1014 when the backend was silent, 1001 when the client was), in one
+    /// attempt to write it, rather than a bare end of stream. Nothing is written inside a
+    /// frame or ahead of bytes still waiting for that side.
+    fn answer_closes(&mut self, cx: &mut Context<'_>) {
+        for side in [Side::Client, Side::Backend] {
+            let to = self.dir_to(side);
+            let unanswered =
+                to.dst == Dst::Open && to.inject.is_none() && !to.mid_frame() && !to.write_waits();
+            if !unanswered || self.dir_from(side).src != Src::Closed {
+                continue;
+            }
+            let close = self.encode(side, &lost(side.other(), "did not answer the close"));
+            let bytes = close.as_bytes();
+            // A write that does not fit at once is given up: the connection closes anyway.
+            match side {
+                Side::Client => write_once(&mut self.client, cx, bytes),
+                Side::Backend => write_once(&mut self.backend, cx, bytes),
+            }
+        }
     }
 
     /// Both sides got a close (or are gone) and both sides' replies are in (or not expected).

@@ -1065,6 +1065,32 @@ async fn stop_waits_for_frame_in_flight() {
     assert!(tail.is_empty());
 }
 
+/// A close the other side never answers is answered by the gateway when the close
+/// timeout ends, so the closing side gets a close frame rather than a bare end of stream.
+#[tokio::test(start_paused = true)]
+async fn a_close_the_backend_never_answers_is_answered_at_the_close_timeout() {
+    let (client, mut backend, running) = start(config());
+    let mut client = ws(client, Role::Client).await;
+    let bye = WsClose {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    client.close(Some(bye)).await.unwrap();
+    // The backend gets the close (a masked header, the code, "bye") and never answers.
+    let mut forwarded = [0u8; 2 + 4 + 2 + 3];
+    backend.read_exact(&mut forwarded).await.unwrap();
+    let start = Instant::now();
+    match client.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1014, "{frame:?}");
+        }
+        other => panic!("expected the gateway's close, got {other:?}"),
+    }
+    assert_eq!(start.elapsed(), config().close_timeout);
+    let out = running.outcome().await;
+    assert_eq!(out.initiator, Initiator::Client);
+}
+
 #[tokio::test(start_paused = true)]
 async fn stop_drops_connection_when_frame_never_ends() {
     let (mut client, mut backend, mut running) = start(config());
