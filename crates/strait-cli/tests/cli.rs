@@ -351,14 +351,28 @@ fn write_echo_config(path: &Path, addr: SocketAddr, echo_addr: SocketAddr) {
     std::fs::write(path, yaml).expect("write the configuration");
 }
 
+/// `strait run` on a free port in front of `backend` (the configuration of
+/// [`write_echo_config`], in a folder returned to outlive it), started by `spawn` with the
+/// configuration's path.
+async fn run_in_front_of(
+    backend: SocketAddr,
+    mut spawn: impl FnMut(&Path) -> Running,
+) -> (tempfile::TempDir, Running, SocketAddr) {
+    let dir = temporary_folder();
+    let config = dir.path().join("gateway.yaml");
+    let (gateway, addr) = start_on_free_port("strait run", |addr| {
+        write_echo_config(&config, addr, backend);
+        spawn(&config)
+    })
+    .await;
+    (dir, gateway, addr)
+}
+
 #[tokio::test]
 async fn run_proxies_http_and_websocket_to_the_echo_and_shuts_down_on_sigterm() {
     let (mut echo, echo_addr) = start_echo().await;
 
-    let dir = temporary_folder();
-    let config = dir.path().join("gateway.yaml");
-    let (mut gateway, addr) = start_on_free_port("strait run", |addr| {
-        write_echo_config(&config, addr, echo_addr);
+    let (_dir, mut gateway, addr) = run_in_front_of(echo_addr, |config| {
         Running::spawn(
             "strait run",
             strait()
@@ -366,7 +380,7 @@ async fn run_proxies_http_and_websocket_to_the_echo_and_shuts_down_on_sigterm() 
                 .arg("info")
                 .arg("run")
                 .arg("--config")
-                .arg(&config),
+                .arg(config),
         )
     })
     .await;
@@ -422,14 +436,8 @@ async fn a_backend_body_that_breaks_off_is_logged_as_a_warning() {
                 .await;
         }
     });
-    let dir = temporary_folder();
-    let config = dir.path().join("gateway.yaml");
-    let (mut gateway, addr) = start_on_free_port("strait run", |addr| {
-        write_echo_config(&config, addr, backend);
-        Running::spawn(
-            "strait run",
-            strait().args(["run", "--config"]).arg(&config),
-        )
+    let (_dir, mut gateway, addr) = run_in_front_of(backend, |config| {
+        Running::spawn("strait run", strait().args(["run", "--config"]).arg(config))
     })
     .await;
     // Whatever reaches the client (hyper may not have written the head yet), it ends.
@@ -460,10 +468,7 @@ async fn a_backend_body_that_breaks_off_is_logged_as_a_warning() {
 async fn at_the_descriptor_limit_new_connections_are_refused_and_nothing_is_lost() {
     const LIMIT: u32 = 128;
     let (mut echo, echo_addr) = start_echo().await;
-    let dir = temporary_folder();
-    let config = dir.path().join("gateway.yaml");
-    let (mut gateway, addr) = start_on_free_port("strait run", |addr| {
-        write_echo_config(&config, addr, echo_addr);
+    let (_dir, mut gateway, addr) = run_in_front_of(echo_addr, |config| {
         // The shell lowers the soft and the hard limit, so the gateway cannot raise its own;
         // `exec` keeps the process (and `kill_on_drop`) the gateway's.
         let plain = strait();
@@ -475,7 +480,7 @@ async fn at_the_descriptor_limit_new_connections_are_refused_and_nothing_is_lost
             .arg("bash")
             .arg(plain.get_program())
             .args(["--log-level", "info", "run", "--config"])
-            .arg(&config)
+            .arg(config)
             .env_remove("RUST_LOG")
             .env_remove("STRAIT_ADMIN_TOKEN")
             .envs(plain.get_envs().filter_map(|(k, v)| Some((k, v?))))
