@@ -145,14 +145,15 @@ fn cors_headers(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// A WebSocket handshake through `prod` with extra headers: the session and the 101's
-/// headers.
+/// A WebSocket handshake through `prod` with these headers set (a `connection` replaces
+/// the client's own `Upgrade`, which tungstenite writes on one line): the session and the
+/// 101's headers.
 async fn ws(api: &Stack, path: &str, headers: &[(&str, &str)]) -> (support::Ws, HeaderMap) {
     let mut request = format!("ws://{}{path}", api.gw("prod"))
         .into_client_request()
         .expect("a request");
     for (name, value) in headers {
-        request.headers_mut().append(
+        request.headers_mut().insert(
             http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
             HeaderValue::from_str(value).expect("value"),
         );
@@ -331,22 +332,17 @@ async fn a_client_cannot_name_the_gateways_headers_away_in_connection() {
     .await;
     assert_eq!(status, 200);
     let seen = &json_of(&body)["headers"];
-    // tungstenite writes one `Connection` line of its own: the names go on it.
-    let mut request = format!("ws://{}/wshdr/room", api.gw("prod"))
-        .into_client_request()
-        .expect("a request");
-    for (name, value) in [
-        ("x-api-key", "alice-key".to_owned()),
-        ("connection", format!("Upgrade, {NAMED}")),
-        ("x-mine", "hop".to_owned()),
-    ] {
-        request
-            .headers_mut()
-            .insert(name, HeaderValue::from_str(&value).expect("value"));
-    }
-    let (mut session, _) = within("the WebSocket handshake", connect_async(request))
-        .await
-        .expect("the handshake is accepted");
+    let connection = format!("Upgrade, {NAMED}");
+    let (mut session, _) = ws(
+        &api,
+        "/wshdr/room",
+        &[
+            ("x-api-key", "alice-key"),
+            ("connection", &connection),
+            ("x-mine", "hop"),
+        ],
+    )
+    .await;
     let report = within("the backend's report", session.next())
         .await
         .expect("a message")
